@@ -1,0 +1,106 @@
+"""What every job shares: its description (`Job`), its run context, and the batch loop.
+
+A job is a function `run(ctx)` that does its work in batches through `ctx.batches(step)`. Each
+batch is its own short transaction that also renews the run's lease, so a crash loses at most the
+batch in flight and a run that lost its lease cannot commit. A stop request (SIGTERM) is honoured
+between batches.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Protocol
+
+import structlog
+from sqlalchemy import Connection, Engine
+
+from core import runs
+from core.ledger import WrittenPoints
+from core.settings import Settings, env_name
+
+
+class StopRequested(Exception):
+    """The process was asked to stop; the run ends after its current batch."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch's outcome: the keyset cursor to continue after (None when done) and items handled."""
+
+    next_after: Any | None
+    items: int = 0
+
+
+class ProgressReporter(Protocol):
+    def __call__(self, *, job: str, batches: int, items: int, total: int | None) -> None: ...
+
+
+def no_progress(*, job: str, batches: int, items: int, total: int | None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: Callable[[RunContext], None]
+    settings_used: tuple[str, ...] = ()
+    description: str = ""
+
+    def rule_settings(self, settings: Settings) -> dict[str, str]:
+        """The settings this job's rules read, as `{ENV_NAME: value}` for job_runs.settings."""
+        return {env_name(name): str(getattr(settings, name)) for name in self.settings_used}
+
+
+@dataclass
+class RunContext:
+    job: str
+    run_id: int
+    as_of: datetime
+    settings: Settings
+    engine: Engine
+    dry_run: bool = False
+    repair: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: ProgressReporter = no_progress
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log(self) -> Any:
+        return structlog.get_logger("rewards.job")
+
+    def count(self, key: str, amount: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + amount
+
+    def record_points(self, written: WrittenPoints) -> None:
+        """Add a ledger write (or, in a dry run, a preview) to the run's stats."""
+        for kind, rows in written.rows.items():
+            by_type = self.stats.setdefault("rows_written", {})
+            by_type[kind] = by_type.get(kind, 0) + rows
+        for kind, points in written.points.items():
+            by_type = self.stats.setdefault("points_written", {})
+            by_type[kind] = by_type.get(kind, 0) + points
+
+    def heartbeat(self, conn: Connection) -> None:
+        runs.heartbeat(conn, self.run_id, self.stats)
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise StopRequested(
+                f"stopped on request after {self.stats.get('batches', 0)} batches; the next run finishes the work"
+            )
+
+    def batches(self, step: Callable[[Connection, Any], Batch], *, total: int | None = None) -> None:
+        """Run `step(conn, after)` batch after batch, each in its own transaction, until it is done."""
+        after: Any = None
+        while True:
+            self.check_stop()
+            with self.engine.begin() as conn:
+                self.heartbeat(conn)
+                batch = step(conn, after)
+            self.count("batches")
+            self.count("items", batch.items)
+            self.progress(job=self.job, batches=self.stats["batches"], items=self.stats["items"], total=total)
+            if batch.next_after is None:
+                return
+            after = batch.next_after

@@ -1,0 +1,102 @@
+"""Applies `migrations/NNN_name.sql` in order, each once, in its own transaction.
+
+Each applied file is recorded with a SHA-256 checksum; an applied file that was edited since is an
+error. A session-level advisory lock makes two processes that migrate together take turns.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, text
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_ADVISORY_LOCK_KEY = 0x5EED_0011  # any constant shared by every process of this product
+
+
+class MigrationError(Exception):
+    """The migrations on disk and in the database disagree."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match:
+            found.append(Migration(match[1], match[2], path.read_text(encoding="utf-8")))
+    return found
+
+
+def _applied_checksums(conn: Connection) -> dict[str, str]:
+    exists = conn.execute(text("SELECT to_regclass('public.rewards_schema_migrations') IS NOT NULL")).scalar()
+    if not exists:
+        return {}
+    rows = conn.execute(text("SELECT version, checksum FROM public.rewards_schema_migrations"))
+    return {row.version: row.checksum for row in rows}
+
+
+def _check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> None:
+    for migration in migrations:
+        recorded = applied.get(migration.version)
+        if recorded is not None and recorded != migration.checksum:
+            raise MigrationError(
+                f"migrations/{migration.version}_{migration.name}.sql was edited after it was applied "
+                "(checksum differs); add a new migration instead"
+            )
+
+
+def pending(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Migrations not yet applied; raises `MigrationError` if an applied file was edited."""
+    migrations = discover(directory)
+    with engine.connect() as conn:
+        applied = _applied_checksums(conn)
+    _check_unchanged(migrations, applied)
+    return [m for m in migrations if m.version not in applied]
+
+
+def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Apply every pending migration; return those applied by this call."""
+    migrations = discover(directory)
+    applied_now: list[Migration] = []
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        conn.commit()
+        try:
+            with conn.begin():
+                conn.execute(text(
+                    "CREATE TABLE IF NOT EXISTS public.rewards_schema_migrations ("
+                    " version TEXT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
+                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())"
+                ))
+                applied = _applied_checksums(conn)
+            _check_unchanged(migrations, applied)
+            for migration in migrations:
+                if migration.version in applied:
+                    continue
+                with conn.begin():
+                    # The raw DB-API cursor runs the file as is: no bind-parameter parsing of its text.
+                    conn.connection.dbapi_connection.cursor().execute(migration.sql)
+                    conn.execute(
+                        text("INSERT INTO public.rewards_schema_migrations (version, name, checksum)"
+                             " VALUES (:version, :name, :checksum)"),
+                        {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
+                    )
+                applied_now.append(migration)
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+            conn.commit()
+    return applied_now

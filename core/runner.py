@@ -1,0 +1,97 @@
+"""Runs one job once: claim the run, bind the log context, run it, record how it ended.
+
+The CLI and the daemon both come through `run_job`, so a run is the same whoever starts it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine
+
+from core import metrics, runs
+from core.job import Job, ProgressReporter, RunContext, StopRequested, no_progress
+from core.settings import Settings
+
+log = structlog.get_logger("rewards.runner")
+
+
+@dataclass
+class RunResult:
+    job: str
+    run_id: int | None
+    status: str
+    as_of: datetime
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"job": self.job, "run_id": self.run_id, "status": self.status,
+                "as_of": self.as_of.isoformat(), "stats": self.stats}
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
+
+
+def run_job(
+    job: Job,
+    *,
+    settings: Settings,
+    engine: Engine,
+    as_of: datetime,
+    trigger: str = "manual",
+    scheduled_for: datetime | None = None,
+    dry_run: bool = False,
+    repair: bool = False,
+    stop: threading.Event | None = None,
+    progress: ProgressReporter = no_progress,
+) -> RunResult:
+    """Run `job` for `as_of`. Raises AlreadyRunning (after recording a SKIPPED row) or TickTaken."""
+    rule_settings = job.rule_settings(settings)
+    claim = dict(job=job.name, trigger=trigger, as_of=as_of, scheduled_for=scheduled_for,
+                 dry_run=dry_run, settings=rule_settings)
+    try:
+        run_id = runs.claim(engine, **claim, lease_seconds=settings.run_lease_seconds)
+    except runs.AlreadyRunning as busy:
+        runs.record_skipped(engine, **claim, reason=str(busy))
+        metrics.JOB_RUNS.labels(job=job.name, status="SKIPPED").inc()
+        raise
+
+    ctx = RunContext(job=job.name, run_id=run_id, as_of=as_of, settings=settings, engine=engine,
+                     dry_run=dry_run, repair=repair, stop=stop or threading.Event(), progress=progress)
+    if dry_run:
+        ctx.stats["dry_run"] = True
+    started = time.monotonic()
+    with structlog.contextvars.bound_contextvars(job=job.name, run_id=run_id, as_of=as_of.isoformat(),
+                                                 trigger=trigger):
+        log.info("run started", action="run_started", dry_run=dry_run, settings=rule_settings)
+        status, error = "SUCCEEDED", None
+        try:
+            job.run(ctx)
+        except runs.LeaseLost as lost:
+            status, error = "ABANDONED", _one_line(lost)
+            log.error("run lost its lease", action="run_lease_lost", error=error)
+        except StopRequested as stopped:
+            status, error = "FAILED", str(stopped)
+            log.warning("run stopped", action="run_stopped", error=error)
+        except Exception as failure:
+            status, error = "FAILED", _one_line(failure)
+            log.exception("run failed", action="run_failed", error=error)
+        seconds = time.monotonic() - started
+        if status != "ABANDONED":
+            try:
+                runs.finish(engine, run_id, status=status, stats=ctx.stats, error=error)
+            except Exception as failure:  # the lease will expire and the next run takes over
+                log.error("could not record the end of the run", action="run_finish_failed",
+                          error=_one_line(failure))
+        metrics.observe_run(job.name, status, seconds, ctx.stats, dry_run=dry_run)
+        log.info("run finished", action="run_finished", status=status, seconds=round(seconds, 3),
+                 stats=ctx.stats, error=error)
+    return RunResult(job.name, run_id, status, as_of, ctx.stats, error, seconds)

@@ -1,0 +1,39 @@
+"""Named SQL statements kept in `.sql` files, procrastinate-style.
+
+A file holds blocks that each start with a line `-- name: some_name --`; the block runs until
+the next such line. Code asks for a statement by name, so each statement can be read whole.
+"""
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+from sqlalchemy import TextClause, text
+
+_BLOCK_START = re.compile(r"^-- name: ([a-z0-9_]+) --\s*$", re.MULTILINE)
+
+
+@cache
+def load_queries(path: str | Path) -> dict[str, str]:
+    """Every named statement of a `.sql` file, by name."""
+    source = Path(path).read_text(encoding="utf-8")
+    pieces = _BLOCK_START.split(source)
+    return {name: body.strip() for name, body in zip(pieces[1::2], pieces[2::2], strict=True)}
+
+
+class Queries:
+    """The named statements of the `.sql` file beside a module: `Queries(__file__)`."""
+
+    def __init__(self, module_file: str) -> None:
+        self._path = Path(module_file).with_suffix(".sql")
+
+    def raw(self, name: str) -> str:
+        return load_queries(self._path)[name]
+
+    def __getitem__(self, name: str) -> TextClause:
+        return text(self.raw(name))
+
+    def render(self, name: str, **identifiers: str) -> TextClause:
+        """A statement with `{placeholders}` filled by identifiers that were validated and quoted."""
+        return text(self.raw(name).format(**identifiers))
