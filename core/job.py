@@ -8,6 +8,7 @@ between batches.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Protocol
@@ -90,14 +91,20 @@ class RunContext:
                 f"stopped on request after {self.stats.get('batches', 0)} batches; the next run finishes the work"
             )
 
+    def _note_batch_seconds(self, seconds: float) -> None:
+        """Longest batch transaction so far: the longest any row lock of this run was held."""
+        self.stats["max_batch_seconds"] = round(max(seconds, self.stats.get("max_batch_seconds", 0.0)), 3)
+
     def batches(self, step: Callable[[Connection, Any], Batch], *, total: int | None = None) -> None:
         """Run `step(conn, after)` batch after batch, each in its own transaction, until it is done."""
         after: Any = None
         while True:
             self.check_stop()
+            started = time.monotonic()
             with self.engine.begin() as conn:
                 self.heartbeat(conn)
                 batch = step(conn, after)
+            self._note_batch_seconds(time.monotonic() - started)
             self.count("batches")
             self.count("items", batch.items)
             self.progress(job=self.job, batches=self.stats["batches"], items=self.stats["items"], total=total)

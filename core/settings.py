@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     schedule_expire_points: str = DEFAULT_SCHEDULES["expire-points"]
     schedule_reconcile: str = DEFAULT_SCHEDULES["reconcile"]
     misfire_grace_seconds: int = Field(default=3600, ge=1)
-    run_lease_seconds: int = Field(default=300, ge=10)
+    run_lease_seconds: int = Field(default=300, ge=1)
     migrate_on_start: bool = False
 
     http_port: int = Field(default=9108, ge=0, le=65535)

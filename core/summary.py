@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_QUIET = {"batches", "items", "cutoff", "dry_run"}
+_QUIET = {"batches", "items", "cutoff", "dry_run", "max_batch_seconds"}
 
 
 def describe_stats(stats: dict[str, Any] | None) -> str:
