@@ -94,8 +94,8 @@ def _run_one(job: Any, args: argparse.Namespace, settings: Any, engine: Any, as_
         print(file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_json(), default=str), flush=True)
-    elif sys.stdout.isatty() or interactive:
-        print(_summary_line(result))
+    else:
+        print(_summary_line(result), flush=True)
     return result
 
 
