@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 def _as_of(args: argparse.Namespace) -> datetime:
     from core.clock import parse_as_of, utc_now
 
-    if not getattr(args, "as_of", None):
+    if getattr(args, "as_of", None) is None:
         return utc_now()
     try:
         return parse_as_of(args.as_of)
@@ -168,10 +168,9 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
-    from apscheduler.triggers.cron import CronTrigger
-
     from core import runs
     from core.clock import utc_now
+    from core.settings import cron_trigger
     from jobs import PIPELINE
 
     engine = _engine(settings)
@@ -180,8 +179,7 @@ def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
     rows = []
     for job in PIPELINE:
         schedule = settings.schedule_for(job.name)
-        next_fire = (CronTrigger.from_crontab(schedule, timezone="UTC").get_next_fire_time(None, now)
-                     if schedule else None)
+        next_fire = cron_trigger(schedule).get_next_fire_time(None, now) if schedule else None
         run = last.get(job.name)
         rows.append([
             job.name, schedule or "off", _when(next_fire),

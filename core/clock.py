@@ -4,6 +4,9 @@ from __future__ import annotations
 from datetime import date, datetime, time, timezone
 
 
+EARLIEST_AS_OF = datetime(1900, 1, 1, tzinfo=timezone.utc)
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -14,10 +17,12 @@ def parse_as_of(text: str) -> datetime:
     value = text.strip()
     try:
         if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time(0), tzinfo=timezone.utc)
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
+            parsed = datetime.combine(date.fromisoformat(value), time(0), tzinfo=timezone.utc)
+        else:
+            parsed = datetime.fromisoformat(value)
+        instant = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         raise ValueError(f"not an ISO-8601 date or date-time: {text!r} (like 2026-06-01 or 2026-06-01T00:00:00Z)") from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    if instant < EARLIEST_AS_OF:  # jobs look back up to a century from it
+        raise ValueError(f"{text!r} is before {EARLIEST_AS_OF.date().isoformat()}")
+    return instant

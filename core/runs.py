@@ -78,11 +78,12 @@ def claim(
             run_id = conn.execute(_queries["claim_run"], params).scalar()
             if run_id is not None:
                 return int(run_id)
+            tick_taken = scheduled_for is not None and conn.execute(_queries["tick_taken"], params).scalar()
             holder = conn.execute(_queries["running_run"], params).one_or_none()
+        if tick_taken:  # checked first: a replica running this very tick is not "busy", the tick is just taken
+            raise TickTaken(f"{job} tick {scheduled_for.isoformat()} was already claimed by another replica")
         if holder is not None:
             raise AlreadyRunning(job, Holder(holder.id, holder.host, holder.pid, holder.started_at, holder.trigger))
-        if scheduled_for is not None:
-            raise TickTaken(f"{job} tick {scheduled_for.isoformat()} was already claimed by another replica")
         # The holder finished between our insert and our look: try again.
     raise RuntimeError(f"could not claim a run of {job}")
 

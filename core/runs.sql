@@ -25,6 +25,10 @@ SELECT id, host, pid, started_at, heartbeat_at, trigger
 FROM public.job_runs
 WHERE job = :job AND status = 'RUNNING';
 
+-- name: tick_taken --
+SELECT EXISTS (SELECT 1 FROM public.job_runs
+               WHERE job = :job AND scheduled_for = :scheduled_for AND status IN ('RUNNING', 'SUCCEEDED'));
+
 -- name: record_skipped --
 INSERT INTO public.job_runs (job, trigger, as_of, scheduled_for, status, dry_run, settings,
                              finished_at, error, host, pid)

@@ -61,16 +61,55 @@ def quote_table_name(name: str) -> str:
     return ".".join(f'"{part}"' for part in parts)
 
 
-def _validate_cron(expression: str) -> str:
+_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab numbering, 7 = Sunday
+_CRON_WEEKDAY_ITEM = re.compile(r"^(\*|\d)(?:-(\d))?(?:/(\d+))?$")
+
+
+def _crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 = Sunday) as weekday names: APScheduler 3 counts 0 as Monday."""
+    if field == "*":
+        return field
+    names: list[str] = []
+    for item in field.split(","):
+        match = _CRON_WEEKDAY_ITEM.match(item)
+        if not match:  # names (mon-fri) mean the same to both
+            names.append(item)
+            continue
+        first, last, step = match.groups()
+        start = 0 if first == "*" else int(first)
+        end = (6 if first == "*" else start) if last is None else int(last)
+        if end > 7 or start > end or step == "0":
+            raise ValueError(f"bad day of week {item!r} (0-7, 0 and 7 are Sunday)")
+        names.extend(_CRON_WEEKDAYS[day] for day in range(start, end + 1, int(step or 1)))
+    return ",".join(dict.fromkeys(names))
+
+
+def cron_trigger(expression: str) -> Any:
+    """An APScheduler CronTrigger in UTC from a crontab expression with standard meaning.
+
+    Five fields (minute hour day month weekday), or six with seconds first (`*/5 * * * * *`,
+    for tests and demos). Weekdays count as in crontab: 0 and 7 are Sunday.
+    """
     from apscheduler.triggers.cron import CronTrigger
 
+    fields = expression.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(f"wrong number of fields: got {len(fields)}, expected 5 (or 6 with seconds first)")
+    if len(fields) == 5:
+        fields.insert(0, "0")
+    second, minute, hour, day, month, weekday = fields
+    return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                       day_of_week=_crontab_weekdays(weekday), timezone="UTC")
+
+
+def _validate_cron(expression: str) -> str:
     expression = expression.strip()
     if expression.lower() == "off":
         return "off"
     try:
-        CronTrigger.from_crontab(expression, timezone="UTC")
+        cron_trigger(expression)
     except ValueError as error:
-        raise ValueError(f"must be a 5-field cron expression in UTC or 'off' ({error})") from None
+        raise ValueError(f"must be a cron expression in UTC or 'off' ({error})") from None
     return expression
 
 
@@ -83,13 +122,13 @@ class Settings(BaseSettings):
     embedded: bool = True
     data_dir: Path = Path("./.rewards-data")
 
-    pending_expiry_days: int = Field(default=90, ge=1)
-    recurring_months: int = Field(default=12, ge=0)
-    l2_months: int = Field(default=6, ge=0)
+    pending_expiry_days: int = Field(default=90, ge=1, le=36_500)
+    recurring_months: int = Field(default=12, ge=0, le=1200)
+    l2_months: int = Field(default=6, ge=0, le=1200)
     recurring_reward: Annotated[RewardAmount, NoDecode] = RewardAmount(percent=Decimal("10"))
     l2_reward: Annotated[RewardAmount, NoDecode] = RewardAmount(percent=Decimal("5"))
     points_per_usd: Decimal = Field(default=Decimal("100"), ge=0)
-    points_expiry_months: int = Field(default=12, ge=0)
+    points_expiry_months: int = Field(default=12, ge=0, le=1200)
     payments_table: str = "public.user_subscription_payments"
 
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
@@ -104,6 +143,11 @@ class Settings(BaseSettings):
     misfire_grace_seconds: int = Field(default=3600, ge=1)
     run_lease_seconds: int = Field(default=300, ge=1)
     migrate_on_start: bool = False
+    # The daemon retries a FAILED run after retry_base_seconds, doubling up to retry_max_seconds,
+    # at most retry_attempts times, never past the job's next tick.
+    retry_base_seconds: float = Field(default=30, gt=0)
+    retry_max_seconds: float = Field(default=900, gt=0)
+    retry_attempts: int = Field(default=4, ge=0, le=100)
 
     http_port: int = Field(default=9108, ge=0, le=65535)
     log_format: str = "auto"
@@ -119,11 +163,20 @@ class Settings(BaseSettings):
 
         try:
             url = make_url(value.strip())
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # never echo a piece of the URL: it may be the password
             raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
         if not url.drivername.startswith("postgres"):
             raise ValueError("must be a postgresql:// URL")
+        if url.host and "@" in url.host:  # the rest of the password would show up as a host name
+            raise ValueError("has an unescaped '@' in its user or password (write it as %40)")
         return value.strip()
+
+    @field_validator("data_dir", "reports_dir", mode="before")
+    @classmethod
+    def _directory(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be a directory path, not empty")
+        return value
 
     @field_validator("recurring_reward", "l2_reward", mode="before")
     @classmethod
