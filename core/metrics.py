@@ -1,7 +1,15 @@
-"""Prometheus metrics of the runs of this process (prometheus-client's default registry)."""
+"""Prometheus metrics of the runs of this process (prometheus-client's default registry), and the
+last success of each job, read from `job_runs` at scrape time so that every replica reports the same."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
+import structlog
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 JOB_RUNS = Counter("rewards_job_runs_total", "Job runs by final status", ["job", "status"])
 JOB_DURATION = Histogram(
@@ -17,3 +25,32 @@ def observe_run(job: str, status: str, seconds: float, stats: dict, *, dry_run: 
     if not dry_run:
         for kind, points in stats.get("points_written", {}).items():
             POINTS_WRITTEN.labels(job=job, type=kind).inc(abs(points))
+
+
+class LastSuccessCollector(Collector):
+    """`rewards_job_last_success_timestamp_seconds{job}`: when the job's last non-dry run succeeded
+    (0 if it never did). Left out of a scrape while the database does not answer."""
+
+    NAME = "rewards_job_last_success_timestamp_seconds"
+    HELP = "Unix time the job last finished a successful (non-dry) run, 0 if never"
+
+    def __init__(self, engine: Engine, jobs: Sequence[str]) -> None:
+        self.engine, self.jobs = engine, tuple(jobs)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["job"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from core import runs
+
+        try:
+            successes = runs.last_successes(self.engine)
+        except SQLAlchemyError as error:
+            structlog.get_logger("rewards.metrics").warning(
+                "last successes unavailable", action="metrics_database_unavailable", error=type(error).__name__)
+            return
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["job"])
+        for job in self.jobs:
+            success = successes.get(job)
+            family.add_metric([job], success.finished_at.timestamp() if success else 0.0)
+        yield family

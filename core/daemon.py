@@ -1,0 +1,373 @@
+"""The daemon: every job on its cron schedule (UTC) until SIGTERM or SIGINT.
+
+- Every replica registers the same schedule; `job_runs` decides which one runs a tick (a replica
+  that finds the tick claimed logs `tick_taken` and moves on). A scheduled run's as-of instant is its
+  scheduled fire time.
+- At start, a job whose last success is older than its previous fire time runs once, as trigger
+  `catch-up`, as of now, claiming that previous tick (so replicas starting together run it once).
+- A run that fails (database down, a bug) is retried with exponential backoff and jitter, at most
+  `REWARDS_RETRY_ATTEMPTS` times and never past the job's next tick. The daemon itself never dies of
+  a database outage: it waits for the database at start and every run catches its errors.
+- SIGTERM/SIGINT only set a flag. The scheduler then stops starting runs, a running job stops after
+  its current batch, and the process exits 0 within `SHUTDOWN_SECONDS`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import structlog
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_SCHEDULER_START
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.base import SchedulerNotRunningError
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from core import metrics, migrations, runs
+from core.clock import utc_now
+from core.job import Job
+from core.runner import RunResult, run_job
+from core.settings import ConfigError, Settings, cron_trigger
+
+log = structlog.get_logger("rewards.daemon")
+
+SHUTDOWN_SECONDS = 25  # within Kubernetes' default 30 s grace; give `docker stop` `-t 30`
+CONNECT_TIMEOUT_SECONDS = 10  # an unreachable database fails a run fast instead of hanging it
+_LOOKBACKS = (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timedelta(days=32),
+              timedelta(days=367), timedelta(days=8 * 366))
+
+
+# ── pure rules ───────────────────────────────────────────────────────────────
+
+def previous_fire_time(trigger: Any, now: datetime) -> datetime | None:
+    """The latest fire time of a cron `trigger` at or before `now` (None if none in eight years)."""
+    for lookback in _LOOKBACKS:
+        fire = trigger.get_next_fire_time(None, now - lookback)
+        if fire is not None and fire <= now:
+            break
+    else:
+        return None
+    while True:
+        following = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        if following is None or following > now:
+            return fire.astimezone(timezone.utc)
+        fire = following
+
+
+def needs_catch_up(last_success: Any | None, previous_tick: datetime) -> bool:
+    """True unless a (non-dry) success covers the previous tick: a run of that tick or a later one,
+    or a run as of that instant or later."""
+    if last_success is None:
+        return True
+    covered_until = [at for at in (last_success.scheduled_for, last_success.as_of) if at is not None]
+    return not any(at >= previous_tick for at in covered_until)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: retry n waits base × 2^(n-1), capped, times 50–100 %."""
+
+    base_seconds: float = 30
+    max_seconds: float = 900
+    attempts: int = 4
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.retry_base_seconds, settings.retry_max_seconds, settings.retry_attempts)
+
+    def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (retry - 1))
+        return ceiling * (0.5 + rng() / 2)
+
+    def next_retry(self, retry: int, now: datetime, next_tick: datetime | None,
+                   rng: Callable[[], float] = random.random) -> datetime | None:
+        """When to make retry number `retry` (1 = the first), or None: attempts used up, or the
+        job's next tick comes first (it does the work then)."""
+        if retry > self.attempts:
+            return None
+        when = now + timedelta(seconds=self.delay(retry, rng))
+        if next_tick is not None and when >= next_tick:
+            return None
+        return when
+
+
+# ── the scheduler ────────────────────────────────────────────────────────────
+
+class _TickRecordingExecutor(ThreadPoolExecutor):
+    """A thread pool that remembers the scheduled fire time of each run it is handed.
+
+    APScheduler 3 does not pass the fire time to the job, and its EVENT_JOB_SUBMITTED is dispatched
+    only after the job may have started; here it is recorded under the executor's lock, before the
+    job reaches a thread (with max_instances=1 the entry cannot be overwritten while it runs).
+    """
+
+    def __init__(self, ticks: dict[str, datetime], max_workers: int) -> None:
+        super().__init__(max_workers)
+        self._ticks = ticks
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        self._ticks[job.id] = run_times[-1].astimezone(timezone.utc)  # coalesced: the latest
+        super()._do_submit_job(job, run_times)
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
+
+
+class Daemon:
+    """The scheduler of one replica; `serve()` blocks until `stop` is set."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, jobs: tuple[Job, ...] | None = None,
+                 stop: threading.Event | None = None, rng: Callable[[], float] = random.random) -> None:
+        if jobs is None:
+            from jobs import PIPELINE
+
+            jobs = PIPELINE
+        self.settings, self.engine, self.jobs = settings, engine, jobs
+        self.stop = stop or threading.Event()
+        self.retry = RetryPolicy.from_settings(settings)
+        self.rng = rng
+        self.triggers = {job.name: cron_trigger(expression) for job in jobs
+                         if (expression := settings.schedule_for(job.name))}
+        self._ticks: dict[str, datetime] = {}
+        self._active = 0
+        self._idle = threading.Condition()
+        self.scheduler = BlockingScheduler(
+            timezone=timezone.utc,
+            executors={"default": _TickRecordingExecutor(self._ticks, max_workers=2 * len(jobs) + 1)},
+            job_defaults={"coalesce": True, "max_instances": 1,
+                          "misfire_grace_time": settings.misfire_grace_seconds},
+        )
+        self.scheduler.add_listener(self._on_scheduler_event,
+                                    EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
+        self.scheduler.add_listener(self._on_scheduler_start, EVENT_SCHEDULER_START)
+
+    # lifecycle
+
+    def serve(self) -> bool:
+        """Run until `stop` is set; True when every run ended within SHUTDOWN_SECONDS after it."""
+        if self.stop.is_set():
+            return True
+        for job in self.jobs:
+            if job.name in self.triggers:
+                self.scheduler.add_job(self._on_tick, self.triggers[job.name], args=[job], id=job.name,
+                                       name=job.name)
+        self.scheduler.add_job(self._catch_up, "date", run_date=utc_now(), id="catch-up",
+                               misfire_grace_time=None)
+        log.info("daemon started", action="daemon_started", pid=os.getpid(), host=runs.HOST,
+                 schedules={job.name: self.settings.schedule_for(job.name) or "off" for job in self.jobs},
+                 next_fire={name: str(trigger.get_next_fire_time(None, utc_now()))
+                            for name, trigger in self.triggers.items()})
+        self.scheduler.start()  # blocks until the stop watcher shuts it down
+        with self._idle:
+            finished = self._idle.wait_for(lambda: self._active == 0, timeout=SHUTDOWN_SECONDS)
+        if finished:
+            log.info("daemon stopped", action="daemon_stopped")
+        else:
+            log.error("a run did not stop in time; exiting anyway (its lease expires and the next run "
+                      "takes over)", action="daemon_stop_timeout", seconds=SHUTDOWN_SECONDS)
+        return finished
+
+    def _on_scheduler_start(self, _event: Any) -> None:
+        threading.Thread(target=self._shutdown_when_stopped, name="stop-watcher", daemon=True).start()
+
+    def _shutdown_when_stopped(self) -> None:
+        self.stop.wait()
+        log.info("stopping: no new runs; a running job ends after its current batch", action="daemon_stopping")
+        try:
+            self.scheduler.shutdown(wait=False)
+        except SchedulerNotRunningError:
+            pass
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """Healthy when the scheduler loop runs (and is not stopping) and the database answers."""
+        scheduler = "stopping" if self.stop.is_set() else ("running" if self.scheduler.running else "not started")
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            database = "ok"
+        except SQLAlchemyError as error:
+            database = "unreachable: " + _one_line(error)
+        return scheduler == "running" and database == "ok", {"scheduler": scheduler, "database": database}
+
+    # runs
+
+    def _on_tick(self, job: Job) -> None:
+        tick = self._ticks.pop(job.name, None) or previous_fire_time(self.triggers[job.name], utc_now())
+        self._attempt(job, "schedule", tick, tick, 1)
+
+    def _catch_up(self) -> None:
+        """Run each job (in pipeline order) whose last success is older than its previous tick."""
+        now = utc_now()
+        try:
+            successes = runs.last_successes(self.engine)
+        except SQLAlchemyError as error:
+            when = now + timedelta(seconds=self.retry.delay(1, self.rng))
+            log.warning("catch-up: database unreachable; trying again", action="catch_up_postponed",
+                        error=_one_line(error), at=when.isoformat())
+            self.scheduler.add_job(self._catch_up, "date", run_date=when, id="catch-up",
+                                   replace_existing=True, misfire_grace_time=None)
+            return
+        for job in self.jobs:
+            if self.stop.is_set():
+                return
+            trigger = self.triggers.get(job.name)
+            tick = previous_fire_time(trigger, now) if trigger else None
+            if tick is None or not needs_catch_up(successes.get(job.name), tick):
+                continue
+            log.info("catching up a missed tick", action="catch_up", job=job.name, missed_tick=tick.isoformat())
+            self._attempt(job, "catch-up", now, tick, 1)
+
+    def _attempt(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime, attempt: int,
+                 failed_before: RunResult | None = None) -> None:
+        """One try of a run; a failure schedules the next try (which first makes sure this one is
+        recorded FAILED: when the database died mid-run, the runner could not record its end)."""
+        if self.stop.is_set():
+            return
+        with self._running(), structlog.contextvars.bound_contextvars(
+                job=job.name, trigger=trigger, scheduled_for=scheduled_for.isoformat(), attempt=attempt):
+            try:
+                self._record_failed_end(failed_before)
+                result = run_job(job, settings=self.settings, engine=self.engine, as_of=as_of,
+                                 trigger=trigger, scheduled_for=scheduled_for, stop=self.stop)
+            except runs.TickTaken:
+                log.info("tick already claimed by another replica", action="tick_taken")
+                return
+            except runs.AlreadyRunning as busy:
+                log.info("job already running elsewhere; tick skipped", action="already_running", holder=str(busy))
+                return
+            except Exception as error:  # the claim itself failed: database down, …
+                metrics.JOB_RUNS.labels(job=job.name, status="FAILED").inc()
+                log.error("run could not start", action="run_not_started", error=_one_line(error))
+                failed, failed_run = True, failed_before
+            else:
+                failed, failed_run = result.status == "FAILED", result
+            if not failed and attempt > 1:
+                log.info("retry succeeded", action="retry_succeeded", status=result.status)
+            if failed and not self.stop.is_set():
+                self._schedule_retry(job, trigger, as_of, scheduled_for, attempt, failed_run)
+
+    def _record_failed_end(self, failed: RunResult | None) -> None:
+        """Record a failed run's end if the database missed it (a no-op when it did not)."""
+        if failed is not None and failed.run_id is not None and runs.finish(
+                self.engine, failed.run_id, status="FAILED", stats=failed.stats, error=failed.error):
+            log.warning("recorded the failure of a run whose end the database missed", action="run_end_recorded",
+                        failed_run_id=failed.run_id)
+
+    def _schedule_retry(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime,
+                        attempt: int, failed_run: RunResult | None) -> None:
+        now = utc_now()
+        cron = self.triggers.get(job.name)
+        next_tick = cron.get_next_fire_time(None, now) if cron else None
+        when = self.retry.next_retry(attempt, now, next_tick, self.rng)
+        if when is None:
+            log.warning("no more retries: the next tick runs the job", action="retry_given_up",
+                        next_tick=next_tick.isoformat() if next_tick else None)
+            return
+        self.scheduler.add_job(self._attempt, "date", run_date=when, id=f"retry:{job.name}", replace_existing=True,
+                               args=[job, trigger, as_of, scheduled_for, attempt + 1, failed_run])
+        log.warning("run will be retried", action="retry_scheduled", next_attempt=attempt + 1,
+                    at=when.isoformat(), in_seconds=round((when - now).total_seconds(), 1))
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        with self._idle:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _on_scheduler_event(self, event: Any) -> None:
+        if event.code == EVENT_JOB_MISSED:
+            log.warning("tick missed: later than the misfire grace", action="tick_missed", job=event.job_id,
+                        scheduled_for=event.scheduled_run_time.isoformat())
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            log.warning("tick skipped: the previous one is still running", action="tick_overlap", job=event.job_id)
+        else:
+            log.error("scheduler job raised", action="scheduler_job_error", job=event.job_id,
+                      error=repr(event.exception), traceback=event.traceback)
+
+
+# ── process ──────────────────────────────────────────────────────────────────
+
+def daemon_engine(settings: Settings) -> Engine:
+    """The engine, with a connect timeout so an unreachable database fails fast."""
+    from core.db import engine_from_settings, make_engine
+
+    if not settings.database_url:
+        return engine_from_settings(settings)
+    url = make_url(settings.database_url)
+    if "connect_timeout" not in url.query:
+        url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_SECONDS)})
+    return make_engine(url)
+
+
+def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) -> bool:
+    """Wait until the database answers, then migrate (REWARDS_MIGRATE_ON_START=true) or refuse to
+    start with pending migrations (ConfigError: exit 2). False when stopped while waiting."""
+    retry = 0
+    while not stop.is_set():
+        try:
+            if settings.migrate_on_start:
+                applied = migrations.migrate(engine)
+                log.info("migrations applied", action="migrations_applied",
+                         applied=[f"{m.version}_{m.name}" for m in applied])
+            else:
+                waiting = migrations.pending(engine)
+                if waiting:
+                    names = ", ".join(f"{m.version}_{m.name}" for m in waiting)
+                    raise ConfigError(f"database: {len(waiting)} migration(s) pending ({names}); run "
+                                      "`python scheduler.py migrate` first or set REWARDS_MIGRATE_ON_START=true")
+            return True
+        except OperationalError as error:
+            retry += 1
+            delay = min(60.0, RetryPolicy.from_settings(settings).delay(retry))
+            log.warning("database unreachable; waiting for it", action="database_unavailable",
+                        error=_one_line(error), retry_in=round(delay, 1))
+            stop.wait(delay)
+    return False
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop.set()  # only a flag: the stop watcher does the rest
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def run_daemon(settings: Settings) -> int:
+    """`python scheduler.py daemon`: serve until SIGTERM/SIGINT, then exit 0."""
+    from core.http import serve_http
+
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # its warnings are logged as events here
+    engine = daemon_engine(settings)
+    daemon = Daemon(settings, engine, stop=stop)
+    server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs])
+    try:
+        finished = daemon.serve() if prepare_database(engine, settings, stop) else True
+    finally:
+        if server is not None:
+            server.close()
+    if not finished:  # a run ignored the stop: do not wait for it (its batch rolls back)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
