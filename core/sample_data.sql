@@ -1,0 +1,269 @@
+-- Sample data: a deterministic world of users, referrals, payments and points (see sample_data.py).
+-- Every random choice is pg_temp.rnd(seed, stream, n): a hash of the entity's number, so the same seed
+-- gives the same rows, whatever the server's parallelism or the order rows are produced in.
+-- Parameters: :seed, :users (N), :anchor_epoch (the generation's as-of, epoch seconds),
+-- :span_seconds (the years before it), :since / :until (the window of event times loaded).
+
+-- name: create_rnd --
+-- A uniform number in [0, 1) from (seed, stream, n); SQL and IMMUTABLE so the planner inlines it.
+CREATE OR REPLACE FUNCTION pg_temp.rnd(seed bigint, stream int, n bigint) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT (hashint8extended(n, seed * 1000 + stream) & 9007199254740991)::float8 / 9007199254740992.0 $$;
+
+-- name: create_uid --
+-- A stable UUID for the n-th entity of a kind.
+CREATE OR REPLACE FUNCTION pg_temp.uid(seed bigint, kind text, n bigint) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT md5(seed::text || ':' || kind || ':' || n::text)::uuid $$;
+
+-- name: plan_users --
+-- Users 1..:n_max. User n signs up at anchor - span * (1 - sqrt(n/N)): sign-ups grow over time, user N
+-- signs up at the anchor, later numbers after it. The first 2 % and 3 % of the rest came on their own.
+CREATE TEMP TABLE sample_user AS
+SELECT n,
+       pg_temp.uid(:seed, 'user', n)                                                     AS user_id,
+       upper(substr(md5(CAST(:seed AS text) || ':code:' || n::text), 1, 4)) || lpad(upper(to_hex(n)), 7, '0') AS code,
+       to_timestamp(floor(:anchor_epoch - :span_seconds * (1 - sqrt(n::float8 / :users)))) AS signup_at,
+       (n > ceil(:users * 0.02) AND pg_temp.rnd(:seed, 1, n) >= 0.03)                    AS referred
+FROM generate_series(1::bigint, :n_max) AS n;
+
+-- name: plan_relationships --
+-- One relationship per referred user n. The referrer is an earlier user, biased to early ones (so trees
+-- have deep chains); rarely (0.05 % and 0.1 %, at least about six) the user itself (self-referral) or its
+-- pair partner n # 1 (a two-user cycle);
+-- 0.3 % are stored as level 2 with the grandparent as referrer. Plans (activation, first payment,
+-- subscription length, plan price) are fixed per relationship; whether they happened depends on time.
+CREATE TEMP TABLE sample_relationship AS
+WITH pick AS (
+    SELECT u.n, u.user_id, u.signup_at,
+           CASE WHEN pg_temp.rnd(:seed, 2, u.n) < greatest(0.0005, 6.0 / :users) THEN u.n
+                WHEN pg_temp.rnd(:seed, 3, u.n / 2) < greatest(0.001, 6.0 / :users) THEN u.n # 1
+                ELSE 1 + floor((u.n - 1) * pg_temp.rnd(:seed, 4, u.n) ^ 2)::bigint
+           END AS referrer_n
+    FROM sample_user u
+    WHERE u.referred
+),
+leveled AS (
+    SELECT p.*,
+           (p.referrer_n <> p.n AND pg_temp.rnd(:seed, 5, p.n) < 0.003 AND gp.referrer_n IS NOT NULL
+            AND gp.referrer_n NOT IN (p.n, p.referrer_n)) AS is_level2,
+           gp.referrer_n AS grand_n
+    FROM pick p
+    LEFT JOIN pick gp ON gp.n = p.referrer_n
+),
+planned AS (
+    SELECT l.n, l.user_id, l.signup_at, l.is_level2,
+           CASE WHEN l.is_level2 THEN l.grand_n ELSE l.referrer_n END AS referrer_n,
+           CASE WHEN pg_temp.rnd(:seed, 6, l.n) < 0.30 THEN NULL
+                ELSE date_trunc('second', l.signup_at + interval '5 minutes'
+                                          + pg_temp.rnd(:seed, 7, l.n) * interval '14 days') END AS activated_plan
+    FROM leveled l
+)
+SELECT p.n,
+       pg_temp.uid(:seed, 'relationship', p.n) AS id,
+       r.user_id                               AS referrer_user_id,
+       p.user_id                               AS referred_user_id,
+       r.code                                  AS referral_code,
+       CASE WHEN p.is_level2 THEN 2 ELSE 1 END AS level,
+       p.signup_at                             AS created_at,
+       p.activated_plan,
+       CASE WHEN p.activated_plan IS NULL OR pg_temp.rnd(:seed, 8, p.n) >= 0.70 THEN NULL
+            ELSE date_trunc('second', p.activated_plan + interval '1 hour'
+                                      + pg_temp.rnd(:seed, 9, p.n) * interval '45 days') END AS rewarded_plan,
+       -- Never activated and old: expire-pending expired 70 % of them long ago; the rest wait for it.
+       CASE WHEN p.activated_plan IS NULL AND p.signup_at < to_timestamp(:anchor_epoch) - interval '120 days'
+                 AND pg_temp.rnd(:seed, 10, p.n) < 0.70
+            THEN p.signup_at + interval '91 days' END                                   AS expired_plan,
+       (ARRAY[999, 1999, 2999, 4999])[1 + floor(pg_temp.rnd(:seed, 11, p.n) * 4)::int]  AS plan_cents,
+       1 + floor(-ln(1 - pg_temp.rnd(:seed, 12, p.n)) * 14)::int                        AS subscription_months
+FROM planned p
+JOIN sample_user r ON r.n = p.referrer_n;
+
+-- name: index_plans --
+CREATE INDEX ON sample_user (n);
+CREATE INDEX ON sample_relationship (id);
+ANALYZE sample_user;
+ANALYZE sample_relationship;
+
+-- name: insert_codes --
+-- Every user who signed up in the window gets a referral code.
+INSERT INTO public.user_referral_codes (user_id, code, click_count, created_at)
+SELECT user_id, code, floor(pg_temp.rnd(:seed, 30, n) * 60)::int, signup_at
+FROM sample_user
+WHERE signup_at > :since AND signup_at <= :until;
+
+-- name: insert_relationships --
+-- Relationships created in the window, in their state at :until.
+INSERT INTO public.user_referral_relationships
+       (id, referrer_user_id, referred_user_id, referral_code, level, status,
+        activated_at, rewarded_at, expired_at, created_at)
+SELECT id, referrer_user_id, referred_user_id, referral_code, level,
+       CASE WHEN rewarded_plan <= :until THEN 'REWARDED'
+            WHEN activated_plan <= :until THEN 'ACTIVE'
+            WHEN expired_plan <= :until THEN 'EXPIRED'
+            ELSE 'PENDING' END,
+       CASE WHEN activated_plan <= :until THEN activated_plan END,
+       CASE WHEN rewarded_plan <= :until THEN rewarded_plan END,
+       CASE WHEN expired_plan <= :until THEN expired_plan END,
+       created_at
+FROM sample_relationship
+WHERE created_at > :since AND created_at <= :until;
+
+-- name: advance_relationships --
+-- What the app did in the window to relationships created before it: activations and first payments.
+UPDATE public.user_referral_relationships AS r
+   SET status       = CASE WHEN p.rewarded_plan <= :until THEN 'REWARDED' ELSE 'ACTIVE' END,
+       activated_at = p.activated_plan,
+       rewarded_at  = CASE WHEN p.rewarded_plan <= :until THEN p.rewarded_plan END
+  FROM sample_relationship p
+ WHERE r.id = p.id
+   AND p.created_at <= :since
+   AND ((p.activated_plan > :since AND p.activated_plan <= :until)
+        OR (p.rewarded_plan > :since AND p.rewarded_plan <= :until));
+
+-- name: insert_payments --
+-- Monthly subscription payments of rewarded referred users, from the first payment (rewarded_at, month 0)
+-- for `subscription_months` months, a few days into each month. After month 0: 5 % FAILED (70 % of those
+-- retried and PAID two days later), 3 % REFUNDED, the rest PAID.
+INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at)
+SELECT pg_temp.uid(:seed, 'payment', r.n * 1000 + m.k * 2 + a.attempt),
+       r.referred_user_id, r.plan_cents, a.status, a.paid_at, a.paid_at
+FROM sample_relationship r
+CROSS JOIN LATERAL generate_series(0, r.subscription_months - 1) AS m(k)
+CROSS JOIN LATERAL (
+    SELECT date_trunc('second', r.rewarded_plan + m.k * interval '1 month'
+                      + CASE WHEN m.k = 0 THEN interval '0' ELSE pg_temp.rnd(:seed, 13, r.n * 1000 + m.k) * interval '4 days' END
+           ) AS due_at,
+           pg_temp.rnd(:seed, 14, r.n * 1000 + m.k) AS outcome,
+           pg_temp.rnd(:seed, 15, r.n * 1000 + m.k) AS retry
+) AS month
+CROSS JOIN LATERAL (
+    SELECT 0 AS attempt,
+           CASE WHEN m.k = 0 OR month.outcome >= 0.08 THEN 'PAID'
+                WHEN month.outcome < 0.05 THEN 'FAILED'
+                ELSE 'REFUNDED' END AS status,
+           month.due_at AS paid_at
+    UNION ALL
+    SELECT 1, 'PAID', month.due_at + interval '2 days'
+    WHERE m.k > 0 AND month.outcome < 0.05 AND month.retry < 0.70
+) AS a
+WHERE r.rewarded_plan IS NOT NULL
+  AND r.rewarded_plan + m.k * interval '1 month' <= :until
+  AND a.paid_at > :since AND a.paid_at <= :until;
+
+-- name: insert_ledger --
+-- The app's points over the years, and the balance cache moved by them (as the app does, in one
+-- statement). Earnings: REFERRAL_FIRST_PAYMENT (1000, the referrer, at the first payment),
+-- REFERRAL_WELCOME (200, the referred user, at activation), ADMIN_GRANT (1 % of users, 100..5000).
+-- Each earning is then partly spent, never more than it brought: 20-60 % of it in redemptions of about
+-- 17 points (each 0.5-1.5x the mean, so at most 90 %), and 3 % of earnings get an ADMIN_GRANT
+-- correction of -10 %. Spending comes after its earning, so no balance ever goes below zero.
+-- No idempotency key: these are the app's rows.
+WITH earning AS (
+    SELECT 1 AS kind, r.n, r.referrer_user_id AS user_id, 1000 AS points, r.rewarded_plan AS at,
+           r.id AS ref_id, 'REFERRAL_FIRST_PAYMENT' AS type
+    FROM sample_relationship r
+    WHERE r.rewarded_plan IS NOT NULL AND r.referrer_user_id <> r.referred_user_id
+    UNION ALL
+    SELECT 2, r.n, r.referred_user_id, 200, r.activated_plan, r.id, 'REFERRAL_WELCOME'
+    FROM sample_relationship r
+    WHERE r.activated_plan IS NOT NULL
+    UNION ALL
+    SELECT 3, u.n, u.user_id, 100 * (1 + floor(pg_temp.rnd(:seed, 20, u.n) * 50))::int,
+           date_trunc('second', u.signup_at + pg_temp.rnd(:seed, 21, u.n) * interval '365 days'),
+           NULL, 'ADMIN_GRANT'
+    FROM sample_user u
+    WHERE pg_temp.rnd(:seed, 22, u.n) < 0.01
+),
+keyed AS (
+    SELECT e.*, (e.n * 4 + e.kind) * 1000 AS key,
+           e.points * (0.2 + 0.4 * pg_temp.rnd(:seed, 23, e.n * 4 + e.kind)) AS to_spend
+    FROM earning e
+),
+spending AS (
+    SELECT k.user_id, k.points, k.at, k.key + s.j AS key, s.j, k.to_spend,
+           floor(k.to_spend / 17)::int AS redemptions
+    FROM keyed k
+    CROSS JOIN LATERAL generate_series(0, floor(k.to_spend / 17)::int) AS s(j)
+),
+app_row AS (
+    SELECT key + 999 AS key, user_id, points AS delta, type, ref_id, NULL::text AS note, at
+    FROM keyed
+    UNION ALL
+    SELECT key, user_id,
+           CASE WHEN j = 0 THEN -floor(points * 0.1)::int
+                ELSE -floor(to_spend / redemptions * (0.5 + pg_temp.rnd(:seed, 24, key)))::int END,
+           CASE WHEN j = 0 THEN 'ADMIN_GRANT'
+                WHEN pg_temp.rnd(:seed, 25, key) < 0.08 THEN 'REDEMPTION_UNLOCK'
+                ELSE 'REDEMPTION_QUOTA' END,
+           CASE WHEN j > 0 THEN pg_temp.uid(:seed, 'redemption', key) END,
+           CASE WHEN j = 0 THEN 'correction' END,
+           date_trunc('second', at + interval '1 hour'
+                      + pg_temp.rnd(:seed, 26, key) * CASE WHEN j = 0 THEN interval '30 days' ELSE interval '400 days' END)
+    FROM spending
+    WHERE j > 0 OR pg_temp.rnd(:seed, 27, key) < 0.03
+),
+inserted AS (
+    INSERT INTO public.user_point_transactions (id, user_id, delta, type, ref_id, note, created_at)
+    SELECT pg_temp.uid(:seed, 'ledger', key), user_id, delta, type, ref_id, note, at
+    FROM app_row
+    WHERE at > :since AND at <= :until
+    RETURNING user_id, delta
+),
+per_user AS (
+    SELECT user_id, sum(delta) AS balance, sum(greatest(delta, 0)) AS earned, sum(least(delta, 0)) AS spent
+    FROM inserted
+    GROUP BY user_id
+)
+INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, total_spent, updated_at)
+SELECT user_id, balance, earned, spent, :until
+FROM per_user
+ORDER BY user_id
+ON CONFLICT (user_id) DO UPDATE
+   SET balance      = b.balance + excluded.balance,
+       total_earned = b.total_earned + excluded.total_earned,
+       total_spent  = b.total_spent + excluded.total_spent,
+       updated_at   = excluded.updated_at;
+
+-- name: drift_cache --
+-- A little drift for reconcile to find, on the users first in a seeded order: one user's cache row is
+-- missing, one has a balance off (cache inconsistent too), one total_earned off, the rest balance and
+-- total_earned off together (consistent cache, wrong numbers); plus one orphan cache row.
+WITH chosen AS (
+    SELECT b.user_id, row_number() OVER (ORDER BY pg_temp.rnd(:seed, 40, u.n), u.n) AS rank
+    FROM public.user_point_balances b
+    JOIN sample_user u ON u.user_id = b.user_id
+),
+drifted AS (
+    SELECT user_id, rank FROM chosen WHERE rank <= :drifted_users
+),
+removed AS (
+    DELETE FROM public.user_point_balances b
+    USING drifted d
+    WHERE b.user_id = d.user_id AND d.rank = 1
+    RETURNING b.user_id
+),
+changed AS (
+    UPDATE public.user_point_balances b
+       SET balance      = b.balance + CASE WHEN d.rank = 3 THEN 0 ELSE 10 * d.rank END,
+           total_earned = b.total_earned + CASE WHEN d.rank = 2 THEN 0 ELSE 10 * d.rank END
+      FROM drifted d
+     WHERE b.user_id = d.user_id AND d.rank > 1
+    RETURNING b.user_id
+),
+orphan AS (
+    INSERT INTO public.user_point_balances (user_id, balance, total_earned, total_spent, updated_at)
+    VALUES (pg_temp.uid(:seed, 'orphan', 1), 120, 120, 0, :until)
+    RETURNING user_id
+)
+SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM changed) + (SELECT count(*) FROM orphan);
+
+-- name: drop_plans --
+DROP TABLE IF EXISTS sample_user, sample_relationship;
+
+-- name: count_rows --
+SELECT (SELECT count(*) FROM public.user_referral_codes)         AS referral_codes,
+       (SELECT count(*) FROM public.user_referral_relationships) AS relationships,
+       (SELECT count(*) FROM public.user_subscription_payments)  AS payments,
+       (SELECT count(*) FROM public.user_point_transactions)     AS ledger,
+       (SELECT count(*) FROM public.user_point_balances)         AS balances;
