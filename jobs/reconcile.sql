@@ -1,0 +1,180 @@
+-- reconcile: the balance cache against the ledger, in one REPEATABLE READ READ ONLY snapshot,
+-- then (with --repair) the discrepant cache rows set to the ledger under a row lock.
+
+-- name: previous_reconcile --
+-- The opening of the roll-forward: the latest successful reconcile for an earlier as-of.
+SELECT r.run_id, r.as_of, r.closing_balance
+FROM public.reconciliation_runs r
+JOIN public.job_runs j ON j.id = r.run_id
+WHERE j.status = 'SUCCEEDED' AND NOT j.dry_run AND r.as_of < :as_of AND r.run_id <> :run_id
+ORDER BY r.as_of DESC, r.run_id DESC
+LIMIT 1;
+
+-- name: ledger_totals --
+-- Every row of the snapshot (what the cache must match), plus the split at the as-of instant:
+-- `closing` is the liability as of as_of, `dated_up_to_previous` explains a roll-forward gap.
+SELECT count(*)                                                            AS rows,
+       coalesce(sum(delta), 0)                                             AS balance,
+       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                    AS earned,
+       coalesce(sum(delta) FILTER (WHERE delta < 0), 0)                    AS spent,
+       coalesce(sum(delta) FILTER (WHERE created_at <= :as_of), 0)         AS closing,
+       count(*) FILTER (WHERE created_at > :as_of)                         AS rows_after_as_of,
+       coalesce(sum(delta) FILTER (WHERE created_at > :as_of), 0)          AS points_after_as_of,
+       coalesce(sum(delta) FILTER (WHERE created_at <= :previous_as_of), 0) AS dated_up_to_previous
+FROM public.user_point_transactions;
+
+-- name: cache_totals --
+SELECT count(*)                         AS rows,
+       coalesce(sum(balance), 0)        AS balance,
+       coalesce(sum(total_earned), 0)   AS earned,
+       coalesce(sum(total_spent), 0)    AS spent
+FROM public.user_point_balances;
+
+-- name: users_checked --
+SELECT count(*)
+FROM (SELECT user_id FROM public.user_point_transactions
+      UNION
+      SELECT user_id FROM public.user_point_balances) AS every_user;
+
+-- name: movements --
+-- The roll-forward's movements: ledger rows dated in (previous as_of, as_of], by type. Positive
+-- deltas are issued; negative ones are spent, or expired for EXPIRY.
+SELECT type,
+       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)  AS issued,
+       coalesce(-sum(delta) FILTER (WHERE delta < 0), 0) AS debited
+FROM public.user_point_transactions
+WHERE created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
+  AND created_at <= :as_of
+GROUP BY type
+ORDER BY type;
+
+-- name: discrepancies --
+-- Every discrepant user, in user_id order. Field mismatches are judged when both sides exist;
+-- a user with no cache row is MISSING_BALANCE, a nonzero cache row without ledger rows ORPHAN_BALANCE.
+WITH ledger AS (
+    SELECT user_id,
+           sum(delta)                                    AS balance,
+           coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS earned,
+           coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS spent
+    FROM public.user_point_transactions
+    GROUP BY user_id
+),
+compared AS (
+    SELECT coalesce(l.user_id, b.user_id)     AS user_id,
+           l.user_id IS NOT NULL              AS in_ledger,
+           b.user_id IS NOT NULL              AS in_cache,
+           CAST(b.balance AS bigint)          AS cached_balance,
+           coalesce(l.balance, 0)             AS ledger_balance,
+           CAST(b.total_earned AS bigint)     AS cached_total_earned,
+           coalesce(l.earned, 0)              AS ledger_total_earned,
+           CAST(b.total_spent AS bigint)      AS cached_total_spent,
+           coalesce(l.spent, 0)               AS ledger_total_spent
+    FROM ledger l
+    FULL JOIN public.user_point_balances b ON b.user_id = l.user_id
+),
+classified AS (
+    SELECT c.*,
+           array_remove(ARRAY[
+               CASE WHEN in_ledger AND NOT in_cache THEN 'MISSING_BALANCE' END,
+               CASE WHEN in_cache AND NOT in_ledger
+                     AND (cached_balance <> 0 OR cached_total_earned <> 0 OR cached_total_spent <> 0)
+                    THEN 'ORPHAN_BALANCE' END,
+               CASE WHEN in_ledger AND in_cache AND cached_balance <> ledger_balance THEN 'BALANCE_MISMATCH' END,
+               CASE WHEN in_ledger AND in_cache AND cached_total_earned <> ledger_total_earned
+                    THEN 'EARNED_MISMATCH' END,
+               CASE WHEN in_ledger AND in_cache AND cached_total_spent <> ledger_total_spent
+                    THEN 'SPENT_MISMATCH' END,
+               CASE WHEN in_cache AND cached_balance <> cached_total_earned + cached_total_spent
+                    THEN 'CACHE_INCONSISTENT' END,
+               CASE WHEN ledger_balance < 0 THEN 'NEGATIVE_BALANCE' END
+           ], NULL) AS kinds
+    FROM compared c
+)
+SELECT user_id, kinds, cached_balance, ledger_balance,
+       coalesce(cached_balance, 0) - ledger_balance AS drift,
+       cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent
+FROM classified
+WHERE cardinality(kinds) > 0
+ORDER BY user_id;
+
+-- name: insert_discrepancies --
+-- One chunk of the stream, as parallel arrays (kinds joined by '|').
+INSERT INTO public.reconciliation_discrepancies
+       (run_id, user_id, kinds, cached_balance, ledger_balance, drift,
+        cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent)
+SELECT :run_id, d.user_id, string_to_array(d.kinds, '|'), d.cached_balance, d.ledger_balance, d.drift,
+       d.cached_total_earned, d.ledger_total_earned, d.cached_total_spent, d.ledger_total_spent
+FROM unnest(CAST(:user_ids AS uuid[]), CAST(:kinds AS text[]), CAST(:cached_balance AS bigint[]),
+            CAST(:ledger_balance AS bigint[]), CAST(:drift AS bigint[]),
+            CAST(:cached_total_earned AS bigint[]), CAST(:ledger_total_earned AS bigint[]),
+            CAST(:cached_total_spent AS bigint[]), CAST(:ledger_total_spent AS bigint[]))
+     AS d(user_id, kinds, cached_balance, ledger_balance, drift,
+          cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent);
+
+-- name: insert_run --
+INSERT INTO public.reconciliation_runs
+       (run_id, as_of, users_checked, ledger_rows, discrepancies, ledger_balance, ledger_earned,
+        ledger_spent, cache_balance, cache_earned, cache_spent, net_drift, closing_balance, repaired,
+        csv_file, json_file, summary)
+VALUES (:run_id, :as_of, :users_checked, :ledger_rows, :discrepancies, :ledger_balance, :ledger_earned,
+        :ledger_spent, :cache_balance, :cache_earned, :cache_spent, :net_drift, :closing_balance, :repaired,
+        :csv_file, :json_file, CAST(:summary AS jsonb));
+
+-- name: repair_batch --
+-- The next discrepant users of this run to repair, in user_id order.
+SELECT user_id
+FROM public.reconciliation_discrepancies
+WHERE run_id = :run_id AND user_id > :after
+ORDER BY user_id
+LIMIT :batch_size;
+
+-- name: create_missing_balances --
+-- A MISSING_BALANCE user gets a cache row first, so that every row of the batch can be locked.
+INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, total_spent, updated_at)
+SELECT user_id, 0, 0, 0, :as_of
+FROM unnest(CAST(:user_ids AS uuid[])) AS batch(user_id)
+ORDER BY user_id
+ON CONFLICT (user_id) DO NOTHING
+RETURNING b.user_id;
+
+-- name: lock_balances --
+SELECT user_id
+FROM public.user_point_balances
+WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
+ORDER BY user_id
+FOR UPDATE;
+
+-- name: repair_balances --
+-- Under the row locks taken by the previous statement, set each cache row to the ledger's sums
+-- (read now, so an app write committed while we waited is included); users without ledger rows get 0.
+WITH ledger AS (
+    SELECT batch.user_id,
+           coalesce(sum(t.delta), 0)                          AS balance,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0), 0) AS earned,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta < 0), 0) AS spent
+    FROM unnest(CAST(:user_ids AS uuid[])) AS batch(user_id)
+    LEFT JOIN public.user_point_transactions t ON t.user_id = batch.user_id
+    GROUP BY batch.user_id
+)
+UPDATE public.user_point_balances b
+   SET balance = l.balance, total_earned = l.earned, total_spent = l.spent, updated_at = :as_of
+  FROM ledger l
+ WHERE b.user_id = l.user_id
+   AND (b.balance, b.total_earned, b.total_spent) IS DISTINCT FROM (l.balance, l.earned, l.spent)
+RETURNING b.user_id;
+
+-- name: report_run --
+-- A stored report: the given run, or the latest one when :run_id is NULL.
+SELECT r.*, j.status
+FROM public.reconciliation_runs r
+JOIN public.job_runs j ON j.id = r.run_id
+WHERE CAST(:run_id AS bigint) IS NULL OR r.run_id = CAST(:run_id AS bigint)
+ORDER BY r.run_id DESC
+LIMIT 1;
+
+-- name: report_discrepancies --
+SELECT user_id, kinds, cached_balance, ledger_balance, drift,
+       cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent
+FROM public.reconciliation_discrepancies
+WHERE run_id = :run_id
+ORDER BY user_id;
