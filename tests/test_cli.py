@@ -1,0 +1,214 @@
+"""The command line: usage errors (exit 2, one line, no traceback), `jobs`, `history`, and `run-all`
+with its exit codes (1 when a job failed, else 3 when one was running elsewhere)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from sqlalchemy import text
+
+import scheduler
+from core import runs
+from jobs import PIPELINE
+from tests.builders import add_payment, add_relationship, new_id, utc
+
+AS_OF = utc(2026, 6, 1)
+
+
+@pytest.fixture
+def main_in_process(monkeypatch, tmp_path, database_url, capsys):
+    """`scheduler.main(args)` in this process against the test database: (exit code, stdout, stderr).
+    Logging is left as pytest set it (structlog must not keep pytest's capture stream)."""
+    for name in list(os.environ):
+        if name.startswith("REWARDS_") or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REWARDS_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("core.logs.configure_logging", lambda *args, **kwargs: None)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop what the test printed before (structlog's default prints to stdout)
+        code = scheduler.main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def _statuses(engine) -> dict[str, list[str]]:
+    with engine.connect() as conn:
+        found: dict[str, list[str]] = {}
+        for job, status in conn.execute(text("SELECT job, status FROM public.job_runs ORDER BY id")):
+            found.setdefault(job, []).append(status)
+    return found
+
+
+def _freeze_relationships(conn) -> None:
+    """Make every UPDATE of a relationship fail, so that expire-pending fails when it has work."""
+    conn.execute(text(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'relationships are frozen'; END $$;"
+        " CREATE TRIGGER frozen BEFORE UPDATE ON public.user_referral_relationships"
+        " FOR EACH ROW EXECUTE FUNCTION public.refuse();"))
+
+
+# ── usage errors ────────────────────────────────────────────────────────────────
+
+USAGE_ERRORS = [
+    ([], "the following arguments are required: command"),
+    (["frob"], "invalid choice: 'frob'"),
+    (["run"], "the following arguments are required: JOB"),
+    (["run", "no-such-job"], "JOB: unknown job 'no-such-job'"),
+    (["run", "expire-pending", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "expire-pending", "--repair"], "--repair: only the reconcile job repairs"),
+    (["run-all", "--repair"], "unrecognized arguments: --repair"),
+    (["history", "--limit", "x"], "argument --limit: invalid int value: 'x'"),
+    (["history", "--limit", "0"], "--limit: must be at least 1"),
+    (["history", "--limit", "-5"], "--limit: must be at least 1"),
+    (["history", "--job", "no-such-job"], "JOB: unknown job 'no-such-job'"),
+    (["report", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    (["report", "last-tuesday"], "RUN_ID: must be a run id"),
+]
+
+
+@pytest.mark.parametrize("args, message", USAGE_ERRORS, ids=[" ".join(a) or "nothing" for a, _ in USAGE_ERRORS])
+def test_usage_error_exits_2_with_one_line_naming_the_argument(main_in_process, engine, args, message):
+    code, out, err = main_in_process(*args)
+
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert _statuses(engine) == {}  # no run started
+
+
+@pytest.mark.slow
+def test_usage_error_in_a_real_process_has_no_traceback(cli):
+    for args in (["frob"], ["run", "no-such-job"], ["run", "expire-pending", "--repair"], ["history", "--limit", "0"]):
+        result = cli(*args, timeout=30)
+
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+# ── jobs and history ────────────────────────────────────────────────────────────
+
+def test_jobs_lists_every_job_with_schedule_next_fire_and_last_run(main_in_process, monkeypatch, engine):
+    monkeypatch.setenv("REWARDS_SCHEDULE_RECONCILE", "off")
+    run_id = runs.claim(engine, job="expire-pending", trigger="manual", as_of=AS_OF, scheduled_for=None,
+                        dry_run=False, settings={}, lease_seconds=300)
+    runs.finish(engine, run_id, status="SUCCEEDED", stats={}, error=None)
+
+    code, out, err = main_in_process("jobs")
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["job", "schedule", "(UTC)", "next", "fire", "last", "run"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert list(rows) == [job.name for job in PIPELINE]
+    assert "5 0 * * *" in rows["expire-pending"]
+    assert f"SUCCEEDED run {run_id} (manual) as of 2026-06-01 00:00:00Z" in rows["expire-pending"]
+    assert rows["reconcile"].split()[1:] == ["off", "never", "run"]
+    for name in ("recurring-rewards", "level2-rewards", "expire-points"):
+        assert rows[name].endswith("never run")
+        assert rows[name].count(":00Z") == 1  # its next fire time
+
+
+def test_history_lists_recent_runs_newest_first_and_filters(main_in_process, engine, settings):
+    from core.runner import run_job
+    from jobs import expire_pending
+
+    with engine.begin() as conn:
+        add_relationship(conn, created_at=utc(2026, 1, 1))
+    first = run_job(expire_pending.JOB, settings=settings, engine=engine, as_of=AS_OF)
+    second = run_job(expire_pending.JOB, settings=settings, engine=engine, as_of=utc(2026, 6, 2), dry_run=True)
+    other = runs.claim(engine, job="reconcile", trigger="manual", as_of=AS_OF, scheduled_for=None,
+                       dry_run=False, settings={}, lease_seconds=300)
+
+    code, out, err = main_in_process("history")
+    _, filtered, _ = main_in_process("history", "--job", "expire-pending", "--limit", "1")
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["run", "job", "trigger", "as", "of"]
+    assert [line.split()[0] for line in lines[2:]] == [str(other), str(second.run_id), str(first.run_id)]
+    assert "relationships expired: 1" in lines[4]
+    assert "SUCCEEDED (dry run)" in lines[3] and "relationships expired: 0" in lines[3]
+    assert "RUNNING" in lines[2]
+    assert [line.split()[0] for line in filtered.splitlines()[2:]] == [str(second.run_id)]
+
+
+def test_history_of_an_empty_database_prints_the_header_only(main_in_process):
+    code, out, _ = main_in_process("history")
+
+    assert code == 0
+    assert len(out.splitlines()) == 2
+
+
+# ── run-all ─────────────────────────────────────────────────────────────────────
+
+@pytest.mark.slow
+def test_run_all_runs_every_job_in_order_for_one_as_of_and_exits_0(cli, engine):
+    result = cli("run-all", "--as-of", "2026-06-01")
+
+    assert result.returncode == 0, result.stderr
+    with engine.connect() as conn:
+        rows = list(conn.execute(text("SELECT job, status, as_of FROM public.job_runs ORDER BY id")))
+    assert [(row.job, row.status, row.as_of) for row in rows] == [(job.name, "SUCCEEDED", AS_OF) for job in PIPELINE]
+
+
+@pytest.mark.slow
+def test_run_all_goes_on_past_a_failed_job_and_exits_1(cli, engine):
+    with engine.begin() as conn:
+        add_relationship(conn, created_at=utc(2025, 1, 1))
+        _freeze_relationships(conn)
+
+    result = cli("run-all", "--as-of", "2026-06-01")
+
+    assert result.returncode == 1
+    expected = {job.name: ["SUCCEEDED"] for job in PIPELINE} | {"expire-pending": ["FAILED"]}
+    assert _statuses(engine) == expected
+
+
+@pytest.mark.slow
+def test_run_all_with_a_missing_payments_view_exits_1(cli, engine):
+    with engine.begin() as conn:  # work for recurring-rewards, so that it reads the payments
+        referred = new_id()
+        add_relationship(conn, referred=referred, status="REWARDED", created_at=utc(2026, 1, 1),
+                         rewarded_at=utc(2026, 1, 10))
+        add_payment(conn, user=referred, paid_at=utc(2026, 2, 10))
+
+    result = cli("run-all", "--as-of", "2026-06-01", env={"REWARDS_PAYMENTS_TABLE": "public.no_such_payments_view"})
+
+    assert result.returncode == 1
+    statuses = _statuses(engine)
+    assert statuses["recurring-rewards"] == ["FAILED"]
+    assert statuses["expire-pending"] == ["SUCCEEDED"]
+
+
+@pytest.mark.slow
+def test_run_all_with_a_job_running_elsewhere_exits_3_and_runs_the_others(cli, engine):
+    holder = runs.claim(engine, job="expire-pending", trigger="manual", as_of=AS_OF, scheduled_for=None,
+                        dry_run=False, settings={}, lease_seconds=300)
+
+    result = cli("run-all", "--as-of", "2026-06-01")
+
+    assert result.returncode == 3
+    assert f"expire-pending is already running elsewhere: run {holder} (manual)" in result.stderr
+    expected = {job.name: ["SUCCEEDED"] for job in PIPELINE} | {"expire-pending": ["RUNNING", "SKIPPED"]}
+    assert _statuses(engine) == expected
+
+
+@pytest.mark.slow
+def test_run_all_with_a_failure_and_a_job_running_elsewhere_exits_1(cli, engine):
+    with engine.begin() as conn:
+        add_relationship(conn, created_at=utc(2025, 1, 1))
+        _freeze_relationships(conn)
+    runs.claim(engine, job=PIPELINE[-1].name, trigger="manual", as_of=AS_OF, scheduled_for=None,
+               dry_run=False, settings={}, lease_seconds=300)
+
+    result = cli("run-all", "--as-of", "2026-06-01")
+
+    assert result.returncode == 1
