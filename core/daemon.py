@@ -220,6 +220,7 @@ class Daemon:
             self.scheduler.add_job(self._catch_up, "date", run_date=when, id="catch-up",
                                    replace_existing=True, misfire_grace_time=None)
             return
+        caught_up = []
         for job in self.jobs:
             if self.stop.is_set():
                 return
@@ -229,6 +230,8 @@ class Daemon:
                 continue
             log.info("catching up a missed tick", action="catch_up", job=job.name, missed_tick=tick.isoformat())
             self._attempt(job, "catch-up", now, tick, 1)
+            caught_up.append(job.name)
+        log.info("catch-up done", action="catch_up_done", jobs=caught_up)
 
     def _attempt(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime, attempt: int,
                  failed_before: RunResult | None = None) -> None:
