@@ -132,8 +132,9 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
     writer = csv.writer(csv_out, lineterminator="\n") if csv_out else None
     if writer:
         writer.writerow(CSV_HEADER)
-    statement = _queries["discrepancies"].execution_options(yield_per=ctx.settings.batch_size)
-    for chunk_number, chunk in enumerate(conn.execute(statement).partitions(), start=1):
+    chunk_size = ctx.settings.batch_size
+    rows = conn.execute(_queries["discrepancies"], execution_options=_streamed(chunk_size))
+    for chunk_number, chunk in enumerate(rows.partitions(chunk_size), start=1):
         for row in chunk:
             found.add(row.kinds)
         if writer:
@@ -144,6 +145,11 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
     if not found.total:  # the chunk loop renews the lease; with nothing to write, renew it once
         _store_chunk(ctx, [])
     return found
+
+
+def _streamed(chunk_size: int) -> dict[str, Any]:
+    """A server-side cursor that fetches `chunk_size` rows at a time: memory stays flat."""
+    return {"stream_results": True, "max_row_buffer": chunk_size}
 
 
 def _store_chunk(ctx: RunContext, chunk: Sequence[Any]) -> None:
@@ -272,6 +278,8 @@ def roll_forward(snapshot: Snapshot) -> dict[str, Any]:
 def _explain_gap(gap: int, previous: Any | None) -> str | None:
     if gap == 0:
         return None
+    if previous is None:  # cannot happen in one snapshot; said plainly should it ever
+        return f"{gap:+d} points: the ledger's closing and its movements disagree"
     return (f"{gap:+d} points in ledger rows dated on or before the previous reconcile's as-of "
             f"({_iso(previous.as_of)}, run {previous.run_id}) were written after it ran "
             "(late or back-dated writes)")
@@ -320,8 +328,8 @@ def render_report(engine: Engine, run_id: int | None, fmt: str) -> str | None:
             return None
         if fmt == "json":
             return summary_json(stored.summary)
-        rows = conn.execute(_queries["report_discrepancies"].execution_options(yield_per=1000),
-                            {"run_id": stored.run_id})
+        rows = conn.execute(_queries["report_discrepancies"], {"run_id": stored.run_id},
+                            execution_options=_streamed(1000))
         if fmt == "csv":
             return _csv_text(rows)
         if fmt == "table":
