@@ -103,25 +103,44 @@ def _require_empty(engine: Engine) -> None:
 
 def _load(engine: Engine, world: World, *, since: datetime, until: datetime, drift: bool,
           progress: Progress) -> None:
-    """Plan the world in temporary tables, then insert each table's rows of the window, step by step."""
+    """Plan the world in temporary tables, then insert each table's rows of the window, step by step.
+
+    The first load (`drift`) fills empty tables: their indexes are dropped and built again after it,
+    in the same transaction, which is several times faster than maintaining them row by row.
+    """
     params = {**world.params(until), "since": since, "until": until}
+    bulk = drift
     with engine.connect() as conn:
         _step(conn, progress, f"planning {params['n_max']} users", params,
               "create_rnd", "create_uid", "plan_users", "plan_relationships", "index_plans")
-        _step(conn, progress, "referral codes", params, "insert_codes")
-        _step(conn, progress, "referral relationships", params, "insert_relationships", "advance_relationships")
-        _step(conn, progress, "subscription payments", params, "insert_payments")
-        _step(conn, progress, "points ledger and balance cache", params, "insert_ledger")
+        _step(conn, progress, "referral codes", params, "insert_codes",
+              rebuild="public.user_referral_codes" if bulk else None)
+        _step(conn, progress, "referral relationships", params, "insert_relationships", "advance_relationships",
+              rebuild="public.user_referral_relationships" if bulk else None)
+        _step(conn, progress, "subscription payments", params, "insert_payments",
+              rebuild="public.user_subscription_payments" if bulk else None)
+        _step(conn, progress, "points ledger and balance cache", params, "insert_ledger",
+              rebuild="public.user_point_transactions" if bulk else None)
         if drift:
             _step(conn, progress, "balance cache drift", {**params, "drifted_users": 5 + world.users // 100_000},
                   "drift_cache")
         _step(conn, progress, "cleaning up", params, "drop_plans")
 
 
-def _step(conn: Connection, progress: Progress, label: str, params: dict[str, object], *names: str) -> None:
+def _step(conn: Connection, progress: Progress, label: str, params: dict[str, object], *names: str,
+          rebuild: str | None = None) -> None:
+    """Run the named statements in one transaction; with `rebuild`, that table's indexes are dropped
+    before and built again after them."""
     progress(label)
+    ddl = list(conn.execute(_queries["index_ddl"], {"table": rebuild})) if rebuild else []
+    if ddl:
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+    for index in ddl:
+        conn.exec_driver_sql(index.drop_ddl)
     for name in names:
         conn.execute(_queries[name], params)
+    for index in ddl:
+        conn.exec_driver_sql(index.create_ddl)
     conn.commit()
 
 

@@ -267,3 +267,16 @@ SELECT (SELECT count(*) FROM public.user_referral_codes)         AS referral_cod
        (SELECT count(*) FROM public.user_subscription_payments)  AS payments,
        (SELECT count(*) FROM public.user_point_transactions)     AS ledger,
        (SELECT count(*) FROM public.user_point_balances)         AS balances;
+
+-- name: index_ddl --
+-- How to drop and re-create each index of a table (constraint indexes through their constraint), so a
+-- bulk load into an empty table can build them once, sorted, instead of row by row in random order.
+SELECT CASE WHEN c.oid IS NULL THEN format('DROP INDEX %s', i.indexrelid::regclass)
+            ELSE format('ALTER TABLE %s DROP CONSTRAINT %I', i.indrelid::regclass, c.conname) END AS drop_ddl,
+       CASE WHEN c.oid IS NULL THEN pg_get_indexdef(i.indexrelid)
+            ELSE format('ALTER TABLE %s ADD CONSTRAINT %I %s', i.indrelid::regclass, c.conname,
+                        pg_get_constraintdef(c.oid)) END AS create_ddl
+FROM pg_index i
+LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
+WHERE i.indrelid = CAST(:table AS regclass)
+ORDER BY i.indexrelid;

@@ -213,3 +213,19 @@ def test_advance_refuses_a_window_before_the_worlds_as_of(sample):
     engine, _ = sample
     with pytest.raises(ValueError):
         sample_data.advance(engine, users=USERS, seed=7, as_of=AS_OF, until=AS_OF - timedelta(hours=1))
+
+
+def test_generate_leaves_every_index_and_constraint_as_the_migrations_made_them(engine):
+    schema_sql = """
+        SELECT indexname || ' ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+        UNION ALL
+        SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace
+        ORDER BY 1"""
+    with engine.connect() as conn:
+        before = conn.execute(text(schema_sql)).scalars().all()
+    sample_data.generate(engine, users=50, as_of=AS_OF)
+    with engine.connect() as conn:
+        after = conn.execute(text(schema_sql)).scalars().all()
+    assert after == before
+    assert any("uq_upt_idempotency_key" in line for line in after)
