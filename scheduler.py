@@ -245,7 +245,9 @@ def cmd_daemon(args: argparse.Namespace, settings: Any) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Any) -> int:
     from core.demo import run_demo
 
-    return run_demo(settings)
+    if args.users < 1:
+        raise UsageError("--users: must be at least 1")
+    return run_demo(settings, users=args.users, seed=args.seed)
 
 
 # ── output ───────────────────────────────────────────────────────────────────
@@ -291,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest")
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     command("health", cmd_health, "exit 0 when the database answers and no migration is pending")
-    command("demo", cmd_demo, "sample data on an embedded database, the whole pipeline, a summary")
+    demo = command("demo", cmd_demo, "sample data on an embedded database, the whole pipeline, a summary")
+    demo.add_argument("--users", type=int, default=3000, metavar="N", help="users in the sample (default 3000)")
+    demo.add_argument("--seed", type=int, default=42, help="the sample's random seed (default 42)")
     return parser
 
 

@@ -102,6 +102,15 @@ def build_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DE
         engine.dispose()
 
 
+_BOOKKEEPING = {"scan_from", "high_water_as_of", "since", "report", "discrepancies_by_kind"}
+
+
+def what_changed(stats: dict[str, object]) -> str:
+    """A run's stats without zeros and bookkeeping (the reconciliation report follows anyway)."""
+    return describe_stats({key: value for key, value in stats.items()
+                           if key not in _BOOKKEEPING and value not in (0, None, {}, "")})
+
+
 def format_summary(outcome: DemoOutcome) -> str:
     """The readable end of the demo: the sample, what each job changed, the reconciliation."""
     lines = [
@@ -114,14 +123,14 @@ def format_summary(outcome: DemoOutcome) -> str:
     ]
     for result in outcome.results:
         lines.append(f"  {result.job:<18} {result.status} in {result.seconds:.2f}s (run {result.run_id})")
-        details = describe_stats(result.stats)
+        details = what_changed(result.stats)
         if details:
             lines.append(f"  {'':<18} {details}")
         if result.error:
             lines.append(f"  {'':<18} error: {result.error}")
     if outcome.reconciliation:
         lines += ["", outcome.reconciliation.rstrip("\n")]
-    lines += ["", f"Reports: {outcome.reports_dir}",
+    lines += ["", f"Reports: {outcome.reports_dir.resolve() if outcome.reports_dir else ''}",
               "Run it again for a fresh database; `--users N` for a bigger (or smaller) world."]
     return "\n".join(lines) + "\n"
 

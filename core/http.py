@@ -67,7 +67,8 @@ class HttpServer:
     def __init__(self, server: WSGIServer, collector: LastSuccessCollector, registry: CollectorRegistry) -> None:
         self._server, self._collector, self._registry = server, collector, registry
         self.port = server.server_port
-        self._thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http",
+                                        daemon=True)
         self._thread.start()
 
     def close(self) -> None:
