@@ -75,11 +75,13 @@ BAD_DATABASE_URLS = [
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path) -> Path:
-    """No setting from the outside world: no REWARDS_* variable, no DATABASE_URL, no .env file."""
+    """No setting from the outside world: no REWARDS_* variable, no DATABASE_URL, no .env file.
+    Logging stays as it is: structlog must not keep pytest's capture stream after the test."""
     for name in list(os.environ):
         if name.startswith("REWARDS_") or name == "DATABASE_URL":
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("core.logs.configure_logging", lambda *args, **kwargs: None)
     return tmp_path
 
 
