@@ -439,3 +439,43 @@ def test_a_database_outage_fails_the_run_and_a_retry_finishes_it_after_the_resta
     assert daemon.get("/healthz")[0] == 200
     assert daemon.terminate()[0] == 0
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_daemon_refuses_pending_migrations_with_exit_2(cli, empty_database_url):
+    done = cli("daemon", env={"DATABASE_URL": empty_database_url, "REWARDS_HTTP_PORT": "0"}, timeout=30)
+    assert done.returncode == 2
+    assert re.fullmatch(r"error: database: \d+ migration\(s\) pending \(011_user_referrals_and_points, .*\); run "
+                        r"`python scheduler.py migrate` first or set REWARDS_MIGRATE_ON_START=true\n", done.stderr)
+
+
+@pytest.mark.slow
+def test_daemon_applies_migrations_on_start_when_asked(daemons, empty_database_url):
+    from core import migrations
+
+    daemon = daemons(empty_database_url, REWARDS_MIGRATE_ON_START="true")
+    wait_until(lambda: daemon.actions("catch_up_done"), what="the end of catch-up")
+    engine = make_engine(empty_database_url)
+    assert migrations.pending(engine) == []
+    assert {r.job for r in runs_of(engine) if r.status == "SUCCEEDED"} == set(JOB_NAMES)
+    assert daemon.actions("migrations_applied")[0]["applied"][0] == "011_user_referrals_and_points"
+    assert daemon.terminate()[0] == 0
+    engine.dispose()
+
+
+def test_daemon_without_a_database_url_in_a_container_stops_with_exit_2(cli):
+    done = cli("daemon", env={"DATABASE_URL": "", "REWARDS_EMBEDDED": "false"}, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == "error: DATABASE_URL: not set, and REWARDS_EMBEDDED=false forbids the embedded database\n"
+
+
+@pytest.mark.slow
+def test_daemon_waits_for_an_unreachable_database_and_still_stops_on_sigterm(daemons):
+    daemon = daemons("postgresql://nobody@127.0.0.1:1/nothing")
+    wait_until(lambda: daemon.actions("database_unavailable"), what="the daemon noticing the database is down")
+    daemon.wait_for_http()
+    status, body = daemon.get("/healthz")
+    assert status == 503 and json.loads(body)["scheduler"] == "not started"
+    assert daemon.process.poll() is None
+    code, seconds = daemon.terminate()
+    assert code == 0 and seconds < 5
