@@ -18,8 +18,9 @@ sums in a later statement, so a redemption committed while it waited is counted.
 
 Only users with points crossing the cutoff are read: after a successful run every user's due was
 <= 0, and due only grows when earned points cross the cutoff, so a run reads the users with a positive
-row dated in [previous successful run's cutoff, cutoff); the first run reads every user with points
-before cutoff.
+row dated in [previous successful run's cutoff, cutoff). The first run reads every user with points
+before cutoff, and so does a run that finds earning rows dated before the previous cutoff written
+since that run (a back-fill; the count of such rows is kept in the run's stats and compared).
 """
 from __future__ import annotations
 
@@ -50,12 +51,32 @@ def run(ctx: RunContext) -> None:
         return
     with ctx.engine.connect() as conn:
         cutoff = conn.execute(_queries["cutoff"], {"as_of": ctx.as_of, "months": months}).scalar_one()
-        since = conn.execute(_queries["previous_cutoff"], {"as_of": ctx.as_of}).scalar()
-        window = {"since": since, "cutoff": cutoff}
+        previous = conn.execute(_queries["previous_run"], {"as_of": ctx.as_of}).first()
+        counts = conn.execute(_queries["earned_rows_before"], {
+            "cutoff": cutoff, "previous_cutoff": previous.cutoff if previous else None}).one()
+        window = {"since": _window_start(ctx, previous, counts), "cutoff": cutoff}
         total = conn.execute(_queries["count_candidates"], window).scalar_one()
-    ctx.stats.update(cutoff=cutoff.isoformat(), since=since.isoformat() if since else None,
-                     users_checked=0, users_expired=0)
+    ctx.stats["cutoff"] = cutoff.isoformat()
+    ctx.stats["earned_rows_before_cutoff"] = int(counts.before_cutoff)
+    if window["since"] is not None:
+        ctx.stats["since"] = window["since"].isoformat()
+    ctx.stats.update(users_checked=0, users_expired=0)
     ctx.batches(lambda conn, after: _expire_batch(ctx, conn, after, window), total=total)
+
+
+def _window_start(ctx: RunContext, previous: Any | None, counts: Any) -> datetime | None:
+    """Candidates are the users with earning rows dated in [previous cutoff, cutoff); None means every
+    user with earning rows before cutoff: on a first run, and when earning rows dated before the previous
+    cutoff were written after that run (a back-fill), which a window would miss."""
+    if previous is None:
+        return None
+    if previous.earned_rows_before_cutoff != counts.before_previous_cutoff:
+        late = int(counts.before_previous_cutoff) - int(previous.earned_rows_before_cutoff or 0)
+        ctx.stats["backfilled_rows"] = late
+        ctx.log.warning("earning rows dated before the previous run's cutoff were written since it ran;"
+                        " reading every user", action="expire_points_backfill_found", rows=late)
+        return None
+    return previous.cutoff
 
 
 def _expire_batch(ctx: RunContext, conn: Connection, after: Any, window: dict[str, Any]) -> Batch:

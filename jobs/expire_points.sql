@@ -5,15 +5,26 @@
 -- PostgreSQL month arithmetic in UTC (the session time zone): Mar 31 - 1 month = Feb 28/29.
 SELECT CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int));
 
--- name: previous_cutoff --
--- The cutoff of the latest successful run that scanned (not a dry run, not disabled):
--- after it every user's due was <= 0, so only points crossing the cutoff since can make it positive.
-SELECT CAST(stats ->> 'cutoff' AS timestamptz)
+-- name: previous_run --
+-- The latest successful run that scanned (not a dry run, not disabled): after it every user's due
+-- was <= 0, so only points crossing the cutoff since its cutoff can make one positive, unless earning
+-- rows dated before that cutoff were written after it (back-fills): their count tells.
+SELECT CAST(stats ->> 'cutoff' AS timestamptz)                  AS cutoff,
+       CAST(stats ->> 'earned_rows_before_cutoff' AS bigint)     AS earned_rows_before_cutoff
 FROM public.job_runs
 WHERE job = 'expire-points' AND status = 'SUCCEEDED' AND NOT dry_run
   AND stats ? 'cutoff' AND as_of <= :as_of
 ORDER BY as_of DESC, id DESC
 LIMIT 1;
+
+-- name: earned_rows_before --
+-- Earning rows dated before the previous run's cutoff and before this one (idx_upt_earned_created,
+-- index only). The ledger is append-only: the first count differs from the previous run's only when
+-- rows dated before its cutoff were written since.
+SELECT count(*) FILTER (WHERE created_at < :previous_cutoff) AS before_previous_cutoff,
+       count(*) FILTER (WHERE created_at < :cutoff)          AS before_cutoff
+FROM public.user_point_transactions
+WHERE delta > 0 AND created_at < greatest(:cutoff, coalesce(CAST(:previous_cutoff AS timestamptz), :cutoff));
 
 -- name: count_candidates --
 SELECT count(DISTINCT user_id)

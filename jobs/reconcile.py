@@ -390,7 +390,7 @@ def _roll_forward_lines(roll: dict[str, Any]) -> list[str]:
 
 def _discrepancy_lines(summary: dict[str, Any], rows: Iterable[Any]) -> list[str]:
     found = summary["discrepancies"]
-    kinds = ", ".join(f"{kind} {count}" for kind, count in found["by_kind"].items() if count)
+    kinds = ", ".join(f"{kind} {found['by_kind'][kind]}" for kind in KINDS if found["by_kind"].get(kind))
     repaired = f"; repaired {summary['repaired']}" if summary["repair_requested"] else ""
     lines = [f"Discrepancies: {found['total']:,}" + (f" ({kinds})" if kinds else "") + repaired]
     if not found["total"]:

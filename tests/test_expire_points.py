@@ -205,7 +205,7 @@ def test_a_dry_run_reports_the_expiry_and_writes_nothing(engine, settings):
     assert dry.stats["users_expired"] == 1
     assert _expiry_deltas(engine, user) == []
     real = _expire(engine, settings)
-    assert real.stats["since"] is None  # a dry run is no previous run
+    assert "since" not in real.stats  # a dry run is no previous run: this one reads every user
     assert _expiry_deltas(engine, user) == [-100]
 
 
@@ -228,6 +228,25 @@ def test_a_daily_run_reads_only_users_whose_points_crossed_the_cutoff_since_the_
     assert day_two.stats["users_checked"] == 1
     assert [_expiry_deltas(engine, user) for user in (crossed_long_ago, crosses_on_day_one, crosses_on_day_two,
                                                       still_fresh)] == [[-10], [-10], [-10], []]
+
+
+def test_earning_rows_back_filled_before_the_previous_cutoff_make_the_next_run_read_every_user(engine, settings):
+    regular, back_filled = new_id(), new_id()
+    with engine.begin() as conn:
+        add_app_points(conn, user=regular, delta=10, type="REFERRAL_WELCOME", created_at=OLD)
+    _expire(engine, settings, as_of=utc(2026, 5, 31))
+    with engine.begin() as conn:
+        add_app_points(conn, user=back_filled, delta=25, type="ADMIN_GRANT", created_at=utc(2024, 3, 1))
+
+    next_day = _expire(engine, settings)
+    day_after = _expire(engine, settings, as_of=utc(2026, 6, 2))
+
+    assert next_day.stats["backfilled_rows"] == 1
+    assert "since" not in next_day.stats
+    assert next_day.stats["users_checked"] == 2
+    assert _expiry_deltas(engine, back_filled) == [-25]
+    assert "backfilled_rows" not in day_after.stats
+    assert day_after.stats["users_checked"] == 0
 
 
 def test_users_are_expired_in_batches(engine, make_settings):
