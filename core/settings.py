@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -107,9 +108,11 @@ def _validate_cron(expression: str) -> str:
     if expression.lower() == "off":
         return "off"
     try:
-        cron_trigger(expression)
+        trigger = cron_trigger(expression)
     except ValueError as error:
         raise ValueError(f"must be a cron expression in UTC or 'off' ({error})") from None
+    if trigger.get_next_fire_time(None, datetime.now(timezone.utc)) is None:  # like 0 0 31 2 *
+        raise ValueError("never fires (no such date); use 'off' to turn a job off")
     return expression
 
 
