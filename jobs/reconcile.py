@@ -103,15 +103,22 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
 
 
 def _read_totals(ctx: RunContext, conn: Connection) -> Snapshot:
+    """The totals, each statement a pass over a table; the lease is renewed between them."""
     previous = conn.execute(_queries["previous_reconcile"], {"as_of": ctx.as_of, "run_id": ctx.run_id}).first()
     window = {"as_of": ctx.as_of, "previous_as_of": previous.as_of if previous else None}
-    return Snapshot(
-        previous=previous,
-        ledger=conn.execute(_queries["ledger_totals"], window).one(),
-        cache=conn.execute(_queries["cache_totals"]).one(),
-        users_checked=int(conn.execute(_queries["users_checked"]).scalar_one()),
-        movements=list(conn.execute(_queries["movements"], window)),
-    )
+    ledger = conn.execute(_queries["ledger_totals"], window).one()
+    _renew_lease(ctx)
+    cache = conn.execute(_queries["cache_totals"]).one()
+    users_checked = int(conn.execute(_queries["users_checked"]).scalar_one())
+    _renew_lease(ctx)
+    movements = list(conn.execute(_queries["movements"], window))
+    return Snapshot(previous=previous, ledger=ledger, cache=cache, users_checked=users_checked,
+                    movements=movements)
+
+
+def _renew_lease(ctx: RunContext) -> None:
+    with ctx.engine.begin() as conn:
+        ctx.heartbeat(conn)
 
 
 @dataclass
@@ -142,8 +149,7 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
         _store_chunk(ctx, chunk)
         ctx.progress(job=ctx.job, batches=chunk_number, items=found.total, total=None)
         ctx.check_stop()
-    if not found.total:  # the chunk loop renews the lease; with nothing to write, renew it once
-        _store_chunk(ctx, [])
+    _renew_lease(ctx)  # the comparison may have run long before (or after) its last chunk
     return found
 
 

@@ -206,6 +206,28 @@ def test_a_failure_while_writing_the_report_leaves_no_report_file(engine, make_s
         assert conn.execute(text("SELECT count(*) FROM public.reconciliation_runs")).scalar_one() == 0
 
 
+def test_a_run_that_lost_its_lease_writes_no_report(engine, settings, monkeypatch):
+    with engine.begin() as conn:
+        _ledger_only(conn, _user(1), 10)
+    real_read_totals = reconcile._read_totals
+
+    def read_totals_then_get_taken_over(ctx, conn):
+        snapshot = real_read_totals(ctx, conn)
+        with engine.begin() as other:
+            other.execute(text("UPDATE public.job_runs SET status = 'ABANDONED' WHERE id = :id"), {"id": ctx.run_id})
+        return snapshot
+
+    monkeypatch.setattr(reconcile, "_read_totals", read_totals_then_get_taken_over)
+
+    result = _reconcile(engine, settings)
+
+    assert result.status == "ABANDONED"
+    assert list(settings.reports_dir.iterdir()) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT (SELECT count(*) FROM public.reconciliation_runs)"
+                                 " + (SELECT count(*) FROM public.reconciliation_discrepancies)")).scalar_one() == 0
+
+
 def test_an_atomic_file_keeps_its_old_content_until_the_new_one_is_complete(tmp_path: Path):
     target = tmp_path / "report.csv"
     target.write_text("old\n")
