@@ -7,6 +7,7 @@ import re
 from datetime import timezone
 
 import pytest
+from sqlalchemy import text
 
 from core.clock import parse_as_of
 from tests.builders import utc
@@ -76,3 +77,12 @@ def test_cli_runs_the_job_as_of_the_converted_instant(cli):
     final = json.loads(result.stdout.strip().splitlines()[-1])
     assert final["as_of"] == "2026-06-01T00:00:00+00:00"
     assert final["stats"]["cutoff"] == "2026-03-03T00:00:00+00:00"  # 90 days before
+
+
+def test_database_sessions_run_in_utc(engine):
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW TimeZone")).scalar() == "UTC"
+        assert conn.execute(text("SELECT CAST(:at AS timestamptz)::text"),
+                            {"at": utc(2026, 6, 1, 1, 30)}).scalar() == "2026-06-01 01:30:00+00"
+        assert conn.execute(text("SELECT date_trunc('day', CAST(:at AS timestamptz))"),
+                            {"at": utc(2026, 6, 1, 23, 30)}).scalar() == utc(2026, 6, 1)

@@ -2,7 +2,10 @@
 with its exit codes (1 when a job failed, else 3 when one was running elsewhere)."""
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -212,3 +215,20 @@ def test_run_all_with_a_failure_and_a_job_running_elsewhere_exits_1(cli, engine)
     result = cli("run-all", "--as-of", "2026-06-01")
 
     assert result.returncode == 1
+
+
+@pytest.mark.slow
+def test_without_database_url_commands_use_the_embedded_database_migrated_on_first_use(cli):
+    # Not under pytest's tmp_path: pytest keeps it private, and the embedded server may run as another user.
+    with tempfile.TemporaryDirectory(prefix="rewards-embedded-test-") as directory:
+        env = {"DATABASE_URL": "", "REWARDS_DATA_DIR": str(Path(directory) / "data")}
+
+        first = cli("run", "expire-pending", "--as-of", "2026-06-01", "--json", env=env)
+        health = cli("health", env=env)
+        history = cli("history", env=env)
+
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.strip().splitlines()[-1])["status"] == "SUCCEEDED"
+    assert (health.returncode, health.stdout.strip()) == (0, "ok")
+    assert history.returncode == 0, history.stderr
+    assert len(history.stdout.splitlines()) == 3  # header, rule, the one run: the same database again
