@@ -150,5 +150,11 @@ def _analyze_and_count(engine: Engine, progress: Progress) -> dict[str, int]:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for table in _TABLES:
             conn.exec_driver_sql(f"VACUUM (ANALYZE) public.{table}")
+    return count_rows(engine)
+
+
+def count_rows(engine: Engine) -> dict[str, int]:
+    """The row count of each table the sample fills."""
+    with engine.connect() as conn:
         return dict(conn.execute(_queries["count_rows"]).one()._mapping)
 

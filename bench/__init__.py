@@ -1,0 +1,1 @@
+"""Benchmarks at millions of rows: each job against its single-statement bound (`python -m bench`)."""

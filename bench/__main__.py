@@ -1,0 +1,156 @@
+"""`python -m bench generate|run`: datasets at millions of rows, and each job against its bound.
+
+    python -m bench generate --users 600000            # rewards_bench_600k, built once
+    python -m bench run --users 60000 600000 --json out.json
+
+The server is --database-url, else BENCH_DATABASE_URL, else DATABASE_URL (any database of it: the
+benchmark creates its own). Exit codes: 0 done, 1 a job failed, 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bench import report
+from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_YEARS, NAME_PREFIX, BenchError,
+                            World, ensure_dataset, generate_dataset, server_url)
+from bench.run import measure_size
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise BenchError(f"{self.prog}: {message}")
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _as_of(text: str) -> datetime:
+    from core.clock import parse_as_of
+
+    try:
+        return parse_as_of(text)
+    except ValueError as error:
+        raise BenchError(f"--as-of: {error}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    main = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    commands = main.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def world_options(command: argparse.ArgumentParser, *, many: bool) -> None:
+        command.add_argument("--users", type=_positive, nargs="+" if many else None,
+                             default=[DEFAULT_USERS] if many else DEFAULT_USERS, metavar="N",
+                             help=f"users in the dataset{' (several: a scale curve)' if many else ''} "
+                                  f"(default {DEFAULT_USERS})")
+        command.add_argument("--seed", type=int, default=DEFAULT_SEED)
+        command.add_argument("--as-of", default=DEFAULT_AS_OF.isoformat(), metavar="WHEN",
+                             help="the dataset's as-of instant, where its history ends (default %(default)s)")
+        command.add_argument("--years", type=float, default=DEFAULT_YEARS, help="years of history (default 3)")
+        command.add_argument("--database-url", metavar="URL", help="the PostgreSQL server to use")
+        command.add_argument("--prefix", default=NAME_PREFIX, help="database name prefix (default %(default)s)")
+
+    generate = commands.add_parser("generate", help="(re)build the dataset of a size in its own database")
+    world_options(generate, many=False)
+
+    run = commands.add_parser("run", help="measure every job against its bound, at each size")
+    world_options(run, many=True)
+    run.add_argument("--jobs", metavar="JOB,…", help="only these jobs (default: the whole pipeline)")
+    run.add_argument("--no-daily", action="store_true", help="skip the one-more-day measurement")
+    run.add_argument("--regenerate", action="store_true", help="build the datasets again even if present")
+    run.add_argument("--keep", action="store_true", help="keep the measured clone databases (…_run)")
+    run.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/…)")
+    run.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown")
+    return main
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    server = server_url(args.database_url)
+    world = World(args.users, args.seed, _as_of(args.as_of), args.years)
+    from bench.datasets import dataset_name
+
+    dataset = generate_dataset(server, world, name=dataset_name(world, args.prefix), progress=_progress)
+    print(f"{dataset.name}: {report.dataset_line({'users': world.users, 'dataset': dataset.counts, 'generate_seconds': dataset.generate_seconds})}")
+    return 0
+
+
+def _jobs(selection: str | None) -> list[str]:
+    from jobs import PIPELINE
+
+    names = [job.name for job in PIPELINE]
+    if not selection:
+        return names
+    wanted = [name.strip() for name in selection.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise BenchError(f"--jobs: unknown {', '.join(unknown)}; one of {', '.join(names)}")
+    return [name for name in names if name in wanted]
+
+
+def _machine(server: str) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    from core.db import make_engine
+    from core.settings import Settings
+
+    engine = make_engine(server, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(text("SHOW server_version")).scalar_one()
+            shared_buffers = conn.execute(text("SHOW shared_buffers")).scalar_one()
+    finally:
+        engine.dispose()
+    return {"cpus": os.cpu_count(), "server": f"PostgreSQL {version} (shared_buffers {shared_buffers})",
+            "python": platform.python_version(), "batch_size": Settings(_env_file=None).batch_size}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    server = server_url(args.database_url)
+    as_of, jobs = _as_of(args.as_of), _jobs(args.jobs)
+    results: dict[str, Any] = {"started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                               "machine": _machine(server), "jobs": jobs, "sizes": []}
+    json_path = Path(args.json) if args.json else RESULTS_DIR / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    for users in args.users:
+        world = World(users, args.seed, as_of, args.years)
+        _progress(f"dataset of {users} users")
+        dataset = ensure_dataset(server, world, regenerate=args.regenerate, prefix=args.prefix, progress=_progress)
+        results["sizes"].append(measure_size(server, dataset, jobs, daily=not args.no_daily, keep=args.keep,
+                                             progress=_progress))
+        json_path.write_text(json.dumps(results, indent=2, default=str))  # each size saved as soon as measured
+    print(report.render(results))
+    print(f"\nresults: {json_path}")
+    if args.markdown:
+        Path(args.markdown).write_text(report.render(results, markdown=True) + "\n")
+    failed = [job["job"] for size in results["sizes"] for job in size["jobs"] if job["first"]["exit_code"] != 0]
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        return cmd_generate(args) if args.command == "generate" else cmd_run(args)
+    except BenchError as error:
+        print(error, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
