@@ -1,0 +1,114 @@
+"""The benchmark works end to end on a tiny dataset: datasets, bounds, CLI runs, daily run, report.
+
+No timing is asserted (targets are measured by `python -m bench run`, never tested)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from sqlalchemy import text
+
+from bench import __main__ as bench_cli
+from bench import report
+from bench.datasets import (BenchError, World, drop_database, ensure_dataset, find_dataset, server_url,
+                            size_label)
+from bench.run import has_bound
+from core.db import make_engine
+from jobs import PIPELINE
+from tests.builders import utc
+
+USERS = 400
+AS_OF = utc(2026, 6, 1)
+
+
+@pytest.fixture
+def prefix(server_url):
+    """A database name prefix of this test's own; its databases are dropped afterwards."""
+    name = f"rewards_bt{os.getpid()}"
+    yield name
+    for suffix in ("400", "400_run", "401"):
+        drop_database(server_url, f"{name}_{suffix}")
+
+
+def _database_exists(server: str, name: str) -> bool:
+    engine = make_engine(server, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM pg_database WHERE datname = :name"),
+                                {"name": name}).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_every_job_of_the_pipeline_has_a_bound_statement():
+    assert [job.name for job in PIPELINE if not has_bound(job.name)] == []
+
+
+def test_size_labels_name_the_databases():
+    assert [size_label(n) for n in (600_000, 2_000_000, 60_000, 1500)] == ["600k", "2m", "60k", "1500"]
+
+
+def test_the_server_comes_from_the_option_then_bench_database_url_then_database_url(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/plain")
+    monkeypatch.setenv("BENCH_DATABASE_URL", "postgresql://db/bench")
+    assert server_url("postgresql://db/given") == "postgresql://db/given"
+    assert server_url() == "postgresql://db/bench"
+    monkeypatch.delenv("BENCH_DATABASE_URL")
+    assert server_url() == "postgresql://db/plain"
+    monkeypatch.delenv("DATABASE_URL")
+    with pytest.raises(BenchError, match="--database-url"):
+        server_url()
+
+
+def test_a_dataset_is_labelled_with_its_world_and_reused_until_the_world_changes(server_url, prefix):
+    world = World(USERS, as_of=AS_OF)
+    built = ensure_dataset(server_url, world, prefix=prefix)
+    assert built.name == f"{prefix}_400" and built.counts["referral_codes"] == USERS
+    assert built.generate_seconds is not None
+
+    found = find_dataset(server_url, built.name)
+    assert found is not None and found.world == world and found.counts == built.counts
+    assert ensure_dataset(server_url, world, prefix=prefix).generate_seconds == built.generate_seconds
+
+    other_day = World(USERS, as_of=utc(2026, 7, 1))
+    rebuilt = ensure_dataset(server_url, other_day, prefix=prefix)
+    assert rebuilt.name == built.name and find_dataset(server_url, built.name).world == other_day
+
+
+@pytest.mark.slow
+def test_run_measures_bound_job_rerun_and_a_daily_run_for_every_job(server_url, prefix, tmp_path, capsys):
+    json_path, markdown_path = tmp_path / "results.json", tmp_path / "results.md"
+    code = bench_cli.main(["run", "--users", str(USERS), "--as-of", "2026-06-01", "--database-url", server_url,
+                           "--prefix", prefix, "--json", str(json_path), "--markdown", str(markdown_path)])
+
+    assert code == 0
+    results = json.loads(json_path.read_text())
+    [size] = results["sizes"]
+    assert size["users"] == USERS and size["dataset"]["referral_codes"] == USERS
+    assert [job["job"] for job in size["jobs"]] == [job.name for job in PIPELINE]
+    for job in size["jobs"]:
+        assert job["first"]["status"] == "SUCCEEDED", job
+        assert job["rerun"]["status"] == "SUCCEEDED", job
+        assert job["first"]["peak_rss_mb"] > 10  # a Python process, measured
+        assert set(job["targets"]) == {"job_to_bound", "rerun_to_first", "peak_rss", "lock_hold"}
+    done = {job["job"]: report._rows_done(job["first"]) for job in size["jobs"]}
+    bound = {job["job"]: job["bound"]["rows"] for job in size["jobs"]}
+    assert done == bound  # the statements written from SPEC.md and the jobs did the same work
+    assert bound["recurring-rewards"] > 0 and bound["expire-pending"] > 0 and bound["reconcile"] == 6
+    assert {report._rows_done(job["rerun"]) for job in size["jobs"] if job["job"] != "reconcile"} == {0}
+
+    daily = size["daily"]
+    assert daily["added"]["ledger"] > 0  # a day of 400 users: some redemptions, hardly a sign-up
+    assert [entry["run"]["status"] for entry in daily["jobs"]] == ["SUCCEEDED"] * len(PIPELINE)
+
+    printed = capsys.readouterr().out
+    assert "job/bound" in printed and "daily run at 2026-06-02" in printed
+    assert markdown_path.read_text().startswith("machine:")
+    assert not _database_exists(server_url, f"{prefix}_400_run")  # the measured clone is dropped
+
+
+def test_bad_usage_exits_2_with_one_line(server_url, capsys):
+    assert bench_cli.main(["run", "--jobs", "no-such-job", "--database-url", server_url]) == 2
+    assert "--jobs: unknown no-such-job" in capsys.readouterr().err
+    assert bench_cli.main(["generate", "--users", "0", "--database-url", server_url]) == 2
