@@ -18,7 +18,6 @@ from core.sql import Queries
 _queries = Queries(__file__)
 
 LEDGER_TYPE = "REFERRAL_L2"
-_BATCH_IDS = "(SELECT * FROM public.user_referral_relationships WHERE id = ANY(CAST(:ids AS uuid[])))"
 
 
 def _with_beneficiary(relationships: str) -> str:
@@ -39,7 +38,8 @@ def run(ctx: RunContext) -> None:
         count_to_scan=_queries["count_to_scan"],
         count_missing_rewarded_at=_queries["count_missing_rewarded_at"],
         select_batch=_queries.render("select_batch", with_beneficiary=_with_beneficiary("batch")),
-        relationships=_queries.raw("relationships").format(with_beneficiary=_with_beneficiary(_BATCH_IDS)),
+        relationships=_queries.raw("relationships").format(
+            with_beneficiary=_with_beneficiary(_queries.raw("batch_range"))),
     ))
 
 

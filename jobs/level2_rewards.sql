@@ -1,6 +1,6 @@
 -- level2-rewards: REWARDED relationships (level 1 or 2) that have a level-2 beneficiary, months
 -- 0 .. REWARDS_L2_MONTHS - 1. The scan runs over (rewarded_at, id) in keyset order on
--- idx_urr_rewarded_scan (migration 014), from :scan_from (core/rewards.py).
+-- idx_urr_rewarded_scan (migration 014), from scan_from (core/rewards.py).
 
 -- name: count_to_scan --
 SELECT count(*)
@@ -37,8 +37,8 @@ CROSS JOIN LATERAL (
 ) AS b
 
 -- name: select_batch --
--- The next batch after (:after_rewarded_at, :after_id); the first batch starts after
--- (:scan_from, the last uuid). Counts why relationships earn nothing: self-referrals and cycles
+-- The next batch after (after_rewarded_at, after_id); the first batch starts after
+-- (scan_from, the last uuid). Counts why relationships earn nothing: self-referrals and cycles
 -- (bad data, skipped) and level-1 relationships whose referrer was not referred at level 1.
 WITH batch AS (
     SELECT r.*
@@ -56,8 +56,7 @@ classified AS (
 last AS (
     SELECT rewarded_at, id FROM batch ORDER BY rewarded_at DESC, id DESC LIMIT 1
 )
-SELECT array_agg(CAST(c.id AS text))                    AS ids,
-       (SELECT rewarded_at FROM last)                   AS last_rewarded_at,
+SELECT (SELECT rewarded_at FROM last)                   AS last_rewarded_at,
        (SELECT CAST(id AS text) FROM last)              AS last_id,
        count(*)                                         AS relationships_scanned,
        count(*) FILTER (WHERE c.self_referral)          AS skipped_self_referral,
@@ -66,11 +65,21 @@ SELECT array_agg(CAST(c.id AS text))                    AS ids,
        count(*) FILTER (WHERE c.beneficiary_user_id IS NULL) AS without_level2_referrer
 FROM classified AS c;
 
+-- name: batch_range --
+-- (A fragment.) The batch's relationships: REWARDED, keys after (after_rewarded_at, after_id)
+-- up to (last_rewarded_at, last_id), re-read inside the batch's transaction on the same index.
+(SELECT *
+ FROM public.user_referral_relationships AS r
+ WHERE r.status = 'REWARDED'
+   AND (r.rewarded_at, r.id) > (coalesce(CAST(:after_rewarded_at AS timestamptz), '-infinity'),
+                                CAST(:after_id AS uuid))
+   AND (r.rewarded_at, r.id) <= (CAST(:last_rewarded_at AS timestamptz), CAST(:last_id AS uuid))
+   -- the same bounds on rewarded_at alone, for the planner's row estimate:
+   AND r.rewarded_at BETWEEN coalesce(CAST(:after_rewarded_at AS timestamptz), '-infinity')
+                         AND CAST(:last_rewarded_at AS timestamptz))
+
 -- name: relationships --
--- (A fragment.) The batch's relationships that earn level-2 rewards, re-checked inside the
--- batch's transaction, with their beneficiary.
+-- (A fragment.) The batch's relationships that earn level-2 rewards, with their beneficiary.
 SELECT c.id, c.referred_user_id, c.rewarded_at, c.beneficiary_user_id
 FROM ({with_beneficiary}) AS c
-WHERE c.status = 'REWARDED'
-  AND c.rewarded_at IS NOT NULL
-  AND c.has_beneficiary
+WHERE c.has_beneficiary
