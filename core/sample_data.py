@@ -120,7 +120,8 @@ def _load(engine: Engine, world: World, *, since: datetime, until: datetime, dri
         _step(conn, progress, "subscription payments", params, "insert_payments",
               rebuild="public.user_subscription_payments" if bulk else None)
         _step(conn, progress, "points ledger and balance cache", params, "insert_ledger",
-              rebuild="public.user_point_transactions" if bulk else None)
+              rebuild="public.user_point_transactions" if bulk else None,
+              kept="all_rows" if bulk else "affordable_rows")
         if drift:
             _step(conn, progress, "balance cache drift", {**params, "drifted_users": 5 + world.users // 100_000},
                   "drift_cache")
@@ -128,7 +129,7 @@ def _load(engine: Engine, world: World, *, since: datetime, until: datetime, dri
 
 
 def _step(conn: Connection, progress: Progress, label: str, params: dict[str, object], *names: str,
-          rebuild: str | None = None) -> None:
+          rebuild: str | None = None, kept: str = "all_rows") -> None:
     """Run the named statements in one transaction; with `rebuild`, that table's indexes are dropped
     before and built again after them."""
     progress(label)
@@ -138,7 +139,8 @@ def _step(conn: Connection, progress: Progress, label: str, params: dict[str, ob
     for index in ddl:
         conn.exec_driver_sql(index.drop_ddl)
     for name in names:
-        conn.execute(_queries[name], params)
+        statement = _queries.render(name, kept=_queries.raw(kept)) if name == "insert_ledger" else _queries[name]
+        conn.execute(statement, params)
     for index in ddl:
         conn.exec_driver_sql(index.create_ddl)
     conn.commit()

@@ -158,7 +158,8 @@ WHERE r.rewarded_plan IS NOT NULL
 -- Each earning is then partly spent, never more than it brought: 20-60 % of it in redemptions of about
 -- 17 points (each 0.5-1.5x the mean, so at most 90 %), and 3 % of earnings get an ADMIN_GRANT
 -- correction of -10 %. Spending comes after its earning, so no balance ever goes below zero.
--- No idempotency key: these are the app's rows.
+-- No idempotency key: these are the app's rows. The kept placeholder is all_rows for the first load, or
+-- `affordable_rows` when adding to a ledger where jobs may have expired points meanwhile.
 WITH earning AS (
     SELECT 1 AS kind, r.n, r.referrer_user_id AS user_id, 1000 AS points, r.rewarded_plan AS at,
            r.id AS ref_id, 'REFERRAL_FIRST_PAYMENT' AS type
@@ -203,11 +204,16 @@ app_row AS (
     FROM spending
     WHERE j > 0 OR pg_temp.rnd(:seed, 27, key) < 0.03
 ),
+windowed AS (
+    SELECT * FROM app_row WHERE at > :since AND at <= :until
+),
+kept AS (
+    {kept}
+),
 inserted AS (
     INSERT INTO public.user_point_transactions (id, user_id, delta, type, ref_id, note, created_at)
     SELECT pg_temp.uid(:seed, 'ledger', key), user_id, delta, type, ref_id, note, at
-    FROM app_row
-    WHERE at > :since AND at <= :until
+    FROM kept
     RETURNING user_id, delta
 ),
 per_user AS (
@@ -224,6 +230,28 @@ ON CONFLICT (user_id) DO UPDATE
        total_earned = b.total_earned + excluded.total_earned,
        total_spent  = b.total_spent + excluded.total_spent,
        updated_at   = excluded.updated_at;
+
+-- name: all_rows --
+-- (A fragment of insert_ledger.) The first load: every row of the window (no spending exceeds its earning).
+SELECT * FROM windowed
+
+-- name: affordable_rows --
+-- (A fragment of insert_ledger.) Adding to a ledger the jobs wrote to: the app refuses a redemption the
+-- balance cannot pay (expire-points may have taken the points it was planned on). A debit is kept when
+-- the ledger balance before the window plus the window's rows up to it, all planned debits counted,
+-- stays >= 0; counting the refused ones too only refuses more, so no balance goes below zero.
+SELECT *
+FROM (
+    SELECT w.*,
+           coalesce(opening.balance, 0)
+           + sum(w.delta) OVER (PARTITION BY w.user_id ORDER BY w.at, w.key ROWS UNBOUNDED PRECEDING) AS running
+    FROM windowed w
+    LEFT JOIN (SELECT t.user_id, sum(t.delta) AS balance
+               FROM public.user_point_transactions t
+               WHERE t.user_id IN (SELECT user_id FROM windowed)
+               GROUP BY t.user_id) AS opening ON opening.user_id = w.user_id
+) AS planned
+WHERE delta > 0 OR running >= 0
 
 -- name: drift_cache --
 -- A little drift for reconcile to find, on the users first in a seeded order: one user's cache row is

@@ -229,3 +229,20 @@ def test_generate_leaves_every_index_and_constraint_as_the_migrations_made_them(
         after = conn.execute(text(schema_sql)).scalars().all()
     assert after == before
     assert any("uq_upt_idempotency_key" in line for line in after)
+
+
+def test_advance_refuses_redemptions_that_points_expired_meanwhile_would_not_cover(sample, settings):
+    from core.runner import run_job
+    from jobs import expire_points
+
+    engine, _ = sample
+    assert run_job(expire_points.JOB, settings=settings, engine=engine, as_of=AS_OF).status == "SUCCEEDED"
+
+    sample_data.advance(engine, users=USERS, seed=7, as_of=AS_OF, until=AS_OF + timedelta(days=30))
+
+    assert _scalar(engine, "SELECT count(*) FROM public.user_point_transactions WHERE delta < 0"
+                   " AND type LIKE 'REDEMPTION%' AND created_at > :as_of", as_of=AS_OF) > 0
+    negative_users = _scalar(engine, """
+        SELECT count(*) FROM (SELECT user_id FROM public.user_point_transactions
+                              GROUP BY user_id HAVING sum(delta) < 0) AS negative""")
+    assert negative_users == 0
