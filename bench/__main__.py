@@ -2,6 +2,7 @@
 
     python -m bench generate --users 600000            # rewards_bench_600k, built once
     python -m bench run --users 60000 600000 --json out.json
+    python -m bench profile expire-points --users 600000   # time each SQL statement of one job
 
 The server is --database-url, else BENCH_DATABASE_URL, else DATABASE_URL (any database of it: the
 benchmark creates its own). Exit codes: 0 done, 1 a job failed, 2 bad usage.
@@ -78,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--keep", action="store_true", help="keep the measured clone databases (…_run)")
     run.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/…)")
     run.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown")
+
+    profile = commands.add_parser("profile", help="time every SQL statement of one job's first run")
+    profile.add_argument("job", metavar="JOB")
+    world_options(profile, many=False)
+    profile.add_argument("--keep", action="store_true", help="keep the profiled clone database (…_prof)")
     return main
 
 
@@ -143,10 +149,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from bench import profile
+
+    server = server_url(args.database_url)
+    [job] = _jobs(args.job)
+    world = World(args.users, args.seed, _as_of(args.as_of), args.years)
+    dataset = ensure_dataset(server, world, prefix=args.prefix, progress=_progress)
+    result, times = profile.profile_job(server, dataset, job, keep=args.keep, progress=_progress)
+    print(profile.render(result, times))
+    return 0 if result.status == "SUCCEEDED" else 1
+
+
+COMMANDS = {"generate": cmd_generate, "run": cmd_run, "profile": cmd_profile}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
-        return cmd_generate(args) if args.command == "generate" else cmd_run(args)
+        return COMMANDS[args.command](args)
     except BenchError as error:
         print(error, file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ def prefix(server_url):
     """A database name prefix of this test's own; its databases are dropped afterwards."""
     name = f"rewards_bt{os.getpid()}"
     yield name
-    for suffix in ("400", "400_run", "401"):
+    for suffix in ("400", "400_run", "400_prof"):
         drop_database(server_url, f"{name}_{suffix}")
 
 
@@ -112,3 +112,24 @@ def test_bad_usage_exits_2_with_one_line(server_url, capsys):
     assert bench_cli.main(["run", "--jobs", "no-such-job", "--database-url", server_url]) == 2
     assert "--jobs: unknown no-such-job" in capsys.readouterr().err
     assert bench_cli.main(["generate", "--users", "0", "--database-url", server_url]) == 2
+
+
+def test_statement_label_is_the_first_comment_line_else_the_first_words():
+    from bench.profile import statement_label
+
+    assert statement_label("-- name: x --\nSELECT 1") == "name: x --"
+    assert statement_label("\n  -- The next batch\nSELECT 1") == "The next batch"
+    assert statement_label("SELECT count(*)\nFROM t") == "SELECT count(*)"
+
+
+@pytest.mark.slow
+def test_profile_runs_the_job_after_the_earlier_ones_and_times_its_statements(server_url, prefix):
+    from bench.profile import profile_job, render
+
+    dataset = ensure_dataset(server_url, World(USERS, as_of=AS_OF), prefix=prefix)
+    result, times = profile_job(server_url, dataset, "expire-points", progress=lambda _: None)
+
+    assert result.status == "SUCCEEDED" and result.stats["users_checked"] > 0
+    assert sum(times.calls.values()) > 3
+    assert "expire-points: SUCCEEDED" in render(result, times)
+    assert not _database_exists(server_url, f"{prefix}_400_prof")
