@@ -80,6 +80,8 @@ def scale_rows(sizes: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
 def dataset_line(size: dict[str, Any]) -> str:
     counts = size["dataset"]
     generated = f", generated in {size['generate_seconds']:.0f} s" if size.get("generate_seconds") else ""
+    if size.get("load_average") is not None:
+        generated += f"; load average {size['load_average']:.1f} after the runs"
     return (f"{size['users']:,} users: {counts['relationships']:,} relationships, {counts['payments']:,} payments, "
             f"{counts['ledger']:,} ledger rows, {counts['balances']:,} balance rows{generated}")
 

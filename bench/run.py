@@ -257,6 +257,8 @@ def measure_size(server: str, dataset: Dataset, jobs: list[str], *, daily: bool 
             result: dict[str, Any] = {
                 "users": world.users, "world": world.as_json(), "dataset": dataset.counts,
                 "generate_seconds": dataset.generate_seconds, "jobs": [m.as_json() for m in measures],
+                # other work on the machine skews timings: the 1-minute load average at the end
+                "load_average": round(os.getloadavg()[0], 2),
             }
             if daily:
                 result["daily"] = measure_daily(engine, url, jobs, world, workdir, settings, measures, progress)
