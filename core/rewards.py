@@ -5,15 +5,15 @@ PostgreSQL month arithmetic in UTC (Jan 31 + 1 month = Feb 28/29). A month is pa
 user has a `PAID` payment with `paid_at` in it and `paid_at <= as_of`; its basis payment is the
 earliest such payment (by `paid_at`, then `id`). A reward is whole points, or for a percentage
 `floor(amount_cents * pct/100 * REWARDS_POINTS_PER_USD/100)` in exact decimal arithmetic. A reward
-of 0 points is not written; nor is one too large for the ledger's INT column: that month is
-skipped and counted (`skipped_reward_too_large`), so one absurd payment never fails every run.
+of 0 points is not written; nor is one too large for the ledger's INT column (a payment of more
+than $21 million at 100 % and 100 points per dollar), so one absurd payment never fails every run.
 
 Every reward is one ledger row keyed `{prefix}:{relationship id}:{k}`, written through the ledger
 writer, so reruns, runs for several as-of dates in any order and concurrent runs write it once.
 
 The scan restriction. A month is complete (every payment in it seen) in the first successful run
 whose as-of is at or after the month's end. With H the latest as-of of this job's successful real
-runs, `scan_floor = least(H, as_of) - LATE_PAYMENT_MARGIN_DAYS`, a run checks only the months that
+runs (made with the same months setting and payments table), `scan_floor = least(H, as_of) - LATE_PAYMENT_MARGIN_DAYS`, a run checks only the months that
 end after scan_floor (and have started by as_of), and so only the relationships whose last month
 ends after it. By induction on the runs, every month that ended by H was completed by an earlier
 run, and a run for an as-of below H could only write what that run already wrote; with no
@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from core.job import Batch, RunContext
 from core.ledger import write_points
@@ -60,12 +60,18 @@ class RewardRule:
     last_month: int
     amount: RewardAmount
     amount_variable: str
+    months_variable: str
     points_per_usd: Decimal
 
     @property
     def span_months(self) -> int:
         """Months from rewarded_at to the end of the last reward month."""
         return self.last_month + 1
+
+    @property
+    def months_setting(self) -> int:
+        """The value of the job's months variable (REWARDS_RECURRING_MONTHS or REWARDS_L2_MONTHS)."""
+        return self.last_month - self.first_month + 1
 
     @property
     def has_months(self) -> bool:
@@ -77,12 +83,6 @@ class RewardRule:
             return {"fixed_points": self.amount.points, "percent": Decimal(0),
                     "points_per_usd": self.points_per_usd}
         return {"fixed_points": 0, "percent": self.amount.percent, "points_per_usd": self.points_per_usd}
-
-    @property
-    def can_exceed_ledger(self) -> bool:
-        """Whether some payment could earn more than the ledger's INT (whole points are checked
-        up front; a percentage of a large enough payment always can)."""
-        return self.amount.percent is not None and self.amount.percent * self.points_per_usd > 0
 
     def params(self, as_of: datetime) -> dict[str, Any]:
         return {"as_of": as_of, "first_month": self.first_month, "last_month": self.last_month,
@@ -125,23 +125,19 @@ class ScanBounds:
     scan_from: datetime | None
 
 
-def scan_bounds(conn: Connection, rule: RewardRule, as_of: datetime) -> ScanBounds:
+def scan_bounds(conn: Connection, rule: RewardRule, as_of: datetime, payments_table: str) -> ScanBounds:
+    """Read from job_runs: the settings compared are those `Job.rule_settings` recorded."""
     row = conn.execute(_queries["scan_bounds"], {
         "job": rule.job, "as_of": as_of, "margin_days": LATE_PAYMENT_MARGIN_DAYS,
-        "span_months": rule.span_months,
+        "span_months": rule.span_months, "months_variable": rule.months_variable,
+        "months": str(rule.months_setting), "payments_table": payments_table,
     }).one()
     return ScanBounds(row.high_water, row.scan_floor, row.scan_from)
 
 
-def _with_months(name: str, relationships_sql: str, payments_table_sql: str) -> str:
-    return _queries.raw(name).format(
-        relationships=relationships_sql, months_to_check=_queries.raw("months_to_check"),
-        month_basis=_queries.raw("month_basis").format(payments=payments_table_sql))
-
-
 def candidates_sql(relationships_sql: str, payments_table_sql: str) -> str:
     """The candidates SELECT for the ledger writer, over the given relationships."""
-    return _with_months("reward_candidates", relationships_sql, payments_table_sql)
+    return _queries.raw("reward_candidates").format(relationships=relationships_sql, payments=payments_table_sql)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -160,7 +156,6 @@ class _RewardScan:
     def __post_init__(self) -> None:
         payments = self.ctx.settings.payments_table_sql
         self.write_sql = candidates_sql(self.queries.relationships, payments)
-        self.too_large = text(_with_months("count_too_large_rewards", self.queries.relationships, payments))
         self.params = {**self.rule.params(self.ctx.as_of), "scan_floor": self.bounds.scan_floor}
 
     def batch(self, conn: Connection, after: Any) -> Batch:
@@ -179,8 +174,6 @@ class _RewardScan:
                   "last_rewarded_at": row.last_rewarded_at, "last_id": row.last_id}
         self.ctx.record_points(write_points(conn, self.write_sql, params, as_of=self.ctx.as_of,
                                             dry_run=self.ctx.dry_run))
-        if self.rule.can_exceed_ledger:
-            self.ctx.count("skipped_reward_too_large", conn.execute(self.too_large, params).scalar_one())
         full = row.relationships_scanned == self.ctx.settings.batch_size
         return Batch(next_after=(row.last_rewarded_at, row.last_id) if full else None,
                      items=row.relationships_scanned)
@@ -190,15 +183,15 @@ def run_reward_job(ctx: RunContext, rule: RewardRule, queries: RewardQueries) ->
     """Scan the relationships still inside their reward months in keyset batches of
     (rewarded_at, id); each batch writes its rewards with one candidates SELECT."""
     check_amount_fits(rule)
-    ctx.stats.update(relationships_scanned=0, skipped_missing_rewarded_at=0, skipped_reward_too_large=0)
+    ctx.stats.update(relationships_scanned=0, skipped_missing_rewarded_at=0)
     if not rule.has_months:
         ctx.stats["scan"] = "none: no reward months configured"
         ctx.log.info("no reward months configured", action="rewards_no_months")
         return
     with ctx.engine.connect() as conn:
-        bounds = scan_bounds(conn, rule, ctx.as_of)
+        bounds = scan_bounds(conn, rule, ctx.as_of, ctx.settings.payments_table)
         total = conn.execute(queries.count_to_scan, {"as_of": ctx.as_of, "scan_from": bounds.scan_from}).scalar_one()
         ctx.count("skipped_missing_rewarded_at", conn.execute(queries.count_missing_rewarded_at).scalar_one())
-    ctx.stats.update(high_water_as_of=_iso(bounds.high_water), scan_floor=_iso(bounds.scan_floor) or "none",
-                     scan_from=_iso(bounds.scan_from) or "all")
+    ctx.stats.update(high_water_as_of=_iso(bounds.high_water) or "none",
+                     scan_floor=_iso(bounds.scan_floor) or "none", scan_from=_iso(bounds.scan_from) or "all")
     ctx.batches(_RewardScan(ctx, rule, queries, bounds).batch, total=total)

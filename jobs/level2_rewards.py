@@ -29,7 +29,7 @@ def rule_for(ctx: RunContext) -> RewardRule:
         job=JOB.name, ledger_type=LEDGER_TYPE, key_prefix="l2", note_label="level-2",
         first_month=0, last_month=ctx.settings.l2_months - 1,
         amount=ctx.settings.l2_reward, amount_variable="REWARDS_L2_REWARD",
-        points_per_usd=ctx.settings.points_per_usd,
+        months_variable="REWARDS_L2_MONTHS", points_per_usd=ctx.settings.points_per_usd,
     )
 
 

@@ -23,7 +23,7 @@ def rule_for(ctx: RunContext) -> RewardRule:
         job=JOB.name, ledger_type=LEDGER_TYPE, key_prefix="recurring", note_label="recurring",
         first_month=1, last_month=ctx.settings.recurring_months,
         amount=ctx.settings.recurring_reward, amount_variable="REWARDS_RECURRING_REWARD",
-        points_per_usd=ctx.settings.points_per_usd,
+        months_variable="REWARDS_RECURRING_MONTHS", points_per_usd=ctx.settings.points_per_usd,
     )
 
 

@@ -216,15 +216,14 @@ def test_reward_of_zero_points_is_not_written(engine, make_settings, reward, cen
     assert "rows_written" not in result.stats
 
 
-def test_payment_whose_reward_does_not_fit_the_ledger_is_skipped_and_counted(engine, settings):
+def test_payment_whose_reward_does_not_fit_the_ledger_is_not_written_and_fails_nothing(engine, settings):
     relationship, _, referred = rewarded(engine, rewarded_at=utc(2026, 1, 1))
     pay(engine, referred, utc(2026, 2, 2), cents=3_000_000_000_000)  # 10% = 300 000 000 000 points
     pay(engine, referred, utc(2026, 3, 2), cents=2000)
 
-    result = run(engine, settings, utc(2026, 6, 1))
+    run(engine, settings, utc(2026, 6, 1))
 
     assert months_paid(engine, relationship) == {2: 200}
-    assert result.stats["skipped_reward_too_large"] == 1
 
 
 def test_fixed_reward_that_does_not_fit_the_ledger_fails_the_run_naming_the_variable(engine, make_settings):
@@ -349,6 +348,31 @@ def test_payment_recorded_late_within_the_margin_is_still_rewarded(engine, setti
     run(engine, settings, utc(2026, 2, 5))
 
     assert months_paid(engine, relationship) == {12: 200}
+
+
+def test_raising_the_months_setting_backfills_months_that_ended_before_the_last_run(engine, make_settings):
+    relationship, _, referred = rewarded(engine, rewarded_at=utc(2024, 1, 1))
+    for month in range(2, 14):
+        pay(engine, referred, utc(2024 + (month - 1) // 12, (month - 1) % 12 + 1, 3))  # months 1..12
+    run(engine, make_settings(recurring_months=3), utc(2026, 1, 1))
+
+    raised = run(engine, make_settings(recurring_months=12), utc(2026, 1, 2))
+
+    assert raised.stats["scan_from"] == "all"
+    assert months_paid(engine, relationship) == {k: 200 for k in range(1, 13)}
+
+
+def test_another_payments_table_makes_one_run_look_at_all_history(engine, make_settings):
+    relationship, _, referred = rewarded(engine, rewarded_at=utc(2024, 1, 1))
+    run(engine, make_settings(), utc(2026, 1, 1))
+    pay(engine, referred, utc(2024, 3, 3))  # found later, e.g. in a corrected billing view
+    with engine.begin() as conn:
+        conn.execute(text("CREATE VIEW public.corrected_payments AS SELECT * FROM public.user_subscription_payments"))
+
+    corrected = run(engine, make_settings(payments_table="public.corrected_payments"), utc(2026, 1, 2))
+
+    assert corrected.stats["scan_from"] == "all"
+    assert months_paid(engine, relationship) == {2: 200}
 
 
 def test_run_for_an_earlier_as_of_than_the_last_success_writes_nothing_new(engine, settings):
