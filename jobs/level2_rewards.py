@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from core.job import Job, RunContext
 from core.rewards import RewardQueries, RewardRule, run_reward_job
+from core.settings import Settings
 from core.sql import Queries
 
 _queries = Queries(__file__)
@@ -24,23 +25,26 @@ def _with_beneficiary(relationships: str) -> str:
     return _queries.raw("with_beneficiary").format(relationships=relationships)
 
 
-def rule_for(ctx: RunContext) -> RewardRule:
+def rule_for(settings: Settings) -> RewardRule:
     return RewardRule(
         job=JOB.name, ledger_type=LEDGER_TYPE, key_prefix="l2", note_label="level-2",
-        first_month=0, last_month=ctx.settings.l2_months - 1,
-        amount=ctx.settings.l2_reward, amount_variable="REWARDS_L2_REWARD",
-        months_variable="REWARDS_L2_MONTHS", points_per_usd=ctx.settings.points_per_usd,
+        first_month=0, last_month=settings.l2_months - 1,
+        amount=settings.l2_reward, amount_variable="REWARDS_L2_REWARD",
+        months_variable="REWARDS_L2_MONTHS", points_per_usd=settings.points_per_usd,
     )
 
 
+QUERIES = RewardQueries(
+    count_to_scan=_queries["count_to_scan"],
+    count_missing_rewarded_at=_queries["count_missing_rewarded_at"],
+    select_batch=_queries.render("select_batch", with_beneficiary=_with_beneficiary("batch")),
+    relationships=_queries.raw("relationships").format(
+        with_beneficiary=_with_beneficiary(_queries.raw("batch_range"))),
+)
+
+
 def run(ctx: RunContext) -> None:
-    run_reward_job(ctx, rule_for(ctx), RewardQueries(
-        count_to_scan=_queries["count_to_scan"],
-        count_missing_rewarded_at=_queries["count_missing_rewarded_at"],
-        select_batch=_queries.render("select_batch", with_beneficiary=_with_beneficiary("batch")),
-        relationships=_queries.raw("relationships").format(
-            with_beneficiary=_with_beneficiary(_queries.raw("batch_range"))),
-    ))
+    run_reward_job(ctx, rule_for(ctx.settings), QUERIES)
 
 
 JOB = Job(

@@ -27,11 +27,17 @@ SELECT r.id, r.level, r.status, r.rewarded_at, r.referrer_user_id, r.referred_us
            AND b.beneficiary_user_id <> r.referred_user_id
            AND (r.level = 2 OR b.beneficiary_user_id <> r.referrer_user_id) AS has_beneficiary
 FROM {relationships} AS r
-LEFT JOIN public.user_referral_relationships AS parent
-       ON r.level = 1
-      AND parent.referred_user_id = r.referrer_user_id
-      AND parent.level = 1
-      AND parent.status IN ('ACTIVE', 'REWARDED')
+-- B's own relationship, by one probe of the unique index on referred_user_id per relationship
+-- (LIMIT 1 keeps the planner from hashing every relationship of history instead).
+LEFT JOIN LATERAL (
+    SELECT p.referrer_user_id
+    FROM public.user_referral_relationships AS p
+    WHERE r.level = 1
+      AND p.referred_user_id = r.referrer_user_id
+      AND p.level = 1
+      AND p.status IN ('ACTIVE', 'REWARDED')
+    LIMIT 1
+) AS parent ON TRUE
 CROSS JOIN LATERAL (
     SELECT CASE WHEN r.level = 2 THEN r.referrer_user_id ELSE parent.referrer_user_id END AS beneficiary_user_id
 ) AS b

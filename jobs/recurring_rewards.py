@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from core.job import Job, RunContext
 from core.rewards import RewardQueries, RewardRule, run_reward_job
+from core.settings import Settings
 from core.sql import Queries
 
 _queries = Queries(__file__)
@@ -18,22 +19,25 @@ _queries = Queries(__file__)
 LEDGER_TYPE = "REFERRAL_RECURRING"
 
 
-def rule_for(ctx: RunContext) -> RewardRule:
+def rule_for(settings: Settings) -> RewardRule:
     return RewardRule(
         job=JOB.name, ledger_type=LEDGER_TYPE, key_prefix="recurring", note_label="recurring",
-        first_month=1, last_month=ctx.settings.recurring_months,
-        amount=ctx.settings.recurring_reward, amount_variable="REWARDS_RECURRING_REWARD",
-        months_variable="REWARDS_RECURRING_MONTHS", points_per_usd=ctx.settings.points_per_usd,
+        first_month=1, last_month=settings.recurring_months,
+        amount=settings.recurring_reward, amount_variable="REWARDS_RECURRING_REWARD",
+        months_variable="REWARDS_RECURRING_MONTHS", points_per_usd=settings.points_per_usd,
     )
 
 
+QUERIES = RewardQueries(
+    count_to_scan=_queries["count_to_scan"],
+    count_missing_rewarded_at=_queries["count_missing_rewarded_at"],
+    select_batch=_queries["select_batch"],
+    relationships=_queries.raw("relationships"),
+)
+
+
 def run(ctx: RunContext) -> None:
-    run_reward_job(ctx, rule_for(ctx), RewardQueries(
-        count_to_scan=_queries["count_to_scan"],
-        count_missing_rewarded_at=_queries["count_missing_rewarded_at"],
-        select_batch=_queries["select_batch"],
-        relationships=_queries.raw("relationships"),
-    ))
+    run_reward_job(ctx, rule_for(ctx.settings), QUERIES)
 
 
 JOB = Job(

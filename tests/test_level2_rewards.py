@@ -11,6 +11,7 @@ from sqlalchemy import text
 from core.runner import RunResult, run_job
 from jobs import level2_rewards, recurring_rewards
 from tests.builders import add_relationship, balance_of, ledger_rows, new_id, utc
+from tests.test_recurring_rewards import add_ten_years_of_rewarded_chains, daily_batch_plans
 
 JOB = level2_rewards.JOB
 REWARDED_AT = utc(2026, 1, 10, 9)
@@ -297,6 +298,18 @@ def test_runs_at_several_as_of_dates_in_any_order_equal_one_run_at_the_latest(en
     assert l2_months(engine, b_to_c) == {k: (a, 100) for k in range(6)}
     with engine.connect() as conn:
         assert balance_of(conn, a).balance == 600
+
+
+def test_daily_batches_use_indexes_not_scans_of_all_history(engine, settings):
+    add_ten_years_of_rewarded_chains(engine)
+
+    select_plan, candidates_plan = daily_batch_plans(engine, level2_rewards, settings)
+
+    for plan in (select_plan, candidates_plan):
+        assert "idx_urr_rewarded_scan" in plan
+        assert "user_referral_relationships_referred_user_id_key" in plan  # the parent, by one probe
+        assert "Seq Scan" not in plan
+    assert "idx_usp_user_paid_at" in candidates_plan
 
 
 @pytest.mark.slow

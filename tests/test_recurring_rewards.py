@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
+from core.rewards import candidates_sql
 from core.runner import RunResult, run_job
 from jobs import recurring_rewards
 from tests.builders import add_payment, add_relationship, balance_of, ledger_rows, new_id, utc
@@ -400,23 +401,57 @@ def test_keyset_batches_cover_every_relationship_once(engine, make_settings):
     assert {row.ref_id for row in ledger_rows_of(engine)} == set(relationships)
 
 
-def test_daily_batch_scan_uses_the_rewarded_index(engine, settings):
+def add_ten_years_of_rewarded_chains(engine, count: int = 30_000) -> None:
+    """Relationships rewarded every 175 minutes from 2016-06 to 2026-05, each referrer referred by
+    the one before (level-1 chains), each referred user paying once; then ANALYZE."""
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO public.user_referral_relationships"
             " (referrer_user_id, referred_user_id, referral_code, status, rewarded_at)"
-            " SELECT gen_random_uuid(), gen_random_uuid(), 'C', 'REWARDED',"
-            "        timestamptz '2016-01-01' + make_interval(hours => n)"
-            " FROM generate_series(1, 30000) AS n"
+            " SELECT CAST(md5('user' || (n - 1)) AS uuid), CAST(md5('user' || n) AS uuid), 'C', 'REWARDED',"
+            "        timestamptz '2016-06-01' + make_interval(mins => n * 175)"
+            " FROM generate_series(1, :count) AS n"
+        ), {"count": count})
+        conn.execute(text(
+            "INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at)"
+            " SELECT gen_random_uuid(), referred_user_id, 2000, 'PAID', rewarded_at + interval '40 days'"
+            " FROM public.user_referral_relationships"
         ))
-        conn.execute(text("ANALYZE public.user_referral_relationships"))
-        plan = "\n".join(conn.execute(text("EXPLAIN " + recurring_rewards._queries.raw("select_batch")), {
-            "as_of": utc(2026, 6, 1), "after_rewarded_at": utc(2025, 4, 25),
-            "after_id": str(uuid.UUID(int=2**128 - 1)), "batch_size": 5000,
-        }).scalars())
+        conn.execute(text("ANALYZE"))
 
-    assert "idx_urr_rewarded_scan" in plan
-    assert "Seq Scan" not in plan
+
+def daily_batch_plans(engine, job_module, settings) -> tuple[str, str]:
+    """EXPLAIN of a daily run's first batch (last success 2026-06-01, as of 2026-06-02): the batch
+    selection and the candidates SELECT handed to the ledger writer."""
+    as_of, scan_floor = utc(2026, 6, 2), utc(2026, 5, 25)
+    rule = job_module.rule_for(settings)
+    with engine.connect() as conn:
+        scan_from = conn.execute(text("SELECT CAST(:floor AS timestamptz) - make_interval(months => :span)"),
+                                 {"floor": scan_floor, "span": rule.span_months}).scalar_one()
+        first = {"as_of": as_of, "after_rewarded_at": scan_from, "after_id": str(uuid.UUID(int=2**128 - 1)),
+                 "batch_size": settings.batch_size}
+        select_batch = job_module.QUERIES.select_batch
+        batch = conn.execute(select_batch, first).one()
+        assert batch.relationships_scanned > 1000
+        params = {**rule.params(as_of), **first, "scan_floor": scan_floor,
+                  "last_rewarded_at": batch.last_rewarded_at, "last_id": batch.last_id}
+        candidates = candidates_sql(job_module.QUERIES.relationships, settings.payments_table_sql)
+
+        def explain(sql: str, values: dict) -> str:
+            return "\n".join(conn.execute(text("EXPLAIN " + sql), values).scalars())
+
+        return explain(select_batch.text, first), explain(f"SELECT * FROM ({candidates}) AS c", params)
+
+
+def test_daily_batches_use_indexes_not_scans_of_all_history(engine, settings):
+    add_ten_years_of_rewarded_chains(engine)
+
+    select_plan, candidates_plan = daily_batch_plans(engine, recurring_rewards, settings)
+
+    assert "idx_urr_rewarded_scan" in select_plan
+    assert "Seq Scan" not in select_plan
+    assert "idx_urr_rewarded_scan" in candidates_plan and "idx_usp_user_paid_at" in candidates_plan
+    assert "Seq Scan" not in candidates_plan
 
 
 # ── command line ────────────────────────────────────────────────────────────
