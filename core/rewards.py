@@ -12,15 +12,17 @@ Every reward is one ledger row keyed `{prefix}:{relationship id}:{k}`, written t
 writer, so reruns, runs for several as-of dates in any order and concurrent runs write it once.
 
 The scan restriction. A month is complete (every payment in it seen) in the first successful run
-whose as-of is at or after the month's end. With H the latest as-of of this job's successful real
-runs (made with the same months setting and payments table), `scan_floor = least(H, as_of) - LATE_PAYMENT_MARGIN_DAYS`, a run checks only the months that
-end after scan_floor (and have started by as_of), and so only the relationships whose last month
-ends after it. By induction on the runs, every month that ended by H was completed by an earlier
-run, and a run for an as-of below H could only write what that run already wrote; with no
-successful run yet, everything is checked. The relationships are found by
-`rewarded_at > scan_floor - span months` on an index (span = the end of the last month, in
-months), which keeps every relationship the exact rule keeps: `t <= L - m months` implies
-`t + m months <= (L - m months) + m months <= L`, because month arithmetic only clamps days down.
+whose as-of is at or after the month's end. Let H be the latest as-of of this job's successful real
+runs made with the same months setting and payments table, and
+`scan_floor = least(H, as_of) - LATE_PAYMENT_MARGIN_DAYS`. A run checks only the months that end
+after scan_floor (and have started by as_of), so only the relationships whose last month ends
+after it. By induction on the runs, every month that ended by H was completed by an earlier run,
+and a run for an as-of below H could only write what that run already wrote; with no such run
+yet, everything is checked. The relationships are found on an index by
+`rewarded_at > F - m months` (F = scan_floor, m = the end of the last month, in months), which
+keeps every relationship whose last month ends after F: `t <= F - m months` implies
+`t + m months <= F`, because `F - m months` has F's time of day and a day of month no later than
+F's, so adding m months to any instant up to it lands no later than F.
 """
 from __future__ import annotations
 

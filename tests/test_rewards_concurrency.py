@@ -34,7 +34,8 @@ def add_paying_relationships(engine, *, level: int = 1) -> list[Any]:
         ), {"level": level, "n": RELATIONSHIPS})
         conn.execute(text(
             "INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at)"
-            " SELECT gen_random_uuid(), r.referred_user_id, 2000, 'PAID', r.rewarded_at + make_interval(months => m, days => 1)"
+            " SELECT gen_random_uuid(), r.referred_user_id, 2000, 'PAID',"
+            "        r.rewarded_at + make_interval(months => m, days => 1)"
             " FROM public.user_referral_relationships AS r, generate_series(0, 13) AS m"
         ))
         return list(conn.execute(text(
