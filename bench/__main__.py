@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from bench import report
 from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_YEARS, NAME_PREFIX, BenchError,
-                            World, ensure_dataset, generate_dataset, server_url)
+                            World, dataset_name, ensure_dataset, generate_dataset, server_url)
 from bench.run import measure_size
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -90,10 +90,9 @@ def parser() -> argparse.ArgumentParser:
 def cmd_generate(args: argparse.Namespace) -> int:
     server = server_url(args.database_url)
     world = World(args.users, args.seed, _as_of(args.as_of), args.years)
-    from bench.datasets import dataset_name
-
     dataset = generate_dataset(server, world, name=dataset_name(world, args.prefix), progress=_progress)
-    print(f"{dataset.name}: {report.dataset_line({'users': world.users, 'dataset': dataset.counts, 'generate_seconds': dataset.generate_seconds})}")
+    size = {"users": world.users, "dataset": dataset.counts, "generate_seconds": dataset.generate_seconds}
+    print(f"{dataset.name}: {report.dataset_line(size)}")
     return 0
 
 

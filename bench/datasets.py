@@ -11,11 +11,11 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from contextlib import contextmanager
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 

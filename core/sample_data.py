@@ -43,8 +43,8 @@ class SampleDataError(Exception):
 
 
 @dataclass(frozen=True)
-class World:
-    """What defines the generated world: the same World always gives the same rows."""
+class SampleWorld:
+    """What defines the generated world: the same SampleWorld always gives the same rows."""
 
     users: int
     seed: int
@@ -70,9 +70,9 @@ def generate(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, yea
     """Fill the empty, migrated database behind `engine`; return the row count of each table."""
     if users < 1:
         raise ValueError("users: at least 1")
-    world = World(users, seed, as_of, years)
+    world = SampleWorld(users, seed, as_of, years)
     _require_empty(engine)
-    _load(engine, world, since=_BEGINNING, until=as_of, drift=True, progress=progress or _quiet)
+    _load(engine, world, since=_BEGINNING, until=as_of, first_load=True, progress=progress or _quiet)
     return _analyze_and_count(engine, progress or _quiet)
 
 
@@ -85,8 +85,8 @@ def advance(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, year
     since = since or as_of
     if until <= since or since < as_of:
         raise ValueError("until: the window (since, until] must be non-empty and not before as_of")
-    world = World(users, seed, as_of, years)
-    _load(engine, world, since=since, until=until, drift=False, progress=progress or _quiet)
+    world = SampleWorld(users, seed, as_of, years)
+    _load(engine, world, since=since, until=until, first_load=False, progress=progress or _quiet)
     return _analyze_and_count(engine, progress or _quiet)
 
 
@@ -101,15 +101,16 @@ def _require_empty(engine: Engine) -> None:
         raise SampleDataError("the database already holds referral or points data; generate into a fresh database")
 
 
-def _load(engine: Engine, world: World, *, since: datetime, until: datetime, drift: bool,
+def _load(engine: Engine, world: SampleWorld, *, since: datetime, until: datetime, first_load: bool,
           progress: Progress) -> None:
     """Plan the world in temporary tables, then insert each table's rows of the window, step by step.
 
-    The first load (`drift`) fills empty tables: their indexes are dropped and built again after it,
-    in the same transaction, which is several times faster than maintaining them row by row.
+    The first load fills empty tables: their indexes are dropped and built again after it, in the
+    same transaction, which is several times faster than maintaining them row by row; it also
+    makes the cache drift. Later loads keep only the redemptions the balance can pay.
     """
     params = {**world.params(until), "since": since, "until": until}
-    bulk = drift
+    bulk = first_load
     with engine.connect() as conn:
         _step(conn, progress, f"planning {params['n_max']} users", params,
               "create_rnd", "create_uid", "plan_users", "plan_relationships", "index_plans")
@@ -122,7 +123,7 @@ def _load(engine: Engine, world: World, *, since: datetime, until: datetime, dri
         _step(conn, progress, "points ledger and balance cache", params, "insert_ledger",
               rebuild="public.user_point_transactions" if bulk else None,
               kept="all_rows" if bulk else "affordable_rows")
-        if drift:
+        if first_load:
             _step(conn, progress, "balance cache drift", {**params, "drifted_users": 5 + world.users // 100_000},
                   "drift_cache")
         _step(conn, progress, "cleaning up", params, "drop_plans")

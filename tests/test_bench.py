@@ -108,6 +108,16 @@ def test_run_measures_bound_job_rerun_and_a_daily_run_for_every_job(server_url, 
     assert not _database_exists(server_url, f"{prefix}_400_run")  # the measured clone is dropped
 
 
+def test_generate_builds_the_dataset_database_named_by_size(server_url, prefix, capsys):
+    code = bench_cli.main(["generate", "--users", str(USERS), "--as-of", "2026-06-01",
+                           "--database-url", server_url, "--prefix", prefix])
+
+    assert code == 0
+    assert capsys.readouterr().out.startswith(f"{prefix}_400: 400 users: ")
+    found = find_dataset(server_url, f"{prefix}_400")
+    assert found is not None and found.world == World(USERS, as_of=AS_OF)
+
+
 def test_bad_usage_exits_2_with_one_line(server_url, capsys):
     assert bench_cli.main(["run", "--jobs", "no-such-job", "--database-url", server_url]) == 2
     assert "--jobs: unknown no-such-job" in capsys.readouterr().err
