@@ -89,7 +89,8 @@ def _expire_batch(ctx: RunContext, conn: Connection, after: Any, window: dict[st
     if not ctx.dry_run:
         conn.execute(_queries["lock_balances"], {"user_ids": user_ids})
     written = write_points(conn, _queries.raw("expiry_candidates"), {
-        "user_ids": user_ids, "cutoff": window["cutoff"],
+        "user_ids": user_ids, "first_user_id": user_ids[0], "last_user_id": user_ids[-1],
+        "cutoff": window["cutoff"],
         "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": window["cutoff"].isoformat(),
     }, as_of=ctx.as_of, dry_run=ctx.dry_run)
     ctx.record_points(written)

@@ -66,6 +66,8 @@ FROM (
          + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
     FROM public.user_point_transactions
     WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
+      -- The same users as a range, which the planner estimates well (idx_upt_user_created_delta).
+      AND user_id BETWEEN :first_user_id AND :last_user_id
     GROUP BY user_id
 ) AS per_user
 WHERE due > 0

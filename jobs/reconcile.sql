@@ -31,10 +31,11 @@ SELECT count(*)                         AS rows,
 FROM public.user_point_balances;
 
 -- name: users_checked --
+-- Users with ledger rows or a cache row. Grouping the ledger first (a hash of user ids) costs a
+-- fraction of a UNION, which sorts every ledger row's user id.
 SELECT count(*)
-FROM (SELECT user_id FROM public.user_point_transactions
-      UNION
-      SELECT user_id FROM public.user_point_balances) AS every_user;
+FROM (SELECT user_id FROM public.user_point_transactions GROUP BY user_id) AS ledger_users
+FULL JOIN public.user_point_balances AS b USING (user_id);
 
 -- name: movements --
 -- The roll-forward's movements: ledger rows dated in (previous as_of, as_of], by type. Positive
