@@ -81,7 +81,8 @@ def _window_start(ctx: RunContext, previous: Any | None, counts: Any) -> datetim
 
 def _expire_batch(ctx: RunContext, conn: Connection, after: Any, window: dict[str, Any]) -> Batch:
     """One batch of candidate users: lock their balance rows, then write what is due from the ledger."""
-    user_ids = [str(row.user_id) for row in conn.execute(_queries["candidate_batch"], {
+    query = "first_candidate_batch" if window["since"] is None else "candidate_batch"
+    user_ids = [str(row.user_id) for row in conn.execute(_queries[query], {
         **window, "after": after or _BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
     })]
     if not user_ids:

@@ -40,6 +40,20 @@ WHERE delta > 0 AND created_at >= coalesce(CAST(:since AS timestamptz), '-infini
 ORDER BY user_id
 LIMIT :batch_size;
 
+-- name: first_candidate_batch --
+-- The same users as candidate_batch when there is no window (a first run, or after a back-fill):
+-- walking user ids in order and probing each one keeps every batch as cheap as the first, whereas a
+-- DISTINCT over every earning row before cutoff would be re-read by each batch.
+SELECT u.user_id
+FROM (SELECT DISTINCT user_id
+      FROM public.user_point_transactions
+      WHERE user_id > :after
+      ORDER BY user_id) AS u
+WHERE EXISTS (SELECT 1 FROM public.user_point_transactions t
+              WHERE t.user_id = u.user_id AND t.delta > 0 AND t.created_at < :cutoff)
+ORDER BY u.user_id
+LIMIT :batch_size;
+
 -- name: lock_balances --
 -- Lock the batch's cache rows in user_id order BEFORE reading the ledger: a redemption the app
 -- commits while we wait is then visible to the next statement (READ COMMITTED) and counted.
