@@ -44,11 +44,7 @@ def _engine(settings: Any, *, require_migrated: bool = True) -> Any:
 
     engine = engine_from_settings(settings)
     if require_migrated:
-        waiting = migrations.pending(engine)
-        if waiting:
-            names = ", ".join(f"{m.version}_{m.name}" for m in waiting)
-            raise UsageError(f"database: {len(waiting)} migration(s) pending ({names}); "
-                             "run `python scheduler.py migrate` first")
+        migrations.require_migrated(engine)
     return engine
 
 

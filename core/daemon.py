@@ -38,7 +38,7 @@ from core import metrics, migrations, runs
 from core.clock import utc_now
 from core.job import Job
 from core.runner import RunResult, run_job
-from core.settings import ConfigError, Settings, cron_trigger
+from core.settings import Settings, cron_trigger
 
 log = structlog.get_logger("rewards.daemon")
 
@@ -322,7 +322,7 @@ def daemon_engine(settings: Settings) -> Engine:
 
 def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) -> bool:
     """Wait until the database answers, then migrate (REWARDS_MIGRATE_ON_START=true) or refuse to
-    start with pending migrations (ConfigError: exit 2). False when stopped while waiting."""
+    start with pending migrations (MigrationError: exit 2). False when stopped while waiting."""
     retry = 0
     while not stop.is_set():
         try:
@@ -331,11 +331,7 @@ def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) 
                 log.info("migrations applied", action="migrations_applied",
                          applied=[f"{m.version}_{m.name}" for m in applied])
             else:
-                waiting = migrations.pending(engine)
-                if waiting:
-                    names = ", ".join(f"{m.version}_{m.name}" for m in waiting)
-                    raise ConfigError(f"database: {len(waiting)} migration(s) pending ({names}); run "
-                                      "`python scheduler.py migrate` first or set REWARDS_MIGRATE_ON_START=true")
+                migrations.require_migrated(engine, hint=" or set REWARDS_MIGRATE_ON_START=true")
             return True
         except OperationalError as error:
             retry += 1

@@ -68,6 +68,15 @@ def pending(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]
     return [m for m in migrations if m.version not in applied]
 
 
+def require_migrated(engine: Engine, *, hint: str = "") -> None:
+    """Raise `MigrationError` (exit 2) naming the pending migrations, if any."""
+    waiting = pending(engine)
+    if waiting:
+        names = ", ".join(f"{m.version}_{m.name}" for m in waiting)
+        raise MigrationError(f"database: {len(waiting)} migration(s) pending ({names}); "
+                             f"run `python scheduler.py migrate` first{hint}")
+
+
 def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply every pending migration; return those applied by this call."""
     migrations = discover(directory)
