@@ -58,30 +58,28 @@ def template_database(server_url: str) -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture
-def database_url(server_url: str, template_database: str) -> Iterator[str]:
-    """A fresh, migrated database of its own for one test."""
-    name = f"rewards_t{os.getpid()}_{next(_clone_numbers)}"
+def _scratch_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """Create a database for one test (a clone of `template` if given), yield its URL, drop it."""
+    name = f"{prefix}{os.getpid()}_{next(_clone_numbers)}"
     admin = _admin(server_url)
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     yield _with_database(server_url, name)
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def database_url(server_url: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for one test."""
+    yield from _scratch_database(server_url, "rewards_t", template_database)
 
 
 @pytest.fixture
 def empty_database_url(server_url: str) -> Iterator[str]:
     """A database with nothing in it (not even migration 011)."""
-    name = f"rewards_e{os.getpid()}_{next(_clone_numbers)}"
-    admin = _admin(server_url)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield _with_database(server_url, name)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    yield from _scratch_database(server_url, "rewards_e")
 
 
 @pytest.fixture
