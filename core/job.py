@@ -2,11 +2,13 @@
 
 A job is a function `run(ctx)` that does its work in batches through `ctx.batches(step)`. Each
 batch is its own short transaction that also renews the run's lease, so a crash loses at most the
-batch in flight and a run that lost its lease cannot commit. A stop request (SIGTERM) is honoured
-between batches.
+batch in flight and a run that lost its lease cannot commit. The run's stats are stored in the same
+transaction as the batch's rows, so every committed row is counted on the row of the run that wrote
+it, whatever happens next. A stop request (SIGTERM) is honoured between batches.
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -95,18 +97,44 @@ class RunContext:
         """Longest batch transaction so far: the longest any row lock of this run was held."""
         self.stats["max_batch_seconds"] = round(max(seconds, self.stats.get("max_batch_seconds", 0.0)), 3)
 
+    def wait_for_jobs(self, jobs: tuple[str, ...], *, timeout_seconds: float) -> None:
+        """Wait while a run of `jobs` is RUNNING (bounded; raises runs.StillRunning), then record in the
+        stats the latest run of each (`upstream_runs`): what this run saw upstream."""
+        def say_waiting(holder: Any) -> None:
+            self.log.info("waiting for a running job to finish", action="waiting_for_job", waiting_for=holder.job,
+                          holder_run_id=holder.id, host=holder.host, pid=holder.pid, limit_seconds=timeout_seconds)
+
+        try:
+            runs.wait_until_none_running(self.engine, jobs, waiter=self.job, timeout_seconds=timeout_seconds,
+                                         stop=self.stop, on_wait=say_waiting)
+        except InterruptedError as stopped:
+            raise StopRequested(str(stopped)) from None
+        self.stats["upstream_runs"] = {
+            job: {"run_id": run.id, "status": run.status, "as_of": run.as_of.isoformat()}
+            for job, run in sorted(runs.latest_runs_of(self.engine, jobs).items())
+        }
+
     def batches(self, step: Callable[[Connection, Any], Batch], *, total: int | None = None) -> None:
-        """Run `step(conn, after)` batch after batch, each in its own transaction, until it is done."""
+        """Run `step(conn, after)` batch after batch, each in its own transaction, until it is done.
+
+        The batch's stats are stored in its transaction; if it rolls back, so do they (here too)."""
         after: Any = None
         while True:
             self.check_stop()
             started = time.monotonic()
-            with self.engine.begin() as conn:
-                self.heartbeat(conn)
-                batch = step(conn, after)
-            self._note_batch_seconds(time.monotonic() - started)
-            self.count("batches")
-            self.count("items", batch.items)
+            before = copy.deepcopy(self.stats)
+            try:
+                with self.engine.begin() as conn:
+                    self.heartbeat(conn)
+                    batch = step(conn, after)
+                    self.count("batches")
+                    self.count("items", batch.items)
+                    self._note_batch_seconds(time.monotonic() - started)
+                    runs.record_progress(conn, self.run_id, self.stats)
+            except BaseException:
+                self.stats.clear()
+                self.stats.update(before)
+                raise
             self.progress(job=self.job, batches=self.stats["batches"], items=self.stats["items"], total=total)
             if batch.next_after is None:
                 return

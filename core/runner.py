@@ -75,6 +75,10 @@ def run_job(
         status, error = "SUCCEEDED", None
         try:
             job.run(ctx)
+        except runs.StillRunning as busy:
+            status, error = "SKIPPED", str(busy)
+            log.warning("run skipped: an upstream job is still running", action="run_waited_too_long",
+                        error=error)
         except runs.LeaseLost as lost:
             status, error = "ABANDONED", _one_line(lost)
             log.error("run lost its lease", action="run_lease_lost", error=error)
@@ -87,10 +91,13 @@ def run_job(
         seconds = time.monotonic() - started
         if status != "ABANDONED":
             try:
-                runs.finish(engine, run_id, status=status, stats=ctx.stats, error=error)
+                if not runs.finish(engine, run_id, status=status, stats=ctx.stats, error=error):
+                    # Taken over meanwhile: whatever it did, this run must not say it succeeded.
+                    status, error = "ABANDONED", f"run {run_id} lost its lease and was taken over before it ended"
+                    log.error("run lost its lease", action="run_lease_lost", error=error)
             except Exception as failure:  # the lease will expire and the next run takes over
-                log.error("could not record the end of the run", action="run_finish_failed",
-                          error=_one_line(failure))
+                status, error = "FAILED", f"could not record the end of the run: {_one_line(failure)}"
+                log.error("could not record the end of the run", action="run_finish_failed", error=error)
         metrics.observe_run(job.name, status, seconds, ctx.stats, dry_run=dry_run)
         log.info("run finished", action="run_finished", status=status, seconds=round(seconds, 3),
                  stats=ctx.stats, error=error)

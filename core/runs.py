@@ -1,17 +1,21 @@
 """The `job_runs` table: claiming a run, heartbeats (the lease), finishing, reading history.
 
 Exclusion is the database's: a partial unique index allows one RUNNING row per job, another one
-claimed run per scheduled tick. A run whose heartbeat is older than the lease is marked ABANDONED
-and taken over.
+claimed run per scheduled tick. A RUNNING run is taken over (marked ABANDONED) at once when it ran on
+this host and its process is gone, else once its heartbeat is older than the lease recorded on its
+own row (`lease_seconds`, the claimer's REWARDS_RUN_LEASE_SECONDS).
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from sqlalchemy import Connection, Engine
 
@@ -51,6 +55,42 @@ class LeaseLost(Exception):
     """This run's lease expired and another process took the job over."""
 
 
+class StillRunning(Exception):
+    """A job waited for is still RUNNING after the wait (exit code 3)."""
+
+    def __init__(self, waiter: str, job: str, holder: Holder, waited: float) -> None:
+        self.job = job
+        self.holder = holder
+        super().__init__(
+            f"{waiter} waited {waited:.0f} s for {job} to finish: run {holder.run_id} ({holder.trigger}) "
+            f"is still running on host {holder.host} pid {holder.pid}, since {holder.since.isoformat()}"
+        )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host (a zombie, killed but not reaped, counts as gone)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _abandon_dead_runs_here(conn: Connection, params: dict[str, Any]) -> None:
+    """Mark ABANDONED a RUNNING run of this job whose process on this host is gone."""
+    for row in conn.execute(_queries["running_on_host"], params):
+        if not process_alive(row.pid):
+            conn.execute(_queries["abandon_dead_run"], {**params, "dead_run_id": row.id, "dead_pid": row.pid})
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
@@ -74,6 +114,7 @@ def claim(
     }
     for _attempt in range(3):
         with engine.begin() as conn:
+            _abandon_dead_runs_here(conn, params)
             conn.execute(_queries["abandon_stale_run"], params)
             run_id = conn.execute(_queries["claim_run"], params).scalar()
             if run_id is not None:
@@ -106,6 +147,12 @@ def heartbeat(conn: Connection, run_id: int, stats: dict[str, Any]) -> None:
         raise LeaseLost(f"run {run_id} lost its lease and was taken over")
 
 
+def record_progress(conn: Connection, run_id: int, stats: dict[str, Any]) -> None:
+    """Store the stats at the end of a batch, in its transaction; raise LeaseLost if taken over."""
+    if conn.execute(_queries["record_progress"], {"run_id": run_id, "stats": _json(stats)}).first() is None:
+        raise LeaseLost(f"run {run_id} lost its lease and was taken over")
+
+
 def finish(engine: Engine, run_id: int, *, status: str, stats: dict[str, Any], error: str | None) -> bool:
     """Record the run's end; False when the run had already been taken over."""
     with engine.begin() as conn:
@@ -128,3 +175,42 @@ def last_successes(engine: Engine) -> dict[str, Any]:
 def recent_runs(engine: Engine, *, job: str | None = None, limit: int = 20) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(_queries["recent_runs"], {"job": job, "limit": limit}))
+
+
+def running_runs(engine: Engine, jobs: Sequence[str] | None = None) -> list[Any]:
+    """RUNNING rows (of `jobs`, else all), each with `lease_expired`."""
+    with engine.connect() as conn:
+        return list(conn.execute(_queries["running_runs"], {"jobs": list(jobs) if jobs is not None else None}))
+
+
+def takeable(run: Any) -> bool:
+    """Whether a RUNNING row would be taken over by a claim now (its process gone, or its lease out)."""
+    return bool(run.lease_expired) or (run.host == HOST and not process_alive(run.pid))
+
+
+def latest_runs_of(engine: Engine, jobs: Sequence[str]) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {row.job: row for row in conn.execute(_queries["latest_runs_of"], {"jobs": list(jobs)})}
+
+
+def wait_until_none_running(
+    engine: Engine, jobs: Sequence[str], *, waiter: str, timeout_seconds: float, stop: threading.Event,
+    poll_seconds: float = 2.0, on_wait: Any = None,
+) -> None:
+    """Return once no run of `jobs` is RUNNING (dead runs do not count); raise StillRunning after
+    `timeout_seconds`, or StopRequested-like `InterruptedError` when `stop` is set meanwhile."""
+    deadline = time.monotonic() + timeout_seconds
+    waited_from = time.monotonic()
+    while True:
+        alive = [run for run in running_runs(engine, jobs) if not takeable(run)]
+        if not alive:
+            return
+        first = alive[0]
+        if time.monotonic() >= deadline:
+            raise StillRunning(waiter, first.job, Holder(first.id, first.host, first.pid, first.started_at,
+                                                         first.trigger), time.monotonic() - waited_from)
+        if on_wait is not None:
+            on_wait(first)
+            on_wait = None  # say it once
+        if stop.wait(min(poll_seconds, max(0.0, deadline - time.monotonic()))):
+            raise InterruptedError(f"{waiter}: stopped on request while waiting for {first.job} to finish")
