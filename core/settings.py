@@ -148,11 +148,22 @@ class Settings(BaseSettings):
     migrate_on_start: bool = False
     # The daemon retries a FAILED run after retry_base_seconds, doubling up to retry_max_seconds,
     # at most retry_attempts times, never past the job's next tick.
-    retry_base_seconds: float = Field(default=30, gt=0)
-    retry_max_seconds: float = Field(default=900, gt=0)
+    retry_base_seconds: float = Field(default=30, gt=0, le=86_400, allow_inf_nan=False)
+    retry_max_seconds: float = Field(default=900, gt=0, le=86_400, allow_inf_nan=False)
     retry_attempts: int = Field(default=4, ge=0, le=100)
 
+    # Nothing waits forever (0 turns a timeout off). Options given in DATABASE_URL
+    # (`?options=-c statement_timeout=…`, `?connect_timeout=…`) or PGOPTIONS win over these.
+    db_connect_timeout_seconds: int = Field(default=10, ge=0, le=3600)
+    db_statement_timeout_seconds: int = Field(default=900, ge=0, le=86_400)
+    db_lock_timeout_seconds: int = Field(default=60, ge=0, le=86_400)
+    db_idle_in_transaction_timeout_seconds: int = Field(default=300, ge=0, le=86_400)
+    max_clock_skew_seconds: float = Field(default=5, gt=0, le=3600, allow_inf_nan=False)
+    # A reconcile waits this long for a running ledger writer of the pipeline, then exits 3.
+    reconcile_wait_seconds: int = Field(default=600, ge=0, le=86_400)
+
     http_port: int = Field(default=9108, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
     log_format: str = "auto"
     log_level: str = "INFO"
 
@@ -168,8 +179,9 @@ class Settings(BaseSettings):
             url = make_url(value.strip())
         except (ArgumentError, ValueError):  # never echo a piece of the URL: it may be the password
             raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
-        if not url.drivername.startswith("postgres"):
-            raise ValueError("must be a postgresql:// URL")
+        if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg2"):
+            raise ValueError("must be a postgresql:// URL (its scheme is not postgresql)")
+        _check_connection_options(url)
         if url.host and "@" in url.host:  # the rest of the password would show up as a host name
             raise ValueError("has an unescaped '@' in its user or password (write it as %40)")
         return value.strip()
@@ -225,6 +237,17 @@ class Settings(BaseSettings):
     @property
     def payments_table_sql(self) -> str:
         return quote_table_name(self.payments_table)
+
+
+def _check_connection_options(url: Any) -> None:
+    """Refuse a URL query option libpq does not know (only the option's name is shown, never its value)."""
+    import psycopg2.extensions
+
+    for name in url.query:
+        try:
+            psycopg2.extensions.parse_dsn(f"{name}=x")
+        except psycopg2.ProgrammingError:
+            raise ValueError(f"unknown connection option {name!r} in its query string") from None
 
 
 def env_name(field: str) -> str:
