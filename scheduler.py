@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from datetime import datetime
@@ -50,14 +49,32 @@ def _engine(settings: Any, *, require_migrated: bool = True) -> Any:
 
 def _stop_on_signals() -> threading.Event:
     """SIGTERM/SIGINT only set a flag; the run stops after its current batch."""
-    stop = threading.Event()
+    from core.stopping import stop_on_signals
 
-    def request_stop(signum: int, _frame: Any) -> None:
-        stop.set()
+    return stop_on_signals()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
+
+def _check_before_runs(settings: Any, engine: Any, jobs: Any, *, dry_run: bool) -> None:
+    """Refuse (exit 2) a host clock off the database's, or a reports folder the jobs cannot write."""
+    from core import startup
+
+    startup.check_clock_skew(engine, settings.max_clock_skew_seconds)
+    if not dry_run and any(startup.writes_reports(job) for job in jobs):
+        startup.check_reports_dir(settings.reports_dir)
+
+
+def _bounded_int(low: int, high: int = 2**63 - 1) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (the database's bigint at most)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
 
 
 def _terminal_progress(*, job: str, batches: int, items: int, total: int | None) -> None:
@@ -129,12 +146,16 @@ def cmd_run(args: argparse.Namespace, settings: Any) -> int:
         raise UsageError("--repair: only the reconcile job repairs")
     as_of = _as_of(args)
     engine = _engine(settings)
+    _check_before_runs(settings, engine, [job], dry_run=args.dry_run)
     stop = _stop_on_signals()
     try:
         result = _run_one(job, args, settings, engine, as_of, stop,
                           repair=args.repair or settings.reconcile_repair)
     except AlreadyRunning as busy:
         print(busy, file=sys.stderr)
+        return EXIT_BUSY
+    if result.status == "SKIPPED":  # it waited for a running upstream job, in vain
+        print(result.error, file=sys.stderr)
         return EXIT_BUSY
     return EXIT_OK if result.status == "SUCCEEDED" else EXIT_FAILED
 
@@ -145,6 +166,7 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 
     as_of = _as_of(args)
     engine = _engine(settings)
+    _check_before_runs(settings, engine, PIPELINE, dry_run=args.dry_run)
     stop = _stop_on_signals()
     failed = busy = False
     for job in PIPELINE:
@@ -155,6 +177,10 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
                               repair=settings.reconcile_repair)
         except AlreadyRunning as error:
             print(error, file=sys.stderr)
+            busy = True
+            continue
+        if result.status == "SKIPPED":
+            print(result.error, file=sys.stderr)
             busy = True
             continue
         failed = failed or result.status != "SUCCEEDED"
@@ -211,7 +237,7 @@ def cmd_report(args: argparse.Namespace, settings: Any) -> int:
     if args.run != "latest":
         if not args.run.isdigit():
             raise UsageError(f"RUN_ID: must be a run id (a number) or 'latest', not {args.run!r}")
-        run_id = int(args.run)
+        run_id = _bounded_int(1)(args.run)
     text = reconcile.render_report(engine, run_id, args.format)
     if text is None:
         print("no reconciliation report " + ("yet" if run_id is None else f"for run {run_id}"), file=sys.stderr)
@@ -227,6 +253,11 @@ def cmd_health(args: argparse.Namespace, settings: Any) -> int:
     waiting = migrations.pending(engine)
     if waiting:
         print(f"unhealthy: {len(waiting)} migration(s) pending", file=sys.stderr)
+        return EXIT_FAILED
+    unknown = migrations.unknown_applied(engine)
+    if unknown:
+        print(f"unhealthy: the database has migration(s) this version does not know: {', '.join(unknown)}",
+              file=sys.stderr)
         return EXIT_FAILED
     print("ok")
     return EXIT_OK
@@ -284,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("jobs", cmd_jobs, "each job, its schedule, next fire time and last run")
     history = command("history", cmd_history, "recent runs")
     history.add_argument("--job", metavar="JOB")
-    history.add_argument("--limit", type=int, default=20, metavar="N")
+    history.add_argument("--limit", type=_bounded_int(1), default=20, metavar="N")
     report = command("report", cmd_report, "a reconciliation report from the database")
     report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest")
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -296,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     from core.logs import configure_logging
     from core.migrations import MigrationError
@@ -310,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, MigrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except OperationalError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else "unreachable"
+    except DBAPIError as error:  # unreachable, timed out, permission denied, …: one line, exit 1
+        reason = (str(error.orig).strip().splitlines() or ["unreachable"])[0] if error.orig else "unreachable"
         print(f"error: database: {reason}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # a bug: one line for the operator, the traceback at DEBUG

@@ -3,8 +3,14 @@
 - Every replica registers the same schedule; `job_runs` decides which one runs a tick (a replica
   that finds the tick claimed logs `tick_taken` and moves on). A scheduled run's as-of instant is its
   scheduled fire time.
-- At start, a job whose last success is older than its previous fire time runs once, as trigger
-  `catch-up`, as of now, claiming that previous tick (so replicas starting together run it once).
+- At start, and again every `CATCH_UP_CHECK_SECONDS`, a job whose last success is older than its
+  previous fire time runs once, as trigger `catch-up`, as of now, claiming that previous tick (so
+  replicas starting together run it once). A dead run's row does not stop it: the claim takes it over
+  (at once when it ran on this host and its process is gone, else after the lease on its row). The
+  periodic check leaves alone a job running here or elsewhere, one waiting for a retry, and one
+  whose last run FAILED (the retry policy, then the next tick, take care of those).
+- A frequent internal job beats a heartbeat; `/healthz` fails when it is older than
+  `LOOP_STALL_SECONDS` (the scheduler loop is stuck), not only when the database is down.
 - A run that fails (database down, a bug) is retried with exponential backoff and jitter, at most
   `REWARDS_RETRY_ATTEMPTS` times and never past the job's next tick. The daemon itself never dies of
   a database outage: it waits for the database at start and every run catches its errors.
@@ -16,9 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,10 +37,9 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core import metrics, migrations, runs
+from core import metrics, migrations, runs, startup
 from core.clock import utc_now
 from core.job import Job
 from core.runner import RunResult, run_job
@@ -43,7 +48,10 @@ from core.settings import Settings, cron_trigger
 log = structlog.get_logger("rewards.daemon")
 
 SHUTDOWN_SECONDS = 25  # within Kubernetes' default 30 s grace; give `docker stop` `-t 30`
-CONNECT_TIMEOUT_SECONDS = 10  # an unreachable database fails a run fast instead of hanging it
+CATCH_UP_CHECK_SECONDS = 60  # how soon a run that died (here or on another replica) is made good
+LOOP_BEAT_SECONDS = 5
+LOOP_STALL_SECONDS = 60  # /healthz fails when the scheduler loop has not beaten for this long
+_INTERNAL_JOBS = ("catch-up", "catch-up-check", "loop-beat")
 _LOOKBACKS = (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timedelta(days=32),
               timedelta(days=367), timedelta(days=8 * 366))
 
@@ -142,6 +150,8 @@ class Daemon:
         self.triggers = {job.name: cron_trigger(expression) for job in jobs
                          if (expression := settings.schedule_for(job.name))}
         self._ticks: dict[str, datetime] = {}
+        self._in_flight: set[str] = set()
+        self._last_beat = time.monotonic()
         self._active = 0
         self._idle = threading.Condition()
         self.scheduler = BlockingScheduler(
@@ -166,6 +176,11 @@ class Daemon:
                                        name=job.name)
         self.scheduler.add_job(self._catch_up, "date", run_date=utc_now(), id="catch-up",
                                misfire_grace_time=None)
+        self.scheduler.add_job(self._catch_up, "interval", seconds=CATCH_UP_CHECK_SECONDS, id="catch-up-check",
+                               kwargs={"periodic": True}, misfire_grace_time=None)
+        self.scheduler.add_job(self._beat, "interval", seconds=LOOP_BEAT_SECONDS, id="loop-beat",
+                               misfire_grace_time=None)
+        self._beat()
         log.info("daemon started", action="daemon_started", pid=os.getpid(), host=runs.HOST,
                  schedules={job.name: self.settings.schedule_for(job.name) or "off" for job in self.jobs},
                  next_fire={name: str(trigger.get_next_fire_time(None, utc_now()))
@@ -191,9 +206,17 @@ class Daemon:
         except SchedulerNotRunningError:
             pass
 
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+
+    def loop_beat_age(self) -> float:
+        return time.monotonic() - self._last_beat
+
     def health(self) -> tuple[bool, dict[str, str]]:
-        """Healthy when the scheduler loop runs (and is not stopping) and the database answers."""
+        """Healthy when the scheduler loop runs and beats (and is not stopping) and the database answers."""
         scheduler = "stopping" if self.stop.is_set() else ("running" if self.scheduler.running else "not started")
+        if scheduler == "running" and self.loop_beat_age() > LOOP_STALL_SECONDS:
+            scheduler = f"stuck: no heartbeat of the scheduler loop for {self.loop_beat_age():.0f} s"
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -208,12 +231,17 @@ class Daemon:
         tick = self._ticks.pop(job.name, None) or previous_fire_time(self.triggers[job.name], utc_now())
         self._attempt(job, "schedule", tick, tick, 1)
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, periodic: bool = False) -> None:
         """Run each job (in pipeline order) whose last success is older than its previous tick."""
         now = utc_now()
         try:
             successes = runs.last_successes(self.engine)
+            leave_alone = self._left_to_others() if periodic else set()
         except SQLAlchemyError as error:
+            if periodic:
+                log.warning("catch-up check: database unreachable", action="catch_up_check_failed",
+                            error=_one_line(error))
+                return
             when = now + timedelta(seconds=self.retry.delay(1, self.rng))
             log.warning("catch-up: database unreachable; trying again", action="catch_up_postponed",
                         error=_one_line(error), at=when.isoformat())
@@ -226,12 +254,22 @@ class Daemon:
                 return
             trigger = self.triggers.get(job.name)
             tick = previous_fire_time(trigger, now) if trigger else None
-            if tick is None or not needs_catch_up(successes.get(job.name), tick):
+            if tick is None or job.name in leave_alone or not needs_catch_up(successes.get(job.name), tick):
                 continue
             log.info("catching up a missed tick", action="catch_up", job=job.name, missed_tick=tick.isoformat())
             self._attempt(job, "catch-up", now, tick, 1)
             caught_up.append(job.name)
-        log.info("catch-up done", action="catch_up_done", jobs=caught_up)
+        if caught_up or not periodic:
+            log.info("catch-up done", action="catch_up_done", jobs=caught_up)
+
+    def _left_to_others(self) -> set[str]:
+        """Jobs a periodic catch-up leaves alone: running here, waiting for a retry, running elsewhere
+        (alive), or whose last run FAILED (retries, then the next tick, handle those)."""
+        names = {job.name for job in self.jobs}
+        left = set(self._in_flight) | {name for name in names if self.scheduler.get_job(f"retry:{name}")}
+        left |= {run.job for run in runs.running_runs(self.engine, sorted(names)) if not runs.takeable(run)}
+        left |= {name for name, run in runs.last_runs(self.engine).items() if run.status == "FAILED"}
+        return left
 
     def _attempt(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime, attempt: int,
                  failed_before: RunResult | None = None) -> None:
@@ -239,7 +277,7 @@ class Daemon:
         recorded FAILED: when the database died mid-run, the runner could not record its end)."""
         if self.stop.is_set():
             return
-        with self._running(), structlog.contextvars.bound_contextvars(
+        with self._running(job.name), structlog.contextvars.bound_contextvars(
                 job=job.name, trigger=trigger, scheduled_for=scheduled_for.isoformat(), attempt=attempt):
             try:
                 self._record_failed_end(failed_before)
@@ -285,17 +323,21 @@ class Daemon:
                     at=when.isoformat(), in_seconds=round((when - now).total_seconds(), 1))
 
     @contextmanager
-    def _running(self) -> Iterator[None]:
+    def _running(self, job: str) -> Iterator[None]:
         with self._idle:
             self._active += 1
+            self._in_flight.add(job)
         try:
             yield
         finally:
             with self._idle:
                 self._active -= 1
+                self._in_flight.discard(job)
                 self._idle.notify_all()
 
     def _on_scheduler_event(self, event: Any) -> None:
+        if event.job_id in _INTERNAL_JOBS and event.code != EVENT_JOB_ERROR:
+            return  # a long catch-up overlapping the next check is expected
         if event.code == EVENT_JOB_MISSED:
             log.warning("tick missed: later than the misfire grace", action="tick_missed", job=event.job_id,
                         scheduled_for=event.scheduled_run_time.isoformat())
@@ -309,15 +351,10 @@ class Daemon:
 # ── process ──────────────────────────────────────────────────────────────────
 
 def daemon_engine(settings: Settings) -> Engine:
-    """The engine, with a connect timeout so an unreachable database fails fast."""
-    from core.db import engine_from_settings, make_engine
+    """The engine, with the timeouts of the settings (an unreachable database fails a run fast)."""
+    from core.db import engine_from_settings
 
-    if not settings.database_url:
-        return engine_from_settings(settings)
-    url = make_url(settings.database_url)
-    if "connect_timeout" not in url.query:
-        url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_SECONDS)})
-    return make_engine(url)
+    return engine_from_settings(settings)
 
 
 def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) -> bool:
@@ -332,6 +369,7 @@ def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) 
                          applied=[f"{m.version}_{m.name}" for m in applied])
             else:
                 migrations.require_migrated(engine, hint=" or set REWARDS_MIGRATE_ON_START=true")
+            startup.check_clock_skew(engine, settings.max_clock_skew_seconds)
             return True
         except OperationalError as error:
             retry += 1
@@ -342,24 +380,20 @@ def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) 
     return False
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    def request_stop(signum: int, _frame: Any) -> None:
-        stop.set()  # only a flag: the stop watcher does the rest
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-
 def run_daemon(settings: Settings) -> int:
     """`python scheduler.py daemon`: serve until SIGTERM/SIGINT, then exit 0."""
     from core.http import serve_http
 
-    stop = threading.Event()
-    _stop_on_signals(stop)
+    from core.stopping import stop_on_signals
+
+    stop = stop_on_signals()  # only a flag (heard even while a statement blocks): the stop watcher does the rest
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # its warnings are logged as events here
     engine = daemon_engine(settings)
     daemon = Daemon(settings, engine, stop=stop)
-    server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs])
+    if any(startup.writes_reports(job) and job.name in daemon.triggers for job in daemon.jobs):
+        startup.check_reports_dir(settings.reports_dir)
+    server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs],
+                        host=settings.http_host)
     try:
         finished = daemon.serve() if prepare_database(engine, settings, stop) else True
     finally:

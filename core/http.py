@@ -1,6 +1,6 @@
 """The daemon's HTTP endpoints on `REWARDS_HTTP_PORT` (0 turns them off).
 
-- `/healthz`: 200 when the scheduler loop runs and the database answers, else 503; the body is a
+- `/healthz`: 200 when the scheduler loop runs (its heartbeat is fresh) and the database answers, else 503; the body is a
   small JSON object saying which part is unwell.
 - `/metrics`: Prometheus exposition (prometheus-client) of the runs of this process
   (`rewards_job_runs_total`, `rewards_job_duration_seconds`, `rewards_points_written_total`) and
@@ -78,7 +78,7 @@ class HttpServer:
 
 
 def serve_http(port: int, health: HealthCheck, engine: Engine, jobs: Sequence[str], *,
-               host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> HttpServer | None:
+               host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> HttpServer | None:
     """Serve /healthz and /metrics on `port` in a background thread; None when port is 0."""
     if port == 0:
         return None
@@ -86,8 +86,8 @@ def serve_http(port: int, health: HealthCheck, engine: Engine, jobs: Sequence[st
         server = make_server(host, port, make_app(health, registry), server_class=_ThreadingServer,
                              handler_class=_QuietHandler)
     except OSError as error:
-        raise ConfigError(f"REWARDS_HTTP_PORT: cannot listen on port {port} ({error.strerror})") from None
+        raise ConfigError(f"REWARDS_HTTP_PORT: cannot listen on port {port} of {host} ({error.strerror})") from None
     collector = LastSuccessCollector(engine, jobs)
     registry.register(collector)
-    log.info("serving /healthz and /metrics", action="http_listening", port=server.server_port)
+    log.info("serving /healthz and /metrics", action="http_listening", host=host, port=server.server_port)
     return HttpServer(server, collector, registry)

@@ -68,6 +68,17 @@ def pending(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]
     return [m for m in migrations if m.version not in applied]
 
 
+def unknown_applied(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Migrations recorded in the database that this version has no file for (a newer release ran)."""
+    known = {m.version for m in discover(directory)}
+    with engine.connect() as conn:
+        exists = conn.execute(text("SELECT to_regclass('public.rewards_schema_migrations') IS NOT NULL")).scalar()
+        if not exists:
+            return []
+        rows = conn.execute(text("SELECT version, name FROM public.rewards_schema_migrations ORDER BY version"))
+        return [f"{row.version}_{row.name}" for row in rows if row.version not in known]
+
+
 def require_migrated(engine: Engine, *, hint: str = "") -> None:
     """Raise `MigrationError` (exit 2) naming the pending migrations, if any."""
     waiting = pending(engine)
@@ -82,6 +93,8 @@ def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]
     migrations = discover(directory)
     applied_now: list[Migration] = []
     with engine.connect() as conn:
+        # A migration may rightly run long, and wait for a replica migrating meanwhile: no session timeouts.
+        conn.execute(text("SET statement_timeout = 0; SET lock_timeout = 0"))
         conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
         conn.commit()
         try:
@@ -107,5 +120,6 @@ def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]
                 applied_now.append(migration)
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+            conn.execute(text("RESET statement_timeout; RESET lock_timeout"))
             conn.commit()
     return applied_now

@@ -201,8 +201,8 @@ def test_each_batch_renews_the_lease_and_saves_the_stats_so_far(engine, settings
     result = run_job(_marking_job(3), settings=settings, engine=engine, as_of=AS_OF, progress=look_at_the_run_row)
 
     assert result.status == "SUCCEEDED"
-    # The heartbeat opens each batch, so the row holds the stats of the batches before it.
-    assert seen == [(1, 0, True), (2, 1, True), (3, 2, True)]
+    # Each batch's stats commit with its rows: once a batch is committed, the row counts it.
+    assert seen == [(1, 1, True), (2, 2, True), (3, 3, True)]
 
 
 # ── scheduled ticks ─────────────────────────────────────────────────────────────
