@@ -69,9 +69,11 @@ def _bounded_int(low: int, high: int = 2**63 - 1) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}")
         return value
 
     return parse
@@ -237,7 +239,10 @@ def cmd_report(args: argparse.Namespace, settings: Any) -> int:
     if args.run != "latest":
         if not args.run.isdigit():
             raise UsageError(f"RUN_ID: must be a run id (a number) or 'latest', not {args.run!r}")
-        run_id = _bounded_int(1)(args.run)
+        try:
+            run_id = _bounded_int(1)(args.run)
+        except argparse.ArgumentTypeError as error:
+            raise UsageError(f"RUN_ID: {error}") from None
     text = reconcile.render_report(engine, run_id, args.format)
     if text is None:
         print("no reconciliation report " + ("yet" if run_id is None else f"for run {run_id}"), file=sys.stderr)
