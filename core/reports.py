@@ -24,6 +24,11 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
             out.flush()
             os.fsync(out.fileno())
         os.replace(aside, path)
+    except OSError as error:
+        Path(aside).unlink(missing_ok=True)
+        if error.filename is None:  # a full disk on write/fsync says nothing of which file
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         Path(aside).unlink(missing_ok=True)
         raise
