@@ -125,3 +125,90 @@ def test_the_daemon_runs_as_the_least_privileged_role(service_url, engine, tmp_p
         assert daemon.terminate()[0] == 0
     finally:
         daemon.kill()
+
+
+def _as_owner(engine, statement: str, **params: Any) -> Any:
+    with engine.begin() as conn:
+        return conn.execute(text(statement), params).scalar()
+
+
+FINISHED_RUN = ("INSERT INTO public.job_runs (job, trigger, as_of, status, finished_at, host, pid)"
+                " VALUES ('recurring-rewards', 'manual', now(), :status, now(), 'h', 1) RETURNING id")
+
+
+@pytest.mark.parametrize("statement", [
+    FINISHED_RUN.replace(":status", "'SUCCEEDED'"),  # a fake success
+    FINISHED_RUN.replace(":status", "'FAILED'"),
+    "INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key)"
+    " VALUES (gen_random_uuid(), 5, 'REFERRAL_RECURRING', 'first-payment:abc')",  # another namespace
+    "INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key)"
+    " VALUES (gen_random_uuid(), 5, 'ADMIN_GRANT', 'recurring:00000000-0000-0000-0000-000000000001:3')",  # wrong type
+    "INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key)"
+    " VALUES (gen_random_uuid(), -5, 'EXPIRY', 'l2:00000000-0000-0000-0000-000000000001:3')",
+    "INSERT INTO public.user_point_transactions (user_id, delta, type)"
+    " VALUES (gen_random_uuid(), 5, 'REFERRAL_RECURRING')",  # no key at all
+])
+def test_the_role_writes_only_rows_the_jobs_write(service_url, statement):
+    service = make_engine(service_url, pool_size=1)
+    try:
+        with pytest.raises(ProgrammingError, match="may (insert a run only|write only the jobs' keys)"), \
+                service.begin() as conn:
+            conn.execute(text(statement))
+    finally:
+        service.dispose()
+
+
+@pytest.mark.parametrize("ended", ["FAILED", "SUCCEEDED", "ABANDONED", "SKIPPED"])
+def test_the_role_cannot_change_a_finished_run(service_url, engine, ended):
+    run_id = _as_owner(engine, FINISHED_RUN, status=ended)
+    service = make_engine(service_url, pool_size=1)
+    try:
+        with pytest.raises(ProgrammingError, match="a finished run does not change"), service.begin() as conn:
+            conn.execute(text("UPDATE public.job_runs SET status = 'SUCCEEDED', error = NULL WHERE id = :id"),
+                         {"id": run_id})
+    finally:
+        service.dispose()
+    assert _as_owner(engine, "SELECT status FROM public.job_runs WHERE id = :id", id=run_id) == ended
+
+
+def test_the_role_claims_renews_and_finishes_its_own_runs_and_writes_job_keys(service_url):
+    service = make_engine(service_url, pool_size=1)
+    try:
+        with service.begin() as conn:
+            run_id = conn.execute(text(
+                "INSERT INTO public.job_runs (job, trigger, as_of, status, host, pid)"
+                " VALUES ('expire-points', 'manual', now(), 'RUNNING', 'h', 1) RETURNING id")).scalar()
+            conn.execute(text("UPDATE public.job_runs SET heartbeat_at = clock_timestamp() WHERE id = :id"), {"id": run_id})
+            conn.execute(text("UPDATE public.job_runs SET status = 'SUCCEEDED', finished_at = now() WHERE id = :id"),
+                         {"id": run_id})
+            conn.execute(text("INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key)"
+                              " VALUES (gen_random_uuid(), -5, 'EXPIRY', 'expiry:x:2026-06-01T00:00:00+00:00')"))
+    finally:
+        service.dispose()
+
+
+def test_the_owner_and_the_app_are_not_bound_by_the_role_rules(service_url, engine):
+    run_id = _as_owner(engine, FINISHED_RUN, status="FAILED")
+    _as_owner(engine, "UPDATE public.job_runs SET error = 'noted by ops' WHERE id = :id RETURNING id", id=run_id)
+    _as_owner(engine, "INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key)"
+                      " VALUES (gen_random_uuid(), 50, 'REFERRAL_WELCOME', 'welcome:1') RETURNING 1")
+
+
+def test_the_role_may_write_the_reward_basis_table_when_it_exists(service_url, engine):
+    exists = _as_owner(engine, "SELECT to_regclass('public.referral_rewards') IS NOT NULL")
+    if not exists:
+        pytest.skip("migration 016 (referral_rewards) is not in this branch yet")
+    granted = _as_owner(engine, "SELECT array_agg(privilege_type ORDER BY privilege_type)"
+                                " FROM information_schema.role_table_grants"
+                                " WHERE table_name = 'referral_rewards' AND grantee = :role",
+                        role=make_url(service_url).username)
+    assert granted == ["INSERT", "SELECT", "UPDATE"]
+
+
+@pytest.mark.slow
+def test_migrate_as_the_role_is_one_line_with_the_usual_prefix(service_url, cli):
+    done = cli("migrate", env={"DATABASE_URL": service_url})
+
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: database: permission denied") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr and make_url(service_url).password not in done.stderr
