@@ -3,7 +3,7 @@
 - Every replica registers the same schedule; `job_runs` decides which one runs a tick (a replica
   that finds the tick claimed logs `tick_taken` and moves on). A scheduled run's as-of instant is its
   scheduled fire time.
-- At start, and again every `CATCH_UP_CHECK_SECONDS`, a job whose last success is older than its
+- At start, and again every `REWARDS_CATCH_UP_CHECK_SECONDS` (default 60), a job whose last success is older than its
   previous fire time runs once, as trigger `catch-up`, as of now, claiming that previous tick (so
   replicas starting together run it once). A dead run's row does not stop it: the claim takes it over
   (at once when it ran on this host and its process is gone, else after the lease on its row). The
@@ -48,7 +48,6 @@ from core.settings import Settings, cron_trigger
 log = structlog.get_logger("rewards.daemon")
 
 SHUTDOWN_SECONDS = 25  # within Kubernetes' default 30 s grace; give `docker stop` `-t 30`
-CATCH_UP_CHECK_SECONDS = 60  # how soon a run that died (here or on another replica) is made good
 LOOP_BEAT_SECONDS = 5
 LOOP_STALL_SECONDS = 60  # /healthz fails when the scheduler loop has not beaten for this long
 _INTERNAL_JOBS = ("catch-up", "catch-up-check", "loop-beat")
@@ -176,7 +175,8 @@ class Daemon:
                                        name=job.name)
         self.scheduler.add_job(self._catch_up, "date", run_date=utc_now(), id="catch-up",
                                misfire_grace_time=None)
-        self.scheduler.add_job(self._catch_up, "interval", seconds=CATCH_UP_CHECK_SECONDS, id="catch-up-check",
+        self.scheduler.add_job(self._catch_up, "interval", seconds=self.settings.catch_up_check_seconds,
+                               id="catch-up-check",
                                kwargs={"periodic": True}, misfire_grace_time=None)
         self.scheduler.add_job(self._beat, "interval", seconds=LOOP_BEAT_SECONDS, id="loop-beat",
                                misfire_grace_time=None)

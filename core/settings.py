@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     schedule_reconcile: str = DEFAULT_SCHEDULES["reconcile"]
     misfire_grace_seconds: int = Field(default=3600, ge=1)
     run_lease_seconds: int = Field(default=300, ge=1)
+    # How often the daemon looks for a job whose last success is older than its previous tick.
+    catch_up_check_seconds: int = Field(default=60, ge=1, le=3600)
     migrate_on_start: bool = False
     # The daemon retries a FAILED run after retry_base_seconds, doubling up to retry_max_seconds,
     # at most retry_attempts times, never past the job's next tick.
