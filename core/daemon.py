@@ -3,8 +3,8 @@
 - Every replica registers the same schedule; `job_runs` decides which one runs a tick (a replica
   that finds the tick claimed logs `tick_taken` and moves on). A scheduled run's as-of instant is its
   scheduled fire time.
-- At start, and again every `REWARDS_CATCH_UP_CHECK_SECONDS` (default 60), a job whose last success is older than its
-  previous fire time runs once, as trigger `catch-up`, as of now, claiming that previous tick (so
+- At start, and again every `REWARDS_CATCH_UP_CHECK_SECONDS` (default 60), a job whose last success
+  is older than its previous fire time runs once, as trigger `catch-up`, as of now, claiming that previous tick (so
   replicas starting together run it once). A dead run's row does not stop it: the claim takes it over
   (at once when it ran on this host and its process is gone, else after the lease on its row). The
   periodic check leaves alone a job running here or elsewhere, one waiting for a retry, and one

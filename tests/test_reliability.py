@@ -27,7 +27,8 @@ from core.runner import run_job
 from core.runs import HOST, AlreadyRunning
 from core.settings import ConfigError, load_settings
 from tests.builders import add_relationship, utc
-from tests.test_daemon import add_pending_relationships, quiet_schedules, runs_of, status_counts, wait_until
+from tests.test_daemon import (add_pending_relationships, daemons, quiet_schedules, runs_of,  # noqa: F401 (fixture)
+                               status_counts, wait_until)
 
 AS_OF = utc(2026, 6, 1)
 REPO = Path(__file__).resolve().parent.parent
@@ -518,7 +519,7 @@ def test_the_http_endpoint_listens_on_localhost_by_default():
 
 
 @pytest.mark.slow
-def test_a_periodic_check_catches_up_a_run_another_replica_left_behind(daemons, database_url, engine, monkeypatch):
+def test_a_periodic_check_catches_up_a_run_another_replica_left_behind(daemons, database_url, engine):
     """A RUNNING row of another host blocks the start-up catch-up; once its (short) lease ends, the
     periodic check takes it over and runs the job, without waiting for the next tick."""
     add_pending_relationships(engine, 3)
