@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Forked:
                 self.kill()
                 raise AssertionError(f"the command did not end in {timeout}s; log:\n{self.log.read_text()}")
             time.sleep(0.02)
+        time.sleep(0.05)  # the last of its output reaches the log
         return self.code  # type: ignore[return-value]
 
     def kill(self) -> None:
@@ -60,13 +62,16 @@ def fork_cli(args: list[str], env: dict[str, str], log: Path, *, before: Callabl
     """Run `scheduler.py ARGS` in a child forked from this process (its environment replaced by `env`)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    read_end, write_end = os.pipe()  # a pipe, not the file: a file-size limit of the child spares its output
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 70
         try:
-            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
+            os.close(read_end)
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # not pytest's capture objects
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
             os.environ.clear()
             os.environ.update(env)
             if before:
@@ -82,7 +87,16 @@ def fork_cli(args: list[str], env: dict[str, str], log: Path, *, before: Callabl
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    os.close(write_end)
+    threading.Thread(target=_copy_to_file, args=(read_end, log), daemon=True).start()
     return Forked(pid, log)
+
+
+def _copy_to_file(read_end: int, log: Path) -> None:
+    with open(log, "ab", buffering=0) as out:
+        while chunk := os.read(read_end, 65536):
+            out.write(chunk)
+    os.close(read_end)
 
 
 def cli_env(database_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -130,7 +144,9 @@ def cache_disagreements(engine: Engine) -> list[Any]:
             "  SELECT user_id, sum(delta) AS balance, sum(greatest(delta, 0)) AS earned,"
             "         sum(least(delta, 0)) AS spent FROM public.user_point_transactions GROUP BY user_id) l"
             " FULL JOIN public.user_point_balances b USING (user_id)"
-            " WHERE (l.balance, l.earned, l.spent) IS DISTINCT FROM (b.balance, b.total_earned, b.total_spent)")))
+            " WHERE (coalesce(l.balance, 0), coalesce(l.earned, 0), coalesce(l.spent, 0))"
+            "       IS DISTINCT FROM (b.balance, b.total_earned, b.total_spent)"
+            " ORDER BY user_id")))
 
 
 def runs_of(engine: Engine, job: str | None = None) -> list[Any]:
