@@ -24,6 +24,7 @@ from core.sql import Queries
 _queries = Queries(__file__)
 
 HOST = socket.gethostname()
+_claimed_here: set[int] = set()  # runs this very process claimed (its pid may be a dead predecessor's)
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ class StillRunning(Exception):
 
 def process_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this host (a zombie, killed but not reaped, counts as gone)."""
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,10 +83,18 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def holder_alive(run_id: int, pid: int) -> bool:
+    """Whether the process of a run of this host still runs. A run with this process's own pid that
+    this process did not claim is a predecessor's: a restarted container's daemon is often pid 1 again."""
+    if pid == os.getpid():
+        return run_id in _claimed_here
+    return process_alive(pid)
+
+
 def _abandon_dead_runs_here(conn: Connection, params: dict[str, Any]) -> None:
     """Mark ABANDONED a RUNNING run of this job whose process on this host is gone."""
     for row in conn.execute(_queries["running_on_host"], params):
-        if not process_alive(row.pid):
+        if not holder_alive(row.id, row.pid):
             conn.execute(_queries["abandon_dead_run"], {**params, "dead_run_id": row.id, "dead_pid": row.pid})
 
 
@@ -118,6 +125,7 @@ def claim(
             conn.execute(_queries["abandon_stale_run"], params)
             run_id = conn.execute(_queries["claim_run"], params).scalar()
             if run_id is not None:
+                _claimed_here.add(int(run_id))
                 return int(run_id)
             tick_taken = scheduled_for is not None and conn.execute(_queries["tick_taken"], params).scalar()
             holder = conn.execute(_queries["running_run"], params).one_or_none()
@@ -185,7 +193,7 @@ def running_runs(engine: Engine, jobs: Sequence[str] | None = None) -> list[Any]
 
 def takeable(run: Any) -> bool:
     """Whether a RUNNING row would be taken over by a claim now (its process gone, or its lease out)."""
-    return bool(run.lease_expired) or (run.host == HOST and not process_alive(run.pid))
+    return bool(run.lease_expired) or (run.host == HOST and not holder_alive(run.id, run.pid))
 
 
 def latest_runs_of(engine: Engine, jobs: Sequence[str]) -> dict[str, Any]:

@@ -75,6 +75,15 @@ def test_a_dead_run_of_this_host_is_taken_over_at_once(engine):
     assert run_row(engine, mine).status == "RUNNING"
 
 
+def test_a_run_with_this_process_pid_that_it_did_not_claim_is_a_dead_predecessors(engine):
+    """A restarted container's daemon often has the pid of the one that died (pid 1)."""
+    predecessor = add_running_run(engine, "expire-pending", pid=os.getpid())
+
+    claim(engine)
+
+    assert run_row(engine, predecessor).status == "ABANDONED"
+
+
 def test_a_live_run_of_this_host_is_not_taken_over(engine):
     alive = add_running_run(engine, "expire-pending", pid=os.getppid())
 
