@@ -26,7 +26,7 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
         os.replace(aside, path)
     except OSError as error:
         Path(aside).unlink(missing_ok=True)
-        if error.filename is None:  # a full disk on write/fsync says nothing of which file
+        if error.errno is not None and error.filename is None:  # a full disk on write/fsync names no file
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     except BaseException:
