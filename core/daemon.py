@@ -267,7 +267,8 @@ class Daemon:
         (alive), or whose last run FAILED (retries, then the next tick, handle those)."""
         names = {job.name for job in self.jobs}
         left = set(self._in_flight) | {name for name in names if self.scheduler.get_job(f"retry:{name}")}
-        left |= {run.job for run in runs.running_runs(self.engine, sorted(names)) if not runs.takeable(run)}
+        running = runs.running_runs(self.engine, sorted(names))
+        left |= {run.job for run in running if not runs.takeable(self.engine, run)}
         left |= {name for name, run in runs.last_runs(self.engine).items() if run.status == "FAILED"}
         return left
 

@@ -24,7 +24,7 @@ from core.sql import Queries
 _queries = Queries(__file__)
 
 HOST = socket.gethostname()
-_claimed_here: set[int] = set()  # runs this very process claimed (its pid may be a dead predecessor's)
+_claimed_here: set[tuple[str, int]] = set()  # (database, run id) this very process claimed
 
 
 @dataclass(frozen=True)
@@ -83,18 +83,22 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def holder_alive(run_id: int, pid: int) -> bool:
+def _database_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def holder_alive(engine: Engine, run_id: int, pid: int) -> bool:
     """Whether the process of a run of this host still runs. A run with this process's own pid that
     this process did not claim is a predecessor's: a restarted container's daemon is often pid 1 again."""
     if pid == os.getpid():
-        return run_id in _claimed_here
+        return (_database_of(engine), run_id) in _claimed_here
     return process_alive(pid)
 
 
 def _abandon_dead_runs_here(conn: Connection, params: dict[str, Any]) -> None:
     """Mark ABANDONED a RUNNING run of this job whose process on this host is gone."""
     for row in conn.execute(_queries["running_on_host"], params):
-        if not holder_alive(row.id, row.pid):
+        if not holder_alive(conn.engine, row.id, row.pid):
             conn.execute(_queries["abandon_dead_run"], {**params, "dead_run_id": row.id, "dead_pid": row.pid})
 
 
@@ -125,7 +129,7 @@ def claim(
             conn.execute(_queries["abandon_stale_run"], params)
             run_id = conn.execute(_queries["claim_run"], params).scalar()
             if run_id is not None:
-                _claimed_here.add(int(run_id))
+                _claimed_here.add((_database_of(engine), int(run_id)))
                 return int(run_id)
             tick_taken = scheduled_for is not None and conn.execute(_queries["tick_taken"], params).scalar()
             holder = conn.execute(_queries["running_run"], params).one_or_none()
@@ -191,9 +195,9 @@ def running_runs(engine: Engine, jobs: Sequence[str] | None = None) -> list[Any]
         return list(conn.execute(_queries["running_runs"], {"jobs": list(jobs) if jobs is not None else None}))
 
 
-def takeable(run: Any) -> bool:
+def takeable(engine: Engine, run: Any) -> bool:
     """Whether a RUNNING row would be taken over by a claim now (its process gone, or its lease out)."""
-    return bool(run.lease_expired) or (run.host == HOST and not holder_alive(run.id, run.pid))
+    return bool(run.lease_expired) or (run.host == HOST and not holder_alive(engine, run.id, run.pid))
 
 
 def latest_runs_of(engine: Engine, jobs: Sequence[str]) -> dict[str, Any]:
@@ -210,7 +214,7 @@ def wait_until_none_running(
     deadline = time.monotonic() + timeout_seconds
     waited_from = time.monotonic()
     while True:
-        alive = [run for run in running_runs(engine, jobs) if not takeable(run)]
+        alive = [run for run in running_runs(engine, jobs) if not takeable(engine, run)]
         if not alive:
             return
         first = alive[0]
