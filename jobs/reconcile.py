@@ -76,7 +76,8 @@ class Snapshot:
 
 
 def run(ctx: RunContext) -> None:
-    ctx.wait_for_jobs(("recurring-rewards", "level2-rewards", "expire-points"), timeout_seconds=ctx.settings.reconcile_wait_seconds)
+    ctx.wait_for_jobs(("recurring-rewards", "level2-rewards", "expire-points"),
+                      timeout_seconds=ctx.settings.reconcile_wait_seconds)
     files = None if ctx.dry_run else ReportFiles.for_run(ctx.settings.reports_dir, ctx.as_of, ctx.run_id)
     with _read_only_snapshot(ctx.engine) as conn:
         snapshot = _read_totals(ctx, conn)

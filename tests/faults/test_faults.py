@@ -86,7 +86,8 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(job, world, engin
     kills = []
     for attempt in range(KILLS):
         child = fork_cli(["run", job, "--as-of", AS_OF], env, tmp_path / f"kill-{attempt}.log")
-        wait_until(lambda: running_row_of(engine, job, child.pid) or child.poll() is not None, what="the run claimed", timeout=60)
+        wait_until(lambda: running_row_of(engine, job, child.pid) or child.poll() is not None,
+                   what="the run claimed", timeout=60)
         # Somewhere in the first 15 % of the work left, so every kill lands in a run that still writes.
         left = 1 - _written(engine, job) / max(1, _written(reference, job))
         delay = rng.uniform(0, 0.15 * left * seconds)
@@ -119,8 +120,8 @@ def test_a_daemon_killed_mid_run_is_caught_up_by_the_next_within_a_minute(daemon
     restarted = time.monotonic()
     second = daemons(database_url, "second", REWARDS_BATCH_SIZE="10", **schedule)
 
-    wait_until(lambda: [r.status for r in runs_of(engine)][-1:] == ["SUCCEEDED"], what="the restarted daemon's catch-up",
-               timeout=60)
+    wait_until(lambda: [r.status for r in runs_of(engine)][-1:] == ["SUCCEEDED"],
+               what="the restarted daemon's catch-up", timeout=60)
     assert status_counts(engine) == {"EXPIRED": 100}
     assert time.monotonic() - restarted < 60
     runs = runs_of(engine)
@@ -158,7 +159,7 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(own_server, wor
     assert not [r for r in runs_of(engine) if r.status == "RUNNING"]
     for job in WRITING_JOBS:
         assert _counted_in_runs(engine, job) == _written(engine, job) == _written(reference, job), [
-            (r.id, r.job, r.status, r.error, r.stats.get("rows_written"), r.stats.get("batches")) for r in runs_of(engine)]
+            (r.id, r.job, r.status, r.error, r.stats.get("rows_written")) for r in runs_of(engine)]
     engine.dispose()
     reference.dispose()
 
