@@ -207,7 +207,7 @@ def latest_runs_of(engine: Engine, jobs: Sequence[str]) -> dict[str, Any]:
 
 def wait_until_none_running(
     engine: Engine, jobs: Sequence[str], *, waiter: str, timeout_seconds: float, stop: threading.Event,
-    poll_seconds: float = 2.0, on_wait: Any = None,
+    poll_seconds: float = 0.5, on_wait: Any = None,
 ) -> None:
     """Return once no run of `jobs` is RUNNING (dead runs do not count); raise StillRunning after
     `timeout_seconds`, or StopRequested-like `InterruptedError` when `stop` is set meanwhile."""
