@@ -198,7 +198,7 @@ def test_the_role_may_write_the_reward_basis_table_when_it_exists(service_url, e
     exists = _as_owner(engine, "SELECT to_regclass('public.referral_rewards') IS NOT NULL")
     if not exists:
         pytest.skip("migration 016 (referral_rewards) is not in this branch yet")
-    granted = _as_owner(engine, "SELECT array_agg(privilege_type ORDER BY privilege_type)"
+    granted = _as_owner(engine, "SELECT array_agg(CAST(privilege_type AS text) ORDER BY privilege_type)"
                                 " FROM information_schema.role_table_grants"
                                 " WHERE table_name = 'referral_rewards' AND grantee = :role",
                         role=make_url(service_url).username)
