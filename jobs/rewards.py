@@ -112,8 +112,8 @@ class _RewardRun:
         conn.execute(_queries["price_clawbacks"])
         written = write_points(conn, _queries.raw("planned_rows"), {}, as_of=self.ctx.as_of)
         self.ctx.record_points(written)
-        conn.execute(_queries["record_rewards"], bounds)
-        clawed = conn.execute(_queries["record_clawbacks"], bounds).one()
+        clawed = conn.execute(_queries["record_clawbacks"], bounds).one()  # first: a re-earned month's
+        conn.execute(_queries["record_rewards"], bounds)                   # new reward then stands alone
         self.ctx.count("clawbacks", clawed.clawbacks)
         self.ctx.count("clawed_back_points", int(clawed.clawed_back_points))
         self.ctx.count("unrecovered_points", int(clawed.unrecovered_points))
