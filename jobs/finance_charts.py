@@ -67,7 +67,7 @@ def liability_chart(document: Document) -> Any:
     axes.set_ylabel("points")
     axes.set_ylim(bottom=0)
     _thousands(axes.yaxis)
-    _date_axis(axes)
+    _month_axis(axes, document)
     return figure
 
 
@@ -107,15 +107,21 @@ def drift_chart(document: Document) -> Any:
     return figure
 
 
-def _date_axis(axes: Any) -> None:
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+def _month_axis(axes: Any, document: Document) -> None:
+    """Always the whole 12 months up to the as-of, one tick a month, so one point is not a lonely dot."""
+    from datetime import timedelta
 
-    locator = AutoDateLocator(maxticks=8)
+    from matplotlib.dates import ConciseDateFormatter, MonthLocator
+
+    from jobs.finance_report import MONTHS_CHARTED, _months_before
+
+    locator = MonthLocator()
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes.set_xlim(_months_before(document.as_of, MONTHS_CHARTED), document.as_of + timedelta(days=3))
 
 
 def _month_label(month: str) -> str:
     year, number = month.split("-")
     names = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-    return f"{names[int(number) - 1]}\n{year}" if number == "01" or month.endswith("-01") else names[int(number) - 1]
+    return f"{names[int(number) - 1]}\n{year}"

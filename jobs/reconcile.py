@@ -480,22 +480,55 @@ def _iso(value: datetime) -> str:
 
 # ── reading a report back (`python scheduler.py report`) ────────────────────
 
-def render_report(engine: Engine, run_id: int | None, fmt: str) -> str | None:
-    """A stored report as `table`, `csv` (the CSV file's text) or `json` (the summary file's text);
-    None when there is no such report. `run_id` None means the latest."""
+class NotAReport(Exception):
+    """The run exists but stores no reconciliation report (another job, or a dry run); says which."""
+
+
+FORMATS = ("table", "csv", "json", "html", "xlsx")
+
+
+def render_report(engine: Engine, run_id: int | None, fmt: str, *, xlsx_path: Path | None = None) -> str | None:
+    """A stored report as `table`, `csv` (the CSV file's text), `json` (the summary file's text) or
+    `html`; `xlsx` is written to `xlsx_path` (returns its path). None when there is no such run or report;
+    `NotAReport` when the run is of another job or a dry run. `run_id` None means the latest."""
+    from jobs import finance_report
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r}; one of {', '.join(FORMATS)}")
     with engine.connect() as conn:
         stored = conn.execute(_queries["report_run"], {"run_id": run_id}).first()
         if stored is None:
+            if run_id is not None:
+                _say_what_run_it_is(conn, run_id)
             return None
         if fmt == "json":
             return summary_json(stored.summary)
+        if fmt in ("html", "xlsx"):
+            document = finance_report.gather(conn, stored.summary, run_status=stored.status)
+            if fmt == "html":
+                return finance_report.render_html(document)
+            assert xlsx_path is not None
+            finance_report.write_xlsx(conn, document, xlsx_path)
+            return str(xlsx_path)
         rows = conn.execute(_queries["report_discrepancies"], {"run_id": stored.run_id},
                             execution_options=_streamed(1000))
         if fmt == "csv":
             return _csv_text(rows)
-        if fmt == "table":
-            return _table_text(stored, rows)
-    raise ValueError(f"unknown report format {fmt!r}; one of table, csv, json")
+        return _table_text(stored, rows)
+
+
+def _say_what_run_it_is(conn: Connection, run_id: int) -> None:
+    run = conn.execute(_queries["job_run"], {"run_id": run_id}).first()
+    if run is None:
+        return
+    if run.job != JOB.name:
+        raise NotAReport(f"run {run_id} is a {run.job} run ({run.status}), not a reconcile: it has no report; "
+                         f"see `show {run_id}`")
+    if run.dry_run:
+        raise NotAReport(f"run {run_id} is a dry run of reconcile ({run.status}): a dry run stores no report; "
+                         f"its stats are in `show {run_id}`")
+    raise NotAReport(f"run {run_id} is a reconcile that recorded no report ({run.status}"
+                     + (f": {run.error}" if run.error else "") + ")")
 
 
 def _csv_text(rows: Iterable[Any]) -> str:
@@ -511,23 +544,34 @@ _TABLE_ROWS_SHOWN = 50
 
 def _table_text(stored: Any, rows: Iterable[Any]) -> str:
     summary = stored.summary
-    lines = [f"Points reconciliation: run {stored.run_id} ({stored.status}), as of {_when(summary['as_of'])}", ""]
+    lines = [f"Points reconciliation: run {stored.run_id} ({stored.status}), as of {_when(summary['as_of'])}",
+             f"Status: {summary.get('verdict', '')}", ""]
     lines += _headline_lines(summary) + [""] + _roll_forward_lines(summary["roll_forward"]) + [""]
-    lines += _discrepancy_lines(summary, rows)
+    lines += _unrecovered_lines(summary) + _discrepancy_lines(summary, rows)
     if stored.csv_file:
-        lines += ["", f"Files: {stored.csv_file}", f"       {stored.json_file}"]
+        files = [stored.csv_file, stored.json_file]
+        names = summary.get("files") or {}
+        files += [str(Path(stored.csv_file).with_name(names[kind])) for kind in ("html", "xlsx") if names.get(kind)]
+        lines += ["", "Files: " + files[0], *("       " + name for name in files[1:])]
     return "\n".join(lines) + "\n"
 
 
 def _headline_lines(summary: dict[str, Any]) -> list[str]:
+    from jobs.finance_report import usd
+
     ledger, cache = summary["ledger"], summary["cache"]
+    money = summary.get("outstanding_money")
     lines = [
-        f"Outstanding points (ledger balance as of the as-of instant): {summary['outstanding_points']:,}",
+        f"Outstanding liability (ledger balance as of the as-of instant): {summary['outstanding_points']:,} points"
+        + (f" = {usd(money['usd'])} at {money['points_per_usd']} points per US$" if money else ""),
         f"Users checked: {summary['users_checked']:,}   ledger rows: {summary['ledger_rows']:,}",
         "",
     ]
-    table = [[field.replace("_", " "), f"{ledger[field]:,}", f"{cache[field]:,}", f"{cache[field] - ledger[field]:+,}"]
-             for field in ("balance", "total_earned", "total_spent")]
+    fields = [("balance", "balance", "balance"), ("total credits", "total_credits", "total_earned"),
+              ("total debits", "total_debits", "total_spent")]
+    table = [[label, f"{ledger.get(key, ledger.get(old)):,}", f"{cache.get(key, cache.get(old)):,}",
+              f"{cache.get(key, cache.get(old)) - ledger.get(key, ledger.get(old)):+,}"]
+             for label, key, old in fields]
     lines += _aligned(["", "ledger", "cache", "drift"], table, right=(1, 2, 3))
     after = summary["after_as_of"]
     if after["rows"]:
@@ -537,16 +581,25 @@ def _headline_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _roll_forward_lines(roll: dict[str, Any]) -> list[str]:
+    from jobs.finance_report import roll_forward_lines
+
     since = (f"since run {roll['previous_run_id']} as of {_when(roll['period_after'])}"
              if roll["previous_run_id"] else "since the beginning of the ledger")
-    table = [["opening", f"{roll['opening']:,}"]]
-    table += [[f"+ issued {kind}", f"{points:,}"] for kind, points in sorted(roll["issued"].items())]
-    table += [[f"- spent {kind}", f"{-points:,}"] for kind, points in sorted(roll["spent"].items())]
-    table += [["- expired", f"{-roll['expired']:,}"], ["= expected closing", f"{roll['expected_closing']:,}"],
-              ["closing", f"{roll['closing']:,}"]]
-    verdict = ("identity holds (gap 0)" if roll["identity_holds"]
+    table = [[line.label, f"{line.value:,}" if line.role in ("opening", "expected", "closing") else f"{line.value:+,}",
+              line.note] for line in roll_forward_lines(roll)]
+    verdict = ("identity holds: " + roll.get("identity", "") if roll["identity_holds"]
                else f"IDENTITY GAP {roll['gap']:+,}: {roll['gap_explanation']}")
-    return [f"Roll-forward {since}", *("  " + line for line in _aligned(None, table, right=(1,))), "  " + verdict]
+    return [f"Roll-forward {since} (points)", *("  " + line for line in _aligned(None, table, right=(1,))),
+            "  " + verdict]
+
+
+def _unrecovered_lines(summary: dict[str, Any]) -> list[str]:
+    unrecovered = summary.get("unrecovered_clawbacks")
+    if not unrecovered:
+        return []
+    return [f"Clawbacks of the period: {unrecovered['clawbacks']:,} ({unrecovered['clawed_back_points']:,} points "
+            f"clawed back); unrecovered: {unrecovered['unrecovered_points']:,} points on "
+            f"{unrecovered['rewards_unrecovered']:,} rewards", ""]
 
 
 def _discrepancy_lines(summary: dict[str, Any], rows: Iterable[Any]) -> list[str]:

@@ -211,3 +211,6 @@ SELECT user_id, kinds, cached_balance, ledger_balance, drift,
 FROM public.reconciliation_discrepancies
 WHERE run_id = :run_id
 ORDER BY user_id;
+
+-- name: job_run --
+SELECT id, job, status, dry_run, error FROM public.job_runs WHERE id = :run_id;
