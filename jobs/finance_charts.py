@@ -34,7 +34,7 @@ def _svg(figure: Any) -> str:
 
     out = io.StringIO()
     with matplotlib.rc_context(_STYLE):
-        figure.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
+        figure.savefig(out, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = out.getvalue()
     return text[text.index("<svg"):]  # the XML prolog and DOCTYPE do not belong inside HTML
 
