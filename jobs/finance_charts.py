@@ -124,4 +124,4 @@ def _month_axis(axes: Any, document: Document) -> None:
 def _month_label(month: str) -> str:
     year, number = month.split("-")
     names = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-    return f"{names[int(number) - 1]}\n{year}"
+    return f"{names[int(number) - 1]}\n{year}" if number in ("01", "1") else names[int(number) - 1]
