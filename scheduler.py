@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -206,18 +207,52 @@ def cmd_history(args: argparse.Namespace, settings: Any) -> int:
 def cmd_report(args: argparse.Namespace, settings: Any) -> int:
     from jobs import reconcile
 
-    engine = _engine(settings)
     run_id: int | None = None
     if args.run != "latest":
         if not args.run.isdigit():
             raise UsageError(f"RUN_ID: must be a run id (a number) or 'latest', not {args.run!r}")
         run_id = int(args.run)
-    text = reconcile.render_report(engine, run_id, args.format)
+    if args.format == "xlsx" and args.output is None and sys.stdout.isatty():
+        raise UsageError("--format xlsx: a workbook is binary; give --output FILE (or redirect stdout)")
+    engine = _engine(settings)
+    try:
+        text = _render_report(reconcile, engine, run_id, args)
+    except reconcile.NotAReport as error:
+        raise UsageError(str(error)) from None
     if text is None:
         print("no reconciliation report " + ("yet" if run_id is None else f"for run {run_id}"), file=sys.stderr)
         return EXIT_FAILED
-    print(text, end="" if text.endswith("\n") else "\n")
+    if args.output is not None:
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif args.format != "xlsx":
+        print(text, end="" if text.endswith("\n") else "\n")
     return EXIT_OK
+
+
+def _render_report(reconcile: Any, engine: Any, run_id: int | None, args: argparse.Namespace) -> str | None:
+    """The report as text (printed, or written whole to --output); an xlsx is written to its file."""
+    import tempfile
+    from pathlib import Path
+
+    from core.reports import write_text_atomically
+
+    output = Path(args.output) if args.output is not None else None
+    if args.format != "xlsx":
+        text = reconcile.render_report(engine, run_id, args.format)
+        if text is not None and output is not None:
+            write_text_atomically(output, text)
+        return text
+    with tempfile.TemporaryDirectory(dir=output.parent if output else None, prefix=".report-") as scratch:
+        aside = Path(scratch) / "report.xlsx"
+        written = reconcile.render_report(engine, run_id, "xlsx", xlsx_path=aside)
+        if written is None:
+            return None
+        if output is not None:
+            os.replace(aside, output)
+        else:
+            sys.stdout.buffer.write(aside.read_bytes())
+            sys.stdout.flush()
+    return str(output) if output else "-"
 
 
 def cmd_health(args: argparse.Namespace, settings: Any) -> int:
@@ -287,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20, metavar="N")
     report = command("report", cmd_report, "a reconciliation report from the database")
     report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest")
-    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.add_argument("--format", choices=("table", "csv", "json", "html", "xlsx"), default="table")
+    report.add_argument("--output", metavar="FILE", help="write the report to FILE (whole) instead of stdout")
     command("health", cmd_health, "exit 0 when the database answers and no migration is pending")
     demo = command("demo", cmd_demo, "sample data on an embedded database, the whole pipeline, a summary")
     demo.add_argument("--users", type=int, default=3000, metavar="N", help="users in the sample (default 3000)")

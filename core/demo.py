@@ -45,6 +45,7 @@ class DemoOutcome:
     results: list[RunResult] = field(default_factory=list)
     reconciliation: str | None = None
     reports_dir: Path | None = None
+    html_report: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -97,6 +98,7 @@ def build_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DE
             outcome.results.append(result)
             if job.name == "reconcile" and result.status == "SUCCEEDED":
                 outcome.reconciliation = reconcile.render_report(engine, result.run_id, "table")
+                outcome.html_report = result.stats.get("html_report")
         return outcome
     finally:
         engine.dispose()
@@ -130,6 +132,8 @@ def format_summary(outcome: DemoOutcome) -> str:
             lines.append(f"  {'':<18} error: {result.error}")
     if outcome.reconciliation:
         lines += ["", outcome.reconciliation.rstrip("\n")]
+    if outcome.html_report:
+        lines += ["", f"Finance report (open in a browser): {outcome.html_report}"]
     lines += ["", f"Reports: {outcome.reports_dir.resolve() if outcome.reports_dir else ''}",
               "Run it again for a fresh database; `--users N` for a bigger (or smaller) world."]
     return "\n".join(lines) + "\n"

@@ -15,13 +15,14 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-JOB_NAMES = ("expire-pending", "recurring-rewards", "level2-rewards", "expire-points", "reconcile")
+JOB_NAMES = ("expire-pending", "recurring-rewards", "level2-rewards", "expire-points", "expiring-soon", "reconcile")
 
 DEFAULT_SCHEDULES = {
     "expire-pending": "5 0 * * *",
     "recurring-rewards": "15 0 * * *",
     "level2-rewards": "30 0 * * *",
     "expire-points": "45 0 * * *",
+    "expiring-soon": "50 0 * * *",
     "reconcile": "0 1 * * *",
 }
 
@@ -137,6 +138,8 @@ class Settings(BaseSettings):
     points_per_usd: Decimal = Field(default=Decimal("100"), ge=0, le=LEDGER_INT_MAX, allow_inf_nan=False)
     reward_hold_days: int = Field(default=0, ge=0, le=365)
     points_expiry_months: int = Field(default=12, ge=0, le=1200)
+    # expiring-soon: the CRM is told of points expiring in (as_of, as_of + this many days]; 0 = off
+    expiry_notice_days: int = Field(default=30, ge=0, le=366)
     payments_table: str = "public.user_subscription_payments"
 
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
@@ -147,6 +150,7 @@ class Settings(BaseSettings):
     schedule_recurring_rewards: str = DEFAULT_SCHEDULES["recurring-rewards"]
     schedule_level2_rewards: str = DEFAULT_SCHEDULES["level2-rewards"]
     schedule_expire_points: str = DEFAULT_SCHEDULES["expire-points"]
+    schedule_expiring_soon: str = DEFAULT_SCHEDULES["expiring-soon"]
     schedule_reconcile: str = DEFAULT_SCHEDULES["reconcile"]
     misfire_grace_seconds: int = Field(default=3600, ge=1)
     run_lease_seconds: int = Field(default=300, ge=1)
@@ -212,6 +216,7 @@ class Settings(BaseSettings):
         "schedule_recurring_rewards",
         "schedule_level2_rewards",
         "schedule_expire_points",
+        "schedule_expiring_soon",
         "schedule_reconcile",
     )
     @classmethod

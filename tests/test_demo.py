@@ -37,8 +37,10 @@ def test_demo_runs_the_pipeline_on_a_fresh_sample_in_its_own_database_and_summar
         assert first.returncode == 0, first.stderr
         for job in PIPELINE:
             assert f"  {job.name:<18} SUCCEEDED" in first.stdout
-        assert "Outstanding points (ledger balance as of the as-of instant):" in first.stdout
-        assert "identity holds (gap 0)" in first.stdout
+        assert "Outstanding liability (ledger balance as of the as-of instant):" in first.stdout
+        assert "identity holds: " in first.stdout
+        html = [line for line in first.stdout.splitlines() if line.startswith("Finance report (open in a browser): ")]
+        assert len(html) == 1 and Path(html[0].split(": ", 1)[1]).is_file()
         assert "Generating sample data: 150 users" in first.stderr
         assert f"Running {PIPELINE[-1].name}" in first.stderr
         reports = data_dir / "demo" / "reports"
