@@ -111,7 +111,9 @@ def _run_one(job: Any, args: argparse.Namespace, settings: Any, engine: Any, as_
     if args.json:
         print(json.dumps(result.as_json(), default=str), flush=True)
     else:
-        print(run_summary(result), flush=True)
+        from cli.terminal import stdout_console
+
+        stdout_console().print(run_summary(result), markup=False)
     return result
 
 
@@ -232,12 +234,12 @@ def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
         run, success = last.get(job.name), succeeded.get(job.name)
         rows.append([
             job.name, schedule or "off", when(next_fire, seconds=False),
-            f"{when(success.finished_at, seconds=False)} (run {success.id})" if success else "never",
-            f"{status_label(run.status, run.dry_run)}, run {run.id}, {run.trigger}, as of "
+                f"{when(success.finished_at, seconds=False)} run {success.id}" if success else "never",
+            f"run {run.id} {status_label(run.status, run.dry_run)} {run.trigger}, as of "
             f"{when(run.as_of, seconds=False)}" if run else "never run",
         ])
-    print_table([Column("job"), Column("schedule (UTC)"), Column("next fire"), Column("last success"),
-                 Column("last run", ratio=1)], rows)
+    print_table([Column("job"), Column("schedule (UTC)", shrink=True), Column("next fire (UTC)"),
+                 Column("last success (UTC)"), Column("last run", flex=True)], rows)
     return EXIT_OK
 
 
@@ -257,8 +259,9 @@ def cmd_history(args: argparse.Namespace, settings: Any) -> int:
         when(run.started_at, seconds=False), took(run.duration), f"{run.host}:{run.pid}",
         f"error: {run.error}" if run.error else describe_stats(run.stats, brief=True),
     ] for run in found]
-    print_table([Column("run"), Column("job"), Column("status"), Column("trigger"), Column("as of"),
-                 Column("started"), Column("took"), Column("host:pid"), Column("outcome", ratio=1)], rows)
+    print_table([Column("run"), Column("job"), Column("status"), Column("trigger", drop=1), Column("as of"),
+                 Column("started", drop=2), Column("took"), Column("host:pid", shrink=True),
+                 Column("outcome", flex=True)], rows)
     return EXIT_OK
 
 

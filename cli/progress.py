@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import math
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from cli.terminal import stderr_console
 
 
-def batches_of(items: int, total: int | None, batch_size: int | None) -> str:
+def describe_batches(batches: int, items: int, total: int | None, batch_size: int | None) -> str:
     """`batch 2 of 5, 7,000 of 24,000` when the total is known, else `batch 2, 7,000 done`."""
     if total is None:
-        return f"{items:,} done"
-    if batch_size:
-        return f"of {max(1, math.ceil(total / batch_size)):,}, {items:,} of {total:,}"
-    return f"{items:,} of {total:,}"
+        return f"batch {batches:,}, {items:,} done"
+    of_batches = f" of {max(1, math.ceil(total / batch_size)):,}" if batch_size else ""
+    return f"batch {batches:,}{of_batches}, {items:,} of {total:,}"
 
 
 class RunProgress:
-    """`with RunProgress(batch_size=…) as progress: run_job(…, progress=progress.report)`."""
+    """`with RunProgress(job, batch_size=…) as report: run_job(…, progress=report)`."""
 
     def __init__(self, label: str, *, batch_size: int | None = None) -> None:
         self.label = label
@@ -37,10 +36,10 @@ class RunProgress:
         )
         self._task: TaskID | None = None
 
-    def __enter__(self) -> RunProgress:
+    def __enter__(self) -> Callable[..., None]:
         self._progress.start()
         self._task = self._progress.add_task(self.label, total=None, detail="starting")
-        return self
+        return self.report
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
@@ -49,7 +48,7 @@ class RunProgress:
     def report(self, *, job: str, batches: int, items: int, total: int | None) -> None:
         """A `core.job.ProgressReporter`: called after every batch."""
         assert self._task is not None
-        detail = f"batch {batches:,} " + batches_of(items, total, self.batch_size)
+        detail = describe_batches(batches, items, total, self.batch_size)
         self._progress.update(self._task, completed=items, total=total if total else None, detail=detail)
 
 

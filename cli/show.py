@@ -33,7 +33,7 @@ def files_written(stats: dict[str, Any]) -> list[Path]:
 def print_run(run: Any) -> None:
     stats = run.stats or {}
     stdout_console().print(f"[bold]run {run.id}[/bold]: {run.job} {status_label(run.status, run.dry_run)}")
-    print_table([Column(""), Column("", wrap=True)], [
+    print_table([Column("field"), Column("value", wrap=True, flex=True)], show_header=False, rows=[
         ["trigger", run.trigger],
         ["as of", when(run.as_of)],
         ["scheduled for", when(run.scheduled_for) or "- (not a scheduled tick)"],
@@ -45,11 +45,11 @@ def print_run(run: Any) -> None:
         ["summary", describe_stats(stats)],
     ])
     settings = sorted((run.settings or {}).items())
-    print_table([Column("setting"), Column("value", wrap=True)], settings or [["(none)", ""]],
+    print_table([Column("setting"), Column("value", wrap=True, flex=True)], settings or [["(none)", ""]],
                 title="Settings it ran with")
-    print_table([Column("stat"), Column("value", wrap=True)],
+    print_table([Column("stat"), Column("value", wrap=True, flex=True)],
                 sorted(flatten(stats).items()) or [["(none)", ""]], title="Stats")
     files = files_written(stats)
-    print_table([Column("file", wrap=True), Column("now")],
+    print_table([Column("file", wrap=True, flex=True), Column("now")],
                 [[str(path), "present" if path.exists() else "missing"] for path in files] or [["(none)", ""]],
                 title="Files it wrote")

@@ -11,7 +11,7 @@ def when(value: datetime | None, *, seconds: bool = True) -> str:
     """A UTC instant as people read it: `2026-06-01 00:05:00Z` (or without seconds)."""
     if value is None:
         return ""
-    return value.strftime("%Y-%m-%d %H:%M:%SZ" if seconds else "%Y-%m-%d %H:%MZ")
+    return value.strftime("%Y-%m-%d %H:%M:%SZ" if seconds else "%Y-%m-%d %H:%M")
 
 
 def took(duration: timedelta | float | None) -> str:

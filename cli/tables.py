@@ -1,8 +1,9 @@
 """The one table formatter of the command line.
 
-A table fits the console's width: long text cells are cut with an ellipsis (or wrapped, for a
-column that asks for it), never pushed onto a second, unaligned line. Whole numbers get thousands
-separators and align right.
+A table fits the console's width: columns keep their natural width while they fit; past that the
+free-text column (`flex`) is cut first (with an ellipsis, or wrapped when it asks to), then the
+columns marked `shrink`, and optional columns (`drop` > 0, highest first) are left out before any
+fixed column would be cut. Whole numbers get thousands separators and align right.
 """
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ from rich.table import Table
 
 from cli.terminal import stdout_console
 
+GAP = 2  # spaces between columns (rich's padding (0, 1) on each side)
+FLEX_MIN = 16
+SHRINK_MIN = 10
+
 
 @dataclass(frozen=True)
 class Column:
     header: str
     wrap: bool = False  # wrap long cells onto more lines instead of cutting them
-    ratio: int | None = None  # a share of the width left over, for the long free-text column
+    flex: bool = False  # the free-text column: gets what is left, cut first
+    shrink: bool = False  # may be cut (with …) down to SHRINK_MIN once flex columns are at their minimum
+    drop: int = 0  # > 0: left out when the table does not fit otherwise (highest first)
 
 
 def cell(value: Any) -> str:
@@ -32,22 +39,58 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def _numeric(rows: Sequence[Sequence[Any]], index: int) -> bool:
-    values = [row[index] for row in rows if row[index] is not None]
-    return bool(values) and all(isinstance(value, int) and not isinstance(value, bool) for value in values)
+def _numeric(values: Sequence[Any]) -> bool:
+    present = [value for value in values if value is not None]
+    return bool(present) and all(isinstance(value, int) and not isinstance(value, bool) for value in present)
 
 
-def build_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> Table:
+def _natural(column: Column, cells: Sequence[str]) -> int:
+    return max([len(column.header), *(max((len(line) for line in text.splitlines()), default=0) for text in cells)])
+
+
+def fit_widths(columns: Sequence[Column], cells: Sequence[Sequence[str]], available: int) -> list[int | None]:
+    """Each column's width (None: left out) so that the table is at most `available` wide."""
+    widths: list[int | None] = [_natural(column, [row[i] for row in cells]) for i, column in enumerate(columns)]
+
+    def excess() -> int:
+        shown = [width for width in widths if width is not None]
+        return sum(shown) + GAP * (len(shown) - 1) - available
+
+    for minimum, cuttable in ((FLEX_MIN, lambda c: c.flex), (SHRINK_MIN, lambda c: c.shrink)):
+        for i, column in enumerate(columns):
+            width = widths[i]
+            if cuttable(column) and width is not None and excess() > 0:
+                widths[i] = max(min(width, minimum), width - excess())
+    for level in sorted({column.drop for column in columns if column.drop}, reverse=True):
+        if excess() <= 0:
+            break
+        widths = [None if column.drop == level else width for column, width in zip(columns, widths)]
+        for i, column in enumerate(columns):  # give the room back to the flex column
+            if column.flex and widths[i] is not None and excess() < 0:
+                widths[i] = min(_natural(column, [row[i] for row in cells]), widths[i] - excess())
+    return widths
+
+
+def build_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, width: int,
+                title: str | None = None, show_header: bool = True) -> Table:
+    cells = [[cell(value) for value in row] for row in rows]
+    widths = fit_widths(columns, cells, width)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left",
-                  header_style="bold", expand=any(column.ratio for column in columns))
-    for index, column in enumerate(columns):
-        table.add_column(column.header, justify="right" if _numeric(rows, index) else "left",
+                  title_style="bold", header_style="bold", show_header=show_header, collapse_padding=True)
+    shown = [i for i, w in enumerate(widths) if w is not None]
+    for i in shown:
+        column = columns[i]
+        table.add_column(column.header, justify="right" if _numeric([row[i] for row in rows]) else "left",
                          no_wrap=not column.wrap, overflow="fold" if column.wrap else "ellipsis",
-                         ratio=column.ratio)
-    for row in rows:
-        table.add_row(*(cell(value) for value in row))
+                         max_width=widths[i])
+    for row in cells:
+        table.add_row(*(row[i] for i in shown))
     return table
 
 
-def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
-    stdout_console().print(build_table(columns, rows, title=title))
+def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, title: str | None = None,
+                show_header: bool = True) -> None:
+    console = stdout_console()
+    if title:
+        console.print(title, style="bold", markup=False)
+    console.print(build_table(columns, rows, width=console.width, show_header=show_header))

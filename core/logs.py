@@ -64,7 +64,9 @@ def configure_logging(log_format: str = "auto", level: str = "INFO", stream: Tex
         log_format = "console" if stream.isatty() else "json"
     console = log_format == "console"
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty(),
+                                      # rich's pretty tracebacks print local variables: settings, URLs
+                                      exception_formatter=structlog.dev.plain_traceback)
         if console
         else structlog.processors.JSONRenderer()
     )
