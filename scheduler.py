@@ -279,11 +279,17 @@ def cmd_show(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_explain(args: argparse.Namespace, settings: Any) -> int:
+    from uuid import UUID
+
     from cli.explain import explain_user
 
+    try:
+        user_id = UUID(args.user_id)
+    except ValueError:
+        raise UsageError(f"USER_ID: not a UUID: {args.user_id!r}") from None
     as_of = _as_of(args)
     engine = _engine(settings)
-    return explain_user(engine, settings, args.user_id, as_of)
+    return explain_user(engine, settings, user_id, as_of)
 
 
 def cmd_report(args: argparse.Namespace, settings: Any) -> int:
