@@ -93,4 +93,8 @@ def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, tit
     console = stdout_console()
     if title:
         console.print(title, style="bold", markup=False)
-    console.print(build_table(columns, rows, width=console.width, show_header=show_header))
+    with console.capture() as captured:  # rich pads every cell; lines end without trailing blanks
+        console.print(build_table(columns, rows, width=console.width, show_header=show_header))
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    console.file.write("".join(line + "\n" for line in lines))
+    console.file.flush()

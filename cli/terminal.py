@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import cache
 from typing import TextIO
 
 from rich.console import Console
@@ -29,12 +28,11 @@ def _piped_width() -> int:
         return PIPED_WIDTH
 
 
-@cache
 def stdout_console() -> Console:
+    """A console on the current stdout (looked up at each call: tests and rich's Live replace it)."""
     return _console(sys.stdout)
 
 
-@cache
 def stderr_console() -> Console:
     return _console(sys.stderr)
 
