@@ -274,3 +274,6 @@ def test_without_database_url_commands_use_the_embedded_database_migrated_on_fir
     assert (health.returncode, health.stdout.strip()) == (0, "ok")
     assert history.returncode == 0, history.stderr
     assert len(history.stdout.splitlines()) == 3  # header, rule, the one run: the same database again
+    for result in (first, health, history):  # each says which database, in one line on stderr
+        announced = [line for line in result.stderr.splitlines() if line.startswith("using the embedded PostgreSQL")]
+        assert announced == [f"using the embedded PostgreSQL under {Path(directory) / 'data'} (DATABASE_URL is not set)"]
