@@ -89,6 +89,6 @@ def test_summary_shows_each_jobs_changes_and_a_failure_with_its_error():
     ]
     summary = format_summary(outcome)
     assert "Sample data: referral codes 150, relationships 140" in summary
-    assert "  expire-pending     SUCCEEDED in 0.50s (run 1)\n                     relationships expired: 12\n" in summary
+    assert "  expire-pending     SUCCEEDED in 0.50s (run 1)\n                     12 relationships expired\n" in summary
     assert "  recurring-rewards  FAILED in 0.25s (run 2)\n                     error: OperationalError: gone\n" in summary
     assert not outcome.succeeded
