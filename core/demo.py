@@ -1,19 +1,23 @@
 """`python scheduler.py demo`: the whole product on realistic sample data, with nothing configured.
 
 It never touches `DATABASE_URL`: it starts its own embedded PostgreSQL under
-`REWARDS_DATA_DIR/demo`, recreates the `rewards_demo` database in it (a fresh one each time),
+`REWARDS_DATA_DIR/demo`, recreates that server's default database (a fresh one each time: the one
+every other command uses with `REWARDS_DATA_DIR` pointed at the demo's directory, so `history`,
+`show`, `explain` and `report` explore the demo's data afterwards, as its closing text says),
 migrates it, loads a sample world (`core.sample_data`: a few thousand users over two years, referral
 chains, payments with refunds, redemptions, some cache drift), runs the pipeline once for one as-of
 instant, and prints what each job changed and the reconciliation report. Reports are written under
 `REWARDS_DATA_DIR/demo/reports` unless `REWARDS_REPORTS_DIR` is set.
 
 `build_demo` does the work and returns a `DemoOutcome`; `format_summary` renders it; `run_demo`
-(the CLI's entry) prints progress to stderr and the summary to stdout.
+(the CLI's entry) prints the summary to stdout, with the step lines and progress display the
+command line hands it.
 """
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,16 +28,20 @@ from sqlalchemy.engine import make_url
 from core import migrations
 from core.clock import utc_now
 from core.db import make_engine, redacted, start_embedded_server
+from core.job import ProgressReporter, no_progress
 from core.runner import RunResult, run_job
 from core.settings import Settings
 from core.summary import describe_stats
 
-DEMO_DATABASE = "rewards_demo"
+DEMO_DATABASE = "postgres"  # the embedded server's default database: what the other commands use
+MAINTENANCE_DATABASE = "template1"
 DEFAULT_USERS = 3000
 DEFAULT_SEED = 42
 SAMPLE_YEARS = 2
 
 Say = Callable[[str], None]
+# A progress display per run: `with progress_for(job_name) as report: run_job(…, progress=report)`.
+ProgressFor = Callable[[str], AbstractContextManager[ProgressReporter]]
 
 
 @dataclass
@@ -45,6 +53,8 @@ class DemoOutcome:
     results: list[RunResult] = field(default_factory=list)
     reconciliation: str | None = None
     reports_dir: Path | None = None
+    html_report: str | None = None
+    data_dir: Path | None = None  # the REWARDS_DATA_DIR the demo was started with
 
     @property
     def succeeded(self) -> bool:
@@ -59,10 +69,16 @@ def demo_settings(settings: Settings, database_url: str) -> Settings:
     return settings.model_copy(update=update)
 
 
+def demo_data_dir(data_dir: Path) -> Path:
+    """The demo's `REWARDS_DATA_DIR`: set it for other commands to use the demo's database."""
+    return data_dir / "demo"
+
+
 def fresh_demo_database(data_dir: Path) -> str:
     """Start the demo's embedded server; drop and create its database; return the database's URL."""
-    server_url = start_embedded_server(data_dir / "demo")
-    admin = make_engine(server_url, pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
+    server_url = start_embedded_server(demo_data_dir(data_dir))
+    admin_url = make_url(server_url).set(database=MAINTENANCE_DATABASE)
+    admin = make_engine(admin_url, pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)'))
@@ -74,13 +90,13 @@ def fresh_demo_database(data_dir: Path) -> str:
 
 def build_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
                as_of: datetime | None = None, say: Say = lambda _line: None,
-               batch_progress: Callable[..., None] | None = None) -> DemoOutcome:
+               progress_for: ProgressFor | None = None) -> DemoOutcome:
     """Fresh database, sample data, the pipeline: what happened, for `format_summary`."""
     from core import sample_data
     from jobs import PIPELINE, reconcile
 
     as_of = as_of or utc_now().replace(microsecond=0)
-    say(f"Starting the embedded PostgreSQL under {settings.data_dir / 'demo'} …")
+    say(f"Starting the embedded PostgreSQL under {demo_data_dir(settings.data_dir)} …")
     url = fresh_demo_database(settings.data_dir)
     settings = demo_settings(settings, url)
     engine = make_engine(url)
@@ -89,26 +105,45 @@ def build_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DE
         say(f"Generating sample data: {users:,} users over {SAMPLE_YEARS} years up to {as_of:%Y-%m-%d %H:%M}Z …")
         rows = sample_data.generate(engine, users=users, seed=seed, as_of=as_of, years=SAMPLE_YEARS,
                                     progress=lambda step: say(f"  {step}"))
-        outcome = DemoOutcome(as_of, redacted(url), users, rows, reports_dir=settings.reports_dir)
+        outcome = DemoOutcome(as_of, redacted(url), users, rows, reports_dir=settings.reports_dir,
+                              data_dir=settings.data_dir)
         for job in PIPELINE:
             say(f"Running {job.name} …")
-            result = run_job(job, settings=settings, engine=engine, as_of=as_of, trigger="manual",
-                             **({"progress": batch_progress} if batch_progress else {}))
+            with (progress_for or _no_display)(job.name) as report:
+                result = run_job(job, settings=settings, engine=engine, as_of=as_of, trigger="manual",
+                                 progress=report)
             outcome.results.append(result)
             if job.name == "reconcile" and result.status == "SUCCEEDED":
                 outcome.reconciliation = reconcile.render_report(engine, result.run_id, "table")
+                outcome.html_report = result.stats.get("html_report")
         return outcome
     finally:
         engine.dispose()
 
 
-_BOOKKEEPING = {"scan_from", "high_water_as_of", "since", "report", "discrepancies_by_kind"}
+def _no_display(_job: str) -> AbstractContextManager[ProgressReporter]:
+    return nullcontext(no_progress)
 
 
 def what_changed(stats: dict[str, object]) -> str:
     """A run's stats without zeros and bookkeeping (the reconciliation report follows anyway)."""
-    return describe_stats({key: value for key, value in stats.items()
-                           if key not in _BOOKKEEPING and value not in (0, None, {}, "")})
+    return describe_stats(stats, brief=True)
+
+
+def explore_hint(data_dir: Path, reports_dir: Path | None) -> list[str]:
+    """How to look at the demo's data with the other commands: the exact environment to set."""
+    env = f"DATABASE_URL= REWARDS_DATA_DIR={demo_data_dir(data_dir).resolve()}"
+    if reports_dir is not None:
+        env += f" REWARDS_REPORTS_DIR={reports_dir.resolve()}"
+    return [
+        "Explore the demo's data with the other commands, on the same embedded database:",
+        f"  export {env}",
+        "  python scheduler.py jobs            # schedules, last success, last run",
+        "  python scheduler.py history         # every run; then: python scheduler.py show RUN_ID",
+        "  python scheduler.py explain USER_ID # a user's referrals, rewards, ledger rows, next expiries",
+        "  python scheduler.py report          # the reconciliation report",
+        "Run the demo again for a fresh database; `--users N` for a bigger (or smaller) world.",
+    ]
 
 
 def format_summary(outcome: DemoOutcome) -> str:
@@ -130,42 +165,23 @@ def format_summary(outcome: DemoOutcome) -> str:
             lines.append(f"  {'':<18} error: {result.error}")
     if outcome.reconciliation:
         lines += ["", outcome.reconciliation.rstrip("\n")]
-    lines += ["", f"Reports: {outcome.reports_dir.resolve() if outcome.reports_dir else ''}",
-              "Run it again for a fresh database; `--users N` for a bigger (or smaller) world."]
+    if outcome.html_report:
+        lines += ["", f"Finance report (open in a browser): {outcome.html_report}"]
+    lines += ["", f"Reports: {outcome.reports_dir.resolve() if outcome.reports_dir else ''}", ""]
+    if outcome.data_dir is not None:
+        lines += explore_hint(outcome.data_dir, outcome.reports_dir)
     return "\n".join(lines) + "\n"
 
 
-class _Console:
-    """Progress on stderr: step lines, and on a terminal one line of batch progress per job."""
-
-    def __init__(self) -> None:
-        self.interactive = sys.stderr.isatty()
-        self._progress_open = False
-
-    def say(self, line: str) -> None:
-        self._end_progress()
-        print(line, file=sys.stderr, flush=True)
-
-    def batches(self, *, job: str, batches: int, items: int, total: int | None) -> None:
-        of_total = f" of {total:,}" if total is not None else ""
-        print(f"\r  batch {batches:,}, {items:,}{of_total} done", end="", file=sys.stderr, flush=True)
-        self._progress_open = True
-
-    def _end_progress(self) -> None:
-        if self._progress_open:
-            print(file=sys.stderr)
-            self._progress_open = False
-
-
-def run_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED) -> int:
-    """The CLI's `demo`: progress on stderr, the summary on stdout; 1 if a job failed."""
+def run_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
+             say: Say | None = None, progress_for: ProgressFor | None = None) -> int:
+    """The CLI's `demo`: step lines through `say` (stderr by default), the summary on stdout; 1 if a job failed."""
     from core.logs import configure_logging
 
-    if settings.log_level == "INFO":  # the demo's own progress lines say what happens
+    if settings.log_level == "INFO":  # the demo's own step lines say what happens
         configure_logging(settings.log_format, "WARNING")
-    console = _Console()
-    outcome = build_demo(settings, users=users, seed=seed, say=console.say,
-                         batch_progress=console.batches if console.interactive else None)
-    console.say("Done.")
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    outcome = build_demo(settings, users=users, seed=seed, say=say, progress_for=progress_for)
+    say("Done.")
     print(format_summary(outcome), end="")
     return 0 if outcome.succeeded else 1

@@ -47,6 +47,8 @@ def no_progress(*, job: str, batches: int, items: int, total: int | None) -> Non
 class Job:
     name: str
     run: Callable[[RunContext], None]
+    # Checks what the job needs of the database before a run is claimed; raises ConfigError (exit 2).
+    check: Callable[[Engine, Settings], None] | None = None
     settings_used: tuple[str, ...] = ()
     description: str = ""
 

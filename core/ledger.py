@@ -3,13 +3,16 @@
 A ledger row and its balance-cache change commit together: rows are keyed by an idempotency key
 (`ON CONFLICT DO NOTHING`), only rows really inserted move the cache (`balance += delta`,
 `total_earned += max(delta, 0)`, `total_spent += min(delta, 0)`), balance rows are created when
-missing and touched in `user_id` order. Each row's `created_at` is the run's as-of instant.
+missing and touched in `user_id` order. Each row's `created_at` is the run's as-of instant. A row
+that cannot be stored (over the ledger's or the cache's INT) is left out and reported, never failing
+the call, so one absurd amount cannot block every other row.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection
 
@@ -20,42 +23,51 @@ _queries = Queries(__file__)
 
 @dataclass
 class WrittenPoints:
-    """What one call wrote (or, in a dry run, would write), by ledger type."""
+    """What one call wrote (or, in a dry run, would write), by ledger type, and the keys it could not store."""
 
     rows: dict[str, int] = field(default_factory=dict)
     points: dict[str, int] = field(default_factory=dict)
     users: int = 0
-
-    def add(self, other: WrittenPoints) -> None:
-        for kind, count in other.rows.items():
-            self.rows[kind] = self.rows.get(kind, 0) + count
-        for kind, points in other.points.items():
-            self.points[kind] = self.points.get(kind, 0) + points
-        self.users += other.users
+    unstorable: list[str] = field(default_factory=list)
 
     @property
     def total_rows(self) -> int:
         return sum(self.rows.values())
 
 
-def write_points(
-    conn: Connection,
-    candidates_sql: str,
-    params: Mapping[str, Any],
-    *,
-    as_of: datetime,
-    dry_run: bool = False,
-) -> WrittenPoints:
+def write_points(conn: Connection, candidates_sql: str, params: Mapping[str, Any], *,
+                 as_of: datetime) -> WrittenPoints:
     """Write the candidate rows selected by `candidates_sql` (bound with `params`).
 
     `candidates_sql` is a SELECT with the columns (user_id, delta, type, ref_id, idempotency_key,
-    note). With `dry_run`, nothing is written and the result says what would be.
+    note). For a dry run, call it inside `undone_when(conn, dry_run=True)`.
     """
-    name = "preview_points" if dry_run else "write_points"
-    statement = _queries.render(name, candidates=candidates_sql)
+    statement = _queries.render("write_points", candidates=candidates_sql)
     result = WrittenPoints()
     for row in conn.execute(statement, {**params, "as_of": as_of}):
-        result.rows[row.type] = int(row.row_count)
-        result.points[row.type] = int(row.points)
-        result.users = int(row.users)
+        if row.outcome == "written":
+            result.rows[row.type] = int(row.row_count)
+            result.points[row.type] = int(row.points)
+            result.users = int(row.users)
+        else:
+            result.unstorable.extend(row.keys)
     return result
+
+
+def lock_balances(conn: Connection, user_ids: Sequence[Any]) -> None:
+    """Lock these users' balance rows (user_id order) before reading their ledger sums."""
+    conn.execute(_queries["lock_balances"], {"user_ids": [str(user_id) for user_id in user_ids]})
+
+
+@contextmanager
+def undone_when(conn: Connection, *, dry_run: bool) -> Iterator[None]:
+    """For a dry run, everything written inside is undone (a savepoint rolled back), so a dry run
+    reports exactly what the same statements would change, and changes nothing."""
+    if not dry_run:
+        yield
+        return
+    savepoint = conn.begin_nested()
+    try:
+        yield
+    finally:
+        savepoint.rollback()

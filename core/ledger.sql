@@ -1,27 +1,62 @@
 -- The one ledger writer. `{candidates}` is a job's SELECT of the rows it wants written, with the
--- columns (user_id, delta, type, ref_id, idempotency_key, note). Rows of 0 points are never written.
+-- columns (user_id, delta, type, ref_id, idempotency_key, note); delta may be any integer or numeric.
 
 -- name: write_points --
 -- Inserts the candidates whose idempotency key is new, then moves the balance cache by exactly the
 -- rows inserted, creating missing balance rows, in user_id order. One statement, one transaction.
+-- A row that cannot be stored is *unstorable* and left out, never failing the statement: its delta
+-- is outside the ledger's INT, or (with the user's earlier new rows, in key order) it would carry a
+-- cache field past INT. Rows of 0 points are never written.
 WITH candidate AS (
     {candidates}
+),
+fresh AS (
+    SELECT c.*
+    FROM candidate AS c
+    WHERE c.delta <> 0
+      AND NOT EXISTS (SELECT 1 FROM public.user_point_transactions AS t
+                      WHERE t.idempotency_key = c.idempotency_key)
+),
+fits_int AS (
+    SELECT f.*, f.delta BETWEEN -2147483648 AND 2147483647 AS fits
+    FROM fresh AS f
+),
+cache_after AS (
+    SELECT f.*,
+           coalesce(b.balance, 0)      + sum(f.delta)              OVER per_user AS balance_after,
+           coalesce(b.total_earned, 0) + sum(greatest(f.delta, 0)) OVER per_user AS earned_after,
+           coalesce(b.total_spent, 0)  + sum(least(f.delta, 0))    OVER per_user AS spent_after
+    FROM fits_int AS f
+    LEFT JOIN public.user_point_balances AS b ON b.user_id = f.user_id
+    WHERE f.fits
+    WINDOW per_user AS (PARTITION BY f.user_id ORDER BY f.idempotency_key)
+),
+storable AS (
+    SELECT *
+    FROM cache_after
+    WHERE balance_after BETWEEN -2147483648 AND 2147483647
+      AND earned_after <= 2147483647
+      AND spent_after >= -2147483648
+),
+unstorable AS (
+    SELECT f.type, f.idempotency_key, f.delta
+    FROM fits_int AS f
+    WHERE NOT EXISTS (SELECT 1 FROM storable AS s WHERE s.idempotency_key = f.idempotency_key)
 ),
 inserted AS (
     INSERT INTO public.user_point_transactions
            (user_id, delta, type, ref_id, note, idempotency_key, created_at)
-    SELECT user_id, delta, type, ref_id, note, idempotency_key, :as_of
-    FROM candidate
-    WHERE delta <> 0
+    SELECT user_id, CAST(delta AS int), type, ref_id, note, idempotency_key, :as_of
+    FROM storable
     ORDER BY user_id, idempotency_key
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING user_id, delta, type
 ),
 per_user AS (
     SELECT user_id,
-           sum(delta)::int              AS balance,
-           sum(greatest(delta, 0))::int AS earned,
-           sum(least(delta, 0))::int    AS spent
+           CAST(sum(delta) AS int)              AS balance,
+           CAST(sum(greatest(delta, 0)) AS int) AS earned,
+           CAST(sum(least(delta, 0)) AS int)    AS spent
     FROM inserted
     GROUP BY user_id
 ),
@@ -37,24 +72,20 @@ cache_update AS (
            updated_at   = excluded.updated_at
     RETURNING b.user_id
 )
-SELECT type, count(*) AS row_count, sum(delta) AS points, (SELECT count(*) FROM cache_update) AS users
+SELECT 'written' AS outcome, type, count(*) AS row_count, sum(delta) AS points,
+       CAST(NULL AS text[]) AS keys, (SELECT count(*) FROM cache_update) AS users
 FROM inserted
 GROUP BY type
-ORDER BY type;
+UNION ALL
+SELECT 'unstorable', type, count(*), sum(delta), array_agg(idempotency_key ORDER BY idempotency_key), NULL
+FROM unstorable
+GROUP BY type;
 
--- name: preview_points --
--- What write_points would insert now, for --dry-run: the same candidates less the keys already written.
-WITH candidate AS (
-    {candidates}
-),
-fresh AS (
-    SELECT c.*
-    FROM candidate c
-    WHERE c.delta <> 0
-      AND NOT EXISTS (SELECT 1 FROM public.user_point_transactions t
-                      WHERE t.idempotency_key = c.idempotency_key)
-)
-SELECT type, count(*) AS row_count, sum(delta) AS points, (SELECT count(DISTINCT user_id) FROM fresh) AS users
-FROM fresh
-GROUP BY type
-ORDER BY type;
+-- name: lock_balances --
+-- Lock the given users' cache rows in user_id order BEFORE reading their ledger: a debit the app
+-- commits while we wait is then visible to the next statement (READ COMMITTED) and counted.
+SELECT user_id
+FROM public.user_point_balances
+WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
+ORDER BY user_id
+FOR UPDATE;

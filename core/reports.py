@@ -52,3 +52,80 @@ def _sync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+class FileSet:
+    """Files written aside (`.NAME.part`, beside their final names) and published together, or not at all.
+
+    `publish` renames every file into place; should one rename fail, the files already renamed are
+    removed again, so a failure leaves no file under a final name. `discard` removes what was written
+    aside. The names aside are fixed, so the leftovers of a killed run can be found by the next one
+    (`remove_leftovers`).
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}
+
+    @staticmethod
+    def aside_path(final: Path) -> Path:
+        return final.with_name(f".{final.name}.part")
+
+    def path_for(self, final: Path) -> Path:
+        """Where to write `final` aside; the file is published with the others."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        aside = self.aside_path(final)
+        self._staged[final] = aside
+        return aside
+
+    @contextmanager
+    def text(self, final: Path) -> Iterator[TextIO]:
+        aside = self.path_for(final)
+        with open(aside, "w", encoding="utf-8", newline="") as out:
+            yield out
+
+    def write_text(self, final: Path, content: str) -> None:
+        with self.text(final) as out:
+            out.write(content)
+
+    def write_bytes(self, final: Path, content: bytes) -> None:
+        self.path_for(final).write_bytes(content)
+
+    def publish(self) -> None:
+        for aside in self._staged.values():
+            _sync_file(aside)
+        published: list[Path] = []
+        try:
+            for final, aside in self._staged.items():
+                os.chmod(aside, 0o644)
+                os.replace(aside, final)
+                published.append(final)
+        except BaseException:
+            for final in published:
+                final.unlink(missing_ok=True)
+            self.discard()
+            raise
+        for directory in {final.parent for final in published}:
+            _sync_directory(directory)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for aside in self._staged.values():
+            aside.unlink(missing_ok=True)
+        self._staged.clear()
+
+
+def remove_leftovers(directory: Path, pattern: str) -> list[str]:
+    """Remove the files aside (`.part`) matching `pattern` that a killed run left; their names."""
+    if not directory.is_dir():
+        return []
+    removed = []
+    for leftover in sorted(directory.glob(pattern)):
+        if leftover.name.endswith(".part") and leftover.name.startswith("."):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover.name)
+    return removed
+
+
+def _sync_file(path: Path) -> None:
+    with open(path, "rb+") as out:
+        os.fsync(out.fileno())

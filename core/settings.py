@@ -12,18 +12,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-JOB_NAMES = ("expire-pending", "recurring-rewards", "level2-rewards", "expire-points", "reconcile")
+JOB_NAMES = ("expire-pending", "recurring-rewards", "level2-rewards", "expire-points", "expiring-soon", "reconcile")
 
 DEFAULT_SCHEDULES = {
     "expire-pending": "5 0 * * *",
     "recurring-rewards": "15 0 * * *",
     "level2-rewards": "30 0 * * *",
     "expire-points": "45 0 * * *",
+    "expiring-soon": "50 0 * * *",
     "reconcile": "0 1 * * *",
 }
+
+LEDGER_INT_MAX = 2**31 - 1
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -43,6 +46,8 @@ class RewardAmount:
     def parse(cls, text: str) -> RewardAmount:
         text = str(text).strip()
         if re.fullmatch(r"\d+", text):
+            if int(text) > LEDGER_INT_MAX:
+                raise ValueError(f"{text} points do not fit the ledger (at most {LEDGER_INT_MAX})")
             return cls(points=int(text))
         if re.fullmatch(r"\d+(\.\d+)?%", text):
             percent = Decimal(text[:-1])
@@ -130,8 +135,11 @@ class Settings(BaseSettings):
     l2_months: int = Field(default=6, ge=0, le=1200)
     recurring_reward: Annotated[RewardAmount, NoDecode] = RewardAmount(percent=Decimal("10"))
     l2_reward: Annotated[RewardAmount, NoDecode] = RewardAmount(percent=Decimal("5"))
-    points_per_usd: Decimal = Field(default=Decimal("100"), ge=0)
+    points_per_usd: Decimal = Field(default=Decimal("100"), ge=0, le=LEDGER_INT_MAX, allow_inf_nan=False)
+    reward_hold_days: int = Field(default=0, ge=0, le=365)
     points_expiry_months: int = Field(default=12, ge=0, le=1200)
+    # expiring-soon: the CRM is told of points expiring in (as_of, as_of + this many days]; 0 = off
+    expiry_notice_days: int = Field(default=30, ge=0, le=366)
     payments_table: str = "public.user_subscription_payments"
 
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
@@ -142,6 +150,7 @@ class Settings(BaseSettings):
     schedule_recurring_rewards: str = DEFAULT_SCHEDULES["recurring-rewards"]
     schedule_level2_rewards: str = DEFAULT_SCHEDULES["level2-rewards"]
     schedule_expire_points: str = DEFAULT_SCHEDULES["expire-points"]
+    schedule_expiring_soon: str = DEFAULT_SCHEDULES["expiring-soon"]
     schedule_reconcile: str = DEFAULT_SCHEDULES["reconcile"]
     misfire_grace_seconds: int = Field(default=3600, ge=1)
     run_lease_seconds: int = Field(default=300, ge=1)
@@ -200,6 +209,16 @@ class Settings(BaseSettings):
     def _reward(cls, value: Any) -> RewardAmount:
         return value if isinstance(value, RewardAmount) else RewardAmount.parse(value)
 
+    @model_validator(mode="after")
+    def _rewards_can_be_stored(self) -> Settings:
+        """A percentage whose smallest reward (of a 1-cent payment) is already over INT never pays."""
+        for name, amount in (("recurring_reward", self.recurring_reward), ("l2_reward", self.l2_reward)):
+            if amount.percent and amount.percent * self.points_per_usd / 10000 > LEDGER_INT_MAX:
+                raise ValueError(f"{env_name(name)}={amount} with REWARDS_POINTS_PER_USD={self.points_per_usd}"
+                                 f" gives more than {LEDGER_INT_MAX} points for a 1-cent payment: no reward"
+                                 f" could ever be stored")
+        return self
+
     @field_validator("payments_table")
     @classmethod
     def _payments_table(cls, value: str) -> str:
@@ -211,6 +230,7 @@ class Settings(BaseSettings):
         "schedule_recurring_rewards",
         "schedule_level2_rewards",
         "schedule_expire_points",
+        "schedule_expiring_soon",
         "schedule_reconcile",
     )
     @classmethod
@@ -267,6 +287,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         first = error.errors()[0]
+        if not first["loc"]:  # a check across several variables names them itself
+            raise ConfigError(first["msg"].removeprefix("Value error, ")) from None
         location = str(first["loc"][0]) if first["loc"] else "?"
         name = env_name(location) if location in Settings.model_fields else location
         message = first["msg"].removeprefix("Value error, ")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from core.job import Job
-from jobs import expire_pending, expire_points, level2_rewards, reconcile, recurring_rewards
+from jobs import expire_pending, expire_points, expiring_soon, level2_rewards, reconcile, recurring_rewards
 
 PIPELINE: tuple[Job, ...] = (
     expire_pending.JOB,
     recurring_rewards.JOB,
     level2_rewards.JOB,
     expire_points.JOB,
+    expiring_soon.JOB,
     reconcile.JOB,
 )
 

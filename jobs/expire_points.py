@@ -2,25 +2,17 @@
 
 With `cutoff = as_of - N months` (PostgreSQL month arithmetic in UTC), for every user:
 `due = (sum of positive deltas with created_at < cutoff) - (sum of |negative deltas|)`, over all
-types, earlier EXPIRY rows included. Where `due > 0`: one EXPIRY row with `delta = -due`, `ref_id`
-NULL, key `expiry:{user_id}:{as_of.isoformat()}` (as_of in UTC, Python's ISO form, e.g.
-`expiry:…:2026-06-01T00:45:00+00:00`), written through the ledger writer. N = 0 turns the job off.
+types, earlier EXPIRY rows and clawbacks included, whatever the debits' dates (a debit dated after
+the as-of instant, e.g. a redemption committed meanwhile, has consumed the oldest points already).
+Where `due > 0`: one EXPIRY row with `delta = -due`, `ref_id` NULL, key
+`expiry:{user_id}:{as_of ISO-8601 in UTC}` (e.g. `expiry:…:2026-06-01T00:45:00+00:00`); when that key
+exists and due is still positive (points back-filled since, then a re-run of the same as-of), the
+rest is written with key `expiry:{user_id}:{as_of}:{n}`, n = 2, 3, … N = 0 turns the job off.
 
-Debits count whatever their date. SPEC.md bounds them by `created_at <= as_of`; the two agree unless
-a debit is dated after as_of, and such a debit was committed before this expiry (a redemption
-between the as-of instant and the run, or, for a back-dated run, a later run's EXPIRY), so FIFO says it
-already consumed the oldest points. Counting it keeps SPEC's promises: a redemption committed meanwhile
-is counted, nothing is expired twice, and due never exceeds the ledger balance, so a balance never
-goes below zero.
-
-Race safety: each batch locks its users' balance rows (user_id order) before it reads their ledger
-sums in a later statement, so a redemption committed while it waited is counted.
-
-Only users with points crossing the cutoff are read: after a successful run every user's due was
-<= 0, and due only grows when earned points cross the cutoff, so a run reads the users with a positive
-row dated in [previous successful run's cutoff, cutoff). The first run reads every user with points
-before cutoff, and so does a run that finds earning rows dated before the previous cutoff written
-since that run (a back-fill; the count of such rows is kept in the run's stats and compared).
+Every run derives due from the whole ledger (nothing is remembered between runs, so a back-fill is
+never missed): it walks the users with points earned before cutoff in user_id batches. Each batch
+locks its users' balance rows (user_id order) before it reads their ledger sums, so a redemption
+committed while it waited is counted, never expired twice, and a balance never goes below zero.
 """
 from __future__ import annotations
 
@@ -31,7 +23,7 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from core.job import Batch, Job, RunContext
-from core.ledger import write_points
+from core.ledger import lock_balances, undone_when, write_points
 from core.sql import Queries
 
 _queries = Queries(__file__)
@@ -51,49 +43,26 @@ def run(ctx: RunContext) -> None:
         return
     with ctx.engine.connect() as conn:
         cutoff = conn.execute(_queries["cutoff"], {"as_of": ctx.as_of, "months": months}).scalar_one()
-        previous = conn.execute(_queries["previous_run"], {"as_of": ctx.as_of}).first()
-        counts = conn.execute(_queries["earned_rows_before"], {
-            "cutoff": cutoff, "previous_cutoff": previous.cutoff if previous else None}).one()
-        window = {"since": _window_start(ctx, previous, counts), "cutoff": cutoff}
-        total = conn.execute(_queries["count_candidates"], window).scalar_one()
+        total = conn.execute(_queries["count_users"]).scalar_one()
     ctx.stats["cutoff"] = cutoff.isoformat()
-    ctx.stats["earned_rows_before_cutoff"] = int(counts.before_cutoff)
-    if window["since"] is not None:
-        ctx.stats["since"] = window["since"].isoformat()
     ctx.stats.update(users_checked=0, users_expired=0)
-    ctx.batches(lambda conn, after: _expire_batch(ctx, conn, after, window), total=total)
+    ctx.batches(lambda conn, after: _expire_batch(ctx, conn, after, cutoff), total=total)
 
 
-def _window_start(ctx: RunContext, previous: Any | None, counts: Any) -> datetime | None:
-    """Candidates are the users with earning rows dated in [previous cutoff, cutoff); None means every
-    user with earning rows before cutoff: on a first run, and when earning rows dated before the previous
-    cutoff were written after that run (a back-fill), which a window would miss."""
-    if previous is None:
-        return None
-    if previous.earned_rows_before_cutoff != counts.before_previous_cutoff:
-        late = int(counts.before_previous_cutoff) - int(previous.earned_rows_before_cutoff or 0)
-        ctx.stats["backfilled_rows"] = late
-        ctx.log.warning("earning rows dated before the previous run's cutoff were written since it ran;"
-                        " reading every user", action="expire_points_backfill_found", rows=late)
-        return None
-    return previous.cutoff
-
-
-def _expire_batch(ctx: RunContext, conn: Connection, after: Any, window: dict[str, Any]) -> Batch:
-    """One batch of candidate users: lock their balance rows, then write what is due from the ledger."""
-    query = "first_candidate_batch" if window["since"] is None else "candidate_batch"
-    user_ids = [str(row.user_id) for row in conn.execute(_queries[query], {
-        **window, "after": after or _BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
+def _expire_batch(ctx: RunContext, conn: Connection, after: Any, cutoff: datetime) -> Batch:
+    """One batch of users with points earned before cutoff: lock their balance rows, then write
+    what is due from the ledger."""
+    user_ids = [str(row.user_id) for row in conn.execute(_queries["candidate_batch"], {
+        "cutoff": cutoff, "after": after or _BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
     })]
     if not user_ids:
         return Batch(next_after=None)
-    if not ctx.dry_run:
-        conn.execute(_queries["lock_balances"], {"user_ids": user_ids})
-    written = write_points(conn, _queries.raw("expiry_candidates"), {
-        "user_ids": user_ids, "first_user_id": user_ids[0], "last_user_id": user_ids[-1],
-        "cutoff": window["cutoff"],
-        "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": window["cutoff"].isoformat(),
-    }, as_of=ctx.as_of, dry_run=ctx.dry_run)
+    with undone_when(conn, dry_run=ctx.dry_run):
+        lock_balances(conn, user_ids)
+        written = write_points(conn, _queries.raw("expiry_candidates"), {
+            "user_ids": user_ids, "first_user_id": user_ids[0], "last_user_id": user_ids[-1],
+            "cutoff": cutoff, "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": cutoff.isoformat(),
+        }, as_of=ctx.as_of)
     ctx.record_points(written)
     ctx.count("users_checked", len(user_ids))
     ctx.count("users_expired", written.users)

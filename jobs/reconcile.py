@@ -27,9 +27,10 @@ import csv
 import io
 import json
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TextIO
 from uuid import UUID
@@ -37,7 +38,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine
 
 from core.job import Batch, Job, RunContext
-from core.reports import atomic_text_file, write_text_atomically
+from core.reports import FileSet, remove_leftovers
 from core.sql import Queries
 
 _queries = Queries(__file__)
@@ -48,6 +49,9 @@ KINDS = ("MISSING_BALANCE", "ORPHAN_BALANCE", "BALANCE_MISMATCH", "EARNED_MISMAT
 CSV_HEADER = ("user_id", "kinds", "cached_balance", "ledger_balance", "drift", "cached_total_earned",
               "ledger_total_earned", "cached_total_spent", "ledger_total_spent")
 EXPIRY = "EXPIRY"
+CLAWBACK = "REFERRAL_CLAWBACK"
+NOT_SPENDING = (EXPIRY, CLAWBACK)  # debits that finance reads on lines of their own, never as spending
+MONTHS_CHARTED = 12
 
 
 # ── the job ──────────────────────────────────────────────────────────────────
@@ -56,12 +60,17 @@ EXPIRY = "EXPIRY"
 class ReportFiles:
     csv: Path
     json: Path
+    html: Path
+    xlsx: Path
 
     @classmethod
     def for_run(cls, reports_dir: Path, as_of: datetime, run_id: int) -> ReportFiles:
         stem = f"reconciliation-{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id}"
         directory = reports_dir.resolve()
-        return cls(csv=directory / f"{stem}.csv", json=directory / f"{stem}.json")
+        return cls(*(directory / f"{stem}.{suffix}" for suffix in ("csv", "json", "html", "xlsx")))
+
+    def names(self) -> dict[str, str]:
+        return {"csv": self.csv.name, "json": self.json.name, "html": self.html.name, "xlsx": self.xlsx.name}
 
 
 @dataclass
@@ -73,26 +82,84 @@ class Snapshot:
     cache: Any
     users_checked: int
     movements: list[Any]
+    months_from: datetime
+    unrecovered: Any | None
 
 
 def run(ctx: RunContext) -> None:
+    """Read the snapshot; write every file aside; record the run; publish the files; then repair.
+
+    All-or-nothing (SPEC): the files appear under their final names together and only once the run
+    and its discrepancies are recorded; a repair is committed only after that, and the files are then
+    published again with the count of repairs.
+    """
     ctx.wait_for_jobs(("recurring-rewards", "level2-rewards", "expire-points"),
                       timeout_seconds=ctx.settings.reconcile_wait_seconds)
     files = None if ctx.dry_run else ReportFiles.for_run(ctx.settings.reports_dir, ctx.as_of, ctx.run_id)
-    with _read_only_snapshot(ctx.engine) as conn:
-        snapshot = _read_totals(ctx, conn)
-        sink = atomic_text_file(files.csv) if files else nullcontext(None)
-        with sink as csv_out:
-            found = _stream_discrepancies(ctx, conn, csv_out)
-    repaired = _repair(ctx) if ctx.repair and not ctx.dry_run else 0
-    summary = build_summary(ctx.run_id, ctx.as_of, snapshot, found, repaired=repaired,
-                            repair_requested=ctx.repair, files=files)
-    _record_stats(ctx, summary, files)
-    if files:
-        write_text_atomically(files.json, summary_json(summary))
-        _insert_run(ctx, snapshot, summary, files)
+    staged = FileSet()
+    try:
+        if files:
+            _clean_leftovers(ctx, files)
+        with _read_only_snapshot(ctx.engine) as conn:
+            snapshot = _read_totals(ctx, conn)
+            if files:
+                with staged.text(files.csv) as csv_out:
+                    found = _stream_discrepancies(ctx, conn, csv_out)
+            else:
+                found = _stream_discrepancies(ctx, conn, None)
+        summary = build_summary(ctx.run_id, ctx.as_of, snapshot, found, repaired=0,
+                                repair_requested=ctx.repair, files=files,
+                                points_per_usd=ctx.settings.points_per_usd)
+        _record_stats(ctx, summary, files)
+        if files:
+            _stage_documents(ctx, summary, files, staged)
+            _insert_run(ctx, snapshot, summary, files)
+            staged.publish()
+    finally:
+        staged.discard()
+    if ctx.repair and files:
+        summary["repaired"] = _repair(ctx)
+        _record_repairs(ctx, summary, files)
     ctx.log.info("reconciliation done", action="reconcile_done", discrepancies=summary["discrepancies"]["total"],
-                 net_drift=summary["net_drift"], gap=summary["roll_forward"]["gap"], repaired=repaired)
+                 net_drift=summary["net_drift"], gap=summary["roll_forward"]["gap"],
+                 late_committed=summary["roll_forward"]["late_committed"]["points"],
+                 repaired=summary["repaired"])
+
+
+def _clean_leftovers(ctx: RunContext, files: ReportFiles) -> None:
+    """Only one reconcile runs at a time, so files aside in the directory are a killed run's leftovers."""
+    removed = remove_leftovers(files.csv.parent, ".reconciliation-*.part")
+    if removed:
+        ctx.stats["leftovers_removed"] = len(removed)
+        ctx.log.warning("removed files a killed run left aside", action="reconcile_leftovers", files=removed)
+
+
+def _stage_documents(ctx: RunContext, summary: dict[str, Any], files: ReportFiles, staged: FileSet) -> None:
+    """The JSON summary, the HTML report and the workbook, written aside."""
+    from jobs import finance_report
+
+    staged.write_text(files.json, summary_json(summary))
+    with ctx.engine.connect() as conn:
+        document = finance_report.gather(conn, summary, run_status=None)
+        _renew_lease(ctx)
+        staged.write_text(files.html, finance_report.render_html(document))
+        _renew_lease(ctx)
+        finance_report.write_xlsx(conn, document, staged.path_for(files.xlsx))
+    _renew_lease(ctx)
+
+
+def _record_repairs(ctx: RunContext, summary: dict[str, Any], files: ReportFiles) -> None:
+    """The count of repairs into the run's row, its files published again with it."""
+    staged = FileSet()
+    try:
+        _stage_documents(ctx, summary, files, staged)
+        with ctx.engine.begin() as conn:
+            ctx.heartbeat(conn)
+            conn.execute(_queries["record_repairs"], {"run_id": ctx.run_id, "repaired": summary["repaired"],
+                                                      "summary": summary_json(summary)})
+        staged.publish()
+    finally:
+        staged.discard()
 
 
 @contextmanager
@@ -113,9 +180,14 @@ def _read_totals(ctx: RunContext, conn: Connection) -> Snapshot:
     cache = conn.execute(_queries["cache_totals"]).one()
     users_checked = int(conn.execute(_queries["users_checked"]).scalar_one())
     _renew_lease(ctx)
-    movements = list(conn.execute(_queries["movements"], window))
+    months_from = conn.execute(_queries["months_charted_from"], {"as_of": ctx.as_of,
+                                                                  "months": MONTHS_CHARTED}).scalar_one()
+    movements = list(conn.execute(_queries["movements"], {**window, "months_from": months_from}))
+    unrecovered = None
+    if conn.execute(_queries["referral_rewards_exists"]).scalar_one():
+        unrecovered = conn.execute(_queries["unrecovered_clawbacks"], window).one()
     return Snapshot(previous=previous, ledger=ledger, cache=cache, users_checked=users_checked,
-                    movements=movements)
+                    movements=movements, months_from=months_from, unrecovered=unrecovered)
 
 
 def _renew_lease(ctx: RunContext) -> None:
@@ -196,16 +268,19 @@ def _repair(ctx: RunContext) -> int:
 
 
 def _record_stats(ctx: RunContext, summary: dict[str, Any], files: ReportFiles | None) -> None:
+    roll = summary["roll_forward"]
     ctx.stats.update(
         users_checked=summary["users_checked"],
         discrepancies=summary["discrepancies"]["total"],
         discrepancies_by_kind={k: n for k, n in summary["discrepancies"]["by_kind"].items() if n},
         net_drift=summary["net_drift"],
         outstanding_points=summary["outstanding_points"],
-        roll_forward_gap=summary["roll_forward"]["gap"],
+        roll_forward_gap=roll["gap"],
+        late_committed_points=roll["late_committed"]["points"],
     )
     if files:
         ctx.stats["report"] = str(files.csv)
+        ctx.stats["html_report"] = str(files.html)
 
 
 def _insert_run(ctx: RunContext, snapshot: Snapshot, summary: dict[str, Any], files: ReportFiles) -> None:
@@ -220,50 +295,88 @@ def _insert_run(ctx: RunContext, snapshot: Snapshot, summary: dict[str, Any], fi
             "cache_earned": snapshot.cache.earned, "cache_spent": snapshot.cache.spent,
             "net_drift": summary["net_drift"], "closing_balance": summary["roll_forward"]["closing"],
             "repaired": summary["repaired"], "csv_file": str(files.csv), "json_file": str(files.json),
-            "summary": json.dumps(summary),
+            "summary": summary_json(summary),
         })
 
 
 # ── the summary ──────────────────────────────────────────────────────────────
+# Its keys are in reading order as built here: migration 018 keeps the summary as `json` (the text as
+# written), so the file, the table and `report --format json` show them in this order.
 
 def build_summary(run_id: int, as_of: datetime, snapshot: Snapshot, found: Found, *, repaired: int,
-                  repair_requested: bool, files: ReportFiles | None) -> dict[str, Any]:
-    """The JSON summary finance reads: totals, discrepancies by kind, and the roll-forward."""
+                  repair_requested: bool, files: ReportFiles | None,
+                  points_per_usd: Decimal = Decimal(100)) -> dict[str, Any]:
+    """The JSON summary finance reads: the liability, discrepancies by kind, the roll-forward."""
     ledger, cache = snapshot.ledger, snapshot.cache
     by_kind = found.by_kind
+    roll = roll_forward(snapshot)
     return {
         "report": "points reconciliation",
         "run_id": run_id,
         "as_of": _iso(as_of),
+        "verdict": _verdict(found.total, roll),
         "outstanding_points": int(ledger.closing),
+        "outstanding_money": money(int(ledger.closing), points_per_usd),
         "users_checked": snapshot.users_checked,
         "ledger_rows": int(ledger.rows),
         "discrepancies": {"total": found.total, "by_kind": {kind: by_kind.get(kind, 0) for kind in KINDS}},
-        "ledger": {"balance": int(ledger.balance), "total_earned": int(ledger.earned),
-                   "total_spent": int(ledger.spent)},
-        "cache": {"balance": int(cache.balance), "total_earned": int(cache.earned),
-                  "total_spent": int(cache.spent), "rows": int(cache.rows)},
+        # the cache's columns total_earned / total_spent are all credits / all debits (expiries and
+        # clawbacks included), so the summary names them for what they hold
+        "ledger": {"balance": int(ledger.balance), "total_credits": int(ledger.earned),
+                   "total_debits": int(ledger.spent)},
+        "cache": {"balance": int(cache.balance), "total_credits": int(cache.earned),
+                  "total_debits": int(cache.spent), "rows": int(cache.rows)},
         "net_drift": int(cache.balance) - int(ledger.balance),
         "repair_requested": repair_requested,
         "repaired": repaired,
-        "roll_forward": roll_forward(snapshot),
+        "roll_forward": roll,
+        "unrecovered_clawbacks": _unrecovered(snapshot.unrecovered),
+        "monthly": monthly_movements(snapshot),
         "after_as_of": {"rows": int(ledger.rows_after_as_of), "points": int(ledger.points_after_as_of)},
-        "files": {"csv": files.csv.name, "json": files.json.name} if files else None,
+        "files": files.names() if files else None,
     }
 
 
-def roll_forward(snapshot: Snapshot) -> dict[str, Any]:
-    """opening + issued - spent - expired = closing, over ledger rows dated in (previous as-of, as-of].
+def money(points: int, points_per_usd: Decimal) -> dict[str, str] | None:
+    """Points in US dollars (`points / REWARDS_POINTS_PER_USD`, to the cent); None when points have no price."""
+    if not points_per_usd:
+        return None
+    usd = (Decimal(points) / Decimal(points_per_usd)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return {"usd": str(usd), "points_per_usd": str(points_per_usd)}
 
-    Both ends count rows by `created_at`, so the identity holds exactly unless rows dated on or
-    before the previous as-of were written after that run; the gap is their sum.
+
+def _verdict(discrepancies: int, roll: dict[str, Any]) -> str:
+    problems = ([f"{discrepancies} discrepanc{'y' if discrepancies == 1 else 'ies'}"] if discrepancies else [])
+    problems += ["roll-forward gap"] if not roll["identity_holds"] else []
+    return "CLEAN" if not problems else "ATTENTION: " + " and ".join(problems)
+
+
+def _unrecovered(row: Any | None) -> dict[str, int] | None:
+    """Unrecovered clawbacks of the period (None until migration 016's referral_rewards exists)."""
+    if row is None:
+        return None
+    return {"clawbacks": int(row.clawbacks), "clawed_back_points": int(row.clawed_back_points),
+            "rewards_unrecovered": int(row.rewards_unrecovered), "unrecovered_points": int(row.unrecovered_points)}
+
+
+def roll_forward(snapshot: Snapshot) -> dict[str, Any]:
+    """opening + issued - spent - expired - clawed back + late-committed = closing.
+
+    The period is (previous as-of, as-of]; movements count rows by `created_at` in it. Late-committed
+    rows are those dated on or before the previous as-of that the previous run did not see (the app
+    dates a row at its transaction's start, so a write in flight at that run lands here): since the
+    ledger is append-only, they are exactly the rows and points by which the ledger dated up to the
+    previous as-of now exceeds that run's closing. Anything else (fewer rows than that run saw, or the
+    same rows with other points) is a gap, reported with its explanation.
     """
     previous = snapshot.previous
     opening = int(previous.closing_balance) if previous else 0
-    issued = {m.type: int(m.issued) for m in snapshot.movements if m.issued}
-    spent = {m.type: int(m.debited) for m in snapshot.movements if m.debited and m.type != EXPIRY}
-    expired = sum(int(m.debited) for m in snapshot.movements if m.type == EXPIRY)
-    expected = opening + sum(issued.values()) - sum(spent.values()) - expired
+    issued = {m.type: int(m.issued) for m in _in_period(snapshot, lambda m: m.issued)}
+    spent = {m.type: int(m.debited) for m in _in_period(snapshot, lambda m: m.debited and m.type not in NOT_SPENDING)}
+    expired = sum(int(m.debited) for m in _in_period(snapshot, lambda m: m.type == EXPIRY))
+    clawed_back = sum(int(m.debited) for m in _in_period(snapshot, lambda m: m.type == CLAWBACK))
+    late_rows, late_points = _late_committed(snapshot)
+    expected = opening + sum(issued.values()) - sum(spent.values()) - expired - clawed_back + late_points
     closing = int(snapshot.ledger.closing)
     gap = closing - expected
     return {
@@ -275,44 +388,86 @@ def roll_forward(snapshot: Snapshot) -> dict[str, Any]:
         "spent": spent,
         "spent_total": sum(spent.values()),
         "expired": expired,
+        "clawed_back": clawed_back,
+        "late_committed": {"rows": late_rows, "points": late_points},
         "expected_closing": expected,
         "closing": closing,
+        "closing_rows": int(snapshot.ledger.rows) - int(snapshot.ledger.rows_after_as_of),
+        "identity": "opening + issued - spent - expired - clawed_back + late_committed = closing",
         "identity_holds": gap == 0,
         "gap": gap,
-        "gap_explanation": _explain_gap(gap, previous),
+        "gap_explanation": _explain_gap(gap, previous, snapshot),
     }
 
 
-def _explain_gap(gap: int, previous: Any | None) -> str | None:
+def _in_period(snapshot: Snapshot, wanted: Any) -> list[Any]:
+    return sorted((m for m in _merged_period_movements(snapshot) if wanted(m)), key=lambda m: m.type)
+
+
+@dataclass(frozen=True)
+class _Movement:
+    type: str
+    issued: int
+    debited: int
+
+
+def _merged_period_movements(snapshot: Snapshot) -> list[_Movement]:
+    """The period's movements by type (the statement splits them by calendar month too)."""
+    issued: Counter[str] = Counter()
+    debited: Counter[str] = Counter()
+    for m in snapshot.movements:
+        if m.in_period:
+            issued[m.type] += int(m.issued)
+            debited[m.type] += int(m.debited)
+    return [_Movement(kind, issued[kind], debited[kind]) for kind in sorted(set(issued) | set(debited))]
+
+
+def _late_committed(snapshot: Snapshot) -> tuple[int, int]:
+    previous, ledger = snapshot.previous, snapshot.ledger
+    if previous is None:
+        return 0, 0
+    rows = int(ledger.rows_up_to_previous) - int(previous.closing_rows)
+    points = int(ledger.dated_up_to_previous) - int(previous.closing_balance)
+    if rows <= 0:  # nothing was added: a difference in points is no late write but a gap
+        return 0, 0
+    return rows, points
+
+
+def _explain_gap(gap: int, previous: Any | None, snapshot: Snapshot) -> str | None:
     if gap == 0:
         return None
     if previous is None:  # cannot happen in one snapshot; said plainly should it ever
-        return f"{gap:+d} points: the ledger's closing and its movements disagree"
-    return (f"{gap:+d} points in ledger rows dated on or before the previous reconcile's as-of "
-            f"({_iso(previous.as_of)}, run {previous.run_id}) were written after it ran "
-            "(late or back-dated writes)")
+        return f"{gap:+,} points: the ledger's closing and its movements disagree"
+    rows_now = int(snapshot.ledger.rows_up_to_previous)
+    return (f"{gap:+,} points: the ledger rows dated on or before the previous reconcile's as-of "
+            f"({_iso(previous.as_of)}, run {previous.run_id}) no longer add up to its closing "
+            f"{int(previous.closing_balance):,} ({int(previous.closing_rows):,} rows then, {rows_now:,} now): rows "
+            "were removed or changed although the ledger is append-only (TRUNCATE, a disabled trigger, "
+            "a restore); investigate before the close")
 
 
-_KEY_ORDER = ("report", "run_id", "status", "as_of", "outstanding_points", "users_checked", "ledger_rows",
-              "discrepancies", "total", "by_kind", *KINDS, "ledger", "cache", "balance", "total_earned",
-              "total_spent", "rows", "net_drift", "repair_requested", "repaired", "roll_forward",
-              "previous_run_id", "period_after", "opening", "issued", "issued_total", "spent", "spent_total",
-              "expired", "expected_closing", "closing", "identity_holds", "gap", "gap_explanation",
-              "after_as_of", "points", "files", "csv", "json")
-_RANK = {key: rank for rank, key in enumerate(_KEY_ORDER)}
-
-
-def _ordered(value: Any) -> Any:
-    """Keys in reading order (JSONB, where the summary is kept, does not keep the order)."""
-    if isinstance(value, dict):
-        keys = sorted(value, key=lambda key: (_RANK.get(key, len(_RANK)), key))
-        return {key: _ordered(value[key]) for key in keys}
-    return value
+def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Issued / spent / expired / clawed back per calendar month, the last 12 months up to the as-of."""
+    months: dict[str, dict[str, Any]] = {}
+    first = snapshot.months_from
+    for number in range(MONTHS_CHARTED):
+        year, month = divmod(first.month - 1 + number, 12)
+        label = f"{first.year + year:04d}-{month + 1:02d}"
+        months[label] = {"month": label, "issued": 0, "spent": 0, "expired": 0, "clawed_back": 0}
+    for m in snapshot.movements:
+        label = f"{m.month:%Y-%m}"
+        if label not in months:
+            continue  # a row of the period dated before the charted months
+        line = months[label]
+        line["issued"] += int(m.issued)
+        debit_line = {EXPIRY: "expired", CLAWBACK: "clawed_back"}.get(m.type, "spent")
+        line[debit_line] += int(m.debited)
+    return list(months.values())
 
 
 def summary_json(summary: dict[str, Any]) -> str:
     """The `.json` file's text; `report --format json` prints the same."""
-    return json.dumps(_ordered(summary), indent=2) + "\n"
+    return json.dumps(summary, indent=2) + "\n"
 
 
 def csv_row(row: Any) -> list[str]:
@@ -327,22 +482,55 @@ def _iso(value: datetime) -> str:
 
 # ── reading a report back (`python scheduler.py report`) ────────────────────
 
-def render_report(engine: Engine, run_id: int | None, fmt: str) -> str | None:
-    """A stored report as `table`, `csv` (the CSV file's text) or `json` (the summary file's text);
-    None when there is no such report. `run_id` None means the latest."""
+class NotAReport(Exception):
+    """The run exists but stores no reconciliation report (another job, or a dry run); says which."""
+
+
+FORMATS = ("table", "csv", "json", "html", "xlsx")
+
+
+def render_report(engine: Engine, run_id: int | None, fmt: str, *, xlsx_path: Path | None = None) -> str | None:
+    """A stored report as `table`, `csv` (the CSV file's text), `json` (the summary file's text) or
+    `html`; `xlsx` is written to `xlsx_path` (returns its path). None when there is no such run or report;
+    `NotAReport` when the run is of another job or a dry run. `run_id` None means the latest."""
+    from jobs import finance_report
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r}; one of {', '.join(FORMATS)}")
     with engine.connect() as conn:
         stored = conn.execute(_queries["report_run"], {"run_id": run_id}).first()
         if stored is None:
+            if run_id is not None:
+                _say_what_run_it_is(conn, run_id)
             return None
         if fmt == "json":
             return summary_json(stored.summary)
+        if fmt in ("html", "xlsx"):
+            document = finance_report.gather(conn, stored.summary, run_status=stored.status)
+            if fmt == "html":
+                return finance_report.render_html(document)
+            assert xlsx_path is not None
+            finance_report.write_xlsx(conn, document, xlsx_path)
+            return str(xlsx_path)
         rows = conn.execute(_queries["report_discrepancies"], {"run_id": stored.run_id},
                             execution_options=_streamed(1000))
         if fmt == "csv":
             return _csv_text(rows)
-        if fmt == "table":
-            return _table_text(stored, rows)
-    raise ValueError(f"unknown report format {fmt!r}; one of table, csv, json")
+        return _table_text(stored, rows)
+
+
+def _say_what_run_it_is(conn: Connection, run_id: int) -> None:
+    run = conn.execute(_queries["job_run"], {"run_id": run_id}).first()
+    if run is None:
+        return
+    if run.job != JOB.name:
+        raise NotAReport(f"run {run_id} is a {run.job} run ({run.status}), not a reconcile: it has no report; "
+                         f"see `show {run_id}`")
+    if run.dry_run:
+        raise NotAReport(f"run {run_id} is a dry run of reconcile ({run.status}): a dry run stores no report; "
+                         f"its stats are in `show {run_id}`")
+    raise NotAReport(f"run {run_id} is a reconcile that recorded no report ({run.status}"
+                     + (f": {run.error}" if run.error else "") + ")")
 
 
 def _csv_text(rows: Iterable[Any]) -> str:
@@ -358,23 +546,34 @@ _TABLE_ROWS_SHOWN = 50
 
 def _table_text(stored: Any, rows: Iterable[Any]) -> str:
     summary = stored.summary
-    lines = [f"Points reconciliation: run {stored.run_id} ({stored.status}), as of {_when(summary['as_of'])}", ""]
+    lines = [f"Points reconciliation: run {stored.run_id} ({stored.status}), as of {_when(summary['as_of'])}",
+             f"Status: {summary.get('verdict', '')}", ""]
     lines += _headline_lines(summary) + [""] + _roll_forward_lines(summary["roll_forward"]) + [""]
-    lines += _discrepancy_lines(summary, rows)
+    lines += _unrecovered_lines(summary) + _discrepancy_lines(summary, rows)
     if stored.csv_file:
-        lines += ["", f"Files: {stored.csv_file}", f"       {stored.json_file}"]
+        files = [stored.csv_file, stored.json_file]
+        names = summary.get("files") or {}
+        files += [str(Path(stored.csv_file).with_name(names[kind])) for kind in ("html", "xlsx") if names.get(kind)]
+        lines += ["", "Files: " + files[0], *("       " + name for name in files[1:])]
     return "\n".join(lines) + "\n"
 
 
 def _headline_lines(summary: dict[str, Any]) -> list[str]:
+    from jobs.finance_report import usd
+
     ledger, cache = summary["ledger"], summary["cache"]
+    money = summary.get("outstanding_money")
     lines = [
-        f"Outstanding points (ledger balance as of the as-of instant): {summary['outstanding_points']:,}",
+        f"Outstanding liability (ledger balance as of the as-of instant): {summary['outstanding_points']:,} points"
+        + (f" = {usd(money['usd'])} at {money['points_per_usd']} points per US$" if money else ""),
         f"Users checked: {summary['users_checked']:,}   ledger rows: {summary['ledger_rows']:,}",
         "",
     ]
-    table = [[field.replace("_", " "), f"{ledger[field]:,}", f"{cache[field]:,}", f"{cache[field] - ledger[field]:+,}"]
-             for field in ("balance", "total_earned", "total_spent")]
+    fields = [("balance", "balance", "balance"), ("total credits", "total_credits", "total_earned"),
+              ("total debits", "total_debits", "total_spent")]
+    table = [[label, f"{ledger.get(key, ledger.get(old)):,}", f"{cache.get(key, cache.get(old)):,}",
+              f"{cache.get(key, cache.get(old)) - ledger.get(key, ledger.get(old)):+,}"]
+             for label, key, old in fields]
     lines += _aligned(["", "ledger", "cache", "drift"], table, right=(1, 2, 3))
     after = summary["after_as_of"]
     if after["rows"]:
@@ -384,16 +583,25 @@ def _headline_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _roll_forward_lines(roll: dict[str, Any]) -> list[str]:
+    from jobs.finance_report import roll_forward_lines
+
     since = (f"since run {roll['previous_run_id']} as of {_when(roll['period_after'])}"
              if roll["previous_run_id"] else "since the beginning of the ledger")
-    table = [["opening", f"{roll['opening']:,}"]]
-    table += [[f"+ issued {kind}", f"{points:,}"] for kind, points in sorted(roll["issued"].items())]
-    table += [[f"- spent {kind}", f"{-points:,}"] for kind, points in sorted(roll["spent"].items())]
-    table += [["- expired", f"{-roll['expired']:,}"], ["= expected closing", f"{roll['expected_closing']:,}"],
-              ["closing", f"{roll['closing']:,}"]]
-    verdict = ("identity holds (gap 0)" if roll["identity_holds"]
+    table = [[line.label, f"{line.value:,}" if line.role in ("opening", "expected", "closing") else f"{line.value:+,}",
+              line.note] for line in roll_forward_lines(roll)]
+    verdict = ("identity holds: " + roll.get("identity", "") if roll["identity_holds"]
                else f"IDENTITY GAP {roll['gap']:+,}: {roll['gap_explanation']}")
-    return [f"Roll-forward {since}", *("  " + line for line in _aligned(None, table, right=(1,))), "  " + verdict]
+    return [f"Roll-forward {since} (points)", *("  " + line for line in _aligned(None, table, right=(1,))),
+            "  " + verdict]
+
+
+def _unrecovered_lines(summary: dict[str, Any]) -> list[str]:
+    unrecovered = summary.get("unrecovered_clawbacks")
+    if not unrecovered:
+        return []
+    return [f"Clawbacks of the period: {unrecovered['clawbacks']:,} ({unrecovered['clawed_back_points']:,} points "
+            f"clawed back); unrecovered: {unrecovered['unrecovered_points']:,} points on "
+            f"{unrecovered['rewards_unrecovered']:,} rewards", ""]
 
 
 def _discrepancy_lines(summary: dict[str, Any], rows: Iterable[Any]) -> list[str]:

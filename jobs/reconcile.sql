@@ -3,7 +3,11 @@
 
 -- name: previous_reconcile --
 -- The opening of the roll-forward: the latest successful reconcile for an earlier as-of.
-SELECT r.run_id, r.as_of, r.closing_balance
+-- closing_rows: the rows that closing counted (summaries written before it was kept: all rows of that
+-- snapshot less those dated after its as-of).
+SELECT r.run_id, r.as_of, r.closing_balance,
+       coalesce(CAST(r.summary -> 'roll_forward' ->> 'closing_rows' AS bigint),
+                r.ledger_rows - CAST(r.summary -> 'after_as_of' ->> 'rows' AS bigint)) AS closing_rows
 FROM public.reconciliation_runs r
 JOIN public.job_runs j ON j.id = r.run_id
 WHERE j.status = 'SUCCEEDED' AND NOT j.dry_run AND r.as_of < :as_of AND r.run_id <> :run_id
@@ -12,7 +16,8 @@ LIMIT 1;
 
 -- name: ledger_totals --
 -- Every row of the snapshot (what the cache must match), plus the split at the as-of instant:
--- `closing` is the liability as of as_of, `dated_up_to_previous` explains a roll-forward gap.
+-- `closing` is the liability as of as_of; what is dated up to the previous as-of, against that run's
+-- closing, gives the late-committed rows.
 SELECT count(*)                                                            AS rows,
        coalesce(sum(delta), 0)                                             AS balance,
        coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                    AS earned,
@@ -20,7 +25,8 @@ SELECT count(*)                                                            AS ro
        coalesce(sum(delta) FILTER (WHERE created_at <= :as_of), 0)         AS closing,
        count(*) FILTER (WHERE created_at > :as_of)                         AS rows_after_as_of,
        coalesce(sum(delta) FILTER (WHERE created_at > :as_of), 0)          AS points_after_as_of,
-       coalesce(sum(delta) FILTER (WHERE created_at <= :previous_as_of), 0) AS dated_up_to_previous
+       coalesce(sum(delta) FILTER (WHERE created_at <= :previous_as_of), 0) AS dated_up_to_previous,
+       count(*) FILTER (WHERE created_at <= :previous_as_of)                AS rows_up_to_previous
 FROM public.user_point_transactions;
 
 -- name: cache_totals --
@@ -37,17 +43,38 @@ SELECT count(*)
 FROM (SELECT user_id FROM public.user_point_transactions GROUP BY user_id) AS ledger_users
 FULL JOIN public.user_point_balances AS b USING (user_id);
 
+-- name: months_charted_from --
+-- The first instant of the 12 calendar months charted (the as-of's month and the 11 before).
+SELECT date_trunc('month', CAST(:as_of AS timestamptz)) - make_interval(months => :months - 1);
+
 -- name: movements --
--- The roll-forward's movements: ledger rows dated in (previous as_of, as_of], by type. Positive
--- deltas are issued; negative ones are spent, or expired for EXPIRY.
+-- The roll-forward's movements, dated in (previous as_of, as_of], and the monthly chart's, dated in
+-- [months_from, as_of], in one range read of the created_at index: by type and calendar month, with
+-- in_period telling the two apart. Positive deltas are issued, negative ones debited.
 SELECT type,
-       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)  AS issued,
-       coalesce(-sum(delta) FILTER (WHERE delta < 0), 0) AS debited
+       CAST(date_trunc('month', created_at) AS date)                                  AS month,
+       created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')      AS in_period,
+       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                               AS issued,
+       coalesce(-sum(delta) FILTER (WHERE delta < 0), 0)                              AS debited
 FROM public.user_point_transactions
-WHERE created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
-  AND created_at <= :as_of
-GROUP BY type
-ORDER BY type;
+WHERE created_at <= :as_of
+  AND (created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') OR created_at >= :months_from)
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;
+
+-- name: referral_rewards_exists --
+-- The basis table of the reward jobs (migration 016); older databases lack it.
+SELECT to_regclass('public.referral_rewards') IS NOT NULL;
+
+-- name: unrecovered_clawbacks --
+-- Clawbacks of the period (clawed_back_at in (previous as_of, as_of]) and what they could not take back.
+SELECT count(*)                                                 AS clawbacks,
+       coalesce(sum(clawed_back_points), 0)                     AS clawed_back_points,
+       count(*) FILTER (WHERE unrecovered_points > 0)           AS rewards_unrecovered,
+       coalesce(sum(unrecovered_points), 0)                     AS unrecovered_points
+FROM public.referral_rewards
+WHERE clawed_back_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
+  AND clawed_back_at <= :as_of;
 
 -- name: discrepancies --
 -- Every discrepant user, in user_id order. Field mismatches are judged when both sides exist;
@@ -119,7 +146,12 @@ INSERT INTO public.reconciliation_runs
         csv_file, json_file, summary)
 VALUES (:run_id, :as_of, :users_checked, :ledger_rows, :discrepancies, :ledger_balance, :ledger_earned,
         :ledger_spent, :cache_balance, :cache_earned, :cache_spent, :net_drift, :closing_balance, :repaired,
-        :csv_file, :json_file, CAST(:summary AS jsonb));
+        :csv_file, :json_file, CAST(:summary AS json));
+
+-- name: record_repairs --
+UPDATE public.reconciliation_runs
+   SET repaired = :repaired, summary = CAST(:summary AS json)
+ WHERE run_id = :run_id;
 
 -- name: repair_batch --
 -- The next discrepant users of this run to repair, in user_id order.
@@ -179,3 +211,6 @@ SELECT user_id, kinds, cached_balance, ledger_balance, drift,
 FROM public.reconciliation_discrepancies
 WHERE run_id = :run_id
 ORDER BY user_id;
+
+-- name: job_run --
+SELECT id, job, status, dry_run, error FROM public.job_runs WHERE id = :run_id;

@@ -59,17 +59,22 @@ def _freeze_relationships(conn) -> None:
 # ── usage errors ────────────────────────────────────────────────────────────────
 
 USAGE_ERRORS = [
-    ([], "the following arguments are required: command"),
     (["frob"], "invalid choice: 'frob'"),
     (["run"], "the following arguments are required: JOB"),
-    (["run", "no-such-job"], "JOB: unknown job 'no-such-job'"),
+    (["run", "no-such-job"], "argument JOB: invalid choice: 'no-such-job' (choose from 'expire-pending'"),
     (["run", "expire-pending", "--bogus"], "unrecognized arguments: --bogus"),
     (["run", "expire-pending", "--repair"], "--repair: only the reconcile job repairs"),
     (["run-all", "--repair"], "unrecognized arguments: --repair"),
     (["history", "--limit", "x"], "argument --limit: invalid int value: 'x'"),
     (["history", "--limit", "0"], "--limit: must be at least 1"),
     (["history", "--limit", "-5"], "--limit: must be at least 1"),
-    (["history", "--job", "no-such-job"], "JOB: unknown job 'no-such-job'"),
+    (["history", "--job", "no-such-job"], "argument --job: invalid choice: 'no-such-job'"),
+    (["history", "--status", "happy"], "argument --status: invalid choice: 'HAPPY'"),
+    (["history", "--since", "yesterday"], "--since: not an ISO-8601 date or date-time: 'yesterday'"),
+    (["show", "seven"], "argument RUN_ID: must be a run id (a number), not 'seven'"),
+    (["explain", "bob"], "USER_ID: not a UUID: 'bob'"),
+    (["run", "expire-points", "--as-of", "2062-06-01"], "--as-of: 2062-06-01T00:00:00+00:00 is more than 5 minutes after now ("),
+    (["run-all", "--as-of", "2062-06-01", "--dry-run"], "add --allow-future if you mean it"),
     (["report", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
     (["report", "last-tuesday"], "RUN_ID: must be a run id"),
 ]
@@ -98,28 +103,33 @@ def test_usage_error_in_a_real_process_has_no_traceback(cli):
 
 # ── jobs and history ────────────────────────────────────────────────────────────
 
-def test_jobs_lists_every_job_with_schedule_next_fire_and_last_run(main_in_process, monkeypatch, engine):
+def test_jobs_lists_every_job_with_schedule_next_fire_last_success_and_last_run(main_in_process, monkeypatch,
+                                                                              engine):
     monkeypatch.setenv("REWARDS_SCHEDULE_RECONCILE", "off")
-    run_id = runs.claim(engine, job="expire-pending", trigger="manual", as_of=AS_OF, scheduled_for=None,
-                        dry_run=False, settings={}, lease_seconds=300)
-    runs.finish(engine, run_id, status="SUCCEEDED", stats={}, error=None)
+    succeeded = runs.claim(engine, job="expire-pending", trigger="manual", as_of=AS_OF, scheduled_for=None,
+                           dry_run=False, settings={}, lease_seconds=300)
+    runs.finish(engine, succeeded, status="SUCCEEDED", stats={}, error=None)
+    dry = runs.claim(engine, job="expire-pending", trigger="manual", as_of=AS_OF, scheduled_for=None,
+                     dry_run=True, settings={}, lease_seconds=300)
+    runs.finish(engine, dry, status="SUCCEEDED", stats={"dry_run": True}, error=None)
 
     code, out, err = main_in_process("jobs")
 
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["job", "schedule", "(UTC)", "next", "fire", "last", "run"]
+    assert lines[0].split() == ["job", "schedule", "(UTC)", "next", "fire", "(UTC)", "last", "success", "(UTC)",
+                                "last", "run"]
     rows = {line.split()[0]: line for line in lines[2:]}
     assert list(rows) == [job.name for job in PIPELINE]
     assert "5 0 * * *" in rows["expire-pending"]
-    assert f"SUCCEEDED run {run_id} (manual) as of 2026-06-01 00:00:00Z" in rows["expire-pending"]
-    assert rows["reconcile"].split()[1:] == ["off", "never", "run"]
+    assert f"run {succeeded} " in rows["expire-pending"]  # the last success is the real run ...
+    assert f"run {dry} SUCCEEDED (dry run) manual, as of 2026-06-01 00:00" in rows["expire-pending"]  # ... not the dry one
+    assert rows["reconcile"].split()[1:] == ["off", "never", "never", "run"]
     for name in ("recurring-rewards", "level2-rewards", "expire-points"):
-        assert rows[name].endswith("never run")
-        assert rows[name].count(":00Z") == 1  # its next fire time
+        assert rows[name].endswith("never                   never run")
 
 
-def test_history_lists_recent_runs_newest_first_and_filters(main_in_process, engine, settings):
+def test_history_lists_recent_runs_newest_first_one_line_each_with_host_and_pid(main_in_process, engine, settings):
     from core.runner import run_job
     from jobs import expire_pending
 
@@ -131,16 +141,41 @@ def test_history_lists_recent_runs_newest_first_and_filters(main_in_process, eng
                        dry_run=False, settings={}, lease_seconds=300)
 
     code, out, err = main_in_process("history")
-    _, filtered, _ = main_in_process("history", "--job", "expire-pending", "--limit", "1")
 
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["run", "job", "trigger", "as", "of"]
+    assert lines[0].split() == ["run", "job", "status", "trigger", "as", "of", "started", "took", "host:pid", "outcome"]
     assert [line.split()[0] for line in lines[2:]] == [str(other), str(second.run_id), str(first.run_id)]
-    assert "relationships expired: 1" in lines[4]
-    assert "SUCCEEDED (dry run)" in lines[3] and "relationships expired: 0" in lines[3]
+    assert "1 relationships expired" in lines[4] and f"{runs.HOST}:{os.getpid()}" in lines[4]
+    assert "SUCCEEDED (dry run)" in lines[3] and "dry run, nothing changed" in lines[3]
+    assert "would" not in lines[4] and "batches" not in out and "cutoff" not in out  # no bookkeeping
     assert "RUNNING" in lines[2]
-    assert [line.split()[0] for line in filtered.splitlines()[2:]] == [str(second.run_id)]
+    assert all(len(line) <= 160 for line in lines)  # piped: at most COLUMNS (default 160) wide
+
+
+def test_history_filters_by_job_status_since_and_limit(main_in_process, engine):
+    def finished(job: str, status: str, as_of) -> int:
+        run_id = runs.claim(engine, job=job, trigger="manual", as_of=as_of, scheduled_for=None,
+                            dry_run=False, settings={}, lease_seconds=300)
+        runs.finish(engine, run_id, status=status, stats={}, error="boom" if status == "FAILED" else None)
+        return run_id
+
+    failed = finished("expire-pending", "FAILED", AS_OF)
+    succeeded = finished("expire-pending", "SUCCEEDED", AS_OF)
+    reconciled = finished("reconcile", "SUCCEEDED", AS_OF)
+    with engine.begin() as conn:  # the first run started long ago
+        conn.execute(text("UPDATE public.job_runs SET started_at = '2026-01-01' WHERE id = :id"), {"id": failed})
+
+    def ids(*args: str) -> list[str]:
+        code, out, err = main_in_process("history", *args)
+        assert code == 0, err
+        return [line.split()[0] for line in out.splitlines()[2:]]
+
+    assert ids("--job", "expire-pending") == [str(succeeded), str(failed)]
+    assert ids("--status", "failed") == [str(failed)]
+    assert ids("--since", "2026-02-01") == [str(reconciled), str(succeeded)]
+    assert ids("--job", "expire-pending", "--status", "SUCCEEDED", "--limit", "1") == [str(succeeded)]
+    assert ids("--since", "2099-01-01") == []
 
 
 def test_history_of_an_empty_database_prints_the_header_only(main_in_process):
@@ -148,6 +183,13 @@ def test_history_of_an_empty_database_prints_the_header_only(main_in_process):
 
     assert code == 0
     assert len(out.splitlines()) == 2
+
+
+def test_a_bare_command_prints_the_usage_and_exits_2(main_in_process):
+    code, out, err = main_in_process()
+
+    assert code == 2 and out == ""
+    assert err.startswith("usage: ") and "run-all" in err and "explain" in err
 
 
 # ── run-all ─────────────────────────────────────────────────────────────────────
@@ -232,3 +274,6 @@ def test_without_database_url_commands_use_the_embedded_database_migrated_on_fir
     assert (health.returncode, health.stdout.strip()) == (0, "ok")
     assert history.returncode == 0, history.stderr
     assert len(history.stdout.splitlines()) == 3  # header, rule, the one run: the same database again
+    for result in (first, health, history):  # each says which database, in one line on stderr
+        announced = [line for line in result.stderr.splitlines() if line.startswith("using the embedded PostgreSQL")]
+        assert announced == [f"using the embedded PostgreSQL under {Path(directory) / 'data'} (DATABASE_URL is not set)"]

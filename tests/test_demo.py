@@ -37,12 +37,24 @@ def test_demo_runs_the_pipeline_on_a_fresh_sample_in_its_own_database_and_summar
         assert first.returncode == 0, first.stderr
         for job in PIPELINE:
             assert f"  {job.name:<18} SUCCEEDED" in first.stdout
-        assert "Outstanding points (ledger balance as of the as-of instant):" in first.stdout
-        assert "identity holds (gap 0)" in first.stdout
+        assert "Outstanding liability (ledger balance as of the as-of instant):" in first.stdout
+        assert "identity holds: " in first.stdout
+        html = [line for line in first.stdout.splitlines() if line.startswith("Finance report (open in a browser): ")]
+        assert len(html) == 1 and Path(html[0].split(": ", 1)[1]).is_file()
         assert "Generating sample data: 150 users" in first.stderr
         assert f"Running {PIPELINE[-1].name}" in first.stderr
         reports = data_dir / "demo" / "reports"
         assert len(list(reports.glob("reconciliation-*.csv"))) == len(list(reports.glob("reconciliation-*.json"))) == 1
+
+        explore = [line.strip() for line in first.stdout.splitlines() if line.strip().startswith("export ")]
+        assert explore == [f"export DATABASE_URL= REWARDS_DATA_DIR={(data_dir / 'demo').resolve()} "
+                           f"REWARDS_REPORTS_DIR={reports.resolve()}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDS_")}
+        env.update(pair.split("=", 1) for pair in explore[0].removeprefix("export ").split())
+        history = subprocess.run([sys.executable, str(REPO / "scheduler.py"), "history"], cwd=data_dir, env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert history.returncode == 0, history.stderr
+        assert len(history.stdout.splitlines()) == 2 + len(PIPELINE)  # the demo's runs, on the demo's database
 
         second = run_demo_cli(data_dir, "--users", "150")
         assert second.returncode == 0, second.stderr
@@ -79,6 +91,6 @@ def test_summary_shows_each_jobs_changes_and_a_failure_with_its_error():
     ]
     summary = format_summary(outcome)
     assert "Sample data: referral codes 150, relationships 140" in summary
-    assert "  expire-pending     SUCCEEDED in 0.50s (run 1)\n                     relationships expired: 12\n" in summary
+    assert "  expire-pending     SUCCEEDED in 0.50s (run 1)\n                     12 relationships expired\n" in summary
     assert "  recurring-rewards  FAILED in 0.25s (run 2)\n                     error: OperationalError: gone\n" in summary
     assert not outcome.succeeded

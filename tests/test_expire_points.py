@@ -136,7 +136,6 @@ def test_a_later_as_of_expires_the_points_that_crossed_since_and_counts_earlier_
 
     # due = (100 + 60) - (20 redeemed + 80 expired earlier) = 60
     assert _expiry_deltas(engine, user) == [-80, -60]
-    assert later.stats["since"] == CUTOFF.isoformat()
     assert _ledger_balance(engine, user) == 30
 
 
@@ -205,11 +204,10 @@ def test_a_dry_run_reports_the_expiry_and_writes_nothing(engine, settings):
     assert dry.stats["users_expired"] == 1
     assert _expiry_deltas(engine, user) == []
     real = _expire(engine, settings)
-    assert "since" not in real.stats  # a dry run is no previous run: this one reads every user
     assert _expiry_deltas(engine, user) == [-100]
 
 
-def test_a_daily_run_reads_only_users_whose_points_crossed_the_cutoff_since_the_last_run(engine, settings):
+def test_every_run_checks_every_user_with_points_before_cutoff_and_expires_only_what_is_due(engine, settings):
     crossed_long_ago, crosses_on_day_one, crosses_on_day_two, still_fresh = (new_id() for _ in range(4))
     with engine.begin() as conn:
         add_app_points(conn, user=crossed_long_ago, delta=10, type="REFERRAL_WELCOME", created_at=OLD)
@@ -219,18 +217,17 @@ def test_a_daily_run_reads_only_users_whose_points_crossed_the_cutoff_since_the_
                        created_at=utc(2025, 6, 1, 12))
         add_app_points(conn, user=still_fresh, delta=10, type="REFERRAL_WELCOME", created_at=FRESH)
     first = _expire(engine, settings, as_of=utc(2026, 5, 31))
-    assert first.stats["users_checked"] == 1
 
     day_one = _expire(engine, settings, as_of=utc(2026, 6, 1))
     day_two = _expire(engine, settings, as_of=utc(2026, 6, 2))
 
-    assert day_one.stats["users_checked"] == 1
-    assert day_two.stats["users_checked"] == 1
+    assert [run.stats["users_checked"] for run in (first, day_one, day_two)] == [1, 2, 3]
+    assert [run.stats["users_expired"] for run in (first, day_one, day_two)] == [1, 1, 1]
     assert [_expiry_deltas(engine, user) for user in (crossed_long_ago, crosses_on_day_one, crosses_on_day_two,
                                                       still_fresh)] == [[-10], [-10], [-10], []]
 
 
-def test_earning_rows_back_filled_before_the_previous_cutoff_make_the_next_run_read_every_user(engine, settings):
+def test_points_back_filled_before_an_earlier_cutoff_expire_in_the_next_run(engine, settings):
     regular, back_filled = new_id(), new_id()
     with engine.begin() as conn:
         add_app_points(conn, user=regular, delta=10, type="REFERRAL_WELCOME", created_at=OLD)
@@ -238,15 +235,34 @@ def test_earning_rows_back_filled_before_the_previous_cutoff_make_the_next_run_r
     with engine.begin() as conn:
         add_app_points(conn, user=back_filled, delta=25, type="ADMIN_GRANT", created_at=utc(2024, 3, 1))
 
-    next_day = _expire(engine, settings)
-    day_after = _expire(engine, settings, as_of=utc(2026, 6, 2))
+    _expire(engine, settings, as_of=utc(2026, 6, 2))
 
-    assert next_day.stats["backfilled_rows"] == 1
-    assert "since" not in next_day.stats
-    assert next_day.stats["users_checked"] == 2
     assert _expiry_deltas(engine, back_filled) == [-25]
-    assert "backfilled_rows" not in day_after.stats
-    assert day_after.stats["users_checked"] == 0
+    assert _expiry_deltas(engine, regular) == [-10]
+
+
+def test_a_rerun_of_the_same_as_of_after_a_back_fill_writes_the_rest_under_a_numbered_key(engine, settings):
+    user = new_id()
+    with engine.begin() as conn:
+        add_app_points(conn, user=user, delta=10, type="REFERRAL_WELCOME", created_at=OLD)
+    _expire(engine, settings)
+    with engine.begin() as conn:
+        add_app_points(conn, user=user, delta=25, type="ADMIN_GRANT", created_at=utc(2024, 3, 1))
+    _expire(engine, settings)
+    with engine.begin() as conn:
+        add_app_points(conn, user=user, delta=5, type="ADMIN_GRANT", created_at=utc(2024, 3, 2))
+
+    third = _expire(engine, settings)
+    again = _expire(engine, settings)
+
+    key = f"expiry:{user}:{AS_OF.isoformat()}"
+    with engine.connect() as conn:
+        rows = ledger_rows(conn, user_id=user, type="EXPIRY")
+    assert [(row.idempotency_key, row.delta) for row in rows] == [(key, -10), (key + ":2", -25), (key + ":3", -5)]
+    assert third.stats["points_written"] == {"EXPIRY": -5}
+    assert "rows_written" not in again.stats
+    with engine.connect() as conn:
+        assert tuple(balance_of(conn, user)) == (0, 40, -40)
 
 
 def test_users_are_expired_in_batches(engine, make_settings):
@@ -262,7 +278,7 @@ def test_users_are_expired_in_batches(engine, make_settings):
     assert all(_expiry_deltas(engine, user) == [-7] for user in users)
 
 
-def test_the_daily_candidate_query_reads_the_earned_rows_index(engine, settings):
+def test_the_candidate_query_walks_user_ids_by_index(engine, settings):
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
@@ -270,10 +286,9 @@ def test_the_daily_candidate_query_reads_the_earned_rows_index(engine, settings)
             " FROM generate_series(1, 20000) AS n"))
         conn.execute(text("ANALYZE public.user_point_transactions"))
         plan = "\n".join(conn.execute(text("EXPLAIN " + expire_points._queries.raw("candidate_batch")), {
-            "since": utc(2025, 5, 31), "cutoff": CUTOFF, "after": "00000000-0000-0000-0000-000000000000",
-            "batch_size": 5000}).scalars())
+            "cutoff": CUTOFF, "after": "00000000-0000-0000-0000-000000000000", "batch_size": 5000}).scalars())
 
-    assert "idx_upt_earned_created" in plan
+    assert "Seq Scan" not in plan
 
 
 # ── race with the app ────────────────────────────────────────────────────────

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from core.ledger import WrittenPoints, write_points
+from core.ledger import WrittenPoints, undone_when, write_points
 from tests.builders import add_app_points, balance_of, ledger_rows, new_id, utc
 
 AS_OF = utc(2026, 6, 1, 0, 15)
@@ -31,8 +31,8 @@ def _candidates(*rows: tuple[uuid.UUID, int, str, str | None]) -> tuple[str, dic
 
 def _write(engine, *rows, dry_run: bool = False) -> WrittenPoints:
     sql, params = _candidates(*rows)
-    with engine.begin() as conn:
-        return write_points(conn, sql, params, as_of=AS_OF, dry_run=dry_run)
+    with engine.begin() as conn, undone_when(conn, dry_run=dry_run):
+        return write_points(conn, sql, params, as_of=AS_OF)
 
 
 def _ledger(engine) -> list[Any]:
@@ -155,6 +155,33 @@ def test_no_candidates_write_nothing(engine):
 
     assert written == WrittenPoints()
     assert _ledger(engine) == [] and _balances(engine) == []
+
+
+def test_a_delta_over_int_is_unstorable_reported_and_blocks_no_other_row(engine):
+    user = new_id()
+    huge = 2**31
+
+    sql = ("SELECT CAST(:user AS uuid) AS user_id, CAST(:delta AS bigint) AS delta, 'REFERRAL_RECURRING' AS type,"
+           " CAST(NULL AS uuid) AS ref_id, CAST(:key AS text) AS idempotency_key, '' AS note"
+           " UNION ALL SELECT CAST(:user AS uuid), 7, 'REFERRAL_RECURRING', NULL, 'k:2', ''")
+    with engine.begin() as conn:
+        written = write_points(conn, sql, {"user": user, "delta": huge, "key": "k:1"}, as_of=AS_OF)
+
+    assert written.unstorable == ["k:1"]
+    assert written.rows == {"REFERRAL_RECURRING": 1}
+    assert [row[4] for row in _ledger(engine)] == ["k:2"]
+    assert _balance(engine, user) == (7, 7, 0)
+
+
+def test_rows_that_would_carry_the_cache_past_int_are_unstorable_and_earlier_ones_are_written(engine):
+    user = new_id()
+    with engine.begin() as conn:
+        add_app_points(conn, user=user, delta=2**31 - 100, type="ADMIN_GRANT", created_at=utc(2026, 1, 1))
+
+    written = _write(engine, (user, 60, "REFERRAL_RECURRING", "m:1"), (user, 60, "REFERRAL_RECURRING", "m:2"))
+
+    assert written.unstorable == ["m:2"]  # 2**31 - 100 + 60 fits; + 60 more would not
+    assert _balance(engine, user) == (2**31 - 40, 2**31 - 40, 0)
 
 
 def test_dry_run_previews_exactly_what_the_real_call_then_writes_and_changes_nothing(engine):

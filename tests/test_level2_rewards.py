@@ -11,7 +11,7 @@ from sqlalchemy import text
 from core.runner import RunResult, run_job
 from jobs import level2_rewards, recurring_rewards
 from tests.builders import add_relationship, balance_of, ledger_rows, new_id, utc
-from tests.test_recurring_rewards import add_ten_years_of_rewarded_chains, daily_batch_plans
+from tests.test_recurring_rewards import add_ten_years_of_rewarded_chains, first_batch_plan
 
 JOB = level2_rewards.JOB
 REWARDED_AT = utc(2026, 1, 10, 9)
@@ -108,7 +108,6 @@ def test_pending_or_expired_parent_gives_no_level_2_reward(engine, settings, abc
     result = run(engine, settings)
 
     assert l2_rows(engine) == []
-    assert result.stats["without_level2_referrer"] == 1
 
 
 def test_level_1_row_whose_parent_row_is_level_2_gives_no_reward(engine, settings, abc):
@@ -130,7 +129,6 @@ def test_referrer_who_was_never_referred_gives_no_reward(engine, settings, abc):
     result = run(engine, settings)
 
     assert l2_rows(engine) == []
-    assert result.stats["without_level2_referrer"] == 1
 
 
 @pytest.mark.parametrize("status", ["PENDING", "ACTIVE", "EXPIRED"])
@@ -170,7 +168,7 @@ def test_stored_level_2_row_is_not_a_recurring_reward(engine, settings, abc):
 
 # ── cycles and self-referrals ───────────────────────────────────────────────
 
-def test_cycle_a_to_b_to_a_gives_nothing_and_is_counted(engine, settings, abc):
+def test_cycle_a_to_b_to_a_gives_nothing(engine, settings, abc):
     a, b, _ = abc
     relate(engine, a, b)
     relate(engine, b, a)
@@ -180,11 +178,10 @@ def test_cycle_a_to_b_to_a_gives_nothing_and_is_counted(engine, settings, abc):
     result = run(engine, settings)
 
     assert l2_rows(engine) == []
-    assert result.stats["skipped_cycle"] == 2
 
 
 @pytest.mark.parametrize("level", [1, 2])
-def test_self_referral_gives_nothing_and_is_counted(engine, settings, level):
+def test_self_referral_gives_nothing(engine, settings, level):
     user = new_id()
     relate(engine, user, user, level=level)
     pay_monthly(engine, user, range(0, 3))
@@ -192,7 +189,6 @@ def test_self_referral_gives_nothing_and_is_counted(engine, settings, level):
     result = run(engine, settings)
 
     assert l2_rows(engine) == []
-    assert result.stats["skipped_self_referral"] == 1
 
 
 def test_referrer_who_referred_themself_is_not_their_own_level_2_beneficiary(engine, settings, abc):
@@ -204,7 +200,6 @@ def test_referrer_who_referred_themself_is_not_their_own_level_2_beneficiary(eng
     result = run(engine, settings)
 
     assert l2_rows(engine) == []
-    assert result.stats["skipped_cycle"] == 1
 
 
 def test_rewarded_relationship_without_rewarded_at_is_skipped_and_counted(engine, settings, abc):
@@ -274,18 +269,6 @@ def test_rerun_changes_nothing(engine, settings, abc):
         assert balance_of(conn, a).balance == 600
 
 
-def test_daily_run_scans_only_relationships_still_inside_their_months(engine, settings, abc):
-    a, b, c = abc
-    relate(engine, a, b, rewarded_at=utc(2024, 1, 1))  # months 0..5 end 2024-07-01
-    relate(engine, b, c, rewarded_at=utc(2026, 3, 1))
-    run(engine, settings, utc(2026, 6, 1))
-
-    daily = run(engine, settings, utc(2026, 6, 2))
-
-    assert daily.stats["scan_from"] == utc(2025, 11, 25).isoformat()  # 2026-06-01 - 7 days - 6 months
-    assert daily.stats["relationships_scanned"] == 1
-
-
 def test_runs_at_several_as_of_dates_in_any_order_equal_one_run_at_the_latest(engine, settings, abc):
     a, b, c = abc
     relate(engine, a, b)
@@ -300,16 +283,14 @@ def test_runs_at_several_as_of_dates_in_any_order_equal_one_run_at_the_latest(en
         assert balance_of(conn, a).balance == 600
 
 
-def test_daily_batches_use_indexes_not_scans_of_all_history(engine, settings):
+def test_a_batch_finds_the_parent_by_one_probe_never_scanning_all_history(engine, settings):
     add_ten_years_of_rewarded_chains(engine)
 
-    select_plan, candidates_plan = daily_batch_plans(engine, level2_rewards, settings)
+    plan = first_batch_plan(engine, level2_rewards, settings)
 
-    for plan in (select_plan, candidates_plan):
-        assert "idx_urr_rewarded_scan" in plan
-        assert "user_referral_relationships_referred_user_id_key" in plan  # the parent, by one probe
-        assert "Seq Scan" not in plan
-    assert "idx_usp_user_paid_at" in candidates_plan
+    assert "user_referral_relationships_referred_user_id_key" in plan  # the parent, by one probe
+    assert "idx_usp_user_paid_at" in plan
+    assert "Seq Scan" not in plan
 
 
 @pytest.mark.slow

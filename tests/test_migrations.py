@@ -3,6 +3,7 @@ applied file is refused; a database where the host applied 011 itself migrates; 
 from __future__ import annotations
 
 import hashlib
+import uuid
 import shutil
 import threading
 import time
@@ -272,3 +273,43 @@ def test_run_refuses_to_start_while_a_migration_is_pending(cli, engine):
 
     assert result.returncode == 2
     assert "1 migration(s) pending (012_payments_idempotency_job_runs)" in _one_line(result.stderr)
+
+
+def test_016_records_the_basis_of_rewards_written_before_it_from_their_notes(empty_engine, migrations_copy):
+    later = sorted(path for path in migrations_copy.glob("*.sql") if path.name >= "016")
+    held_back = {path: path.read_text() for path in later}
+    for path in later:
+        path.unlink()
+    migrations.migrate(empty_engine, migrations_copy)
+    relationship, payment, referrer = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with empty_engine.begin() as conn:  # rows as the reward jobs wrote them before 016
+        conn.execute(text(
+            "INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, note, idempotency_key, created_at)"
+            " VALUES (:user, 200, 'REFERRAL_RECURRING', :ref, :note1, :key1, '2026-03-01'),"
+            "        (:user, 100, 'REFERRAL_L2', :ref, :note2, :key2, '2026-03-01'),"
+            "        (:user, 50, 'REFERRAL_RECURRING', :ref, 'hand-written', :key3, '2026-03-01')"
+        ), {"user": referrer, "ref": relationship,
+            "note1": f"recurring month 3, basis payment {payment}", "key1": f"recurring:{relationship}:3",
+            "note2": f"level-2 month 0, basis payment {payment}", "key2": f"l2:{relationship}:0",
+            "key3": f"recurring:{relationship}:4"})
+    for path, source in held_back.items():
+        path.write_text(source)
+
+    migrations.migrate(empty_engine, migrations_copy)
+
+    with empty_engine.connect() as conn:
+        rows = [tuple(row) for row in conn.execute(text(
+            "SELECT idempotency_key, relationship_id, level, month, payment_id, beneficiary_user_id, points,"
+            " clawback_key FROM public.referral_rewards ORDER BY level"))]
+    assert rows == [(f"recurring:{relationship}:3", relationship, 1, 3, payment, referrer, 200, None),
+                    (f"l2:{relationship}:0", relationship, 2, 0, payment, referrer, 100, None)]
+
+
+def test_016_keeps_updated_at_of_a_payment_current_on_every_update(engine):
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at,"
+                          " updated_at) VALUES (:id, :id, 100, 'PAID', '2026-01-01', '2026-01-01')"),
+                     {"id": uuid.uuid4()})
+        conn.execute(text("UPDATE public.user_subscription_payments SET status = 'REFUNDED'"))
+        updated_at = conn.execute(text("SELECT updated_at FROM public.user_subscription_payments")).scalar_one()
+    assert updated_at > utc(2026, 1, 1)  # the trigger set it on UPDATE

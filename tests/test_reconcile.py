@@ -16,6 +16,7 @@ from jobs import reconcile
 from tests.builders import add_app_points, balance_of, new_id, utc
 
 AS_OF = utc(2026, 6, 1, 1)
+IDENTITY = "opening + issued - spent - expired - clawed_back + late_committed = closing"
 HEADER = ("user_id,kinds,cached_balance,ledger_balance,drift,cached_total_earned,ledger_total_earned,"
           "cached_total_spent,ledger_total_spent")
 
@@ -140,16 +141,20 @@ def test_the_summary_and_the_tables_hold_the_totals_finance_needs(engine, settin
     assert (summary["users_checked"], summary["ledger_rows"]) == (3, 5)
     assert summary["discrepancies"]["total"] == 1
     assert summary["discrepancies"]["by_kind"]["MISSING_BALANCE"] == 1
-    assert summary["ledger"] == {"balance": 260, "total_earned": 340, "total_spent": -80}
-    assert summary["cache"] == {"balance": 220, "total_earned": 300, "total_spent": -80, "rows": 2}
+    assert summary["ledger"] == {"balance": 260, "total_credits": 340, "total_debits": -80}
+    assert summary["cache"] == {"balance": 220, "total_credits": 300, "total_debits": -80, "rows": 2}
+    assert summary["outstanding_money"] == {"usd": "2.60", "points_per_usd": "100"}
     assert summary["net_drift"] == -40
     assert (summary["repair_requested"], summary["repaired"]) == (False, 0)
-    assert summary["files"] == {"csv": csv_path.name, "json": json_path.name}
+    assert summary["files"] == {"csv": csv_path.name, "json": json_path.name,
+                                "html": csv_path.with_suffix(".html").name, "xlsx": csv_path.with_suffix(".xlsx").name}
     assert summary["roll_forward"] == {
         "previous_run_id": None, "period_after": None, "opening": 0,
         "issued": {"REFERRAL_L2": 100, "REFERRAL_RECURRING": 200, "REFERRAL_WELCOME": 40}, "issued_total": 340,
-        "spent": {"REDEMPTION_QUOTA": 50}, "spent_total": 50, "expired": 30,
-        "expected_closing": 260, "closing": 260, "identity_holds": True, "gap": 0, "gap_explanation": None,
+        "spent": {"REDEMPTION_QUOTA": 50}, "spent_total": 50, "expired": 30, "clawed_back": 0,
+        "late_committed": {"rows": 0, "points": 0},
+        "expected_closing": 260, "closing": 260, "closing_rows": 5, "identity": IDENTITY,
+        "identity_holds": True, "gap": 0, "gap_explanation": None,
     }
     with engine.connect() as conn:
         run = conn.execute(text("SELECT * FROM public.reconciliation_runs WHERE run_id = :id"),
@@ -305,8 +310,13 @@ def test_a_dry_run_writes_no_table_no_file_and_repairs_nothing(engine, settings)
 
 # ── the roll-forward ─────────────────────────────────────────────────────────
 
-def test_the_roll_forward_chains_runs_and_reports_back_dated_rows_as_a_gap(engine, settings):
-    first_as_of, second_as_of, third_as_of = utc(2026, 4, 1), utc(2026, 5, 1), utc(2026, 6, 1)
+def _roll(settings, as_of, result):
+    return json.loads((settings.reports_dir / f"reconciliation-{as_of:%Y%m%dT%H%M%SZ}-{result.run_id}.json")
+                      .read_text())["roll_forward"]
+
+
+def test_the_roll_forward_chains_runs_with_one_line_per_movement_kind(engine, settings):
+    first_as_of, second_as_of = utc(2026, 4, 1), utc(2026, 5, 1)
     with engine.begin() as conn:
         add_app_points(conn, user=_user(1), delta=500, type="REFERRAL_WELCOME", created_at=utc(2026, 3, 1))
     first = _succeeded(engine, settings, as_of=first_as_of)
@@ -315,27 +325,89 @@ def test_the_roll_forward_chains_runs_and_reports_back_dated_rows_as_a_gap(engin
         add_app_points(conn, user=_user(2), delta=80, type="ADMIN_GRANT", created_at=utc(2026, 4, 11))
         add_app_points(conn, user=_user(2), delta=-20, type="ADMIN_GRANT", created_at=utc(2026, 4, 12))
         add_app_points(conn, user=_user(1), delta=-150, type="REDEMPTION_UNLOCK", created_at=utc(2026, 4, 20))
+        add_app_points(conn, user=_user(1), delta=-60, type="REFERRAL_CLAWBACK", created_at=utc(2026, 4, 25))
         add_app_points(conn, user=_user(1), delta=-100, type="EXPIRY", created_at=second_as_of)
     second = _succeeded(engine, settings, as_of=second_as_of)
-    with engine.begin() as conn:  # written after the second run, dated before it: back-dated
-        add_app_points(conn, user=_user(3), delta=70, type="ADMIN_GRANT", created_at=utc(2026, 4, 15))
-        add_app_points(conn, user=_user(3), delta=30, type="REFERRAL_L2", created_at=utc(2026, 5, 15))
-    third = _succeeded(engine, settings, as_of=third_as_of)
 
-    roll = json.loads((settings.reports_dir / f"reconciliation-20260501T000000Z-{second.run_id}.json")
-                      .read_text())["roll_forward"]
-    assert roll == {
+    assert _roll(settings, second_as_of, second) == {
         "previous_run_id": first.run_id, "period_after": first_as_of.isoformat(), "opening": 500,
         "issued": {"ADMIN_GRANT": 80, "REFERRAL_RECURRING": 200}, "issued_total": 280,
         "spent": {"ADMIN_GRANT": 20, "REDEMPTION_UNLOCK": 150}, "spent_total": 170, "expired": 100,
-        "expected_closing": 510, "closing": 510, "identity_holds": True, "gap": 0, "gap_explanation": None,
+        "clawed_back": 60, "late_committed": {"rows": 0, "points": 0},
+        "expected_closing": 450, "closing": 450, "closing_rows": 7, "identity": IDENTITY,
+        "identity_holds": True, "gap": 0, "gap_explanation": None,
     }
-    roll = json.loads((settings.reports_dir / f"reconciliation-20260601T000000Z-{third.run_id}.json")
-                      .read_text())["roll_forward"]
-    assert (roll["previous_run_id"], roll["opening"], roll["issued"]) == (second.run_id, 510, {"REFERRAL_L2": 30})
-    assert (roll["expected_closing"], roll["closing"]) == (540, 610)
-    assert (roll["identity_holds"], roll["gap"]) == (False, 70)
-    assert "2026-05-01T00:00:00+00:00" in roll["gap_explanation"]
+
+
+def test_rows_committed_after_a_reconcile_but_dated_before_it_are_their_own_line_not_a_gap(engine, settings):
+    first_as_of, second_as_of = utc(2026, 5, 1), utc(2026, 6, 1)
+    with engine.begin() as conn:
+        add_app_points(conn, user=_user(1), delta=500, type="REFERRAL_WELCOME", created_at=utc(2026, 4, 1))
+    first = _succeeded(engine, settings, as_of=first_as_of)
+    with engine.begin() as conn:  # the app's transactions started before the first run, committed after it
+        add_app_points(conn, user=_user(3), delta=70, type="ADMIN_GRANT", created_at=first_as_of)
+        add_app_points(conn, user=_user(3), delta=-20, type="REDEMPTION_QUOTA", created_at=utc(2026, 4, 30, 23, 59))
+        add_app_points(conn, user=_user(3), delta=30, type="REFERRAL_L2", created_at=utc(2026, 5, 15))
+    second = _succeeded(engine, settings, as_of=second_as_of)
+
+    roll = _roll(settings, second_as_of, second)
+    assert (roll["previous_run_id"], roll["opening"], roll["issued"], roll["spent"]) == (
+        first.run_id, 500, {"REFERRAL_L2": 30}, {})
+    assert roll["late_committed"] == {"rows": 2, "points": 50}
+    assert (roll["expected_closing"], roll["closing"], roll["identity_holds"], roll["gap"]) == (580, 580, True, 0)
+    assert second.stats["late_committed_points"] == 50
+
+
+def test_ledger_rows_that_vanished_before_the_previous_as_of_are_a_gap_with_its_explanation(engine, settings):
+    first_as_of, second_as_of = utc(2026, 5, 1), utc(2026, 6, 1)
+    with engine.begin() as conn:
+        add_app_points(conn, user=_user(1), delta=500, type="REFERRAL_WELCOME", created_at=utc(2026, 4, 1))
+        add_app_points(conn, user=_user(2), delta=40, type="ADMIN_GRANT", created_at=utc(2026, 4, 2))
+    first = _succeeded(engine, settings, as_of=first_as_of)
+    with engine.begin() as conn:  # the append-only trigger is bypassed, as a careless restore would
+        conn.execute(text("ALTER TABLE public.user_point_transactions DISABLE TRIGGER USER"))
+        conn.execute(text("DELETE FROM public.user_point_transactions WHERE user_id = :user"), {"user": _user(2)})
+        conn.execute(text("ALTER TABLE public.user_point_transactions ENABLE TRIGGER USER"))
+
+    second = _succeeded(engine, settings, as_of=second_as_of)
+
+    roll = _roll(settings, second_as_of, second)
+    assert roll["late_committed"] == {"rows": 0, "points": 0}
+    assert (roll["opening"], roll["expected_closing"], roll["closing"]) == (540, 540, 500)
+    assert (roll["identity_holds"], roll["gap"]) == (False, -40)
+    assert f"run {first.run_id}" in roll["gap_explanation"] and "2 rows then, 1 now" in roll["gap_explanation"]
+    assert second.stats["roll_forward_gap"] == -40
+
+
+def test_spent_never_includes_expiries_or_clawbacks_in_any_line(engine, settings):
+    with engine.begin() as conn:
+        add_app_points(conn, user=_user(1), delta=300, type="REFERRAL_WELCOME", created_at=utc(2026, 1, 1))
+        add_app_points(conn, user=_user(1), delta=-100, type="EXPIRY", created_at=utc(2026, 2, 1))
+        add_app_points(conn, user=_user(1), delta=-50, type="REFERRAL_CLAWBACK", created_at=utc(2026, 3, 1))
+        add_app_points(conn, user=_user(1), delta=-10, type="REDEMPTION_QUOTA", created_at=utc(2026, 4, 1))
+
+    summary = _summary(settings, _succeeded(engine, settings))
+
+    assert summary["roll_forward"]["spent"] == {"REDEMPTION_QUOTA": 10}
+    assert (summary["roll_forward"]["expired"], summary["roll_forward"]["clawed_back"]) == (100, 50)
+    by_month = {m["month"]: m for m in summary["monthly"]}
+    assert [m["month"] for m in summary["monthly"]][0] == "2025-07" and len(summary["monthly"]) == 12
+    assert by_month["2026-02"] == {"month": "2026-02", "issued": 0, "spent": 0, "expired": 100, "clawed_back": 0}
+    assert by_month["2026-03"]["clawed_back"] == 50 and by_month["2026-04"]["spent"] == 10
+    assert "spent" not in json.dumps(summary["ledger"]) + json.dumps(summary["cache"])
+
+
+def test_the_summary_keeps_its_reading_order_in_the_file_and_the_database(engine, settings):
+    with engine.begin() as conn:
+        add_app_points(conn, user=_user(1), delta=300, type="REFERRAL_WELCOME", created_at=utc(2026, 1, 1))
+    result = _succeeded(engine, settings)
+
+    text_in_file = _files(settings, result)[1].read_text()
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT summary::text FROM public.reconciliation_runs")).scalar_one()
+    assert list(json.loads(text_in_file))[:5] == ["report", "run_id", "as_of", "verdict", "outstanding_points"]
+    assert json.loads(stored) == json.loads(text_in_file)
+    assert list(json.loads(stored)) == list(json.loads(text_in_file))
 
 
 def test_a_rerun_for_the_same_as_of_rolls_forward_from_the_run_before_that_as_of(engine, settings):

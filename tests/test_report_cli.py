@@ -43,11 +43,13 @@ def test_report_prints_the_latest_report_as_a_table_a_terminal_can_read(cli, led
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0] == f"Points reconciliation: run {run['run_id']} (SUCCEEDED), as of 2026-06-01 01:00:00Z"
-    assert "Outstanding points (ledger balance as of the as-of instant): 190" in lines
-    assert "Roll-forward since the beginning of the ledger" in lines
-    assert "  + issued REFERRAL_RECURRING  200" in lines
-    assert "  - spent REDEMPTION_QUOTA     -50" in lines
-    assert "  identity holds (gap 0)" in lines
+    assert ("Outstanding liability (ledger balance as of the as-of instant): 190 points = $1.90"
+            " at 100 points per US$") in lines
+    assert "Roll-forward since the beginning of the ledger (points)" in lines
+    assert any(line.split()[:3] == ["Issued:", "REFERRAL_RECURRING", "+200"] for line in lines)
+    assert any(line.split()[:3] == ["Spent:", "REDEMPTION_QUOTA", "-50"] for line in lines)  # the sign once
+    assert not any("- spent" in line or "--" in line.replace("----", "") for line in lines if "Spent" in line)
+    assert any(line.strip().startswith("identity holds") for line in lines)
     assert "Discrepancies: 1 (MISSING_BALANCE 1)" in lines
     assert any(line.startswith(f"{MISSING_USER}  MISSING_BALANCE") for line in lines)
 

@@ -1,0 +1,35 @@
+"""Reading `job_runs` for people: the latest runs per job, filtered history, one run whole."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from core.sql import Queries
+
+_queries = Queries(__file__)
+
+STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "ABANDONED")
+
+
+def last_runs(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {row.job: row for row in conn.execute(_queries["last_run_per_job"])}
+
+
+def last_successes(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {row.job: row for row in conn.execute(_queries["last_success_per_job"])}
+
+
+def history(engine: Engine, *, job: str | None, status: str | None, since: datetime | None,
+            limit: int) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(_queries["history"],
+                                 {"job": job, "status": status, "since": since, "limit": limit}))
+
+
+def one_run(engine: Engine, run_id: int) -> Any | None:
+    with engine.connect() as conn:
+        return conn.execute(_queries["one_run"], {"run_id": run_id}).one_or_none()

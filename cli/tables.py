@@ -1,0 +1,100 @@
+"""The one table formatter of the command line.
+
+A table fits the console's width: columns keep their natural width while they fit; past that the
+free-text column (`flex`) is cut first (with an ellipsis, or wrapped when it asks to), then the
+columns marked `shrink`, and optional columns (`drop` > 0, highest first) are left out before any
+fixed column would be cut. Whole numbers get thousands separators and align right.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from rich import box
+from rich.table import Table
+
+from cli.terminal import stdout_console
+
+GAP = 2  # spaces between columns (rich's padding (0, 1) on each side)
+FLEX_MIN = 16
+SHRINK_MIN = 10
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    wrap: bool = False  # wrap long cells onto more lines instead of cutting them
+    flex: bool = False  # the free-text column: gets what is left, cut first
+    shrink: bool = False  # may be cut (with …) down to SHRINK_MIN once flex columns are at their minimum
+    drop: int = 0  # > 0: left out when the table does not fit otherwise (highest first)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    present = [value for value in values if value is not None]
+    return bool(present) and all(isinstance(value, int) and not isinstance(value, bool) for value in present)
+
+
+def _natural(column: Column, cells: Sequence[str]) -> int:
+    return max([len(column.header), *(max((len(line) for line in text.splitlines()), default=0) for text in cells)])
+
+
+def fit_widths(columns: Sequence[Column], cells: Sequence[Sequence[str]], available: int) -> list[int | None]:
+    """Each column's width (None: left out) so that the table is at most `available` wide."""
+    widths: list[int | None] = [_natural(column, [row[i] for row in cells]) for i, column in enumerate(columns)]
+
+    def excess() -> int:
+        shown = [width for width in widths if width is not None]
+        return sum(shown) + GAP * (len(shown) - 1) - available
+
+    for minimum, cuttable in ((FLEX_MIN, lambda c: c.flex), (SHRINK_MIN, lambda c: c.shrink)):
+        for i, column in enumerate(columns):
+            width = widths[i]
+            if cuttable(column) and width is not None and excess() > 0:
+                widths[i] = max(min(width, minimum), width - excess())
+    for level in sorted({column.drop for column in columns if column.drop}, reverse=True):
+        if excess() <= 0:
+            break
+        widths = [None if column.drop == level else width for column, width in zip(columns, widths)]
+        for i, column in enumerate(columns):  # give the room back to the flex column
+            if column.flex and widths[i] is not None and excess() < 0:
+                widths[i] = min(_natural(column, [row[i] for row in cells]), widths[i] - excess())
+    return widths
+
+
+def build_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, width: int,
+                title: str | None = None, show_header: bool = True) -> Table:
+    cells = [[cell(value) for value in row] for row in rows]
+    widths = fit_widths(columns, cells, width)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left",
+                  title_style="bold", header_style="bold", show_header=show_header, collapse_padding=True)
+    shown = [i for i, w in enumerate(widths) if w is not None]
+    for i in shown:
+        column = columns[i]
+        table.add_column(column.header, justify="right" if _numeric([row[i] for row in rows]) else "left",
+                         no_wrap=not column.wrap, overflow="fold" if column.wrap else "ellipsis",
+                         max_width=widths[i])
+    for row in cells:
+        table.add_row(*(row[i] for i in shown))
+    return table
+
+
+def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, title: str | None = None,
+                show_header: bool = True) -> None:
+    console = stdout_console()
+    if title:
+        console.print(title, style="bold", markup=False)
+    with console.capture() as captured:  # rich pads every cell; lines end without trailing blanks
+        console.print(build_table(columns, rows, width=console.width, show_header=show_header))
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    console.file.write("".join(line + "\n" for line in lines))
+    console.file.flush()

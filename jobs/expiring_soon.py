@@ -1,0 +1,99 @@
+"""expiring-soon: tell the CRM which points will expire soon, so users can be warned. No ledger writes.
+
+With `N = REWARDS_POINTS_EXPIRY_MONTHS` and the window `(as_of, as_of + REWARDS_EXPIRY_NOTICE_DAYS days]`,
+for each user `E(t)` = sum of positive deltas with `created_at < t - N months`, `D` = sum of |negative
+deltas| (all, as for expire-points), and the points expiring by `t` are
+`X(t) = max(0, E(t) - D) - max(0, E(as_of) - D)`. For each UTC day `d` meeting the window, the points
+expiring on `d` are `X(min(end of d, window end)) - X(max(start of d, as_of))`; one row per user and
+day where they are above 0. Where a month end makes `t - N months` step back (Mar 29 00:00 - 1 month
+is Feb 28 00:00, earlier than Mar 28 12:00 - 1 month), the cutoff reached so far is kept, as daily
+expire-points runs would have it: a point is never announced twice.
+
+The CSV `expiring-{as_of:%Y%m%dT%H%M%SZ}-{run}.csv` (header `user_id,points,expires_on,balance`,
+`balance` the user's ledger balance now, ordered by `expires_on, user_id`) is written aside and renamed
+into place whole; a run with nothing expiring writes the header alone, so the CRM can tell "nothing
+expires" from "the job did not run". The cost is one pass over the ledger grouped by user, plus the
+earning rows of the 30-odd days that cross a cutoff, for the users that have any.
+
+A dry run computes the same rows and stats but writes no file. `REWARDS_EXPIRY_NOTICE_DAYS=0` or
+`REWARDS_POINTS_EXPIRY_MONTHS=0` turns the job off (no file, stats say why).
+"""
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+from core.job import Job, RunContext
+from core.reports import FileSet, remove_leftovers
+from core.sql import Queries
+
+_queries = Queries(__file__)
+CSV_HEADER = ("user_id", "points", "expires_on", "balance")
+
+
+def file_for_run(reports_dir: Path, as_of: datetime, run_id: int) -> Path:
+    return reports_dir.resolve() / f"expiring-{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id}.csv"
+
+
+def run(ctx: RunContext) -> None:
+    settings = ctx.settings
+    if settings.expiry_notice_days == 0 or settings.points_expiry_months == 0:
+        reason = "REWARDS_EXPIRY_NOTICE_DAYS" if settings.expiry_notice_days == 0 else "REWARDS_POINTS_EXPIRY_MONTHS"
+        ctx.stats["disabled"] = f"{reason}=0"
+        ctx.log.info("expiring-soon notices are off", action="expiring_soon_disabled", reason=reason)
+        return
+    window_end = ctx.as_of + timedelta(days=settings.expiry_notice_days)
+    ctx.stats.update(window_end=window_end.isoformat(), users=0, points=0, rows=0)
+    target = None if ctx.dry_run else file_for_run(settings.reports_dir, ctx.as_of, ctx.run_id)
+    staged = FileSet()
+    try:
+        if target:
+            remove_leftovers(target.parent, ".expiring-*.part")
+            with staged.text(target) as out:
+                _write_rows(ctx, window_end, out)
+            staged.publish()
+            ctx.stats["file"] = str(target)
+        else:
+            _write_rows(ctx, window_end, None)
+    finally:
+        staged.discard()
+    ctx.log.info("expiring-soon done", action="expiring_soon_done", users=ctx.stats["users"],
+                 points=ctx.stats["points"], file=ctx.stats.get("file"))
+
+
+def _write_rows(ctx: RunContext, window_end: datetime, out: TextIO | None) -> None:
+    writer = csv.writer(out, lineterminator="\n") if out else None
+    if writer:
+        writer.writerow(CSV_HEADER)
+    chunk_size = ctx.settings.batch_size
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(_queries["expiring"], {
+            "as_of": ctx.as_of, "window_end": window_end, "months": ctx.settings.points_expiry_months,
+        }, execution_options={"stream_results": True, "max_row_buffer": chunk_size})
+        for chunk_number, chunk in enumerate(rows.partitions(chunk_size), start=1):
+            _count(ctx, chunk)
+            if writer:
+                writer.writerows(csv_row(row) for row in chunk)
+            ctx.progress(job=ctx.job, batches=chunk_number, items=ctx.stats["rows"], total=None)
+            ctx.check_stop()
+
+
+def _count(ctx: RunContext, chunk: Iterable[Any]) -> None:
+    for row in chunk:
+        ctx.stats["rows"] += 1
+        ctx.stats["points"] += int(row.points)
+        ctx.stats["users"] += int(row.first_of_user)
+
+
+def csv_row(row: Any) -> list[str]:
+    return [str(row.user_id), str(row.points), row.expires_on.isoformat(), str(row.balance)]
+
+
+JOB = Job(
+    name="expiring-soon",
+    run=run,
+    settings_used=("points_expiry_months", "expiry_notice_days", "reports_dir"),
+    description="the CRM's CSV of points expiring in the next REWARDS_EXPIRY_NOTICE_DAYS days (no ledger writes)",
+)

@@ -1,0 +1,70 @@
+-- expiring-soon: the points that will expire in (as_of, as_of + notice days], per user and UTC day.
+
+-- name: expiring --
+-- One pass over the ledger grouped by user (E(as_of), D, the balance, and the points crossing a
+-- cutoff inside the window), then only the candidates' earning rows dated in the crossing window,
+-- each put on the first bound whose cutoff passes it. Bounds are as_of, each UTC midnight inside the
+-- window and the window's end; a bound's cutoff is `t - N months`. Because cutoffs are taken as
+-- "the first bound that passes the row", a cutoff that steps back at a month end (Mar 29 - 1 month =
+-- Feb 28 00:00, before Mar 28 12:00 - 1 month) never counts a point twice: what expire-points would
+-- have expired at an earlier bound stays expired.
+WITH bounds AS (
+    SELECT CAST(row_number() OVER (ORDER BY t) - 1 AS int) AS k, t,
+           t - make_interval(months => :months) AS cutoff
+    FROM (
+        SELECT CAST(:as_of AS timestamptz) AS t
+        UNION
+        SELECT generate_series(date_trunc('day', CAST(:as_of AS timestamptz)) + interval '1 day',
+                               CAST(:window_end AS timestamptz), interval '1 day')
+        UNION
+        SELECT CAST(:window_end AS timestamptz)
+    ) AS instants
+),
+window_cutoffs AS (
+    SELECT (SELECT cutoff FROM bounds WHERE k = 0) AS first_cutoff, max(cutoff) AS last_cutoff FROM bounds
+),
+per_user AS (
+    SELECT t.user_id,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
+           coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= w.first_cutoff
+                                               AND t.created_at < w.last_cutoff), 0)              AS crossing,
+           sum(t.delta)                                                                           AS balance
+    FROM public.user_point_transactions t
+    CROSS JOIN window_cutoffs w
+    GROUP BY t.user_id
+),
+candidates AS (
+    SELECT * FROM per_user WHERE crossing > 0 AND earned_before + crossing > debited
+),
+crossing_rows AS (
+    SELECT t.user_id, t.delta,
+           (SELECT min(b.k) FROM bounds b WHERE t.created_at < b.cutoff) AS k
+    FROM public.user_point_transactions t
+    JOIN candidates c ON c.user_id = t.user_id
+    CROSS JOIN window_cutoffs w
+    WHERE t.delta > 0 AND t.created_at >= w.first_cutoff AND t.created_at < w.last_cutoff
+),
+expiring_by AS (  -- X(t_k) at each bound where a row crosses
+    SELECT r.user_id, r.k, c.balance,
+           greatest(0, c.earned_before + sum(sum(r.delta)) OVER (PARTITION BY r.user_id ORDER BY r.k) - c.debited)
+             - greatest(0, c.earned_before - c.debited) AS expired_by
+    FROM crossing_rows r
+    JOIN candidates c ON c.user_id = r.user_id
+    GROUP BY r.user_id, r.k, c.balance, c.earned_before, c.debited
+),
+per_day AS (  -- X(t_k) - X(t_(k-1)): the points expiring in (t_(k-1), t_k], the UTC day of t_(k-1)
+    SELECT user_id, k, balance,
+           expired_by - coalesce(lag(expired_by) OVER (PARTITION BY user_id ORDER BY k), 0) AS points
+    FROM expiring_by
+),
+shown AS (
+    SELECT d.user_id, d.points, CAST(b.t AS date) AS expires_on, d.balance,
+           count(*) OVER (PARTITION BY d.user_id ORDER BY d.k) = 1 AS first_of_user
+    FROM per_day d
+    JOIN bounds b ON b.k = d.k - 1
+    WHERE d.points > 0
+)
+SELECT user_id, CAST(points AS bigint) AS points, expires_on, CAST(balance AS bigint) AS balance, first_of_user
+FROM shown
+ORDER BY expires_on, user_id;
