@@ -96,10 +96,14 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _check_before_runs(settings: Any, engine: Any, jobs: Any, *, dry_run: bool) -> None:
-    """Refuse (exit 2) a host clock off the database's, or a reports folder the jobs cannot write."""
+    """Refuse (exit 2) a host clock off the database's, a reports folder the jobs cannot write, or
+    what a job's own check refuses (a payments feed without a column the reward jobs read)."""
     from core import startup
 
     startup.check_clock_skew(engine, settings.max_clock_skew_seconds)
+    for job in jobs:
+        if job.check is not None:
+            job.check(engine, settings)
     if not dry_run and any(startup.writes_reports(job) for job in jobs):
         startup.check_reports_dir(settings.reports_dir)
 

@@ -358,9 +358,10 @@ def daemon_engine(settings: Settings) -> Engine:
     return engine_from_settings(settings)
 
 
-def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) -> bool:
+def prepare_database(engine: Engine, settings: Settings, stop: threading.Event, jobs: tuple[Job, ...] = ()) -> bool:
     """Wait until the database answers, then migrate (REWARDS_MIGRATE_ON_START=true) or refuse to
-    start with pending migrations (MigrationError: exit 2). False when stopped while waiting."""
+    start with pending migrations (MigrationError: exit 2) or what a job's own check refuses
+    (ConfigError: exit 2). False when stopped while waiting."""
     retry = 0
     while not stop.is_set():
         try:
@@ -371,6 +372,9 @@ def prepare_database(engine: Engine, settings: Settings, stop: threading.Event) 
             else:
                 migrations.require_migrated(engine, hint=" or set REWARDS_MIGRATE_ON_START=true")
             startup.check_clock_skew(engine, settings.max_clock_skew_seconds)
+            for job in jobs:
+                if job.check is not None:
+                    job.check(engine, settings)
             return True
         except OperationalError as error:
             retry += 1
@@ -396,7 +400,7 @@ def run_daemon(settings: Settings) -> int:
     server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs],
                         host=settings.http_host)
     try:
-        finished = daemon.serve() if prepare_database(engine, settings, stop) else True
+        finished = daemon.serve() if prepare_database(engine, settings, stop, daemon.jobs) else True
     finally:
         if server is not None:
             server.close()

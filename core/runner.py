@@ -53,10 +53,8 @@ def run_job(
     stop: threading.Event | None = None,
     progress: ProgressReporter = no_progress,
 ) -> RunResult:
-    """Run `job` for `as_of`. Raises ConfigError (before any claim), AlreadyRunning (after recording a
+    """Run `job` for `as_of` (its `check` was made at start). Raises AlreadyRunning (after recording a
     SKIPPED row) or TickTaken."""
-    if job.check is not None:
-        job.check(engine, settings)
     rule_settings = job.rule_settings(settings)
     claim = dict(job=job.name, trigger=trigger, as_of=as_of, scheduled_for=scheduled_for,
                  dry_run=dry_run, settings=rule_settings)

@@ -218,7 +218,7 @@ def test_run_all_goes_on_past_a_failed_job_and_exits_1(cli, engine):
 
 
 @pytest.mark.slow
-def test_run_all_with_a_missing_payments_view_exits_1(cli, engine):
+def test_run_all_with_a_missing_payments_view_is_refused_at_start_with_exit_2(cli, engine):
     with engine.begin() as conn:  # work for recurring-rewards, so that it reads the payments
         referred = new_id()
         add_relationship(conn, referred=referred, status="REWARDED", created_at=utc(2026, 1, 1),
@@ -227,10 +227,10 @@ def test_run_all_with_a_missing_payments_view_exits_1(cli, engine):
 
     result = cli("run-all", "--as-of", "2026-06-01", env={"REWARDS_PAYMENTS_TABLE": "public.no_such_payments_view"})
 
-    assert result.returncode == 1
-    statuses = _statuses(engine)
-    assert statuses["recurring-rewards"] == ["FAILED"]
-    assert statuses["expire-pending"] == ["SUCCEEDED"]
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: REWARDS_PAYMENTS_TABLE: no table or view named public.no_such_payments_view")
+    assert _statuses(engine) == {}  # nothing ran: a bad feed is a configuration error
 
 
 @pytest.mark.slow

@@ -241,5 +241,6 @@ def test_cli_run_without_json_ends_with_a_human_summary(cli, engine):
 
     assert result.returncode == 0, result.stderr
     summary = result.stdout
-    assert summary.startswith("expire-pending: SUCCEEDED as of 2026-06-01T00:00:00+00:00")
-    assert "relationships expired: 1" in summary and "dry run, nothing changed" in summary
+    assert summary.startswith("expire-pending SUCCEEDED (dry run)")
+    assert "as of 2026-06-01 00:00:00Z" in summary
+    assert "1 relationships expired" in summary and "dry run, nothing changed" in summary

@@ -144,6 +144,7 @@ def _reset(engine) -> None:
         conn.execute(text("DELETE FROM public.user_referral_relationships"))
         conn.execute(text("DELETE FROM public.user_subscription_payments"))
         conn.execute(text("DELETE FROM public.job_runs"))
+        conn.execute(text("DELETE FROM public.referral_rewards"))  # their payments are gone with the example
 
 
 def _store(engine, relationships: list[Relationship], payments: list[Payment]) -> None:

@@ -49,7 +49,7 @@ def test_a_run_shows_a_progress_bar_that_ends_cleanly_with_log_lines_above_it_an
     assert not any(GLUED_LOG.search(line) for line in ANSI.sub("", written).splitlines())
     summaries = [line for line in shown if re.match(r"^[a-z0-9-]+ SUCCEEDED in ", line)]
     assert [line.split()[0] for line in summaries] == ["expire-pending", "recurring-rewards", "level2-rewards",
-                                                       "expire-points", "reconcile"]
+                                                       "expire-points", "expiring-soon", "reconcile"]
     assert "  30 relationships expired" in shown
     assert not any("run started" in line or "run finished" in line for line in shown)  # said once, by the summary
     assert any(line.startswith("20") and "reconciliation done" in line and "{" not in line for line in shown)
