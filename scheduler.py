@@ -398,15 +398,16 @@ def cmd_health(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_daemon(args: argparse.Namespace, settings: Any) -> int:
     from core.daemon import run_daemon
+    from jobs import PIPELINE
 
-    return run_daemon(settings)
+    return run_daemon(settings, PIPELINE)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Any) -> int:
     from contextlib import nullcontext
 
     from cli.terminal import stderr_console
-    from core.demo import run_demo
+    from cli.demo import run_demo
     from core.job import no_progress
 
     if args.users < 1:

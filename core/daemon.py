@@ -136,12 +136,8 @@ def _one_line(error: BaseException) -> str:
 class Daemon:
     """The scheduler of one replica; `serve()` blocks until `stop` is set."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, jobs: tuple[Job, ...] | None = None,
+    def __init__(self, settings: Settings, engine: Engine, *, jobs: tuple[Job, ...],
                  stop: threading.Event | None = None, rng: Callable[[], float] = random.random) -> None:
-        if jobs is None:
-            from jobs import PIPELINE
-
-            jobs = PIPELINE
         self.settings, self.engine, self.jobs = settings, engine, jobs
         self.stop = stop or threading.Event()
         self.retry = RetryPolicy.from_settings(settings)
@@ -385,7 +381,7 @@ def prepare_database(engine: Engine, settings: Settings, stop: threading.Event, 
     return False
 
 
-def run_daemon(settings: Settings) -> int:
+def run_daemon(settings: Settings, jobs: tuple[Job, ...]) -> int:
     """`python scheduler.py daemon`: serve until SIGTERM/SIGINT, then exit 0."""
     from core.http import serve_http
 
@@ -394,7 +390,7 @@ def run_daemon(settings: Settings) -> int:
     stop = stop_on_signals()  # only a flag (heard even while a statement blocks): the stop watcher does the rest
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # its warnings are logged as events here
     engine = daemon_engine(settings)
-    daemon = Daemon(settings, engine, stop=stop)
+    daemon = Daemon(settings, engine, jobs=jobs, stop=stop)
     if any(startup.writes_reports(job) and job.name in daemon.triggers for job in daemon.jobs):
         startup.check_reports_dir(settings.reports_dir)
     server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.demo import DemoOutcome, demo_settings, format_summary
+from cli.demo import DemoOutcome, demo_settings, format_summary
 from core.runner import RunResult
 from core.settings import Settings
 from jobs import PIPELINE

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from core.daemon import Daemon
+from jobs import PIPELINE
 from core.db import make_engine
 from core.http import HttpServer, serve_http
 from core.settings import ConfigError
@@ -137,8 +138,8 @@ def test_closing_the_server_frees_the_port_and_its_collector():
 
 def test_daemon_health_needs_a_running_scheduler_and_an_answering_database(make_settings, engine):
     settings = make_settings()
-    assert Daemon(settings, engine).health() == (False, {"scheduler": "not started", "database": "ok"})
+    assert Daemon(settings, engine, jobs=PIPELINE).health() == (False, {"scheduler": "not started", "database": "ok"})
     unreachable = make_engine(UNREACHABLE)
-    healthy, detail = Daemon(settings, unreachable).health()
+    healthy, detail = Daemon(settings, unreachable, jobs=PIPELINE).health()
     assert not healthy and detail["database"].startswith("unreachable: OperationalError")
     unreachable.dispose()

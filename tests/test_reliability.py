@@ -504,9 +504,7 @@ def test_a_full_disk_names_the_file(tmp_path):
 def test_healthz_fails_when_the_scheduler_loop_is_stuck(engine, make_settings, monkeypatch):
     monkeypatch.setattr(daemon_module, "LOOP_STALL_SECONDS", 1.0)
     stop = threading.Event()
-    daemon = Daemon(make_settings(**{f"schedule_{name}": "off" for name in
-                                     ("expire_pending", "recurring_rewards", "level2_rewards", "expire_points",
-                                      "reconcile")}), engine, stop=stop)
+    daemon = Daemon(make_settings(), engine, jobs=(), stop=stop)  # a loop with no job to run
     serving = threading.Thread(target=daemon.serve)
     serving.start()
     try:
