@@ -251,6 +251,7 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
+    from core import runs as core_runs
     from cli.summary import status_label, when
     from cli.tables import Column, print_table
     from core.clock import utc_now
@@ -258,7 +259,7 @@ def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
     from jobs import PIPELINE
 
     engine = _engine(settings)
-    last, succeeded = runs.last_runs(engine), runs.last_successes(engine)
+    last, succeeded = core_runs.last_runs(engine), runs.latest_successes(engine)
     now = utc_now()
     rows = []
     for job in PIPELINE:

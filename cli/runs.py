@@ -13,14 +13,10 @@ _queries = Queries(__file__)
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "ABANDONED")
 
 
-def last_runs(engine: Engine) -> dict[str, Any]:
+def latest_successes(engine: Engine) -> dict[str, Any]:
+    """The latest real success of each job, whole (core.runs.last_successes has the daemon's maxima)."""
     with engine.connect() as conn:
-        return {row.job: row for row in conn.execute(_queries["last_run_per_job"])}
-
-
-def last_successes(engine: Engine) -> dict[str, Any]:
-    with engine.connect() as conn:
-        return {row.job: row for row in conn.execute(_queries["last_success_per_job"])}
+        return {row.job: row for row in conn.execute(_queries["latest_success_per_job"])}
 
 
 def history(engine: Engine, *, job: str | None, status: str | None, since: datetime | None,

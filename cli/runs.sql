@@ -1,13 +1,6 @@
 -- What the command line reads from job_runs (jobs, history, show). Read-only.
 
--- name: last_run_per_job --
--- The latest run of each job that really ran (a SKIPPED row is a refusal, not a run); dry runs included.
-SELECT DISTINCT ON (job) job, id, trigger, as_of, status, dry_run, started_at, finished_at
-FROM public.job_runs
-WHERE status <> 'SKIPPED'
-ORDER BY job, started_at DESC, id DESC;
-
--- name: last_success_per_job --
+-- name: latest_success_per_job --
 -- The latest real (not dry) success of each job: the one an alert watches.
 SELECT DISTINCT ON (job) job, id, trigger, as_of, finished_at
 FROM public.job_runs

@@ -94,7 +94,8 @@ UPDATE public.job_runs
 RETURNING id;
 
 -- name: last_run_per_job --
-SELECT DISTINCT ON (job) job, id, trigger, as_of, status, started_at, finished_at
+-- The latest run of each job that really ran (a SKIPPED row is a refusal, not a run); dry runs included.
+SELECT DISTINCT ON (job) job, id, trigger, as_of, status, dry_run, started_at, finished_at
 FROM public.job_runs
 WHERE status <> 'SKIPPED'
 ORDER BY job, started_at DESC, id DESC;
