@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from core.job import Batch, Job, RunContext
 from core.ledger import lock_balances, undone_when, write_points
@@ -50,24 +50,34 @@ def run(ctx: RunContext) -> None:
 
 
 def _expire_batch(ctx: RunContext, conn: Connection, after: Any, cutoff: datetime) -> Batch:
-    """One batch of users with points earned before cutoff: lock their balance rows, then write
-    what is due from the ledger."""
+    """One batch of users with points earned before cutoff: find those with something due, lock their
+    balance rows, then write what is due, read again from the ledger under the lock. (Only a user
+    with something due is locked: a debit committed meanwhile can only lower a due, never raise one.)"""
     user_ids = [str(row.user_id) for row in conn.execute(_queries["candidate_batch"], {
         "cutoff": cutoff, "after": after or _BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
     })]
     if not user_ids:
         return Batch(next_after=None)
-    with undone_when(conn, dry_run=ctx.dry_run):
-        lock_balances(conn, user_ids)
-        written = write_points(conn, _queries.raw("expiry_candidates"), {
-            "user_ids": user_ids, "first_user_id": user_ids[0], "last_user_id": user_ids[-1],
-            "cutoff": cutoff, "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": cutoff.isoformat(),
-        }, as_of=ctx.as_of)
-    ctx.record_points(written)
+    keys = {"cutoff": cutoff, "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": cutoff.isoformat()}
+    due = [str(row.user_id) for row in conn.execute(_DUE_USERS, {**keys, **_users(user_ids)})]
+    if due:
+        with undone_when(conn, dry_run=ctx.dry_run):
+            lock_balances(conn, due)
+            written = write_points(conn, _queries.raw("expiry_candidates"), {**keys, **_users(due)},
+                                   as_of=ctx.as_of)
+        ctx.record_points(written)
+        ctx.count("users_expired", written.users)
     ctx.count("users_checked", len(user_ids))
-    ctx.count("users_expired", written.users)
     done = len(user_ids) < ctx.settings.batch_size
     return Batch(next_after=None if done else user_ids[-1], items=len(user_ids))
+
+
+def _users(user_ids: list[str]) -> dict[str, Any]:
+    """A batch's users as the statements take them: the list, and the same as a range."""
+    return {"user_ids": user_ids, "first_user_id": user_ids[0], "last_user_id": user_ids[-1]}
+
+
+_DUE_USERS = text(f"SELECT user_id FROM ({_queries.raw('expiry_candidates')}) AS due ORDER BY user_id")
 
 
 JOB = Job(
