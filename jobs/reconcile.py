@@ -55,6 +55,9 @@ EXPIRY = "EXPIRY"
 CLAWBACK = "REFERRAL_CLAWBACK"
 NOT_SPENDING = (EXPIRY, CLAWBACK)  # debits that finance reads on lines of their own, never as spending
 MONTHS_CHARTED = 12
+# The audit's one pass hashes every user at once: with PostgreSQL's default 4MB it would sort instead
+# (several times slower, bench/RESULTS.md). Spills to disk beyond it, so memory stays bounded.
+AUDIT_WORK_MEM = "256MB"
 
 
 # ── the job ──────────────────────────────────────────────────────────────────
@@ -177,8 +180,11 @@ def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[S
     window = {"as_of": ctx.as_of, "previous_as_of": previous.as_of if previous else None}
     months_from = conn.execute(_queries["months_charted_from"], {"as_of": ctx.as_of,
                                                                   "months": MONTHS_CHARTED}).scalar_one()
+    month_starts = _month_starts(months_from)
+    conn.exec_driver_sql(f"SET LOCAL work_mem = '{AUDIT_WORK_MEM}'")
     chunk_size = ctx.settings.batch_size
-    rows = conn.execute(_queries["audit"], window, execution_options=_streamed(chunk_size))
+    rows = conn.execute(_queries["audit"], {**window, "month_starts": month_starts},
+                        execution_options=_streamed(chunk_size))
     totals, lines, first_discrepancies = _totals_and_lines(rows)
     _renew_lease(ctx)  # the pass ends before its first row arrives
     found = _stream_discrepancies(ctx, rows, first_discrepancies, csv_out)
@@ -187,7 +193,7 @@ def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[S
         unrecovered = conn.execute(_queries["unrecovered_clawbacks"], window).one()
     snapshot = Snapshot(previous=previous, ledger=_ledger_totals(lines), cache=_cache_totals(totals),
                         users_checked=int(totals.users_checked),
-                        movements=_charted(lines, months_from.date()),
+                        movements=_charted(lines, month_starts),
                         months_from=months_from, unrecovered=unrecovered)
     return snapshot, found
 
@@ -255,11 +261,24 @@ class Movement:
     debited: int
 
 
-def _charted(lines: list[Any], months_from: Any) -> list[Movement]:
-    """The movements the summary reads: dated at or before the as-of, in the period or the charted months."""
-    return [Movement(line.type, line.month, line.in_period, int(line.earned), -int(line.spent))
+def _month_starts(months_from: datetime) -> list[datetime]:
+    """The first instants of the charted months and of the month after them (UTC)."""
+    starts = []
+    for number in range(MONTHS_CHARTED + 1):
+        year, month = divmod(months_from.month - 1 + number, 12)
+        starts.append(months_from.replace(year=months_from.year + year, month=month + 1))
+    return starts
+
+
+def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:
+    """The movements the summary reads: dated at or before the as-of, in the period or the charted
+    months (month None: before them)."""
+    def month(bucket: int) -> Any:
+        return month_starts[bucket - 1].date() if 1 <= bucket <= MONTHS_CHARTED else None
+
+    return [Movement(line.type, month(line.month), line.in_period, int(line.earned), -int(line.spent))
             for line in lines
-            if not line.after_as_of and (line.in_period or line.month >= months_from)]
+            if not line.after_as_of and (line.in_period or month(line.month) is not None)]
 
 
 def _renew_lease(ctx: RunContext) -> None:
@@ -537,7 +556,7 @@ def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
         label = f"{first.year + year:04d}-{month + 1:02d}"
         months[label] = {"month": label, "issued": 0, "spent": 0, "expired": 0, "clawed_back": 0}
     for m in snapshot.movements:
-        label = f"{m.month:%Y-%m}"
+        label = f"{m.month:%Y-%m}" if m.month is not None else None
         if label not in months:
             continue  # a row of the period dated before the charted months
         line = months[label]

@@ -22,13 +22,15 @@ SELECT date_trunc('month', CAST(:as_of AS timestamptz)) - make_interval(months =
 -- The whole audit in ONE pass over the ledger: every row is grouped twice at once (GROUPING SETS),
 --   by user_id: the user's sums, compared with the cache row (a full join, so cache rows without
 --     ledger rows are seen too);
---   by (type, calendar month, in the period, after the as-of): a few hundred movement lines, from
+--   by (type, charted month, in the period, after the as-of): a few hundred movement lines, from
 --     which the caller adds up the ledger totals, the closing, the late-committed split and the
 --     roll-forward's and the monthly chart's movements (positive deltas issued, negative debited).
 -- One result, in sections: 0 the totals of the comparison (one row), 1 the movement lines,
 -- 2 the discrepant users in user_id order (streamed). Field mismatches are judged when both sides
 -- exist; a user with no cache row is MISSING_BALANCE, a nonzero cache row without ledger rows
--- ORPHAN_BALANCE.
+-- ORPHAN_BALANCE. The charted month is a bucket of :month_starts (the 12 charted months' first instants
+-- and the next month's): 0 before them, 1..12 a charted month (a binary search, much cheaper per row
+-- than date_trunc on a timestamptz).
 WITH grouped AS (
     SELECT t.user_id, t.type, t.month, t.in_period, t.after_as_of,
            GROUPING(t.user_id) = 1                          AS is_movement,
@@ -37,7 +39,7 @@ WITH grouped AS (
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0), 0) AS earned,
            coalesce(sum(t.delta) FILTER (WHERE t.delta < 0), 0) AS spent
     FROM (SELECT user_id, type, delta,
-                 CAST(date_trunc('month', created_at) AS date)                           AS month,
+                 width_bucket(created_at, CAST(:month_starts AS timestamptz[]))            AS month,
                  created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') AS in_period,
                  created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of
           FROM public.user_point_transactions) AS t
@@ -78,7 +80,7 @@ SELECT 0 AS section, NULL::uuid AS user_id, NULL::text[] AS kinds,
        NULL::bigint AS cached_balance, NULL::bigint AS ledger_balance, NULL::bigint AS drift,
        NULL::bigint AS cached_total_earned, NULL::bigint AS ledger_total_earned,
        NULL::bigint AS cached_total_spent, NULL::bigint AS ledger_total_spent,
-       NULL::text AS type, NULL::date AS month, NULL::boolean AS in_period, NULL::boolean AS after_as_of,
+       NULL::text AS type, NULL::int AS month, NULL::boolean AS in_period, NULL::boolean AS after_as_of,
        NULL::bigint AS rows, NULL::bigint AS balance, NULL::bigint AS earned, NULL::bigint AS spent,
        count(*) AS users_checked, count(*) FILTER (WHERE in_cache) AS cache_rows,
        coalesce(sum(cached_balance), 0) AS cache_balance, coalesce(sum(cached_total_earned), 0) AS cache_earned,
