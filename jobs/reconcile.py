@@ -182,6 +182,7 @@ def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[S
                                                                   "months": MONTHS_CHARTED}).scalar_one()
     month_starts = _month_starts(months_from)
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{AUDIT_WORK_MEM}'")
+    conn.exec_driver_sql("SET LOCAL jit = off")  # compiling the pass costs more than it saves (RESULTS.md)
     chunk_size = ctx.settings.batch_size
     rows = conn.execute(_queries["audit"], {**window, "month_starts": month_starts},
                         execution_options=_streamed(chunk_size))
