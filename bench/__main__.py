@@ -98,7 +98,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     server = server_url(args.database_url)
     world = World(args.users, args.seed, _as_of(args.as_of), args.years, args.shape)
     dataset = generate_dataset(server, world, name=dataset_name(world, args.prefix), progress=_progress)
-    size = {"users": world.users, "dataset": dataset.counts, "generate_seconds": dataset.generate_seconds}
+    size = {"users": world.users, "world": world.as_json(), "dataset": dataset.counts,
+            "generate_seconds": dataset.generate_seconds}
     print(f"{dataset.name}: {report.dataset_line(size)}")
     return 0
 

@@ -7,10 +7,11 @@
 -- Refunds of earlier payments that are the basis of a standing reward (level 1 or 2): clawbacks.
 UPDATE public.user_subscription_payments p
    SET status = 'REFUNDED'
- WHERE p.id IN (SELECT DISTINCT rr.payment_id
-                FROM public.referral_rewards rr
-                WHERE rr.clawback_key IS NULL
-                ORDER BY md5(CAST(rr.payment_id AS text))
+ WHERE p.id IN (SELECT standing.payment_id
+                FROM (SELECT DISTINCT rr.payment_id
+                      FROM public.referral_rewards rr
+                      WHERE rr.clawback_key IS NULL) AS standing
+                ORDER BY md5(CAST(standing.payment_id AS text))
                 LIMIT :changes)
    AND p.status = 'PAID';
 

@@ -15,11 +15,12 @@ def _num(value: Any, digits: int = 2) -> str:
 
 
 def _rows_done(run: dict[str, Any]) -> int | None:
-    """What a run did, in rows: ledger rows written, relationships expired, or discrepancies found."""
+    """What a run did, in rows: ledger rows written, relationships expired, discrepancies found, or
+    users told of expiring points."""
     stats = run.get("stats") or {}
     if "rows_written" in stats:
         return sum(stats["rows_written"].values())
-    for key in ("relationships_expired", "discrepancies"):
+    for key in ("relationships_expired", "discrepancies", "users"):
         if key in stats:
             return int(stats[key])
     return 0 if run.get("status") == "SUCCEEDED" else None

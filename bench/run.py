@@ -116,8 +116,9 @@ class JobMeasure:
         ratio, rerun_ratio, lock = self.ratio(), self.rerun_ratio(), self.max_batch_seconds()
         return {
             "job_to_bound": None if ratio is None else ratio <= MAX_JOB_TO_BOUND,
-            # reconcile is a full audit on every run: it has no "nothing left to do"
-            "rerun_to_first": None if rerun_ratio is None or self.job == "reconcile"
+            # reconcile (a full audit) and expiring-soon (a notice file) report on every run: they have
+            # no "nothing left to do"
+            "rerun_to_first": None if rerun_ratio is None or self.job in ("reconcile", "expiring-soon")
             else rerun_ratio <= MAX_RERUN_TO_FIRST,
             "peak_rss": self.peak_rss_mb() <= MAX_RSS_MB,
             "lock_hold": None if lock is None else lock <= MAX_LOCK_SECONDS,
