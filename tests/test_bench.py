@@ -154,7 +154,7 @@ def test_the_skewed_shape_is_its_own_dataset_with_influencers_chains_and_payment
     finally:
         engine.dispose()
         drop_database(server_url, f"{prefix}_3k_skewed")
-    assert top_referrals >= 300  # an influencer: 20 % of referrals go to 40 users, the first most
+    assert top_referrals >= 50  # an influencer: 20 % of referrals go to 40 users, the first most (8,704 at 200k)
     assert never_referred_referrers >= 100
     assert chain_links >= 1000
     assert months_with_several_payments >= 100
