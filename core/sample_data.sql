@@ -135,13 +135,13 @@ UPDATE public.user_referral_relationships AS r
 -- for `subscription_months` months, a few days into each month. After month 0: 5 % FAILED (70 % of those
 -- retried and PAID two days later), 3 % REFUNDED, the rest PAID. Skewed: usage top-ups besides, 0-3 more
 -- PAID payments (a quarter of the plan each) on any day of the month.
-INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at)
+INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at, updated_at)
 SELECT CASE WHEN a.attempt < 2 THEN pg_temp.uid(:seed, 'payment', r.n * 1000 + m.k * 2 + a.attempt)
             ELSE pg_temp.uid(:seed, 'topup', (r.n * 1000 + m.k) * 4 + a.attempt - 2) END,
        r.referred_user_id,
        CASE WHEN a.status = 'TOPUP' THEN r.plan_cents / 4 ELSE r.plan_cents END,
        CASE WHEN a.status = 'TOPUP' THEN 'PAID' ELSE a.status END,
-       a.paid_at, a.paid_at
+       a.paid_at, a.paid_at, a.paid_at  -- recorded when paid (so the same seed gives the same rows)
 FROM sample_relationship r
 CROSS JOIN LATERAL generate_series(0, r.subscription_months - 1) AS m(k)
 CROSS JOIN LATERAL (
