@@ -2,6 +2,7 @@
 
     python -m bench generate --users 600000            # rewards_bench_600k, built once
     python -m bench run --users 60000 600000 --json out.json
+    python -m bench run --users 200000 --shape default skewed   # both data shapes, side by side
     python -m bench profile expire-points --users 600000   # time each SQL statement of one job
 
 The server is --database-url, else BENCH_DATABASE_URL, else DATABASE_URL (any database of it: the
@@ -23,6 +24,7 @@ from bench import report
 from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_YEARS, NAME_PREFIX, BenchError,
                             World, dataset_name, ensure_dataset, generate_dataset, server_url)
 from bench.run import measure_size
+from core.sample_data import SHAPES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -65,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--as-of", default=DEFAULT_AS_OF.isoformat(), metavar="WHEN",
                              help="the dataset's as-of instant, where its history ends (default %(default)s)")
         command.add_argument("--years", type=float, default=DEFAULT_YEARS, help="years of history (default 3)")
+        command.add_argument("--shape", choices=SHAPES, nargs="+" if many else None,
+                             default=[SHAPES[0]] if many else SHAPES[0],
+                             help="the data shape: default, or skewed (long chains, influencers with thousands "
+                                  "of referrals, referrers never referred, payments on many days of a month)"
+                                  f"{'; several: each measured' if many else ''} (default %(default)s)")
         command.add_argument("--database-url", metavar="URL", help="the PostgreSQL server to use")
         command.add_argument("--prefix", default=NAME_PREFIX, help="database name prefix (default %(default)s)")
 
@@ -89,9 +96,10 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     server = server_url(args.database_url)
-    world = World(args.users, args.seed, _as_of(args.as_of), args.years)
+    world = World(args.users, args.seed, _as_of(args.as_of), args.years, args.shape)
     dataset = generate_dataset(server, world, name=dataset_name(world, args.prefix), progress=_progress)
-    size = {"users": world.users, "dataset": dataset.counts, "generate_seconds": dataset.generate_seconds}
+    size = {"users": world.users, "world": world.as_json(), "dataset": dataset.counts,
+            "generate_seconds": dataset.generate_seconds}
     print(f"{dataset.name}: {report.dataset_line(size)}")
     return 0
 
@@ -134,12 +142,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     json_path = Path(args.json) if args.json else RESULTS_DIR / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     for users in args.users:
-        world = World(users, args.seed, as_of, args.years)
-        _progress(f"dataset of {users} users")
-        dataset = ensure_dataset(server, world, regenerate=args.regenerate, prefix=args.prefix, progress=_progress)
-        results["sizes"].append(measure_size(server, dataset, jobs, daily=not args.no_daily, keep=args.keep,
-                                             progress=_progress))
-        json_path.write_text(json.dumps(results, indent=2, default=str))  # each size saved as soon as measured
+        for shape in args.shape:
+            world = World(users, args.seed, as_of, args.years, shape)
+            _progress(f"dataset of {users} users, {shape} shape")
+            dataset = ensure_dataset(server, world, regenerate=args.regenerate, prefix=args.prefix,
+                                     progress=_progress)
+            results["sizes"].append(measure_size(server, dataset, jobs, daily=not args.no_daily, keep=args.keep,
+                                                 progress=_progress))
+            json_path.write_text(json.dumps(results, indent=2, default=str))  # each saved as soon as measured
     print(report.render(results))
     print(f"\nresults: {json_path}")
     if args.markdown:
@@ -153,7 +163,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     server = server_url(args.database_url)
     [job] = _jobs(args.job)
-    world = World(args.users, args.seed, _as_of(args.as_of), args.years)
+    world = World(args.users, args.seed, _as_of(args.as_of), args.years, args.shape)
     dataset = ensure_dataset(server, world, prefix=args.prefix, progress=_progress)
     result, times = profile.profile_job(server, dataset, job, keep=args.keep, progress=_progress)
     print(profile.render(result, times))

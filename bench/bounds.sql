@@ -19,72 +19,34 @@ WITH expired AS (
 )
 SELECT count(*) AS rows, 0 AS points FROM expired;
 
--- name: recurring_rewards --
+-- name: reward_rule --
+-- Both reward jobs' rule (SPEC "recurring-rewards", "level2-rewards", "Holds, refunds and clawbacks"),
+-- :level 1 or 2, over the whole history at once, less what this level already holds: the first run's
+-- bound and the exact daily bound are the same statement (on the first run nothing is written yet).
+--   beneficiary: level 1, r's referrer; level 2, the referrer A of B's own level-1 ACTIVE/REWARDED
+--     relationship (r level 1, B = r's referrer), or r's referrer (r level 2); never C, nor B via a parent;
+--   owed: each paid month k in :first_month .. :last_month with its basis, the earliest PAID payment
+--     (paid_at, id) with paid_at <= as_of - hold days;
+--   clawback: a standing reward (not clawed back) whose basis payment is no longer PAID, taking
+--     min(reward, the beneficiary's ledger balance less this run's earlier clawbacks, in key order);
+--   reward: an owed month without a standing reward after the clawbacks; key <prefix>:<id>:<k>, or
+--     <prefix>:<id>:<k>:<payment> when the month was rewarded before;
+-- then the ledger rows, the cache moved by the inserted rows (user_id order), and referral_rewards.
 WITH relationship AS (
-    SELECT r.id, r.referrer_user_id AS beneficiary_user_id, r.referred_user_id, r.rewarded_at
-    FROM public.user_referral_relationships r
-    WHERE r.level = 1 AND r.status = 'REWARDED' AND r.rewarded_at IS NOT NULL
-      AND r.referrer_user_id <> r.referred_user_id
-),
-payment_month AS (
-    SELECT r.id, r.beneficiary_user_id, r.rewarded_at, p.id AS payment_id, p.paid_at, p.amount_cents,
-           (extract(year FROM p.paid_at) - extract(year FROM r.rewarded_at)) * 12
-           + extract(month FROM p.paid_at) - extract(month FROM r.rewarded_at) AS k0
-    FROM relationship r
-    JOIN {payments} p ON p.user_id = r.referred_user_id
-    WHERE p.status = 'PAID' AND p.paid_at >= r.rewarded_at AND p.paid_at <= :as_of
-),
-basis AS (
-    SELECT DISTINCT ON (id, k) id, k, beneficiary_user_id, amount_cents
-    FROM (SELECT pm.*, CASE WHEN pm.rewarded_at + make_interval(months => pm.k0::int) > pm.paid_at
-                            THEN pm.k0::int - 1 ELSE pm.k0::int END AS k
-          FROM payment_month pm) AS m
-    WHERE k BETWEEN 1 AND :recurring_months
-    ORDER BY id, k, paid_at, payment_id
-),
-candidate AS (
-    SELECT beneficiary_user_id AS user_id,
-           CAST(:recurring_fixed AS numeric)
-           + div(amount_cents * CAST(:recurring_percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points,
-           'recurring:' || id || ':' || k AS idempotency_key, id AS ref_id
-    FROM basis
-),
-inserted AS (
-    INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, idempotency_key, created_at)
-    SELECT user_id, CAST(points AS int), 'REFERRAL_RECURRING', ref_id, idempotency_key, :as_of
-    FROM candidate
-    WHERE points >= 1 AND points <= 2147483647
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING user_id, delta
-),
-cache AS (
-    INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, total_spent, updated_at)
-    SELECT user_id, sum(delta), sum(greatest(delta, 0)), sum(least(delta, 0)), :as_of
-    FROM inserted GROUP BY user_id ORDER BY user_id
-    ON CONFLICT (user_id) DO UPDATE
-       SET balance = b.balance + excluded.balance, total_earned = b.total_earned + excluded.total_earned,
-           total_spent = b.total_spent + excluded.total_spent, updated_at = excluded.updated_at
-    RETURNING 1
-)
-SELECT count(*) AS rows, coalesce(sum(delta), 0) AS points, (SELECT count(*) FROM cache) AS users FROM inserted;
-
--- name: level2_rewards --
--- The level-2 beneficiary of r (referred user C): for level 1 (B invited C), the referrer A of B's own
--- level-1 ACTIVE or REWARDED relationship; for level 2, r's referrer; none when it is C, or B for level 1.
-WITH relationship AS (
-    SELECT r.id, r.referred_user_id, r.rewarded_at,
-           CASE WHEN r.level = 2 THEN r.referrer_user_id ELSE parent.referrer_user_id END AS beneficiary_user_id,
-           r.level, r.referrer_user_id
+    SELECT r.id, r.referred_user_id, r.referrer_user_id, r.rewarded_at,
+           (:level = 2 AND r.level = 1) AS via_parent,
+           CASE WHEN :level = 1 OR r.level = 2 THEN r.referrer_user_id ELSE parent.referrer_user_id END
+             AS beneficiary_user_id
     FROM public.user_referral_relationships r
     LEFT JOIN public.user_referral_relationships parent
-           ON r.level = 1 AND parent.referred_user_id = r.referrer_user_id
+           ON :level = 2 AND r.level = 1 AND parent.referred_user_id = r.referrer_user_id
           AND parent.level = 1 AND parent.status IN ('ACTIVE', 'REWARDED')
-    WHERE r.status = 'REWARDED' AND r.rewarded_at IS NOT NULL
+    WHERE r.status = 'REWARDED' AND r.rewarded_at IS NOT NULL AND (:level = 2 OR r.level = 1)
 ),
 eligible AS (
     SELECT * FROM relationship
     WHERE beneficiary_user_id IS NOT NULL AND beneficiary_user_id <> referred_user_id
-      AND (level = 2 OR beneficiary_user_id <> referrer_user_id)
+      AND NOT (via_parent AND beneficiary_user_id = referrer_user_id)
 ),
 payment_month AS (
     SELECT r.id, r.beneficiary_user_id, r.rewarded_at, p.id AS payment_id, p.paid_at, p.amount_cents,
@@ -92,30 +54,66 @@ payment_month AS (
            + extract(month FROM p.paid_at) - extract(month FROM r.rewarded_at) AS k0
     FROM eligible r
     JOIN {payments} p ON p.user_id = r.referred_user_id
-    WHERE p.status = 'PAID' AND p.paid_at >= r.rewarded_at AND p.paid_at <= :as_of
+    WHERE p.status = 'PAID' AND p.paid_at >= r.rewarded_at AND p.paid_at <= :counts_until
 ),
 basis AS (
-    SELECT DISTINCT ON (id, k) id, k, beneficiary_user_id, amount_cents
+    SELECT DISTINCT ON (id, k) id, k, beneficiary_user_id, payment_id, amount_cents
     FROM (SELECT pm.*, CASE WHEN pm.rewarded_at + make_interval(months => pm.k0::int) > pm.paid_at
                             THEN pm.k0::int - 1 ELSE pm.k0::int END AS k
           FROM payment_month pm) AS m
-    WHERE k BETWEEN 0 AND :l2_months - 1
+    WHERE k BETWEEN :first_month AND :last_month
     ORDER BY id, k, paid_at, payment_id
 ),
-candidate AS (
-    SELECT beneficiary_user_id AS user_id,
-           CAST(:l2_fixed AS numeric)
-           + div(amount_cents * CAST(:l2_percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points,
-           'l2:' || id || ':' || k AS idempotency_key, id AS ref_id
-    FROM basis
+written AS (
+    SELECT * FROM public.referral_rewards WHERE level = :level
+),
+clawback AS (
+    SELECT w.*, 'clawback:' || w.idempotency_key AS clawback_key_new
+    FROM written w
+    WHERE w.clawback_key IS NULL
+      AND NOT EXISTS (SELECT 1 FROM {payments} p WHERE p.id = w.payment_id AND p.status = 'PAID')
+),
+standing AS (
+    SELECT w.relationship_id, w.month FROM written w
+    WHERE w.clawback_key IS NULL
+      AND NOT EXISTS (SELECT 1 FROM clawback c WHERE c.idempotency_key = w.idempotency_key)
+),
+reward AS (
+    SELECT b.beneficiary_user_id AS user_id, b.id AS relationship_id, b.k, b.payment_id,
+           CAST(:fixed_points AS numeric)
+           + div(b.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points,
+           CASE WHEN EXISTS (SELECT 1 FROM written w WHERE w.relationship_id = b.id AND w.month = b.k)
+                THEN format('%s:%s:%s:%s', CAST(:key_prefix AS text), b.id, b.k, b.payment_id)
+                ELSE format('%s:%s:%s', CAST(:key_prefix AS text), b.id, b.k) END AS idempotency_key
+    FROM basis b
+    WHERE NOT EXISTS (SELECT 1 FROM standing s WHERE s.relationship_id = b.id AND s.month = b.k)
+),
+balance AS (
+    SELECT t.user_id, sum(t.delta) AS points
+    FROM public.user_point_transactions t
+    WHERE t.user_id IN (SELECT beneficiary_user_id FROM clawback)
+    GROUP BY t.user_id
+),
+priced AS (
+    SELECT c.*, least(c.points, greatest(0, coalesce(b.points, 0)
+                      - (sum(c.points) OVER (PARTITION BY c.beneficiary_user_id ORDER BY c.clawback_key_new)
+                         - c.points))) AS taken
+    FROM clawback c
+    LEFT JOIN balance b ON b.user_id = c.beneficiary_user_id
+),
+ledger_row AS (
+    SELECT user_id, CAST(points AS int) AS delta, CAST(:ledger_type AS text) AS type, relationship_id AS ref_id,
+           idempotency_key
+    FROM reward WHERE points >= 1 AND points <= 2147483647
+    UNION ALL
+    SELECT beneficiary_user_id, CAST(-taken AS int), 'REFERRAL_CLAWBACK', relationship_id, clawback_key_new
+    FROM priced WHERE taken > 0
 ),
 inserted AS (
     INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, idempotency_key, created_at)
-    SELECT user_id, CAST(points AS int), 'REFERRAL_L2', ref_id, idempotency_key, :as_of
-    FROM candidate
-    WHERE points >= 1 AND points <= 2147483647
+    SELECT user_id, delta, type, ref_id, idempotency_key, :as_of FROM ledger_row
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING user_id, delta
+    RETURNING user_id, delta, idempotency_key
 ),
 cache AS (
     INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, total_spent, updated_at)
@@ -125,8 +123,28 @@ cache AS (
        SET balance = b.balance + excluded.balance, total_earned = b.total_earned + excluded.total_earned,
            total_spent = b.total_spent + excluded.total_spent, updated_at = excluded.updated_at
     RETURNING 1
+),
+clawed AS (
+    UPDATE public.referral_rewards rr
+       SET clawback_key = p.clawback_key_new, clawed_back_points = p.taken,
+           unrecovered_points = p.points - p.taken, clawed_back_at = :as_of
+      FROM priced p
+     WHERE rr.idempotency_key = p.idempotency_key
+    RETURNING 1
+),
+recorded AS (
+    -- after the clawbacks (the InitPlan runs first): a re-earned month's reward then stands alone
+    INSERT INTO public.referral_rewards
+           (idempotency_key, relationship_id, level, month, payment_id, beneficiary_user_id, points, rewarded_at)
+    SELECT r.idempotency_key, r.relationship_id, :level, r.k, r.payment_id, r.user_id, CAST(r.points AS bigint), :as_of
+    FROM reward r
+    JOIN inserted i ON i.idempotency_key = r.idempotency_key
+    WHERE (SELECT count(*) FROM clawed) >= 0
+    RETURNING 1
 )
-SELECT count(*) AS rows, coalesce(sum(delta), 0) AS points, (SELECT count(*) FROM cache) AS users FROM inserted;
+SELECT count(*) AS rows, coalesce(sum(delta), 0) AS points,
+       (SELECT count(*) FROM cache) AS users, (SELECT count(*) FROM recorded) AS recorded
+FROM inserted;
 
 -- name: expire_points --
 -- due = (positive deltas created before as_of - N months) - (|negative deltas| created at or before as_of).

@@ -1,7 +1,8 @@
 """Benchmark datasets: one database per size, generated once, cloned for every measurement.
 
-`rewards_bench_600k` holds the pristine sample (core/sample_data.py) of 600k users; what defines it
-(users, seed, as-of, years, row counts) is stored as JSON in the database's comment, so `bench run`
+`rewards_bench_600k` holds the pristine sample (core/sample_data.py) of 600k users
+(`rewards_bench_600k_skewed` the same size in the other data shape); what defines it
+(users, seed, as-of, years, shape, row counts) is stored as JSON in the database's comment, so `bench run`
 knows the world it measures and can add a day of it. A run works on a clone
 (`CREATE DATABASE … TEMPLATE …`), so the dataset itself is never changed by a job.
 """
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from core import migrations, sample_data
+from core.sample_data import SHAPES
 from core.db import make_engine
 
 DEFAULT_USERS = 600_000
@@ -40,13 +42,16 @@ class World:
     seed: int = DEFAULT_SEED
     as_of: datetime = DEFAULT_AS_OF
     years: float = DEFAULT_YEARS
+    shape: str = SHAPES[0]
 
     def as_json(self) -> dict[str, Any]:
-        return {"users": self.users, "seed": self.seed, "as_of": self.as_of.isoformat(), "years": self.years}
+        return {"users": self.users, "seed": self.seed, "as_of": self.as_of.isoformat(), "years": self.years,
+                "shape": self.shape}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> World:
-        return cls(int(data["users"]), int(data["seed"]), datetime.fromisoformat(data["as_of"]), float(data["years"]))
+        return cls(int(data["users"]), int(data["seed"]), datetime.fromisoformat(data["as_of"]), float(data["years"]),
+                   data.get("shape", SHAPES[0]))
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ def dataset_name(world: World, prefix: str = NAME_PREFIX) -> str:
     name = f"{prefix}_{size_label(world.users)}"
     if world.seed != DEFAULT_SEED:
         name += f"_s{world.seed}"
+    if world.shape != SHAPES[0]:
+        name += f"_{world.shape}"
     return _checked_name(name)
 
 
@@ -144,7 +151,7 @@ def generate_dataset(server: str, world: World, *, name: str | None = None,
     try:
         migrations.migrate(engine)
         counts = sample_data.generate(engine, users=world.users, seed=world.seed, as_of=world.as_of,
-                                      years=world.years, progress=progress)
+                                      years=world.years, shape=world.shape, progress=progress)
     finally:
         engine.dispose()
     seconds = round(time.monotonic() - started, 1)

@@ -17,6 +17,11 @@
 Every random choice hashes (seed, stream, entity number), so the same arguments give the same rows.
 `advance` then adds what happens in that same world during (as_of, until]: new users, relationships,
 activations and first payments, payments, ledger rows and their cache updates.
+
+A `shape` picks the distributions (SHAPES): `default` as above; `skewed`, a world the jobs were not
+tuned on: a quarter of users came on their own (many referrers never referred), 20 % of referrals go
+to 40 influencers (thousands each), 30 % to a user just before (long chains), and usage top-ups put
+up to 3 more PAID payments on any day of a month.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ _TABLES = ("user_referral_codes", "user_referral_relationships", "user_subscript
            "user_point_transactions", "user_point_balances")
 
 Progress = Callable[[str], None]
+SHAPES = ("default", "skewed")
 
 
 class SampleDataError(Exception):
@@ -50,6 +56,11 @@ class SampleWorld:
     seed: int
     as_of: datetime
     years: float
+    shape: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape: one of {', '.join(SHAPES)}")
 
     @property
     def span_seconds(self) -> float:
@@ -62,22 +73,22 @@ class SampleWorld:
 
     def params(self, until: datetime) -> dict[str, object]:
         return {"seed": self.seed, "users": self.users, "anchor_epoch": self.as_of.timestamp(),
-                "span_seconds": self.span_seconds, "n_max": self.users_until(until)}
+                "span_seconds": self.span_seconds, "n_max": self.users_until(until), "shape": self.shape}
 
 
 def generate(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, years: float = 3,
-             progress: Progress | None = None) -> dict[str, int]:
+             shape: str = "default", progress: Progress | None = None) -> dict[str, int]:
     """Fill the empty, migrated database behind `engine`; return the row count of each table."""
     if users < 1:
         raise ValueError("users: at least 1")
-    world = SampleWorld(users, seed, as_of, years)
+    world = SampleWorld(users, seed, as_of, years, shape)
     _require_empty(engine)
     _load(engine, world, since=_BEGINNING, until=as_of, first_load=True, progress=progress or _quiet)
     return _analyze_and_count(engine, progress or _quiet)
 
 
 def advance(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, years: float = 3,
-            until: datetime, since: datetime | None = None,
+            until: datetime, since: datetime | None = None, shape: str = "default",
             progress: Progress | None = None) -> dict[str, int]:
     """Add the app's activity during (since, until] to the world `generate` built with the same
     `users`, `seed`, `as_of` and `years` (`as_of` names the world; `since` defaults to it, and
@@ -85,7 +96,7 @@ def advance(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, year
     since = since or as_of
     if until <= since or since < as_of:
         raise ValueError("until: the window (since, until] must be non-empty and not before as_of")
-    world = SampleWorld(users, seed, as_of, years)
+    world = SampleWorld(users, seed, as_of, years, shape)
     _load(engine, world, since=since, until=until, first_load=False, progress=progress or _quiet)
     return _analyze_and_count(engine, progress or _quiet)
 

@@ -2,7 +2,8 @@
 -- Every random choice is pg_temp.rnd(seed, stream, n): a hash of the entity's number, so the same seed
 -- gives the same rows, whatever the server's parallelism or the order rows are produced in.
 -- Parameters: :seed, :users (N), :anchor_epoch (the generation's as-of, epoch seconds),
--- :span_seconds (the years before it), :since / :until (the window of event times loaded).
+-- :span_seconds (the years before it), :since / :until (the window of event times loaded), :shape
+-- ('default', or 'skewed': see sample_data.py's SHAPES).
 
 -- name: create_rnd --
 -- A uniform number in [0, 1) from (seed, stream, n); SQL and IMMUTABLE so the planner inlines it.
@@ -18,19 +19,22 @@ AS $$ SELECT md5(seed::text || ':' || kind || ':' || n::text)::uuid $$;
 
 -- name: plan_users --
 -- Users 1..:n_max. User n signs up at anchor - span * (1 - sqrt(n/N)): sign-ups grow over time, user N
--- signs up at the anchor, later numbers after it. The first 2 % and 3 % of the rest came on their own.
+-- signs up at the anchor, later numbers after it. The first 2 % and 3 % of the rest came on their own
+-- (skewed: 25 % of the rest, so many referrers were never referred themselves).
 CREATE TEMP TABLE sample_user AS
 SELECT n,
        pg_temp.uid(:seed, 'user', n)                                                     AS user_id,
        upper(substr(md5(CAST(:seed AS text) || ':code:' || n::text), 1, 4)) || lpad(upper(to_hex(n)), 7, '0') AS code,
        to_timestamp(floor(:anchor_epoch - :span_seconds * (1 - sqrt(n::float8 / :users)))) AS signup_at,
-       (n > ceil(:users * 0.02) AND pg_temp.rnd(:seed, 1, n) >= 0.03)                    AS referred
+       (n > ceil(:users * 0.02)
+        AND pg_temp.rnd(:seed, 1, n) >= CASE WHEN :shape = 'skewed' THEN 0.25 ELSE 0.03 END) AS referred
 FROM generate_series(1::bigint, :n_max) AS n;
 
 -- name: plan_relationships --
 -- One relationship per referred user n. The referrer is an earlier user, biased to early ones (so trees
 -- have deep chains); rarely (0.05 % and 0.1 %, at least about six) the user itself (self-referral) or its
--- pair partner n # 1 (a two-user cycle);
+-- pair partner n # 1 (a two-user cycle). Skewed: 20 % go to 40 "influencers" (the first of them with
+-- thousands of referrals), 30 % to one of the 3 users just before (long chains), the rest uniformly;
 -- 0.3 % are stored as level 2 with the grandparent as referrer. Plans (activation, first payment,
 -- subscription length, plan price) are fixed per relationship; whether they happened depends on time.
 CREATE TEMP TABLE sample_relationship AS
@@ -38,7 +42,12 @@ WITH pick AS (
     SELECT u.n, u.user_id, u.signup_at,
            CASE WHEN pg_temp.rnd(:seed, 2, u.n) < greatest(0.0005, 6.0 / :users) THEN u.n
                 WHEN pg_temp.rnd(:seed, 3, u.n / 2) < greatest(0.001, 6.0 / :users) THEN u.n # 1
-                ELSE 1 + floor((u.n - 1) * pg_temp.rnd(:seed, 4, u.n) ^ 2)::bigint
+                WHEN :shape <> 'skewed' THEN 1 + floor((u.n - 1) * pg_temp.rnd(:seed, 4, u.n) ^ 2)::bigint
+                WHEN pg_temp.rnd(:seed, 16, u.n) < 0.20
+                     THEN 1 + floor(least(40, u.n - 1) * pg_temp.rnd(:seed, 4, u.n) ^ 3)::bigint
+                WHEN pg_temp.rnd(:seed, 16, u.n) < 0.50
+                     THEN greatest(1, u.n - 1 - floor(3 * pg_temp.rnd(:seed, 4, u.n))::bigint)
+                ELSE 1 + floor((u.n - 1) * pg_temp.rnd(:seed, 4, u.n))::bigint
            END AS referrer_n
     FROM sample_user u
     WHERE u.referred
@@ -124,10 +133,15 @@ UPDATE public.user_referral_relationships AS r
 -- name: insert_payments --
 -- Monthly subscription payments of rewarded referred users, from the first payment (rewarded_at, month 0)
 -- for `subscription_months` months, a few days into each month. After month 0: 5 % FAILED (70 % of those
--- retried and PAID two days later), 3 % REFUNDED, the rest PAID.
-INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at)
-SELECT pg_temp.uid(:seed, 'payment', r.n * 1000 + m.k * 2 + a.attempt),
-       r.referred_user_id, r.plan_cents, a.status, a.paid_at, a.paid_at
+-- retried and PAID two days later), 3 % REFUNDED, the rest PAID. Skewed: usage top-ups besides, 0-3 more
+-- PAID payments (a quarter of the plan each) on any day of the month.
+INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at, updated_at)
+SELECT CASE WHEN a.attempt < 2 THEN pg_temp.uid(:seed, 'payment', r.n * 1000 + m.k * 2 + a.attempt)
+            ELSE pg_temp.uid(:seed, 'topup', (r.n * 1000 + m.k) * 4 + a.attempt - 2) END,
+       r.referred_user_id,
+       CASE WHEN a.status = 'TOPUP' THEN r.plan_cents / 4 ELSE r.plan_cents END,
+       CASE WHEN a.status = 'TOPUP' THEN 'PAID' ELSE a.status END,
+       a.paid_at, a.paid_at, a.paid_at  -- recorded when paid (so the same seed gives the same rows)
 FROM sample_relationship r
 CROSS JOIN LATERAL generate_series(0, r.subscription_months - 1) AS m(k)
 CROSS JOIN LATERAL (
@@ -146,6 +160,11 @@ CROSS JOIN LATERAL (
     UNION ALL
     SELECT 1, 'PAID', month.due_at + interval '2 days'
     WHERE m.k > 0 AND month.outcome < 0.05 AND month.retry < 0.70
+    UNION ALL
+    SELECT 2 + j, 'TOPUP', date_trunc('second', r.rewarded_plan + m.k * interval '1 month'
+                                      + pg_temp.rnd(:seed, 17, (r.n * 1000 + m.k) * 4 + j) * interval '27 days')
+    FROM generate_series(0, CASE WHEN :shape = 'skewed' THEN floor(pg_temp.rnd(:seed, 18, r.n * 1000 + m.k) * 4)::int
+                                 ELSE 0 END - 1) AS j
 ) AS a
 WHERE r.rewarded_plan IS NOT NULL
   AND r.rewarded_plan + m.k * interval '1 month' <= :until

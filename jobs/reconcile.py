@@ -9,8 +9,11 @@ EARNED_MISMATCH, SPENT_MISMATCH (both sides exist and differ), CACHE_INCONSISTEN
 (ledger row and cache together) committed while the run reads are outside its snapshot, so they never
 show as a discrepancy.
 
-The discrepant users are streamed (server-side cursor) into the CSV, written aside, and into
-`reconciliation_discrepancies` in chunks through another connection, which also renews the lease.
+The ledger is read ONCE (reconcile.sql's `audit`: one pass grouped by user and by type and month
+at once): the comparison, the totals, the roll-forward's and the monthly chart's movements all come
+from that pass. The discrepant users are streamed (server-side cursor) into the CSV, written aside,
+and into `reconciliation_discrepancies` in chunks through another connection, which also renews the
+lease.
 Then `reconciliation_runs` gets one row and the `.json` summary is written beside the CSV, both files
 renamed into place whole. The summary's roll-forward: `opening` (the closing of the latest successful
 reconcile for an earlier as-of) + issued by type - spent by type - expired = `closing` (ledger balance
@@ -52,6 +55,9 @@ EXPIRY = "EXPIRY"
 CLAWBACK = "REFERRAL_CLAWBACK"
 NOT_SPENDING = (EXPIRY, CLAWBACK)  # debits that finance reads on lines of their own, never as spending
 MONTHS_CHARTED = 12
+# The audit's one pass hashes every user at once: with PostgreSQL's default 4MB it would sort instead
+# (several times slower, bench/RESULTS.md). Spills to disk beyond it, so memory stays bounded.
+AUDIT_WORK_MEM = "256MB"
 
 
 # ── the job ──────────────────────────────────────────────────────────────────
@@ -101,12 +107,11 @@ def run(ctx: RunContext) -> None:
         if files:
             _clean_leftovers(ctx, files)
         with _read_only_snapshot(ctx.engine) as conn:
-            snapshot = _read_totals(ctx, conn)
             if files:
                 with staged.text(files.csv) as csv_out:
-                    found = _stream_discrepancies(ctx, conn, csv_out)
+                    snapshot, found = _audit(ctx, conn, csv_out)
             else:
-                found = _stream_discrepancies(ctx, conn, None)
+                snapshot, found = _audit(ctx, conn, None)
         summary = build_summary(ctx.run_id, ctx.as_of, snapshot, found, repaired=0,
                                 repair_requested=ctx.repair, files=files,
                                 points_per_usd=ctx.settings.points_per_usd)
@@ -171,23 +176,112 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _read_totals(ctx: RunContext, conn: Connection) -> Snapshot:
-    """The totals, each statement a pass over a table; the lease is renewed between them."""
+def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[Snapshot, Found]:
+    """The one pass over the ledger: totals, movements, then the discrepant users, streamed."""
     previous = conn.execute(_queries["previous_reconcile"], {"as_of": ctx.as_of, "run_id": ctx.run_id}).first()
     window = {"as_of": ctx.as_of, "previous_as_of": previous.as_of if previous else None}
-    ledger = conn.execute(_queries["ledger_totals"], window).one()
-    _renew_lease(ctx)
-    cache = conn.execute(_queries["cache_totals"]).one()
-    users_checked = int(conn.execute(_queries["users_checked"]).scalar_one())
-    _renew_lease(ctx)
     months_from = conn.execute(_queries["months_charted_from"], {"as_of": ctx.as_of,
                                                                   "months": MONTHS_CHARTED}).scalar_one()
-    movements = list(conn.execute(_queries["movements"], {**window, "months_from": months_from}))
+    month_starts = _month_starts(months_from)
+    conn.exec_driver_sql(f"SET LOCAL work_mem = '{AUDIT_WORK_MEM}'")
+    conn.exec_driver_sql("SET LOCAL jit = off")  # compiling the pass costs more than it saves (RESULTS.md)
+    chunk_size = ctx.settings.batch_size
+    rows = conn.execute(_queries["audit"], {**window, "month_starts": month_starts},
+                        execution_options=_streamed(chunk_size))
+    totals, lines, first_discrepancies = _totals_and_lines(rows)
+    _renew_lease(ctx)  # the pass ends before its first row arrives
+    found = _stream_discrepancies(ctx, rows, first_discrepancies, csv_out)
     unrecovered = None
     if conn.execute(_queries["referral_rewards_exists"]).scalar_one():
         unrecovered = conn.execute(_queries["unrecovered_clawbacks"], window).one()
-    return Snapshot(previous=previous, ledger=ledger, cache=cache, users_checked=users_checked,
-                    movements=movements, months_from=months_from, unrecovered=unrecovered)
+    snapshot = Snapshot(previous=previous, ledger=_ledger_totals(lines), cache=_cache_totals(totals),
+                        users_checked=int(totals.users_checked),
+                        movements=_charted(lines, month_starts),
+                        months_from=months_from, unrecovered=unrecovered)
+    return snapshot, found
+
+
+def _totals_and_lines(rows: Any) -> tuple[Any, list[Any], list[Any]]:
+    """Section 0 (one row) and section 1 of the audit, and the first discrepant rows read with them."""
+    totals, lines, discrepancies = None, [], []
+    for row in rows:
+        if row.section == 0:
+            totals = row
+        elif row.section == 1:
+            lines.append(row)
+        else:
+            discrepancies.append(row)
+            break
+    return totals, lines, discrepancies
+
+
+@dataclass(frozen=True)
+class LedgerTotals:
+    rows: int
+    balance: int
+    earned: int
+    spent: int
+    closing: int
+    rows_after_as_of: int
+    points_after_as_of: int
+    dated_up_to_previous: int
+    rows_up_to_previous: int
+
+
+def _ledger_totals(lines: list[Any]) -> LedgerTotals:
+    """The ledger's totals, added up from its movement lines (every row is in exactly one)."""
+    def total(column: str, wanted: Any = lambda line: True) -> int:
+        return sum(int(getattr(line, column)) for line in lines if wanted(line))
+
+    return LedgerTotals(
+        rows=total("rows"), balance=total("balance"), earned=total("earned"), spent=total("spent"),
+        closing=total("balance", lambda line: not line.after_as_of),
+        rows_after_as_of=total("rows", lambda line: line.after_as_of),
+        points_after_as_of=total("balance", lambda line: line.after_as_of),
+        dated_up_to_previous=total("balance", lambda line: not line.in_period),
+        rows_up_to_previous=total("rows", lambda line: not line.in_period))
+
+
+@dataclass(frozen=True)
+class CacheTotals:
+    rows: int
+    balance: int
+    earned: int
+    spent: int
+
+
+def _cache_totals(totals: Any) -> CacheTotals:
+    return CacheTotals(int(totals.cache_rows), int(totals.cache_balance), int(totals.cache_earned),
+                       int(totals.cache_spent))
+
+
+@dataclass(frozen=True)
+class Movement:
+    type: str
+    month: Any
+    in_period: bool
+    issued: int
+    debited: int
+
+
+def _month_starts(months_from: datetime) -> list[datetime]:
+    """The first instants of the charted months and of the month after them (UTC)."""
+    starts = []
+    for number in range(MONTHS_CHARTED + 1):
+        year, month = divmod(months_from.month - 1 + number, 12)
+        starts.append(months_from.replace(year=months_from.year + year, month=month + 1))
+    return starts
+
+
+def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:
+    """The movements the summary reads: dated at or before the as-of, in the period or the charted
+    months (month None: before them)."""
+    def month(bucket: int) -> Any:
+        return month_starts[bucket - 1].date() if 1 <= bucket <= MONTHS_CHARTED else None
+
+    return [Movement(line.type, month(line.month), line.in_period, int(line.earned), -int(line.spent))
+            for line in lines
+            if not line.after_as_of and (line.in_period or month(line.month) is not None)]
 
 
 def _renew_lease(ctx: RunContext) -> None:
@@ -207,15 +301,14 @@ class Found:
         self.by_kind.update(kinds)
 
 
-def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> Found:
-    """Stream the discrepant users from the snapshot into the CSV and, chunk by chunk, the table."""
+def _stream_discrepancies(ctx: RunContext, rows: Any, first: list[Any], csv_out: TextIO | None) -> Found:
+    """Stream the discrepant users (the audit's last section) into the CSV and, chunk by chunk, the table."""
     found = Found()
     writer = csv.writer(csv_out, lineterminator="\n") if csv_out else None
     if writer:
         writer.writerow(CSV_HEADER)
     chunk_size = ctx.settings.batch_size
-    rows = conn.execute(_queries["discrepancies"], execution_options=_streamed(chunk_size))
-    for chunk_number, chunk in enumerate(rows.partitions(chunk_size), start=1):
+    for chunk_number, chunk in enumerate(_chunks(first, rows, chunk_size), start=1):
         for row in chunk:
             found.add(row.kinds)
         if writer:
@@ -223,8 +316,19 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
         _store_chunk(ctx, chunk)
         ctx.progress(job=ctx.job, batches=chunk_number, items=found.total, total=None)
         ctx.check_stop()
-    _renew_lease(ctx)  # the comparison may have run long before (or after) its last chunk
+    _renew_lease(ctx)
     return found
+
+
+def _chunks(first: list[Any], rows: Any, size: int) -> Iterator[list[Any]]:
+    chunk = list(first)
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _streamed(chunk_size: int) -> dict[str, Any]:
@@ -455,7 +559,7 @@ def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
         label = f"{first.year + year:04d}-{month + 1:02d}"
         months[label] = {"month": label, "issued": 0, "spent": 0, "expired": 0, "clawed_back": 0}
     for m in snapshot.movements:
-        label = f"{m.month:%Y-%m}"
+        label = f"{m.month:%Y-%m}" if m.month is not None else None
         if label not in months:
             continue  # a row of the period dated before the charted months
         line = months[label]

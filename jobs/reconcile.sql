@@ -14,78 +14,36 @@ WHERE j.status = 'SUCCEEDED' AND NOT j.dry_run AND r.as_of < :as_of AND r.run_id
 ORDER BY r.as_of DESC, r.run_id DESC
 LIMIT 1;
 
--- name: ledger_totals --
--- Every row of the snapshot (what the cache must match), plus the split at the as-of instant:
--- `closing` is the liability as of as_of; what is dated up to the previous as-of, against that run's
--- closing, gives the late-committed rows.
-SELECT count(*)                                                            AS rows,
-       coalesce(sum(delta), 0)                                             AS balance,
-       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                    AS earned,
-       coalesce(sum(delta) FILTER (WHERE delta < 0), 0)                    AS spent,
-       coalesce(sum(delta) FILTER (WHERE created_at <= :as_of), 0)         AS closing,
-       count(*) FILTER (WHERE created_at > :as_of)                         AS rows_after_as_of,
-       coalesce(sum(delta) FILTER (WHERE created_at > :as_of), 0)          AS points_after_as_of,
-       coalesce(sum(delta) FILTER (WHERE created_at <= :previous_as_of), 0) AS dated_up_to_previous,
-       count(*) FILTER (WHERE created_at <= :previous_as_of)                AS rows_up_to_previous
-FROM public.user_point_transactions;
-
--- name: cache_totals --
-SELECT count(*)                         AS rows,
-       coalesce(sum(balance), 0)        AS balance,
-       coalesce(sum(total_earned), 0)   AS earned,
-       coalesce(sum(total_spent), 0)    AS spent
-FROM public.user_point_balances;
-
--- name: users_checked --
--- Users with ledger rows or a cache row. Grouping the ledger first (a hash of user ids) costs a
--- fraction of a UNION, which sorts every ledger row's user id.
-SELECT count(*)
-FROM (SELECT user_id FROM public.user_point_transactions GROUP BY user_id) AS ledger_users
-FULL JOIN public.user_point_balances AS b USING (user_id);
-
 -- name: months_charted_from --
 -- The first instant of the 12 calendar months charted (the as-of's month and the 11 before).
 SELECT date_trunc('month', CAST(:as_of AS timestamptz)) - make_interval(months => :months - 1);
 
--- name: movements --
--- The roll-forward's movements, dated in (previous as_of, as_of], and the monthly chart's, dated in
--- [months_from, as_of], in one range read of the created_at index: by type and calendar month, with
--- in_period telling the two apart. Positive deltas are issued, negative ones debited.
-SELECT type,
-       CAST(date_trunc('month', created_at) AS date)                                  AS month,
-       created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')      AS in_period,
-       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                               AS issued,
-       coalesce(-sum(delta) FILTER (WHERE delta < 0), 0)                              AS debited
-FROM public.user_point_transactions
-WHERE created_at <= :as_of
-  AND (created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') OR created_at >= :months_from)
-GROUP BY 1, 2, 3
-ORDER BY 1, 2, 3;
-
--- name: referral_rewards_exists --
--- The basis table of the reward jobs (migration 016); older databases lack it.
-SELECT to_regclass('public.referral_rewards') IS NOT NULL;
-
--- name: unrecovered_clawbacks --
--- Clawbacks of the period (clawed_back_at in (previous as_of, as_of]) and what they could not take back.
-SELECT count(*)                                                 AS clawbacks,
-       coalesce(sum(clawed_back_points), 0)                     AS clawed_back_points,
-       count(*) FILTER (WHERE unrecovered_points > 0)           AS rewards_unrecovered,
-       coalesce(sum(unrecovered_points), 0)                     AS unrecovered_points
-FROM public.referral_rewards
-WHERE clawed_back_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
-  AND clawed_back_at <= :as_of;
-
--- name: discrepancies --
--- Every discrepant user, in user_id order. Field mismatches are judged when both sides exist;
--- a user with no cache row is MISSING_BALANCE, a nonzero cache row without ledger rows ORPHAN_BALANCE.
-WITH ledger AS (
-    SELECT user_id,
-           sum(delta)                                    AS balance,
-           coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS earned,
-           coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS spent
-    FROM public.user_point_transactions
-    GROUP BY user_id
+-- name: audit --
+-- The whole audit in ONE pass over the ledger: every row is grouped twice at once (GROUPING SETS),
+--   by user_id: the user's sums, compared with the cache row (a full join, so cache rows without
+--     ledger rows are seen too);
+--   by (type, charted month, in the period, after the as-of): a few hundred movement lines, from
+--     which the caller adds up the ledger totals, the closing, the late-committed split and the
+--     roll-forward's and the monthly chart's movements (positive deltas issued, negative debited).
+-- One result, in sections: 0 the totals of the comparison (one row), 1 the movement lines,
+-- 2 the discrepant users in user_id order (streamed). Field mismatches are judged when both sides
+-- exist; a user with no cache row is MISSING_BALANCE, a nonzero cache row without ledger rows
+-- ORPHAN_BALANCE. The charted month is a bucket of :month_starts (the 12 charted months' first instants
+-- and the next month's): 0 before them, 1..12 a charted month (a binary search, much cheaper per row
+-- than date_trunc on a timestamptz).
+WITH grouped AS (
+    SELECT t.user_id, t.type, t.month, t.in_period, t.after_as_of,
+           GROUPING(t.user_id) = 1                          AS is_movement,
+           count(*)                                         AS rows,
+           sum(t.delta)                                     AS balance,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0), 0) AS earned,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta < 0), 0) AS spent
+    FROM (SELECT user_id, type, delta,
+                 width_bucket(created_at, CAST(:month_starts AS timestamptz[]))            AS month,
+                 created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') AS in_period,
+                 created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of
+          FROM public.user_point_transactions) AS t
+    GROUP BY GROUPING SETS ((t.user_id), (t.type, t.month, t.in_period, t.after_as_of))
 ),
 compared AS (
     SELECT coalesce(l.user_id, b.user_id)     AS user_id,
@@ -97,7 +55,7 @@ compared AS (
            coalesce(l.earned, 0)              AS ledger_total_earned,
            CAST(b.total_spent AS bigint)      AS cached_total_spent,
            coalesce(l.spent, 0)               AS ledger_total_spent
-    FROM ledger l
+    FROM (SELECT * FROM grouped WHERE NOT is_movement) AS l
     FULL JOIN public.user_point_balances b ON b.user_id = l.user_id
 ),
 classified AS (
@@ -118,12 +76,42 @@ classified AS (
            ], NULL) AS kinds
     FROM compared c
 )
-SELECT user_id, kinds, cached_balance, ledger_balance,
-       coalesce(cached_balance, 0) - ledger_balance AS drift,
-       cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent
+SELECT 0 AS section, NULL::uuid AS user_id, NULL::text[] AS kinds,
+       NULL::bigint AS cached_balance, NULL::bigint AS ledger_balance, NULL::bigint AS drift,
+       NULL::bigint AS cached_total_earned, NULL::bigint AS ledger_total_earned,
+       NULL::bigint AS cached_total_spent, NULL::bigint AS ledger_total_spent,
+       NULL::text AS type, NULL::int AS month, NULL::boolean AS in_period, NULL::boolean AS after_as_of,
+       NULL::bigint AS rows, NULL::bigint AS balance, NULL::bigint AS earned, NULL::bigint AS spent,
+       count(*) AS users_checked, count(*) FILTER (WHERE in_cache) AS cache_rows,
+       coalesce(sum(cached_balance), 0) AS cache_balance, coalesce(sum(cached_total_earned), 0) AS cache_earned,
+       coalesce(sum(cached_total_spent), 0) AS cache_spent
+FROM classified
+UNION ALL
+SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       type, month, in_period, after_as_of, rows, balance, earned, spent, NULL, NULL, NULL, NULL, NULL
+FROM grouped
+WHERE is_movement
+UNION ALL
+SELECT 2, user_id, kinds, cached_balance, ledger_balance, coalesce(cached_balance, 0) - ledger_balance,
+       cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM classified
 WHERE cardinality(kinds) > 0
-ORDER BY user_id;
+ORDER BY section, user_id, type, month, in_period, after_as_of;
+
+-- name: referral_rewards_exists --
+-- The basis table of the reward jobs (migration 016); older databases lack it.
+SELECT to_regclass('public.referral_rewards') IS NOT NULL;
+
+-- name: unrecovered_clawbacks --
+-- Clawbacks of the period (clawed_back_at in (previous as_of, as_of]) and what they could not take back.
+SELECT count(*)                                                 AS clawbacks,
+       coalesce(sum(clawed_back_points), 0)                     AS clawed_back_points,
+       count(*) FILTER (WHERE unrecovered_points > 0)           AS rewards_unrecovered,
+       coalesce(sum(unrecovered_points), 0)                     AS unrecovered_points
+FROM public.referral_rewards
+WHERE clawed_back_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
+  AND clawed_back_at <= :as_of;
 
 -- name: insert_discrepancies --
 -- One chunk of the stream, as parallel arrays (kinds joined by '|').

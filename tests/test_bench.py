@@ -96,11 +96,19 @@ def test_run_measures_bound_job_rerun_and_a_daily_run_for_every_job(server_url, 
     bound = {job["job"]: job["bound"]["rows"] for job in size["jobs"]}
     assert done == bound  # the statements written from SPEC.md and the jobs did the same work
     assert bound["recurring-rewards"] > 0 and bound["expire-pending"] > 0 and bound["reconcile"] == 6
-    assert {report._rows_done(job["rerun"]) for job in size["jobs"] if job["job"] != "reconcile"} == {0}
+    reports = ("expiring-soon", "reconcile")  # read and report on every run, by design
+    assert {report._rows_done(job["rerun"]) for job in size["jobs"] if job["job"] not in reports} == {0}
+    assert all(job["targets"]["rerun_to_first"] is None for job in size["jobs"] if job["job"] in reports)
 
     daily = size["daily"]
     assert daily["added"]["ledger"] > 0  # a day of 400 users: some redemptions, hardly a sign-up
+    assert daily["changed"]["refund_rewarded_payments"] > 0 and daily["changed"]["late_payments"] > 0
     assert [entry["run"]["status"] for entry in daily["jobs"]] == ["SUCCEEDED"] * len(PIPELINE)
+    daily_done = {entry["job"]: report._rows_done(entry["run"]) for entry in daily["jobs"]}
+    daily_bound = {entry["job"]: entry["bound"]["rows"] for entry in daily["jobs"]}
+    assert daily_done == daily_bound  # the exact daily bound and the daily run wrote the same rows
+    rewards = {entry["job"]: entry["run"]["stats"] for entry in daily["jobs"]}
+    assert rewards["recurring-rewards"]["clawbacks"] + rewards["level2-rewards"]["clawbacks"] > 0  # refunds
 
     printed = capsys.readouterr().out
     assert "job/bound" in printed and "daily run at 2026-06-02" in printed
@@ -113,9 +121,43 @@ def test_generate_builds_the_dataset_database_named_by_size(server_url, prefix, 
                            "--database-url", server_url, "--prefix", prefix])
 
     assert code == 0
-    assert capsys.readouterr().out.startswith(f"{prefix}_400: 400 users: ")
+    assert capsys.readouterr().out.startswith(f"{prefix}_400: 400 users (default shape): ")
     found = find_dataset(server_url, f"{prefix}_400")
     assert found is not None and found.world == World(USERS, as_of=AS_OF)
+
+
+def test_the_skewed_shape_is_its_own_dataset_with_influencers_chains_and_payments_on_many_days(
+        server_url, prefix, capsys):
+    code = bench_cli.main(["generate", "--users", "3000", "--shape", "skewed", "--as-of", "2026-06-01",
+                           "--database-url", server_url, "--prefix", prefix])
+
+    assert code == 0
+    assert capsys.readouterr().out.startswith(f"{prefix}_3k_skewed: 3,000 users (skewed shape): ")
+    found = find_dataset(server_url, f"{prefix}_3k_skewed")
+    assert found is not None and found.world == World(3000, as_of=AS_OF, shape="skewed")
+    engine = make_engine(found.url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            top_referrals = conn.execute(text(
+                "SELECT max(n) FROM (SELECT count(*) AS n FROM public.user_referral_relationships"
+                " GROUP BY referrer_user_id) AS r")).scalar_one()
+            never_referred_referrers = conn.execute(text(
+                "SELECT count(DISTINCT r.referrer_user_id) FROM public.user_referral_relationships r"
+                " WHERE NOT EXISTS (SELECT 1 FROM public.user_referral_relationships p"
+                "                   WHERE p.referred_user_id = r.referrer_user_id)")).scalar_one()
+            chain_links = conn.execute(text(  # B invited C and was invited by A: a level-2 chain
+                "SELECT count(*) FROM public.user_referral_relationships r"
+                " JOIN public.user_referral_relationships p ON p.referred_user_id = r.referrer_user_id")).scalar_one()
+            months_with_several_payments = conn.execute(text(
+                "SELECT count(*) FROM (SELECT user_id, date_trunc('month', paid_at) FROM public.user_subscription_payments"
+                " WHERE status = 'PAID' GROUP BY 1, 2 HAVING count(DISTINCT paid_at::date) >= 3) AS m")).scalar_one()
+    finally:
+        engine.dispose()
+        drop_database(server_url, f"{prefix}_3k_skewed")
+    assert top_referrals >= 50  # an influencer: 20 % of referrals go to 40 users, the first most (8,704 at 200k)
+    assert never_referred_referrers >= 100
+    assert chain_links >= 1000
+    assert months_with_several_payments >= 100
 
 
 def test_bad_usage_exits_2_with_one_line(server_url, capsys):

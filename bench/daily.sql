@@ -1,0 +1,66 @@
+-- The daily scenario's changes beyond the app's own day (core/sample_data.advance): what billing and
+-- the app do to history in one day, each dated in (:as_of, :next_day]. Counts scale with the world
+-- (:changes per kind, about users / 5000); the rows are picked by a hash, so the same world gets the
+-- same changes. Run once after the first runs (the rewards they refer to exist then).
+
+-- name: refund_rewarded_payments --
+-- Refunds of earlier payments that are the basis of a standing reward (level 1 or 2): clawbacks.
+UPDATE public.user_subscription_payments p
+   SET status = 'REFUNDED'
+ WHERE p.id IN (SELECT standing.payment_id
+                FROM (SELECT DISTINCT rr.payment_id
+                      FROM public.referral_rewards rr
+                      WHERE rr.clawback_key IS NULL) AS standing
+                ORDER BY md5(CAST(standing.payment_id AS text))
+                LIMIT :changes)
+   AND p.status = 'PAID';
+
+-- name: failed_turned_paid --
+-- FAILED payments of months long past (over 60 days before as-of) turned PAID by a late retry webhook.
+UPDATE public.user_subscription_payments p
+   SET status = 'PAID'
+ WHERE p.id IN (SELECT f.id
+                FROM public.user_subscription_payments f
+                WHERE f.status = 'FAILED' AND f.paid_at < CAST(:as_of AS timestamptz) - interval '60 days'
+                ORDER BY md5(CAST(f.id AS text))
+                LIMIT :changes);
+
+-- name: late_payments --
+-- Payments recorded today for months long past: a month after a rewarded user's last payment, when
+-- that is 60 days to a year before as-of (a replayed webhook), so they pay months never paid before.
+INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at)
+SELECT md5('late:' || CAST(last.user_id AS text))::uuid, last.user_id, last.amount_cents, 'PAID',
+       last.paid_at + interval '1 month', CAST(:as_of AS timestamptz) + interval '6 hours'
+FROM (SELECT DISTINCT ON (p.user_id) p.user_id, p.paid_at, p.amount_cents
+      FROM public.user_subscription_payments p
+      JOIN public.user_referral_relationships r ON r.referred_user_id = p.user_id AND r.status = 'REWARDED'
+      WHERE p.status = 'PAID'
+      ORDER BY p.user_id, p.paid_at DESC) AS last
+WHERE last.paid_at + interval '1 month' BETWEEN CAST(:as_of AS timestamptz) - interval '365 days'
+                                            AND CAST(:as_of AS timestamptz) - interval '60 days'
+ORDER BY md5(CAST(last.user_id AS text))
+LIMIT :changes
+ON CONFLICT (id) DO NOTHING;
+
+-- name: redemptions --
+-- A few redemptions (10 points) as the app writes them: the user's balance row locked and moved,
+-- the ledger row inserted, in one transaction (this statement).
+WITH chosen AS (
+    SELECT b.user_id
+    FROM public.user_point_balances b
+    WHERE b.balance >= 10
+    ORDER BY md5(CAST(b.user_id AS text) || 'redeem'), b.user_id
+    LIMIT :changes
+    FOR UPDATE
+),
+moved AS (
+    UPDATE public.user_point_balances b
+       SET balance = b.balance - 10, total_spent = b.total_spent - 10, updated_at = :next_day
+      FROM chosen c
+     WHERE b.user_id = c.user_id
+    RETURNING b.user_id
+)
+INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, note, created_at)
+SELECT user_id, -10, 'REDEMPTION_QUOTA', md5('redeem:' || CAST(user_id AS text))::uuid, 'bench daily redemption',
+       CAST(:as_of AS timestamptz) + interval '12 hours'
+FROM moved;
