@@ -19,6 +19,7 @@ port=${CITUS_PORT:-9700}
 bin=/usr/lib/postgresql/15/bin
 nodes=(coordinator worker1 worker2)
 build_script=${CITUS_BUILD_SCRIPT:-$repo/../shared/vendor/build-citus.sh}
+[ -f "$build_script" ] || build_script=/work/shared/vendor/build-citus.sh
 
 port_of() { case $1 in coordinator) echo "$port" ;; worker1) echo $((port + 1)) ;; worker2) echo $((port + 2)) ;; esac; }
 
@@ -27,6 +28,7 @@ as_postgres() {
 }
 
 psql_at() {  # psql_at PORT DATABASE SQL
+  PGOPTIONS="-c client_min_messages=warning" \
   as_postgres "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U postgres -d "$2" -tA -c "$3"
 }
 

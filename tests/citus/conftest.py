@@ -61,7 +61,7 @@ def _autocommit(port: int, database: str = "postgres"):
 
 
 def _create_distributed_database(name: str) -> None:
-    for port in NODE_PORTS:
+    for port in reversed(NODE_PORTS):  # the workers first: the coordinator connects to them
         admin = _autocommit(port)
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
