@@ -5,7 +5,10 @@
 --   user_point_transactions, user_point_balances, user_subscription_payments.
 -- Reference tables (one copy on every node, so any join with them is shard-local): the
 --   relationships (the reward jobs join them with the referred user's payments and the beneficiary's
---   ledger), referral_rewards, user_referral_codes, job_runs and the reconcile tables.
+--   ledger), referral_rewards and user_referral_codes.
+-- Left as plain tables on the coordinator: job_runs and the reconcile tables (run bookkeeping, a row
+--   per run, written with clock_timestamp(), which Citus refuses in an UPDATE of a replicated table, and
+--   never joined with a distributed table), and rewards_schema_migrations.
 -- A unique index of a distributed table must include its distribution column: the ledger's and the
 -- payments' primary keys become (user_id, id), and the ledger's idempotency key is unique per user
 -- (the jobs' keys name one beneficiary each; the ledger writer also skips a key that exists for
@@ -48,8 +51,7 @@ BEGIN
                                      colocate_with => 'public.user_point_balances');
 
     FOREACH reference_table IN ARRAY ARRAY['public.user_referral_relationships', 'public.user_referral_codes',
-                                           'public.referral_rewards', 'public.job_runs',
-                                           'public.reconciliation_runs', 'public.reconciliation_discrepancies']
+                                           'public.referral_rewards']
     LOOP
         PERFORM create_reference_table(reference_table);
     END LOOP;

@@ -11,11 +11,13 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from core import migrations
 from core.db import make_engine
@@ -85,21 +87,60 @@ def _drop_everywhere(name: str) -> None:
         admin.dispose()
 
 
+def _autocommit_statement(port: int, statement: str) -> None:
+    admin = _autocommit(port)
+    with admin.connect() as conn:
+        conn.execute(text(statement))
+    admin.dispose()
+
+
+def _run_on_every_node(statement: str, *, workers_first: bool = True) -> None:
+    for port in (reversed(NODE_PORTS) if workers_first else NODE_PORTS):
+        admin = _autocommit(port)
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
-def template_database() -> str:
-    return ""  # Citus keeps metadata per database, so a clone of a template is no cluster: see database_url
+def template_database(server_url: str) -> Iterator[str]:
+    """A migrated, distributed database on the three nodes, closed to connections so that each node
+    can clone its part: Citus keeps its metadata per database and a worker is reached under the same
+    database name, so a test's database is the template cloned on every node under one new name."""
+    name = f"rewards_citus_tpl_{os.getpid()}"
+    _drop_everywhere(name)
+    _create_distributed_database(name)
+    engine = make_engine(_url(PORT, name))
+    migrations.migrate(engine)
+    engine.dispose()
+    _run_on_every_node(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+    # Citus's maintenance daemon keeps a connection to each database; a clone needs none.
+    _run_on_every_node(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+    yield name
+    _drop_everywhere(name)
+
+
+def _clone_everywhere(template: str, name: str) -> None:
+    for attempt in range(50):
+        try:
+            _run_on_every_node(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            return
+        except OperationalError:  # a maintenance daemon connected again meanwhile: let it go, retry
+            _drop_everywhere(name)
+            _run_on_every_node(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{template}'")
+            time.sleep(0.1)
+    raise RuntimeError(f"could not clone {template} on the Citus nodes")
 
 
 @pytest.fixture
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh database of its own on the three nodes, migrated through the coordinator."""
+def database_url(template_database: str) -> Iterator[str]:
+    """A fresh distributed, migrated database of its own on the three nodes."""
     name = f"rewards_citus_{os.getpid()}_{next(_numbers)}"
-    _create_distributed_database(name)
-    url = _url(PORT, name)
-    engine = make_engine(url)
-    migrations.migrate(engine)
-    engine.dispose()
-    yield url
+    _clone_everywhere(template_database, name)
+    # A test that bypasses the append-only trigger (as a careless restore would) alters the trigger,
+    # which Citus allows on a distributed table only with this setting (docs/citus.md).
+    _autocommit_statement(PORT, f'ALTER DATABASE "{name}" SET citus.enable_unsafe_triggers = on')
+    yield _url(PORT, name)
     _drop_everywhere(name)
 
 
