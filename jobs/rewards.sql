@@ -65,24 +65,24 @@ earning AS (
       AND NOT (via_parent AND beneficiary_user_id = referrer_user_id)
 ),
 owed AS (
-    SELECT e.id AS relationship_id, e.beneficiary_user_id, m.k, payment.id AS payment_id,
+    -- The basis payment of each paid month: the first of the month's payments by (paid_at, id). A
+    -- DISTINCT ON led by the referred user (the payments' distribution column) rather than a LATERAL
+    -- … LIMIT 1, which Citus cannot push down to the shards.
+    SELECT DISTINCT ON (p.user_id, e.id, m.k)
+           e.id AS relationship_id, e.beneficiary_user_id, m.k, p.id AS payment_id,
            CAST(:fixed_points AS numeric)
-           + div(payment.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000)
+           + div(p.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000)
              AS points
     FROM earning AS e
-    CROSS JOIN LATERAL generate_series(CAST(:first_month AS int), CAST(:last_month AS int)) AS m(k)
-    CROSS JOIN LATERAL (
-        SELECT p.id, p.amount_cents
-        FROM {payments} AS p
-        WHERE p.user_id = e.referred_user_id
-          AND p.status = 'PAID'
-          AND p.paid_at >= e.rewarded_at + make_interval(months => m.k)
-          AND p.paid_at <  e.rewarded_at + make_interval(months => m.k + 1)
-          AND p.paid_at <= CAST(:counts_until AS timestamptz)
-        ORDER BY p.paid_at, p.id
-        LIMIT 1
-    ) AS payment
+    CROSS JOIN generate_series(CAST(:first_month AS int), CAST(:last_month AS int)) AS m(k)
+    JOIN {payments} AS p
+      ON p.user_id = e.referred_user_id
+     AND p.status = 'PAID'
+     AND p.paid_at >= e.rewarded_at + make_interval(months => m.k)
+     AND p.paid_at <  e.rewarded_at + make_interval(months => m.k + 1)
+     AND p.paid_at <= CAST(:counts_until AS timestamptz)
     WHERE e.rewarded_at + make_interval(months => m.k) <= CAST(:counts_until AS timestamptz)
+    ORDER BY p.user_id, e.id, m.k, p.paid_at, p.id
 ),
 written AS (
     SELECT rr.*
@@ -94,7 +94,9 @@ clawback AS (
     SELECT w.*
     FROM written AS w
     WHERE w.clawback_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM {payments} AS p WHERE p.id = w.payment_id AND p.status = 'PAID')
+      -- An uncorrelated set of the batch's PAID bases (Citus runs no correlated subquery here).
+      AND w.payment_id NOT IN (SELECT p.id FROM {payments} AS p
+                               WHERE p.status = 'PAID' AND p.id IN (SELECT payment_id FROM written))
 ),
 standing AS (
     SELECT w.relationship_id, w.month
@@ -188,20 +190,29 @@ WHERE p.action = 'reward'
 ON CONFLICT (idempotency_key) DO NOTHING;
 
 -- name: record_clawbacks --
--- Each clawback now in the ledger (or taking 0 points: nothing to write, all unrecovered).
-WITH recorded AS (
-    UPDATE public.referral_rewards AS rr
-    SET clawback_key       = p.idempotency_key,
-        clawed_back_points = -p.delta,
-        unrecovered_points = rr.points + p.delta,
-        clawed_back_at     = :as_of,
-        clawback_run_id    = :run_id
+-- Each clawback now in the ledger (or taking 0 points: nothing to write, all unrecovered). The
+-- clawbacks found in the ledger are gathered first: Citus updates a replicated table only from
+-- replicated tables and results, not joined with a distributed table in the same statement.
+WITH in_ledger AS MATERIALIZED (
+    SELECT p.reward_key, p.idempotency_key, p.delta
     FROM planned_rows AS p
     WHERE p.action = 'clawback'
-      AND rr.idempotency_key = p.reward_key
-      AND rr.clawback_key IS NULL
       AND (p.delta = 0
-           OR EXISTS (SELECT 1 FROM public.user_point_transactions AS t WHERE t.idempotency_key = p.idempotency_key))
+           OR p.idempotency_key IN (SELECT t.idempotency_key
+                                    FROM public.user_point_transactions AS t
+                                    WHERE t.idempotency_key IN (SELECT idempotency_key FROM planned_rows
+                                                                WHERE action = 'clawback')))
+),
+recorded AS (
+    UPDATE public.referral_rewards AS rr
+    SET clawback_key       = c.idempotency_key,
+        clawed_back_points = -c.delta,
+        unrecovered_points = rr.points + c.delta,
+        clawed_back_at     = :as_of,
+        clawback_run_id    = :run_id
+    FROM in_ledger AS c
+    WHERE rr.idempotency_key = c.reward_key
+      AND rr.clawback_key IS NULL
     RETURNING rr.clawed_back_points, rr.unrecovered_points
 )
 SELECT count(*)                              AS clawbacks,
