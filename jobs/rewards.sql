@@ -64,25 +64,31 @@ earning AS (
     WHERE beneficiary_user_id <> referred_user_id
       AND NOT (via_parent AND beneficiary_user_id = referrer_user_id)
 ),
+paid AS MATERIALIZED (
+    -- The PAID payments of the batch's referred users that count by now, fetched per user through
+    -- (user_id, paid_at) on PostgreSQL and shard-locally on Citus.
+    SELECT p.id, p.user_id, p.amount_cents, p.paid_at
+    FROM {payments} AS p
+    WHERE p.user_id = ANY(ARRAY(SELECT referred_user_id FROM earning))
+      AND p.status = 'PAID'
+      AND p.paid_at <= CAST(:counts_until AS timestamptz)
+),
 owed AS (
-    -- The basis payment of each paid month: the first of the month's payments by (paid_at, id). A
-    -- DISTINCT ON led by the referred user (the payments' distribution column) rather than a LATERAL
-    -- … LIMIT 1, which Citus cannot push down to the shards.
-    SELECT DISTINCT ON (p.user_id, e.id, m.k)
+    -- The basis payment of each paid month: the first of the month's payments by (paid_at, id), by
+    -- DISTINCT ON rather than a LATERAL … LIMIT 1, which Citus cannot run beside a reference table.
+    SELECT DISTINCT ON (e.id, m.k)
            e.id AS relationship_id, e.beneficiary_user_id, m.k, p.id AS payment_id,
            CAST(:fixed_points AS numeric)
            + div(p.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000)
              AS points
     FROM earning AS e
     CROSS JOIN generate_series(CAST(:first_month AS int), CAST(:last_month AS int)) AS m(k)
-    JOIN {payments} AS p
+    JOIN paid AS p
       ON p.user_id = e.referred_user_id
-     AND p.status = 'PAID'
      AND p.paid_at >= e.rewarded_at + make_interval(months => m.k)
      AND p.paid_at <  e.rewarded_at + make_interval(months => m.k + 1)
-     AND p.paid_at <= CAST(:counts_until AS timestamptz)
     WHERE e.rewarded_at + make_interval(months => m.k) <= CAST(:counts_until AS timestamptz)
-    ORDER BY p.user_id, e.id, m.k, p.paid_at, p.id
+    ORDER BY e.id, m.k, p.paid_at, p.id
 ),
 written AS (
     SELECT rr.*
@@ -95,26 +101,40 @@ clawback AS (
     FROM written AS w
     WHERE w.clawback_key IS NULL
       -- An uncorrelated set of the batch's PAID bases (Citus runs no correlated subquery here).
-      AND w.payment_id NOT IN (SELECT p.id FROM {payments} AS p
-                               WHERE p.status = 'PAID' AND p.id IN (SELECT payment_id FROM written))
+      AND w.payment_id <> ALL(ARRAY(SELECT p.id FROM {payments} AS p
+                                    WHERE p.id = ANY(ARRAY(SELECT payment_id FROM written))
+                                      AND p.status = 'PAID'))
 ),
 standing AS (
     SELECT w.relationship_id, w.month
     FROM written AS w
     WHERE w.clawback_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM clawback AS c WHERE c.idempotency_key = w.idempotency_key)
+      AND w.idempotency_key NOT IN (SELECT idempotency_key FROM clawback)
+),
+-- Counts by month and by payment joined in, not correlated subqueries (which Citus mis-evaluates
+-- beside a NOT EXISTS over results it planned apart): the same numbers on both engines.
+month_rewards AS (
+    SELECT relationship_id, month, count(*) AS rewards
+    FROM written
+    GROUP BY relationship_id, month
+),
+payment_rewards AS (
+    SELECT relationship_id, month, payment_id, count(*) AS rewards
+    FROM written
+    WHERE idempotency_key <> format('%s:%s:%s', CAST(:key_prefix AS text), relationship_id, month)
+    GROUP BY relationship_id, month, payment_id
 ),
 reward AS (
     SELECT o.*,
            format('%s:%s:%s', CAST(:key_prefix AS text), o.relationship_id, o.k) AS first_key,
-           (SELECT count(*) FROM written AS w
-            WHERE w.relationship_id = o.relationship_id AND w.month = o.k) AS earlier_rewards,
-           (SELECT count(*) FROM written AS w
-            WHERE w.relationship_id = o.relationship_id AND w.month = o.k AND w.payment_id = o.payment_id
-              AND w.idempotency_key <> format('%s:%s:%s', CAST(:key_prefix AS text), o.relationship_id, o.k))
-             AS earlier_on_payment
+           coalesce(mr.rewards, 0) AS earlier_rewards,
+           coalesce(pr.rewards, 0) AS earlier_on_payment
     FROM owed AS o
-    WHERE NOT EXISTS (SELECT 1 FROM standing AS s WHERE s.relationship_id = o.relationship_id AND s.month = o.k)
+    LEFT JOIN month_rewards AS mr ON mr.relationship_id = o.relationship_id AND mr.month = o.k
+    LEFT JOIN payment_rewards AS pr
+           ON pr.relationship_id = o.relationship_id AND pr.month = o.k AND pr.payment_id = o.payment_id
+    LEFT JOIN standing AS s ON s.relationship_id = o.relationship_id AND s.month = o.k
+    WHERE s.relationship_id IS NULL  -- at most one reward of a month stands (uq_referral_rewards_one_standing)
 )
 SELECT 'reward'                                AS action,
        beneficiary_user_id                     AS user_id,
