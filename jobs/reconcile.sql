@@ -1,6 +1,12 @@
 -- reconcile: the balance cache against the ledger, in one REPEATABLE READ READ ONLY snapshot,
 -- then (with --repair) the discrepant cache rows set to the ledger under a row lock.
 
+-- name: one_snapshot_per_node --
+-- On Citus every connection to a worker takes its own snapshot; with one connection per worker, every
+-- statement of the reconcile reads each worker's one snapshot (a user's ledger and cache rows share a
+-- shard, hence a snapshot). On plain PostgreSQL a `citus.` setting is an inert placeholder.
+SET LOCAL citus.max_adaptive_executor_pool_size = 1;
+
 -- name: previous_reconcile --
 -- The opening of the roll-forward: the latest successful reconcile for an earlier as-of.
 -- closing_rows: the rows that closing counted (summaries written before it was kept: all rows of that
