@@ -14,8 +14,10 @@ fresh AS (
     SELECT c.*
     FROM candidate AS c
     WHERE c.delta <> 0
-      AND NOT EXISTS (SELECT 1 FROM public.user_point_transactions AS t
-                      WHERE t.idempotency_key = c.idempotency_key)
+      -- An uncorrelated set (Citus plans it apart; a correlated NOT EXISTS it cannot run here).
+      AND c.idempotency_key NOT IN (SELECT t.idempotency_key
+                                    FROM public.user_point_transactions AS t
+                                    WHERE t.idempotency_key IN (SELECT idempotency_key FROM candidate))
 ),
 fits_int AS (
     SELECT f.*, f.delta BETWEEN -2147483648 AND 2147483647 AS fits
@@ -49,7 +51,9 @@ inserted AS (
     SELECT user_id, CAST(delta AS int), type, ref_id, note, idempotency_key, :as_of
     FROM storable
     ORDER BY user_id, idempotency_key
-    ON CONFLICT (idempotency_key) DO NOTHING
+    -- No conflict target: the key's unique index is (idempotency_key) on PostgreSQL and
+    -- (user_id, idempotency_key) on Citus, whose unique indexes include the distribution column.
+    ON CONFLICT DO NOTHING
     RETURNING user_id, delta, type
 ),
 per_user AS (
@@ -82,10 +86,12 @@ FROM unstorable
 GROUP BY type;
 
 -- name: lock_balances --
--- Lock the given users' cache rows in user_id order BEFORE reading their ledger: a debit the app
--- commits while we wait is then visible to the next statement (READ COMMITTED) and counted.
-SELECT user_id
-FROM public.user_point_balances
-WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
-ORDER BY user_id
-FOR UPDATE;
+-- Lock the given users' cache rows BEFORE reading their ledger: a debit the app commits while we
+-- wait is then visible to the next statement (READ COMMITTED) and counted. The lock is a no-op UPDATE
+-- (Citus runs no multi-shard SELECT … FOR UPDATE), the shards taken one after another, each through
+-- the user_id index (user_id order), so that every locker takes the rows in the same order.
+SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+UPDATE public.user_point_balances
+SET updated_at = updated_at
+WHERE user_id = ANY(CAST(:user_ids AS uuid[]));
+SET LOCAL citus.multi_shard_modify_mode = 'parallel';

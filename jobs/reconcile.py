@@ -173,6 +173,7 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with conn.begin():
+            conn.execute(_queries["one_snapshot_per_node"])
             yield conn
 
 

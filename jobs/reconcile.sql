@@ -1,6 +1,12 @@
 -- reconcile: the balance cache against the ledger, in one REPEATABLE READ READ ONLY snapshot,
 -- then (with --repair) the discrepant cache rows set to the ledger under a row lock.
 
+-- name: one_snapshot_per_node --
+-- On Citus every connection to a worker takes its own snapshot; with one connection per worker, every
+-- statement of the reconcile reads each worker's one snapshot (a user's ledger and cache rows share a
+-- shard, hence a snapshot). On plain PostgreSQL a `citus.` setting is an inert placeholder.
+SET LOCAL citus.max_adaptive_executor_pool_size = 1;
+
 -- name: previous_reconcile --
 -- The opening of the roll-forward: the latest successful reconcile for an earlier as-of.
 -- closing_rows: the rows that closing counted (summaries written before it was kept: all rows of that
@@ -159,11 +165,14 @@ ON CONFLICT (user_id) DO NOTHING
 RETURNING b.user_id;
 
 -- name: lock_balances --
-SELECT user_id
-FROM public.user_point_balances
-WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
-ORDER BY user_id
-FOR UPDATE;
+-- As core/ledger.sql's lock_balances: the lock is a no-op UPDATE
+-- (Citus runs no multi-shard SELECT … FOR UPDATE), the shards taken one after another, each through
+-- the user_id index (user_id order), so that every locker takes the rows in the same order.
+SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+UPDATE public.user_point_balances
+SET updated_at = updated_at
+WHERE user_id = ANY(CAST(:user_ids AS uuid[]));
+SET LOCAL citus.multi_shard_modify_mode = 'parallel';
 
 -- name: repair_balances --
 -- Under the row locks taken by the previous statement, set each cache row to the ledger's sums

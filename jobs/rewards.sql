@@ -64,25 +64,31 @@ earning AS (
     WHERE beneficiary_user_id <> referred_user_id
       AND NOT (via_parent AND beneficiary_user_id = referrer_user_id)
 ),
+paid AS MATERIALIZED (
+    -- The PAID payments of the batch's referred users that count by now, fetched per user through
+    -- (user_id, paid_at) on PostgreSQL and shard-locally on Citus.
+    SELECT p.id, p.user_id, p.amount_cents, p.paid_at
+    FROM {payments} AS p
+    WHERE p.user_id = ANY(ARRAY(SELECT referred_user_id FROM earning))
+      AND p.status = 'PAID'
+      AND p.paid_at <= CAST(:counts_until AS timestamptz)
+),
 owed AS (
-    SELECT e.id AS relationship_id, e.beneficiary_user_id, m.k, payment.id AS payment_id,
+    -- The basis payment of each paid month: the first of the month's payments by (paid_at, id), by
+    -- DISTINCT ON rather than a LATERAL … LIMIT 1, which Citus cannot run beside a reference table.
+    SELECT DISTINCT ON (e.id, m.k)
+           e.id AS relationship_id, e.beneficiary_user_id, m.k, p.id AS payment_id,
            CAST(:fixed_points AS numeric)
-           + div(payment.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000)
+           + div(p.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000)
              AS points
     FROM earning AS e
-    CROSS JOIN LATERAL generate_series(CAST(:first_month AS int), CAST(:last_month AS int)) AS m(k)
-    CROSS JOIN LATERAL (
-        SELECT p.id, p.amount_cents
-        FROM {payments} AS p
-        WHERE p.user_id = e.referred_user_id
-          AND p.status = 'PAID'
-          AND p.paid_at >= e.rewarded_at + make_interval(months => m.k)
-          AND p.paid_at <  e.rewarded_at + make_interval(months => m.k + 1)
-          AND p.paid_at <= CAST(:counts_until AS timestamptz)
-        ORDER BY p.paid_at, p.id
-        LIMIT 1
-    ) AS payment
+    CROSS JOIN generate_series(CAST(:first_month AS int), CAST(:last_month AS int)) AS m(k)
+    JOIN paid AS p
+      ON p.user_id = e.referred_user_id
+     AND p.paid_at >= e.rewarded_at + make_interval(months => m.k)
+     AND p.paid_at <  e.rewarded_at + make_interval(months => m.k + 1)
     WHERE e.rewarded_at + make_interval(months => m.k) <= CAST(:counts_until AS timestamptz)
+    ORDER BY e.id, m.k, p.paid_at, p.id
 ),
 written AS (
     SELECT rr.*
@@ -94,25 +100,41 @@ clawback AS (
     SELECT w.*
     FROM written AS w
     WHERE w.clawback_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM {payments} AS p WHERE p.id = w.payment_id AND p.status = 'PAID')
+      -- An uncorrelated set of the batch's PAID bases (Citus runs no correlated subquery here).
+      AND w.payment_id <> ALL(ARRAY(SELECT p.id FROM {payments} AS p
+                                    WHERE p.id = ANY(ARRAY(SELECT payment_id FROM written))
+                                      AND p.status = 'PAID'))
 ),
 standing AS (
     SELECT w.relationship_id, w.month
     FROM written AS w
     WHERE w.clawback_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM clawback AS c WHERE c.idempotency_key = w.idempotency_key)
+      AND w.idempotency_key NOT IN (SELECT idempotency_key FROM clawback)
+),
+-- Counts by month and by payment joined in, not correlated subqueries (which Citus mis-evaluates
+-- beside a NOT EXISTS over results it planned apart): the same numbers on both engines.
+month_rewards AS (
+    SELECT relationship_id, month, count(*) AS rewards
+    FROM written
+    GROUP BY relationship_id, month
+),
+payment_rewards AS (
+    SELECT relationship_id, month, payment_id, count(*) AS rewards
+    FROM written
+    WHERE idempotency_key <> format('%s:%s:%s', CAST(:key_prefix AS text), relationship_id, month)
+    GROUP BY relationship_id, month, payment_id
 ),
 reward AS (
     SELECT o.*,
            format('%s:%s:%s', CAST(:key_prefix AS text), o.relationship_id, o.k) AS first_key,
-           (SELECT count(*) FROM written AS w
-            WHERE w.relationship_id = o.relationship_id AND w.month = o.k) AS earlier_rewards,
-           (SELECT count(*) FROM written AS w
-            WHERE w.relationship_id = o.relationship_id AND w.month = o.k AND w.payment_id = o.payment_id
-              AND w.idempotency_key <> format('%s:%s:%s', CAST(:key_prefix AS text), o.relationship_id, o.k))
-             AS earlier_on_payment
+           coalesce(mr.rewards, 0) AS earlier_rewards,
+           coalesce(pr.rewards, 0) AS earlier_on_payment
     FROM owed AS o
-    WHERE NOT EXISTS (SELECT 1 FROM standing AS s WHERE s.relationship_id = o.relationship_id AND s.month = o.k)
+    LEFT JOIN month_rewards AS mr ON mr.relationship_id = o.relationship_id AND mr.month = o.k
+    LEFT JOIN payment_rewards AS pr
+           ON pr.relationship_id = o.relationship_id AND pr.month = o.k AND pr.payment_id = o.payment_id
+    LEFT JOIN standing AS s ON s.relationship_id = o.relationship_id AND s.month = o.k
+    WHERE s.relationship_id IS NULL  -- at most one reward of a month stands (uq_referral_rewards_one_standing)
 )
 SELECT 'reward'                                AS action,
        beneficiary_user_id                     AS user_id,
@@ -188,20 +210,29 @@ WHERE p.action = 'reward'
 ON CONFLICT (idempotency_key) DO NOTHING;
 
 -- name: record_clawbacks --
--- Each clawback now in the ledger (or taking 0 points: nothing to write, all unrecovered).
-WITH recorded AS (
-    UPDATE public.referral_rewards AS rr
-    SET clawback_key       = p.idempotency_key,
-        clawed_back_points = -p.delta,
-        unrecovered_points = rr.points + p.delta,
-        clawed_back_at     = :as_of,
-        clawback_run_id    = :run_id
+-- Each clawback now in the ledger (or taking 0 points: nothing to write, all unrecovered). The
+-- clawbacks found in the ledger are gathered first: Citus updates a replicated table only from
+-- replicated tables and results, not joined with a distributed table in the same statement.
+WITH in_ledger AS MATERIALIZED (
+    SELECT p.reward_key, p.idempotency_key, p.delta
     FROM planned_rows AS p
     WHERE p.action = 'clawback'
-      AND rr.idempotency_key = p.reward_key
-      AND rr.clawback_key IS NULL
       AND (p.delta = 0
-           OR EXISTS (SELECT 1 FROM public.user_point_transactions AS t WHERE t.idempotency_key = p.idempotency_key))
+           OR p.idempotency_key IN (SELECT t.idempotency_key
+                                    FROM public.user_point_transactions AS t
+                                    WHERE t.idempotency_key IN (SELECT idempotency_key FROM planned_rows
+                                                                WHERE action = 'clawback')))
+),
+recorded AS (
+    UPDATE public.referral_rewards AS rr
+    SET clawback_key       = c.idempotency_key,
+        clawed_back_points = -c.delta,
+        unrecovered_points = rr.points + c.delta,
+        clawed_back_at     = :as_of,
+        clawback_run_id    = :run_id
+    FROM in_ledger AS c
+    WHERE rr.idempotency_key = c.reward_key
+      AND rr.clawback_key IS NULL
     RETURNING rr.clawed_back_points, rr.unrecovered_points
 )
 SELECT count(*)                              AS clawbacks,
