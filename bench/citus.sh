@@ -9,12 +9,13 @@
 #   bash bench/citus.sh createdb NAME   a database on every node with the extension, workers registered
 #   bash bench/citus.sh destroy   stop and remove the data folders
 #
-# Settings: CITUS_DIR (default <repo>/.citus-cluster), CITUS_PORT (coordinator, default 9700; the
+# Settings: CITUS_DIR (default /var/tmp/rewards-citus: outside the clone, whose folder user postgres
+# may not be allowed to enter, e.g. one made by mktemp), CITUS_PORT (coordinator, default 9700; the
 # workers take the next two ports). Idempotent: each step does nothing when it is already done.
 # Needs root for the one-time build (the shared script uses apt); the nodes run as user postgres.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-dir=${CITUS_DIR:-$repo/.citus-cluster}
+dir=${CITUS_DIR:-/var/tmp/rewards-citus}
 port=${CITUS_PORT:-9700}
 bin=/usr/lib/postgresql/15/bin
 nodes=(coordinator worker1 worker2)
