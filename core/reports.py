@@ -13,22 +13,29 @@ from typing import Iterator, TextIO
 
 
 @contextmanager
+def naming_the_file(path: Path) -> Iterator[None]:
+    """An OSError that names no file (a full disk on write or fsync) is raised again naming `path`."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is not None and error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+@contextmanager
 def atomic_text_file(path: Path) -> Iterator[TextIO]:
     """Open a text file to write that appears at `path` only when the `with` block ends without error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        os.fchmod(descriptor, 0o644)  # mkstemp makes 0600; a report is for others to read
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(aside, path)
-    except OSError as error:
-        Path(aside).unlink(missing_ok=True)
-        if error.errno is not None and error.filename is None:  # a full disk on write/fsync names no file
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
+        with naming_the_file(path):
+            os.fchmod(descriptor, 0o644)  # mkstemp makes 0600; a report is for others to read
+            with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as out:
+                yield out
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(aside, path)
     except BaseException:
         Path(aside).unlink(missing_ok=True)
         raise
@@ -80,7 +87,7 @@ class FileSet:
     @contextmanager
     def text(self, final: Path) -> Iterator[TextIO]:
         aside = self.path_for(final)
-        with open(aside, "w", encoding="utf-8", newline="") as out:
+        with naming_the_file(final), open(aside, "w", encoding="utf-8", newline="") as out:
             yield out
 
     def write_text(self, final: Path, content: str) -> None:
@@ -88,7 +95,8 @@ class FileSet:
             out.write(content)
 
     def write_bytes(self, final: Path, content: bytes) -> None:
-        self.path_for(final).write_bytes(content)
+        with naming_the_file(final):
+            self.path_for(final).write_bytes(content)
 
     def publish(self) -> None:
         for aside in self._staged.values():

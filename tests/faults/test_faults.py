@@ -196,7 +196,6 @@ def test_a_full_reports_folder_fails_the_reconcile_cleanly_and_the_next_one_succ
     assert cache_disagreements(engine) == []
 
 
-@pytest.mark.xfail(reason="reconcile all-or-nothing is issue 14 item 2, the finance engineer's branch", strict=False)
 def test_a_reports_folder_that_fills_after_the_csv_leaves_no_file_and_no_repair(world, engine, tmp_path):
     env = cli_env(engine.url.render_as_string(hide_password=False), tmp_path)
     before = books(engine)
