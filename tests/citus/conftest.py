@@ -2,8 +2,9 @@
 workers. Every test gets a database of its own on all three nodes, with the extension, the workers
 registered, and `migrate` run through the coordinator (migration 019 distributes the tables).
 
-Skipped, with the reason, where the cluster cannot be had: Citus not installed (CI builds it once per
-machine with `bash bench/citus.sh up`), or the nodes do not start. `REWARDS_CITUS_PORT` moves the
+They run only when asked (`REWARDS_TEST_CITUS=1`; about 25 minutes more on 2 cores) and are skipped,
+with the reason, otherwise or where the cluster cannot be had: Citus not installed (`bash bench/citus.sh
+up` builds it once per machine), or the nodes do not start. `REWARDS_CITUS_PORT` moves the
 cluster (default 9700, the workers on the next two ports).
 """
 from __future__ import annotations
@@ -69,6 +70,8 @@ def _citus_installed() -> bool:
 @pytest.fixture(scope="session")
 def server_url() -> str:
     """The coordinator's maintenance database; the cluster started (it is fast when already built)."""
+    if os.environ.get("REWARDS_TEST_CITUS") != "1":
+        pytest.skip("the Citus tests run with REWARDS_TEST_CITUS=1 (about 25 minutes more on 2 cores)")
     if not _citus_installed():
         pytest.skip("Citus is not installed here: `bash bench/citus.sh up` builds it once (root, ~2.5 min)")
     started = subprocess.run(["bash", str(REPO / "bench" / "citus.sh"), "up"], capture_output=True, text=True,
