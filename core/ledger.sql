@@ -86,12 +86,12 @@ FROM unstorable
 GROUP BY type;
 
 -- name: lock_balances --
--- Lock the given users' cache rows BEFORE reading their ledger: a debit the app commits while we
--- wait is then visible to the next statement (READ COMMITTED) and counted. The lock is a no-op UPDATE
--- (Citus runs no multi-shard SELECT … FOR UPDATE), the shards taken one after another, each through
--- the user_id index (user_id order), so that every locker takes the rows in the same order.
-SET LOCAL citus.multi_shard_modify_mode = 'sequential';
-UPDATE public.user_point_balances
-SET updated_at = updated_at
-WHERE user_id = ANY(CAST(:user_ids AS uuid[]));
-SET LOCAL citus.multi_shard_modify_mode = 'parallel';
+-- Lock the given users' cache rows in user_id order BEFORE reading their ledger: a debit the app
+-- commits while we wait is then visible to the next statement (READ COMMITTED) and counted. Every
+-- locker takes the rows in the same (user_id) order, so two jobs never deadlock. (On Citus a
+-- multi-shard SELECT … FOR UPDATE is refused: docs/citus.md says what the cluster needs instead.)
+SELECT user_id
+FROM public.user_point_balances
+WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
+ORDER BY user_id
+FOR UPDATE;

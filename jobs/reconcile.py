@@ -41,6 +41,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine
 
 from core.job import Batch, Job, RunContext
+from core.ledger import lock_balances
 from core.reports import FileSet, remove_leftovers
 from core.sql import Queries
 
@@ -362,7 +363,7 @@ def _repair(ctx: RunContext) -> int:
             return Batch(next_after=None)
         params = {"user_ids": user_ids, "as_of": ctx.as_of}
         created = {row.user_id for row in conn.execute(_queries["create_missing_balances"], params)}
-        conn.execute(_queries["lock_balances"], params)
+        lock_balances(conn, user_ids)
         updated = {row.user_id for row in conn.execute(_queries["repair_balances"], params)}
         ctx.count("repaired", len(created | updated))
         done = len(user_ids) < ctx.settings.batch_size

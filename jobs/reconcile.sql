@@ -164,16 +164,6 @@ ORDER BY user_id
 ON CONFLICT (user_id) DO NOTHING
 RETURNING b.user_id;
 
--- name: lock_balances --
--- As core/ledger.sql's lock_balances: the lock is a no-op UPDATE
--- (Citus runs no multi-shard SELECT … FOR UPDATE), the shards taken one after another, each through
--- the user_id index (user_id order), so that every locker takes the rows in the same order.
-SET LOCAL citus.multi_shard_modify_mode = 'sequential';
-UPDATE public.user_point_balances
-SET updated_at = updated_at
-WHERE user_id = ANY(CAST(:user_ids AS uuid[]));
-SET LOCAL citus.multi_shard_modify_mode = 'parallel';
-
 -- name: repair_balances --
 -- Under the row locks taken by the previous statement, set each cache row to the ledger's sums
 -- (read now, so an app write committed while we waited is included); users without ledger rows get 0.
