@@ -82,10 +82,12 @@ reward AS (
     SELECT b.beneficiary_user_id AS user_id, b.id AS relationship_id, b.k, b.payment_id,
            CAST(:fixed_points AS numeric)
            + div(b.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points,
-           CASE WHEN EXISTS (SELECT 1 FROM written w WHERE w.relationship_id = b.id AND w.month = b.k)
+           CASE WHEN rewarded.month IS NOT NULL
                 THEN format('%s:%s:%s:%s', CAST(:key_prefix AS text), b.id, b.k, b.payment_id)
                 ELSE format('%s:%s:%s', CAST(:key_prefix AS text), b.id, b.k) END AS idempotency_key
     FROM basis b
+    LEFT JOIN (SELECT DISTINCT relationship_id, month FROM written) rewarded
+           ON rewarded.relationship_id = b.id AND rewarded.month = b.k
     WHERE NOT EXISTS (SELECT 1 FROM standing s WHERE s.relationship_id = b.id AND s.month = b.k)
 ),
 balance AS (

@@ -175,6 +175,11 @@ def run_bound(engine: Engine, job: str, settings: Settings, as_of: datetime) -> 
     with engine.connect() as conn:
         if job == "reconcile":
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.exec_driver_sql("SET LOCAL jit = off")  # compiling a one-off statement costs more than it saves
+        if _BOUND_BLOCK.get(job) == "reward_rule":
+            # Hash and merge joins over the whole history, as the reward jobs plan theirs (a nested
+            # loop over a CTE whose statistics are guessed is quadratic).
+            conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
         started = time.monotonic()
         row = conn.execute(statement, bound_params(settings, as_of, job)).one()
         seconds = time.monotonic() - started

@@ -9,11 +9,12 @@ it, whatever happens next. A stop request (SIGTERM) is honoured between batches.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import structlog
 from sqlalchemy import Connection, Engine
@@ -21,6 +22,25 @@ from sqlalchemy import Connection, Engine
 from core import runs
 from core.ledger import WrittenPoints
 from core.settings import Settings, env_name
+
+
+@contextmanager
+def session_tables(conn: Connection, *names: str) -> Iterator[None]:
+    """Temporary tables that outlive this connection's transactions, e.g. a run's plan that its
+    batches read one by one (`RunContext.batches(…, connection=conn)`): dropped before (a pooled
+    connection may still hold one from an earlier run) and after."""
+    def drop() -> None:
+        for name in names:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{name}")
+        conn.commit()
+
+    drop()
+    try:
+        yield
+    finally:
+        if not conn.invalidated:
+            conn.rollback()
+            drop()
 
 
 class StopRequested(Exception):
@@ -116,8 +136,20 @@ class RunContext:
             for job, run in sorted(runs.latest_runs_of(self.engine, jobs).items())
         }
 
-    def batches(self, step: Callable[[Connection, Any], Batch], *, total: int | None = None) -> None:
-        """Run `step(conn, after)` batch after batch, each in its own transaction, until it is done.
+    @contextmanager
+    def _transaction(self, connection: Connection | None) -> Iterator[Connection]:
+        if connection is None:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with connection.begin():
+                yield connection
+
+    def batches(self, step: Callable[[Connection, Any], Batch], *, total: int | None = None,
+                connection: Connection | None = None) -> None:
+        """Run `step(conn, after)` batch after batch, each in its own transaction, until it is done:
+        on `connection` when given (a job that keeps session state, e.g. a temporary table), else on
+        a connection of the pool.
 
         The batch's stats are stored in its transaction; if it rolls back, so do they (here too)."""
         after: Any = None
@@ -126,7 +158,7 @@ class RunContext:
             started = time.monotonic()
             before = copy.deepcopy(self.stats)
             try:
-                with self.engine.begin() as conn:
+                with self._transaction(connection) as conn:
                     self.heartbeat(conn)
                     batch = step(conn, after)
                     self.count("batches")

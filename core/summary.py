@@ -21,7 +21,9 @@ _COUNTS: tuple[tuple[str, str], ...] = (
     ("roll_forward_gap", "points roll-forward gap"),
     ("outstanding_points", "points outstanding"),
     ("relationships_scanned", "relationships scanned"),
+    ("relationships_to_write", "relationships with rows to write"),
     ("users_checked", "users checked"),
+    ("users_to_expire", "users with points due"),
     ("skipped_missing_rewarded_at", "skipped without rewarded_at"),
     ("backfilled_rows", "back-filled rows"),
 )

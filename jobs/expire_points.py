@@ -10,24 +10,23 @@ exists and due is still positive (points back-filled since, then a re-run of the
 rest is written with key `expiry:{user_id}:{as_of}:{n}`, n = 2, 3, … N = 0 turns the job off.
 
 Every run derives due from the whole ledger (nothing is remembered between runs, so a back-fill is
-never missed): it walks the users with points earned before cutoff in user_id batches. Each batch
-locks its users' balance rows (user_id order) before it reads their ledger sums, so a redemption
-committed while it waited is counted, never expired twice, and a balance never goes below zero.
+never missed): one pass over the ledger finds the users with something due, and batches of them
+(user_id order) lock their balance rows before they read their ledger sums again, so a redemption
+committed while a batch waited is counted, never expired twice, and a balance never goes below zero.
+(Only a user with something due is locked: a debit committed meanwhile can only lower a due.)
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
-from uuid import UUID
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from core.job import Batch, Job, RunContext
+from core.job import Batch, Job, RunContext, session_tables
 from core.ledger import lock_balances, undone_when, write_points
 from core.sql import Queries
 
 _queries = Queries(__file__)
-_BEFORE_ALL_IDS = UUID(int=0)
 
 
 def expiry_key_instant(as_of: datetime) -> str:
@@ -43,41 +42,42 @@ def run(ctx: RunContext) -> None:
         return
     with ctx.engine.connect() as conn:
         cutoff = conn.execute(_queries["cutoff"], {"as_of": ctx.as_of, "months": months}).scalar_one()
-        total = conn.execute(_queries["count_users"]).scalar_one()
-    ctx.stats["cutoff"] = cutoff.isoformat()
-    ctx.stats.update(users_checked=0, users_expired=0)
-    ctx.batches(lambda conn, after: _expire_batch(ctx, conn, after, cutoff), total=total)
+        ctx.stats["cutoff"] = cutoff.isoformat()
+        ctx.stats.update(users_expired=0)
+        with session_tables(conn, "expiry_plan"):
+            plan = _plan(ctx, conn, cutoff)
+            keys = {"cutoff": cutoff, "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": cutoff.isoformat()}
+            ctx.batches(lambda conn, after: _expire_batch(ctx, conn, after or 0, plan.batches, keys),
+                        total=plan.users_due, connection=conn)
 
 
-def _expire_batch(ctx: RunContext, conn: Connection, after: Any, cutoff: datetime) -> Batch:
-    """One batch of users with points earned before cutoff: find those with something due, lock their
-    balance rows, then write what is due, read again from the ledger under the lock. (Only a user
-    with something due is locked: a debit committed meanwhile can only lower a due, never raise one.)"""
-    user_ids = [str(row.user_id) for row in conn.execute(_queries["candidate_batch"], {
-        "cutoff": cutoff, "after": after or _BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
-    })]
-    if not user_ids:
-        return Batch(next_after=None)
-    keys = {"cutoff": cutoff, "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": cutoff.isoformat()}
-    due = [str(row.user_id) for row in conn.execute(_DUE_USERS, {**keys, **_users(user_ids)})]
-    if due:
+def _plan(ctx: RunContext, conn: Connection, cutoff: datetime) -> Any:
+    """One pass over the ledger: the users with something due, in the session's expiry_plan."""
+    conn.execute(_queries["create_plan"])
+    plan = conn.execute(_queries["plan_run"], {"cutoff": cutoff, "batch_size": ctx.settings.batch_size}).one()
+    conn.execute(_queries["index_plan"])
+    conn.commit()
+    ctx.stats.update(users_checked=plan.users_checked, users_to_expire=plan.users_due)
+    return plan
+
+
+def _expire_batch(ctx: RunContext, conn: Connection, number: int, batches: int, keys: dict[str, Any]) -> Batch:
+    """One batch of the users with something due: lock their balance rows, then write what is due,
+    read again from the ledger under the lock."""
+    user_ids = [str(user_id) for user_id in conn.execute(_queries["batch_users"], {"batch": number}).scalars()]
+    if user_ids:
         with undone_when(conn, dry_run=ctx.dry_run):
-            lock_balances(conn, due)
-            written = write_points(conn, _queries.raw("expiry_candidates"), {**keys, **_users(due)},
+            lock_balances(conn, user_ids)
+            written = write_points(conn, _queries.raw("expiry_candidates"), {**keys, **_users(user_ids)},
                                    as_of=ctx.as_of)
         ctx.record_points(written)
         ctx.count("users_expired", written.users)
-    ctx.count("users_checked", len(user_ids))
-    done = len(user_ids) < ctx.settings.batch_size
-    return Batch(next_after=None if done else user_ids[-1], items=len(user_ids))
+    return Batch(next_after=number + 1 if number + 1 < batches else None, items=len(user_ids))
 
 
 def _users(user_ids: list[str]) -> dict[str, Any]:
     """A batch's users as the statements take them: the list, and the same as a range."""
     return {"user_ids": user_ids, "first_user_id": user_ids[0], "last_user_id": user_ids[-1]}
-
-
-_DUE_USERS = text(f"SELECT user_id FROM ({_queries.raw('expiry_candidates')}) AS due ORDER BY user_id")
 
 
 JOB = Job(

@@ -5,23 +5,38 @@
 -- PostgreSQL month arithmetic in UTC (the session time zone): Mar 31 - 1 month = Feb 28/29.
 SELECT CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int));
 
--- name: count_users --
--- For the progress display: users with ledger rows (index only).
-SELECT count(DISTINCT user_id) FROM public.user_point_transactions;
+-- name: create_plan --
+CREATE TEMP TABLE expiry_plan (user_id uuid NOT NULL, batch int NOT NULL);
 
--- name: candidate_batch --
--- The next users (by user_id, after :after) with points earned before cutoff: walking user ids in
--- order and probing each one keeps every batch as cheap as the first, whereas a DISTINCT over every
--- earning row before cutoff would be re-read by each batch.
-SELECT u.user_id
-FROM (SELECT DISTINCT user_id
-      FROM public.user_point_transactions
-      WHERE user_id > :after
-      ORDER BY user_id) AS u
-WHERE EXISTS (SELECT 1 FROM public.user_point_transactions t
-              WHERE t.user_id = u.user_id AND t.delta > 0 AND t.created_at < :cutoff)
-ORDER BY u.user_id
-LIMIT :batch_size;
+-- name: plan_run --
+-- One pass over the whole ledger: every user with points earned before cutoff is checked; those with
+-- something due go into the plan, numbered in batches in user_id order. The due is read again per
+-- batch under the balance lock (a debit committed meanwhile can only lower it, never raise it).
+WITH per_user AS MATERIALIZED (
+    SELECT user_id,
+           bool_or(delta > 0 AND created_at < :cutoff) AS earned_before_cutoff,
+           coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
+         + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
+    FROM public.user_point_transactions
+    GROUP BY user_id
+),
+planned AS (
+    INSERT INTO pg_temp.expiry_plan (user_id, batch)
+    SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / :batch_size
+    FROM per_user
+    WHERE due > 0
+    RETURNING batch
+)
+SELECT count(*) FILTER (WHERE earned_before_cutoff) AS users_checked,
+       (SELECT count(*) FROM planned)               AS users_due,
+       (SELECT coalesce(max(batch) + 1, 0) FROM planned) AS batches
+FROM per_user;
+
+-- name: index_plan --
+CREATE INDEX ON pg_temp.expiry_plan (batch);
+
+-- name: batch_users --
+SELECT user_id FROM pg_temp.expiry_plan WHERE batch = :batch ORDER BY user_id;
 
 -- name: expiry_candidates --
 -- The EXPIRY rows of a batch, for the ledger writer. Every debit of the ledger is counted, also one

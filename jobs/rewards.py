@@ -25,9 +25,11 @@ Example: a $20.00 payment earns the referrer 200 points (10%). Refunded after th
 of them, the clawback takes back 50 (their whole balance) and records 150 unrecovered. If the user
 then pays $20.00 again in the same month, the month earns 200 points again.
 
-Batches are ranges of relationship ids; each batch is one transaction: plan (a temporary table),
-lock the beneficiaries' balance rows, price the clawbacks, write through the ledger writer, record
-the bases. A reward or clawback that cannot be stored (over INT) is counted and logged, never failing.
+A run plans first: one set-based statement derives, over the whole history, every row owed now that
+the ledger does not hold yet (a temporary table, numbered in batches of relationships), so a daily run
+costs about one pass over the data however little changed. Then each batch is one transaction: lock
+the beneficiaries' balance rows, price the clawbacks, write through the ledger writer, record the
+bases. A reward or clawback that cannot be stored (over INT) is counted and logged, never failing.
 """
 from __future__ import annotations
 
@@ -35,19 +37,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy import Connection, Engine
 
-from core.job import Batch, RunContext
+from core.job import Batch, RunContext, session_tables
 from core.ledger import lock_balances, undone_when, write_points
 from core.settings import ConfigError, RewardAmount, Settings
 from core.sql import Queries
 
 _queries = Queries(__file__)
 
-_BEFORE_ALL_IDS = str(UUID(int=0))
-_AFTER_ALL_IDS = str(UUID(int=2**128 - 1))
 FEED_COLUMNS = ("id", "user_id", "amount_cents", "status", "paid_at")
 
 
@@ -90,30 +89,38 @@ def check_payments_feed(engine: Engine, settings: Settings) -> None:
 class _RewardRun:
     ctx: RunContext
     rule: RewardRule
+    batches: int = 0
 
     def __post_init__(self) -> None:
-        self.plan = _queries.render("plan_batch", payments=self.ctx.settings.payments_table_sql)
         self.params = {**self.rule.params(self.ctx.as_of), "as_of": self.ctx.as_of, "run_id": self.ctx.run_id}
 
-    def batch(self, conn: Connection, after: str | None) -> Batch:
-        after_id = after or _BEFORE_ALL_IDS
-        size = self.ctx.settings.batch_size
-        ids = conn.execute(_queries["batch_end"], {"after_id": after_id, "batch_size": size}).one()
-        full = ids.relationships == size
-        bounds = {**self.params, "after_id": after_id, "last_id": ids.last_id if full else _AFTER_ALL_IDS}
-        self.ctx.count("relationships_scanned", ids.relationships)
-        conn.execute(self.plan, bounds)
-        with undone_when(conn, dry_run=self.ctx.dry_run):
-            self._write_planned(conn, bounds)
-        return Batch(next_after=ids.last_id if full else None, items=ids.relationships)
+    def plan(self, conn: Connection) -> int:
+        """Derive what the whole history owes now into the session's run_plan; return how many
+        relationships have something to write."""
+        conn.execute(_queries["bulk_joins"])
+        conn.execute(_queries.render("plan_run", payments=self.ctx.settings.payments_table_sql),
+                     {**self.params, "batch_size": self.ctx.settings.batch_size})
+        conn.execute(_queries["index_plan"])
+        size = conn.execute(_queries["plan_size"]).one()
+        conn.commit()
+        self.batches = size.batches
+        return size.relationships
 
-    def _write_planned(self, conn: Connection, bounds: dict[str, Any]) -> None:
+    def batch(self, conn: Connection, after: int | None) -> Batch:
+        number = 0 if after is None else after
+        conn.execute(_queries["batch_rows"], {"batch": number})
+        relationships = conn.execute(_queries["batch_relationships"]).scalar_one()
+        with undone_when(conn, dry_run=self.ctx.dry_run):
+            self._write_planned(conn)
+        return Batch(next_after=number + 1 if number + 1 < self.batches else None, items=relationships)
+
+    def _write_planned(self, conn: Connection) -> None:
         lock_balances(conn, conn.execute(_queries["beneficiaries"]).scalars().all())
         conn.execute(_queries["price_clawbacks"])
         written = write_points(conn, _queries.raw("planned_rows"), {}, as_of=self.ctx.as_of)
         self.ctx.record_points(written)
-        clawed = conn.execute(_queries["record_clawbacks"], bounds).one()  # first: a re-earned month's
-        conn.execute(_queries["record_rewards"], bounds)                   # new reward then stands alone
+        clawed = conn.execute(_queries["record_clawbacks"], self.params).one()  # first: a re-earned month's
+        conn.execute(_queries["record_rewards"], self.params)                   # new reward then stands alone
         self.ctx.count("clawbacks", clawed.clawbacks)
         self.ctx.count("clawed_back_points", int(clawed.clawed_back_points))
         self.ctx.count("unrecovered_points", int(clawed.unrecovered_points))
@@ -129,13 +136,16 @@ class _RewardRun:
 
 
 def run_reward_job(ctx: RunContext, rule: RewardRule) -> None:
-    """Walk every relationship in id batches; each batch writes what its months owe now."""
+    """Plan what the whole history owes now, then write it batch by batch."""
     ctx.stats.update(clawbacks=0, clawed_back_points=0, unrecovered_points=0, skipped_unstorable=0)
     if rule.last_month < rule.first_month:
         ctx.stats["scan"] = "none: no reward months configured"
         return
+    reward_run = _RewardRun(ctx, rule)
     with ctx.engine.connect() as conn:
-        total = conn.execute(_queries["count_relationships"]).scalar_one()
-        ctx.stats["skipped_missing_rewarded_at"] = conn.execute(
-            _queries["missing_rewarded_at"], {"level": rule.level}).scalar_one()
-    ctx.batches(_RewardRun(ctx, rule).batch, total=total)
+        counts = conn.execute(_queries["relationship_counts"], {"level": rule.level}).one()
+        ctx.stats.update(relationships_scanned=counts.scanned, skipped_missing_rewarded_at=counts.missing_rewarded_at)
+        with session_tables(conn, "run_plan"):
+            relationships = reward_run.plan(conn)
+            ctx.stats["relationships_to_write"] = relationships
+            ctx.batches(reward_run.batch, total=relationships, connection=conn)

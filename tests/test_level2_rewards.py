@@ -11,7 +11,7 @@ from sqlalchemy import text
 from core.runner import RunResult, run_job
 from jobs import level2_rewards, recurring_rewards
 from tests.builders import add_relationship, balance_of, ledger_rows, new_id, utc
-from tests.test_recurring_rewards import add_ten_years_of_rewarded_chains, first_batch_plan
+from tests.test_recurring_rewards import add_ten_years_of_rewarded_chains, assert_one_pass_by_hash_joins, daily_plan
 
 JOB = level2_rewards.JOB
 REWARDED_AT = utc(2026, 1, 10, 9)
@@ -283,14 +283,10 @@ def test_runs_at_several_as_of_dates_in_any_order_equal_one_run_at_the_latest(en
         assert balance_of(conn, a).balance == 600
 
 
-def test_a_batch_finds_the_parent_by_one_probe_never_scanning_all_history(engine, settings):
+def test_the_plan_reads_all_history_by_hash_joins_even_with_stale_statistics(engine, settings):
     add_ten_years_of_rewarded_chains(engine)
 
-    plan = first_batch_plan(engine, level2_rewards, settings)
-
-    assert "user_referral_relationships_referred_user_id_key" in plan  # the parent, by one probe
-    assert "idx_usp_user_paid_at" in plan
-    assert "Seq Scan" not in plan
+    assert_one_pass_by_hash_joins(daily_plan(engine, level2_rewards, settings))
 
 
 @pytest.mark.slow
