@@ -47,8 +47,11 @@ class Timeouts:
 
 
 def session_options(timeouts: Timeouts | None, url_options: str | None, env_options: str | None) -> str:
-    """libpq `options`: our defaults first, then PGOPTIONS, then the URL's, then TimeZone=UTC."""
-    parts = timeouts.session_options() if timeouts else []
+    """libpq `options`: our defaults first, then PGOPTIONS, then the URL's, then TimeZone=UTC.
+
+    JIT is off by default: the jobs' statements run once per batch, and compiling one cost more than
+    it saved (0.7 s of a 1.1 s expire-points batch at 200k users)."""
+    parts = ["-c jit=off"] + (timeouts.session_options() if timeouts else [])
     parts += [given for given in (env_options, url_options) if given and given.strip()]
     parts.append("-c TimeZone=UTC")
     return " ".join(parts)

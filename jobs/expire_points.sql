@@ -63,9 +63,14 @@ FROM (
     GROUP BY user_id
 ) AS per_user
 CROSS JOIN LATERAL (
-    SELECT count(*) AS rows
-    FROM public.user_point_transactions AS t
-    WHERE t.user_id = per_user.user_id AND t.type = 'EXPIRY'
-      AND (t.idempotency_key = per_user.key OR starts_with(t.idempotency_key, per_user.key || ':'))
+    -- One probe of the key's unique index; the user's EXPIRY rows are counted only when it exists.
+    SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM public.user_point_transactions AS t
+                                 WHERE t.idempotency_key = per_user.key)
+                THEN 0
+                ELSE (SELECT count(*)
+                      FROM public.user_point_transactions AS t
+                      WHERE t.user_id = per_user.user_id AND t.type = 'EXPIRY'
+                        AND (t.idempotency_key = per_user.key OR starts_with(t.idempotency_key, per_user.key || ':')))
+           END AS rows
 ) AS earlier
 WHERE per_user.due > 0

@@ -17,10 +17,8 @@ WHERE status = 'REWARDED' AND (:level = 2 OR level = 1);
 -- name: bulk_joins --
 -- For the plan's transaction: over the whole history hash and merge joins are right at any size,
 -- whereas statistics not yet analyzed after a big run (referral_rewards) can lead the planner into a
--- nested loop over hundreds of thousands of rows; and JIT-compiling the statement costs more than it
--- saves (about 1.4 s of 3.7 at 200k users).
+-- nested loop over hundreds of thousands of rows.
 SET LOCAL enable_nestloop = off;
-SET LOCAL jit = off;
 
 -- name: plan_run --
 -- What the whole history owes now, less what this level already holds:

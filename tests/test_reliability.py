@@ -353,7 +353,7 @@ def test_options_in_the_url_and_pgoptions_win_over_the_settings(database_url, mo
 
 def test_session_options_put_ours_first_then_pgoptions_then_the_urls():
     options = session_options(Timeouts(statement=1, lock=2, idle_in_transaction=3), "-c a=url", "-c a=env")
-    assert options == ("-c statement_timeout=1000 -c lock_timeout=2000 -c idle_in_transaction_session_timeout=3000"
+    assert options == ("-c jit=off -c statement_timeout=1000 -c lock_timeout=2000 -c idle_in_transaction_session_timeout=3000"
                        " -c a=env -c a=url -c TimeZone=UTC")
 
 
