@@ -88,10 +88,6 @@ GROUP BY type;
 -- name: lock_balances --
 -- Lock the given users' cache rows in user_id order BEFORE reading their ledger: a debit the app
 -- commits while we wait is then visible to the next statement (READ COMMITTED) and counted. Every
--- locker takes the rows in the same (user_id) order, so two jobs never deadlock. (On Citus a
--- multi-shard SELECT … FOR UPDATE is refused: docs/citus.md says what the cluster needs instead.)
-SELECT user_id
-FROM public.user_point_balances
-WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
-ORDER BY user_id
-FOR UPDATE;
+-- locker takes the rows in the same (user_id) order, so two jobs never deadlock. Migration 020's
+-- function, the same statement on PostgreSQL and on Citus (where it locks one row at a time).
+SELECT public.rewards_lock_balances(CAST(:user_ids AS uuid[]));
