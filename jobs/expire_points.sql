@@ -48,7 +48,7 @@ SELECT per_user.user_id,
        -per_user.due                                                        AS delta,
        'EXPIRY'                                                             AS type,
        CAST(NULL AS uuid)                                                   AS ref_id,
-       CASE WHEN earlier.rows = 0 THEN per_user.key ELSE per_user.key || ':' || (earlier.rows + 1) END
+       CASE WHEN earlier.rows IS NULL THEN per_user.key ELSE per_user.key || ':' || (earlier.rows + 1) END
                                                                             AS idempotency_key,
        'points earned before ' || CAST(:cutoff_key AS text) || ' expired (FIFO)' AS note
 FROM (
@@ -62,15 +62,17 @@ FROM (
       AND user_id BETWEEN :first_user_id AND :last_user_id
     GROUP BY user_id
 ) AS per_user
-CROSS JOIN LATERAL (
-    -- One probe of the key's unique index; the user's EXPIRY rows are counted only when it exists.
-    SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM public.user_point_transactions AS t
-                                 WHERE t.idempotency_key = per_user.key)
-                THEN 0
-                ELSE (SELECT count(*)
-                      FROM public.user_point_transactions AS t
-                      WHERE t.user_id = per_user.user_id AND t.type = 'EXPIRY'
-                        AND (t.idempotency_key = per_user.key OR starts_with(t.idempotency_key, per_user.key || ':')))
-           END AS rows
-) AS earlier
+LEFT JOIN (
+    -- Rows of this as-of's keys already written: only runs of the same as-of write them, dated as_of,
+    -- so each user's are one range of idx_upt_user_created_delta.
+    SELECT t.user_id, count(*) AS rows
+    FROM public.user_point_transactions AS t
+    WHERE t.user_id = ANY(CAST(:user_ids AS uuid[]))
+      AND t.user_id BETWEEN :first_user_id AND :last_user_id
+      AND t.created_at = :as_of
+      AND t.type = 'EXPIRY'
+      AND (t.idempotency_key = 'expiry:' || CAST(t.user_id AS text) || ':' || CAST(:as_of_key AS text)
+           OR starts_with(t.idempotency_key, 'expiry:' || CAST(t.user_id AS text) || ':' || CAST(:as_of_key AS text) || ':'))
+    GROUP BY t.user_id
+) AS earlier ON earlier.user_id = per_user.user_id
 WHERE per_user.due > 0

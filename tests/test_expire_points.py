@@ -290,7 +290,7 @@ def test_a_batch_reads_only_its_users_ledger_rows_by_index(engine, settings):
         users = sorted(str(user) for user in conn.execute(text(
             "SELECT user_id FROM public.user_point_transactions ORDER BY created_at LIMIT 3")).scalars())
         plan = "\n".join(conn.execute(text("EXPLAIN " + expire_points._queries.raw("expiry_candidates")), {
-            "cutoff": CUTOFF, "as_of_key": "k", "cutoff_key": "c",
+            "cutoff": CUTOFF, "as_of": AS_OF, "as_of_key": "k", "cutoff_key": "c",
             "user_ids": users, "first_user_id": users[0], "last_user_id": users[-1]}).scalars())
 
     assert "Seq Scan on user_point_transactions" not in plan
