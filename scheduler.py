@@ -542,7 +542,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from core.logs import configure_logging
     from core.migrations import MigrationError
-    from core.settings import ConfigError, load_settings
+    from core.settings import ConfigError
+    from jobs import load_settings
 
     try:
         settings = load_settings()

@@ -30,8 +30,8 @@ from core.clock import utc_now
 from core.db import make_engine, redacted, start_embedded_server
 from core.job import ProgressReporter, no_progress
 from core.runner import RunResult, run_job
-from core.settings import Settings
 from core.summary import describe_stats
+from jobs.settings import RuleSettings
 
 DEMO_DATABASE = "postgres"  # the embedded server's default database: what the other commands use
 MAINTENANCE_DATABASE = "template1"
@@ -61,7 +61,7 @@ class DemoOutcome:
         return all(result.status == "SUCCEEDED" for result in self.results)
 
 
-def demo_settings(settings: Settings, database_url: str) -> Settings:
+def demo_settings(settings: RuleSettings, database_url: str) -> RuleSettings:
     """The user's rule settings, on the demo database, with reports under the demo directory."""
     update: dict[str, object] = {"database_url": database_url}
     if "reports_dir" not in settings.model_fields_set:
@@ -88,7 +88,7 @@ def fresh_demo_database(data_dir: Path) -> str:
     return make_url(server_url).set(database=DEMO_DATABASE).render_as_string(hide_password=False)
 
 
-def build_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
+def build_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
                as_of: datetime | None = None, say: Say = lambda _line: None,
                progress_for: ProgressFor | None = None) -> DemoOutcome:
     """Fresh database, sample data, the pipeline: what happened, for `format_summary`."""
@@ -173,7 +173,7 @@ def format_summary(outcome: DemoOutcome) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
+def run_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
              say: Say | None = None, progress_for: ProgressFor | None = None) -> int:
     """The CLI's `demo`: step lines through `say` (stderr by default), the summary on stdout; 1 if a job failed."""
     from core.logs import configure_logging

@@ -43,7 +43,7 @@ from core import metrics, migrations, runs, startup
 from core.clock import utc_now
 from core.job import Job
 from core.runner import RunResult, run_job
-from core.settings import Settings, cron_trigger
+from core.settings import CoreSettings, cron_trigger
 
 log = structlog.get_logger("rewards.daemon")
 
@@ -90,7 +90,7 @@ class RetryPolicy:
     attempts: int = 4
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(cls, settings: CoreSettings) -> RetryPolicy:
         return cls(settings.retry_base_seconds, settings.retry_max_seconds, settings.retry_attempts)
 
     def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
@@ -136,7 +136,7 @@ def _one_line(error: BaseException) -> str:
 class Daemon:
     """The scheduler of one replica; `serve()` blocks until `stop` is set."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, jobs: tuple[Job, ...],
+    def __init__(self, settings: CoreSettings, engine: Engine, *, jobs: tuple[Job, ...],
                  stop: threading.Event | None = None, rng: Callable[[], float] = random.random) -> None:
         self.settings, self.engine, self.jobs = settings, engine, jobs
         self.stop = stop or threading.Event()
@@ -347,14 +347,14 @@ class Daemon:
 
 # ── process ──────────────────────────────────────────────────────────────────
 
-def daemon_engine(settings: Settings) -> Engine:
+def daemon_engine(settings: CoreSettings) -> Engine:
     """The engine, with the timeouts of the settings (an unreachable database fails a run fast)."""
     from core.db import engine_from_settings
 
     return engine_from_settings(settings)
 
 
-def prepare_database(engine: Engine, settings: Settings, stop: threading.Event, jobs: tuple[Job, ...] = ()) -> bool:
+def prepare_database(engine: Engine, settings: CoreSettings, stop: threading.Event, jobs: tuple[Job, ...] = ()) -> bool:
     """Wait until the database answers, then migrate (REWARDS_MIGRATE_ON_START=true) or refuse to
     start with pending migrations (MigrationError: exit 2) or what a job's own check refuses
     (ConfigError: exit 2). False when stopped while waiting."""
@@ -381,7 +381,7 @@ def prepare_database(engine: Engine, settings: Settings, stop: threading.Event, 
     return False
 
 
-def run_daemon(settings: Settings, jobs: tuple[Job, ...]) -> int:
+def run_daemon(settings: CoreSettings, jobs: tuple[Job, ...]) -> int:
     """`python scheduler.py daemon`: serve until SIGTERM/SIGINT, then exit 0."""
     from core.http import serve_http
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from core import metrics, runs
 from core.job import Job, ProgressReporter, RunContext, StopRequested, no_progress
-from core.settings import Settings
+from core.settings import CoreSettings
 
 log = structlog.get_logger("rewards.runner")
 
@@ -43,7 +43,7 @@ def _one_line(error: BaseException) -> str:
 def run_job(
     job: Job,
     *,
-    settings: Settings,
+    settings: CoreSettings,
     engine: Engine,
     as_of: datetime,
     trigger: str = "manual",

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Engine
 
-from core.settings import Settings
+from jobs.settings import RuleSettings
 from core.sql import Queries
 
 _queries = Queries(__file__)
@@ -65,7 +65,7 @@ def _when(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M")
 
 
-def explain(engine: Engine, settings: Settings, user_id: UUID, as_of: datetime) -> Explanation:
+def explain(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: datetime) -> Explanation:
     with engine.connect() as conn:
         found = Explanation(
             user_id=user_id, as_of=as_of,
@@ -83,7 +83,7 @@ def explain(engine: Engine, settings: Settings, user_id: UUID, as_of: datetime) 
     return found
 
 
-def _reward_months(conn: Connection, settings: Settings, found: Explanation) -> list[MonthState]:
+def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation) -> list[MonthState]:
     rewarded = [r for r in found.referrals if r.status == "REWARDED" and r.rewarded_at is not None]
     if not rewarded:
         return []
