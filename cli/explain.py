@@ -7,9 +7,9 @@ from uuid import UUID
 
 from sqlalchemy import Engine
 
-from cli.summary import when
 from cli.tables import Column, print_table
 from cli.terminal import stdout_console
+from core.clock import when
 from jobs.explain import EXPIRIES_SHOWN, LEDGER_ROWS_SHOWN, explain
 from jobs.settings import RuleSettings
 

@@ -44,6 +44,7 @@ from core.clock import utc_now
 from core.job import Job
 from core.runner import RunResult, run_job
 from core.settings import CoreSettings, cron_trigger
+from core.text import one_line
 
 log = structlog.get_logger("rewards.daemon")
 
@@ -126,11 +127,6 @@ class _TickRecordingExecutor(ThreadPoolExecutor):
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         self._ticks[job.id] = run_times[-1].astimezone(timezone.utc)  # coalesced: the latest
         super()._do_submit_job(job, run_times)
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
 
 
 class Daemon:
@@ -218,7 +214,7 @@ class Daemon:
                 conn.execute(text("SELECT 1"))
             database = "ok"
         except SQLAlchemyError as error:
-            database = "unreachable: " + _one_line(error)
+            database = "unreachable: " + one_line(error, driver_message=True)
         return scheduler == "running" and database == "ok", {"scheduler": scheduler, "database": database}
 
     # runs
@@ -236,11 +232,11 @@ class Daemon:
         except SQLAlchemyError as error:
             if periodic:
                 log.warning("catch-up check: database unreachable", action="catch_up_check_failed",
-                            error=_one_line(error))
+                            error=one_line(error, driver_message=True))
                 return
             when = now + timedelta(seconds=self.retry.delay(1, self.rng))
             log.warning("catch-up: database unreachable; trying again", action="catch_up_postponed",
-                        error=_one_line(error), at=when.isoformat())
+                        error=one_line(error, driver_message=True), at=when.isoformat())
             self.scheduler.add_job(self._catch_up, "date", run_date=when, id="catch-up",
                                    replace_existing=True, misfire_grace_time=None)
             return
@@ -288,7 +284,7 @@ class Daemon:
                 return
             except Exception as error:  # the claim itself failed: database down, …
                 metrics.JOB_RUNS.labels(job=job.name, status="FAILED").inc()
-                log.error("run could not start", action="run_not_started", error=_one_line(error))
+                log.error("run could not start", action="run_not_started", error=one_line(error, driver_message=True))
                 failed, failed_run = True, failed_before
             else:
                 failed, failed_run = result.status == "FAILED", result
@@ -376,7 +372,7 @@ def prepare_database(engine: Engine, settings: CoreSettings, stop: threading.Eve
             retry += 1
             delay = min(60.0, RetryPolicy.from_settings(settings).delay(retry))
             log.warning("database unreachable; waiting for it", action="database_unavailable",
-                        error=_one_line(error), retry_in=round(delay, 1))
+                        error=one_line(error, driver_message=True), retry_in=round(delay, 1))
             stop.wait(delay)
     return False
 

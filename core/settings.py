@@ -178,7 +178,8 @@ def schedule_field(job: str) -> str:
     return "schedule_" + job.replace("-", "_")
 
 
-def with_schedules(base: type[AnySettings], defaults: Mapping[str, str], *, name: str = "Settings") -> type[AnySettings]:
+def with_schedules(base: type[AnySettings], defaults: Mapping[str, str], *,
+                   name: str = "Settings") -> type[AnySettings]:
     """`base` with one validated cron field per job, `REWARDS_SCHEDULE_<JOB>`, defaulting to `defaults[job]`."""
     fields: dict[str, Any] = {schedule_field(job): (Schedule, default) for job, default in defaults.items()}
     return create_model(name, __base__=base, __module__=base.__module__, **fields)
