@@ -330,7 +330,7 @@ def cmd_explain(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Any) -> int:
-    from jobs import reconcile
+    from cli.report import NotAReport
 
     run_id: int | None = None
     if args.run != "latest":
@@ -344,8 +344,8 @@ def cmd_report(args: argparse.Namespace, settings: Any) -> int:
         raise UsageError("--format xlsx: a workbook is binary; give --output FILE (or redirect stdout)")
     engine = _engine(settings)
     try:
-        text = _render_report(reconcile, engine, run_id, args)
-    except reconcile.NotAReport as error:
+        text = _render_report(engine, run_id, args)
+    except NotAReport as error:
         raise UsageError(str(error)) from None
     if text is None:
         print("no reconciliation report " + ("yet" if run_id is None else f"for run {run_id}"), file=sys.stderr)
@@ -357,22 +357,23 @@ def cmd_report(args: argparse.Namespace, settings: Any) -> int:
     return EXIT_OK
 
 
-def _render_report(reconcile: Any, engine: Any, run_id: int | None, args: argparse.Namespace) -> str | None:
+def _render_report(engine: Any, run_id: int | None, args: argparse.Namespace) -> str | None:
     """The report as text (printed, or written whole to --output); an xlsx is written to its file."""
     import tempfile
     from pathlib import Path
 
+    from cli.report import render_report
     from core.reports import write_text_atomically
 
     output = Path(args.output) if args.output is not None else None
     if args.format != "xlsx":
-        text = reconcile.render_report(engine, run_id, args.format)
+        text = render_report(engine, run_id, args.format)
         if text is not None and output is not None:
             write_text_atomically(output, text)
         return text
     with tempfile.TemporaryDirectory(dir=output.parent if output else None, prefix=".report-") as scratch:
         aside = Path(scratch) / "report.xlsx"
-        written = reconcile.render_report(engine, run_id, "xlsx", xlsx_path=aside)
+        written = render_report(engine, run_id, "xlsx", xlsx_path=aside)
         if written is None:
             return None
         if output is not None:

@@ -92,8 +92,9 @@ def build_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int 
                as_of: datetime | None = None, say: Say = lambda _line: None,
                progress_for: ProgressFor | None = None) -> DemoOutcome:
     """Fresh database, sample data, the pipeline: what happened, for `format_summary`."""
+    from cli.report import render_report
     from core import sample_data
-    from jobs import PIPELINE, reconcile
+    from jobs import PIPELINE
 
     as_of = as_of or utc_now().replace(microsecond=0)
     say(f"Starting the embedded PostgreSQL under {demo_data_dir(settings.data_dir)} …")
@@ -114,7 +115,7 @@ def build_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int 
                                  progress=report)
             outcome.results.append(result)
             if job.name == "reconcile" and result.status == "SUCCEEDED":
-                outcome.reconciliation = reconcile.render_report(engine, result.run_id, "table")
+                outcome.reconciliation = render_report(engine, result.run_id, "table")
                 outcome.html_report = result.stats.get("html_report")
         return outcome
     finally:
