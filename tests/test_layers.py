@@ -26,7 +26,7 @@ def imported_packages(path: Path) -> set[str]:
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_a_layer_imports_nothing_above_it(layer):
     offenders = {str(path.relative_to(REPO)): sorted(imported_packages(path) & FORBIDDEN[layer])
-                 for path in sorted((REPO / layer).glob("*.py"))}
+                 for path in sorted((REPO / layer).rglob("*.py"))}
     assert {module: names for module, names in offenders.items() if names} == {}
 
 
@@ -55,8 +55,8 @@ def test_core_names_no_registered_job_in_its_code_or_sql():
     from jobs import PIPELINE
 
     names = {job.name for job in PIPELINE}
-    texts = {path: code_strings(path) for path in sorted((REPO / "core").glob("*.py"))}
-    texts.update({path: {sql_without_comments(path)} for path in sorted((REPO / "core").glob("*.sql"))})
+    texts = {path: code_strings(path) for path in sorted((REPO / "core").rglob("*.py"))}
+    texts.update({path: {sql_without_comments(path)} for path in sorted((REPO / "core").rglob("*.sql"))})
     offenders = {str(path.relative_to(REPO)): sorted(name for name in names if any(name in text for text in found))
                  for path, found in texts.items()}
     assert {module: found for module, found in offenders.items() if found} == {}
