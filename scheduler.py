@@ -17,6 +17,9 @@ from typing import Any, Callable, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
+if __package__:  # installed: site-packages/rewards_jobs/scheduler.py, beside the cli, core and jobs it imports
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 
 class UsageError(Exception):
     """Bad usage: one line, exit code 2."""
