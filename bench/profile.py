@@ -15,7 +15,7 @@ from sqlalchemy import Engine, event
 
 from bench.datasets import Dataset, create_database, drop_database, migrated_engine
 from core.runner import run_job
-from core.settings import Settings
+from jobs import Settings
 
 
 @dataclass

@@ -32,7 +32,7 @@ from sqlalchemy import Engine, text
 
 from bench.datasets import Dataset, World, create_database, drop_database, migrated_engine
 from core import sample_data
-from core.settings import Settings
+from jobs import Settings
 from core.sql import Queries
 
 REPO = Path(__file__).resolve().parent.parent

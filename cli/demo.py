@@ -30,8 +30,8 @@ from core.clock import utc_now
 from core.db import make_engine, redacted, start_embedded_server
 from core.job import ProgressReporter, no_progress
 from core.runner import RunResult, run_job
-from core.settings import Settings
 from core.summary import describe_stats
+from jobs.settings import RuleSettings
 
 DEMO_DATABASE = "postgres"  # the embedded server's default database: what the other commands use
 MAINTENANCE_DATABASE = "template1"
@@ -61,7 +61,7 @@ class DemoOutcome:
         return all(result.status == "SUCCEEDED" for result in self.results)
 
 
-def demo_settings(settings: Settings, database_url: str) -> Settings:
+def demo_settings(settings: RuleSettings, database_url: str) -> RuleSettings:
     """The user's rule settings, on the demo database, with reports under the demo directory."""
     update: dict[str, object] = {"database_url": database_url}
     if "reports_dir" not in settings.model_fields_set:
@@ -88,12 +88,13 @@ def fresh_demo_database(data_dir: Path) -> str:
     return make_url(server_url).set(database=DEMO_DATABASE).render_as_string(hide_password=False)
 
 
-def build_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
+def build_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
                as_of: datetime | None = None, say: Say = lambda _line: None,
                progress_for: ProgressFor | None = None) -> DemoOutcome:
     """Fresh database, sample data, the pipeline: what happened, for `format_summary`."""
+    from cli.report import render_report
     from core import sample_data
-    from jobs import PIPELINE, reconcile
+    from jobs import PIPELINE
 
     as_of = as_of or utc_now().replace(microsecond=0)
     say(f"Starting the embedded PostgreSQL under {demo_data_dir(settings.data_dir)} …")
@@ -114,7 +115,7 @@ def build_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DE
                                  progress=report)
             outcome.results.append(result)
             if job.name == "reconcile" and result.status == "SUCCEEDED":
-                outcome.reconciliation = reconcile.render_report(engine, result.run_id, "table")
+                outcome.reconciliation = render_report(engine, result.run_id, "table")
                 outcome.html_report = result.stats.get("html_report")
         return outcome
     finally:
@@ -173,7 +174,7 @@ def format_summary(outcome: DemoOutcome) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(settings: Settings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
+def run_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int = DEFAULT_SEED,
              say: Say | None = None, progress_for: ProgressFor | None = None) -> int:
     """The CLI's `demo`: step lines through `say` (stderr by default), the summary on stdout; 1 if a job failed."""
     from core.logs import configure_logging

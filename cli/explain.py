@@ -7,11 +7,11 @@ from uuid import UUID
 
 from sqlalchemy import Engine
 
-from cli.summary import when
 from cli.tables import Column, print_table
 from cli.terminal import stdout_console
-from core.settings import Settings
+from core.clock import when
 from jobs.explain import EXPIRIES_SHOWN, LEDGER_ROWS_SHOWN, explain
+from jobs.settings import RuleSettings
 
 
 def _relationship(row: Any) -> str:
@@ -23,7 +23,7 @@ def _relationship(row: Any) -> str:
     return f"{row.status} ({dates})"
 
 
-def explain_user(engine: Engine, settings: Settings, user_id: UUID, as_of: datetime) -> int:
+def explain_user(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: datetime) -> int:
     found = explain(engine, settings, user_id, as_of)
     console = stdout_console()
     balance = found.balance

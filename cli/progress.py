@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from types import TracebackType
-from typing import Any, Callable
+from typing import Callable
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
@@ -50,7 +50,3 @@ class RunProgress:
         assert self._task is not None
         detail = describe_batches(batches, items, total, self.batch_size)
         self._progress.update(self._task, completed=items, total=total if total else None, detail=detail)
-
-
-def no_progress(**_: Any) -> None:
-    return None

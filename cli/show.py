@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cli.summary import status_label, took, when
+from cli.summary import status_label, took
 from cli.tables import Column, print_table
 from cli.terminal import stdout_console
+from core.clock import when
 from core.logs import flatten
 from core.summary import describe_stats
 

@@ -1,17 +1,11 @@
 """One short human summary per run, printed when a run started by hand ends."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
+from core.clock import when
 from core.summary import describe_stats
-
-
-def when(value: datetime | None, *, seconds: bool = True) -> str:
-    """A UTC instant as people read it: `2026-06-01 00:05:00Z` (or without seconds)."""
-    if value is None:
-        return ""
-    return value.strftime("%Y-%m-%d %H:%M:%SZ" if seconds else "%Y-%m-%d %H:%M")
 
 
 def took(duration: timedelta | float | None) -> str:

@@ -4,6 +4,9 @@ A table fits the console's width: columns keep their natural width while they fi
 free-text column (`flex`) is cut first (with an ellipsis, or wrapped when it asks to), then the
 columns marked `shrink`, and optional columns (`drop` > 0, highest first) are left out before any
 fixed column would be cut. Whole numbers get thousands separators and align right.
+
+`aligned_lines` is the same table as plain text for a document that is kept or embedded whole (the
+reconciliation report, also in the demo's output): no width to fit, nothing cut, no styling.
 """
 from __future__ import annotations
 
@@ -98,3 +101,18 @@ def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, tit
     lines = [line.rstrip() for line in captured.get().splitlines()]
     console.file.write("".join(line + "\n" for line in lines))
     console.file.flush()
+
+
+def aligned_lines(header: Sequence[str] | None, rows: Sequence[Sequence[str]], *,
+                  right: tuple[int, ...] = ()) -> list[str]:
+    """A table as plain lines of text for a document (the reconciliation report): every column as
+    wide as its widest cell, two spaces apart, a dashed rule under the header; never cut to a width."""
+    everything = ([list(header)] if header else []) + [list(row) for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(*everything)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.rjust(width) if index in right else cell.ljust(width)
+                         for index, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(header), "  ".join("-" * width for width in widths)] if header else []
+    return out + [line(row) for row in rows]

@@ -26,3 +26,20 @@ def parse_as_of(text: str) -> datetime:
     if instant < EARLIEST_AS_OF:  # jobs look back up to a century from it
         raise ValueError(f"{text!r} is before {EARLIEST_AS_OF.date().isoformat()}")
     return instant
+
+
+def utc_iso(moment: datetime) -> str:
+    """An instant as ISO-8601 in UTC (`2026-06-01T00:00:00+00:00`), as reports and stats store it."""
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def when(moment: datetime | str | None, *, seconds: bool = True, zone: str = "Z") -> str:
+    """An instant as people read it, in UTC: `2026-06-01 00:05:00Z`, or `2026-06-01 00:05` without
+    seconds; `zone` is the suffix after the seconds. Takes ISO-8601 text too; '' for None."""
+    if moment is None:
+        return ""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime(f"%Y-%m-%d %H:%M:%S{zone}" if seconds else "%Y-%m-%d %H:%M")

@@ -43,7 +43,8 @@ from core import metrics, migrations, runs, startup
 from core.clock import utc_now
 from core.job import Job
 from core.runner import RunResult, run_job
-from core.settings import Settings, cron_trigger
+from core.settings import CoreSettings, cron_trigger
+from core.text import one_line
 
 log = structlog.get_logger("rewards.daemon")
 
@@ -90,7 +91,7 @@ class RetryPolicy:
     attempts: int = 4
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(cls, settings: CoreSettings) -> RetryPolicy:
         return cls(settings.retry_base_seconds, settings.retry_max_seconds, settings.retry_attempts)
 
     def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
@@ -128,15 +129,10 @@ class _TickRecordingExecutor(ThreadPoolExecutor):
         super()._do_submit_job(job, run_times)
 
 
-def _one_line(error: BaseException) -> str:
-    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
-
-
 class Daemon:
     """The scheduler of one replica; `serve()` blocks until `stop` is set."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, jobs: tuple[Job, ...],
+    def __init__(self, settings: CoreSettings, engine: Engine, *, jobs: tuple[Job, ...],
                  stop: threading.Event | None = None, rng: Callable[[], float] = random.random) -> None:
         self.settings, self.engine, self.jobs = settings, engine, jobs
         self.stop = stop or threading.Event()
@@ -218,7 +214,7 @@ class Daemon:
                 conn.execute(text("SELECT 1"))
             database = "ok"
         except SQLAlchemyError as error:
-            database = "unreachable: " + _one_line(error)
+            database = "unreachable: " + one_line(error, driver_message=True)
         return scheduler == "running" and database == "ok", {"scheduler": scheduler, "database": database}
 
     # runs
@@ -236,11 +232,11 @@ class Daemon:
         except SQLAlchemyError as error:
             if periodic:
                 log.warning("catch-up check: database unreachable", action="catch_up_check_failed",
-                            error=_one_line(error))
+                            error=one_line(error, driver_message=True))
                 return
             when = now + timedelta(seconds=self.retry.delay(1, self.rng))
             log.warning("catch-up: database unreachable; trying again", action="catch_up_postponed",
-                        error=_one_line(error), at=when.isoformat())
+                        error=one_line(error, driver_message=True), at=when.isoformat())
             self.scheduler.add_job(self._catch_up, "date", run_date=when, id="catch-up",
                                    replace_existing=True, misfire_grace_time=None)
             return
@@ -288,7 +284,7 @@ class Daemon:
                 return
             except Exception as error:  # the claim itself failed: database down, …
                 metrics.JOB_RUNS.labels(job=job.name, status="FAILED").inc()
-                log.error("run could not start", action="run_not_started", error=_one_line(error))
+                log.error("run could not start", action="run_not_started", error=one_line(error, driver_message=True))
                 failed, failed_run = True, failed_before
             else:
                 failed, failed_run = result.status == "FAILED", result
@@ -347,14 +343,14 @@ class Daemon:
 
 # ── process ──────────────────────────────────────────────────────────────────
 
-def daemon_engine(settings: Settings) -> Engine:
+def daemon_engine(settings: CoreSettings) -> Engine:
     """The engine, with the timeouts of the settings (an unreachable database fails a run fast)."""
     from core.db import engine_from_settings
 
     return engine_from_settings(settings)
 
 
-def prepare_database(engine: Engine, settings: Settings, stop: threading.Event, jobs: tuple[Job, ...] = ()) -> bool:
+def prepare_database(engine: Engine, settings: CoreSettings, stop: threading.Event, jobs: tuple[Job, ...] = ()) -> bool:
     """Wait until the database answers, then migrate (REWARDS_MIGRATE_ON_START=true) or refuse to
     start with pending migrations (MigrationError: exit 2) or what a job's own check refuses
     (ConfigError: exit 2). False when stopped while waiting."""
@@ -376,12 +372,12 @@ def prepare_database(engine: Engine, settings: Settings, stop: threading.Event, 
             retry += 1
             delay = min(60.0, RetryPolicy.from_settings(settings).delay(retry))
             log.warning("database unreachable; waiting for it", action="database_unavailable",
-                        error=_one_line(error), retry_in=round(delay, 1))
+                        error=one_line(error, driver_message=True), retry_in=round(delay, 1))
             stop.wait(delay)
     return False
 
 
-def run_daemon(settings: Settings, jobs: tuple[Job, ...]) -> int:
+def run_daemon(settings: CoreSettings, jobs: tuple[Job, ...]) -> int:
     """`python scheduler.py daemon`: serve until SIGTERM/SIGINT, then exit 0."""
     from core.http import serve_http
 

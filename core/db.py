@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
-from core.settings import ConfigError, Settings
+from core.settings import ConfigError, CoreSettings
 
 _busy: set[Any] = set()
 _busy_lock = threading.Lock()
@@ -37,7 +37,7 @@ class Timeouts:
     idle_in_transaction: int = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Timeouts:
+    def from_settings(cls, settings: CoreSettings) -> Timeouts:
         return cls(settings.db_connect_timeout_seconds, settings.db_statement_timeout_seconds,
                    settings.db_lock_timeout_seconds, settings.db_idle_in_transaction_timeout_seconds)
 
@@ -127,7 +127,7 @@ def start_embedded_server(data_dir: Path) -> str:
     return server.get_uri()
 
 
-def engine_from_settings(settings: Settings) -> Engine:
+def engine_from_settings(settings: CoreSettings) -> Engine:
     """The engine for this process: `DATABASE_URL`, else the embedded server (migrated)."""
     timeouts = Timeouts.from_settings(settings)
     if settings.database_url:

@@ -15,7 +15,8 @@ from sqlalchemy import Engine
 
 from core import metrics, runs
 from core.job import Job, ProgressReporter, RunContext, StopRequested, no_progress
-from core.settings import Settings
+from core.settings import CoreSettings
+from core.text import one_line
 
 log = structlog.get_logger("rewards.runner")
 
@@ -35,15 +36,10 @@ class RunResult:
                 "as_of": self.as_of.isoformat(), "stats": self.stats}
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
-
-
 def run_job(
     job: Job,
     *,
-    settings: Settings,
+    settings: CoreSettings,
     engine: Engine,
     as_of: datetime,
     trigger: str = "manual",
@@ -81,13 +77,13 @@ def run_job(
             log.warning("run skipped: an upstream job is still running", action="run_waited_too_long",
                         error=error)
         except runs.LeaseLost as lost:
-            status, error = "ABANDONED", _one_line(lost)
+            status, error = "ABANDONED", one_line(lost)
             log.error("run lost its lease", action="run_lease_lost", error=error)
         except StopRequested as stopped:
             status, error = "FAILED", str(stopped)
             log.warning("run stopped", action="run_stopped", error=error)
         except Exception as failure:
-            status, error = "FAILED", _one_line(failure)
+            status, error = "FAILED", one_line(failure)
             log.exception("run failed", action="run_failed", error=error)
         seconds = time.monotonic() - started
         if status != "ABANDONED":
@@ -97,7 +93,7 @@ def run_job(
                     status, error = "ABANDONED", f"run {run_id} lost its lease and was taken over before it ended"
                     log.error("run lost its lease", action="run_lease_lost", error=error)
             except Exception as failure:  # the lease will expire and the next run takes over
-                status, error = "FAILED", f"could not record the end of the run: {_one_line(failure)}"
+                status, error = "FAILED", f"could not record the end of the run: {one_line(failure)}"
                 log.error("could not record the end of the run", action="run_finish_failed", error=error)
         metrics.observe_run(job.name, status, seconds, ctx.stats, dry_run=dry_run)
         log.info("run finished", action="run_finished", status=status, seconds=round(seconds, 3),

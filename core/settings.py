@@ -1,4 +1,9 @@
-"""Settings from the environment or `.env`, validated once at start.
+"""Settings of the machinery, from the environment or `.env`, validated once at start.
+
+`CoreSettings` holds what every job shares and knows no job: the database, batches, report folder,
+the daemon (leases, retries, catch-up), timeouts, HTTP and logs. The rules' settings are added by a
+subclass in `jobs/settings.py`, and one `REWARDS_SCHEDULE_<JOB>` per registered job by
+`with_schedules` (`jobs/__init__.py`), so core code is typed against this class and reads only its fields.
 
 A bad value raises `ConfigError` with one line naming the variable; the CLI turns it into exit code 2.
 Secrets (the database password) are never echoed back.
@@ -6,65 +11,19 @@ Secrets (the database password) are never echoed back.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AfterValidator, Field, ValidationError, create_model, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-JOB_NAMES = ("expire-pending", "recurring-rewards", "level2-rewards", "expire-points", "expiring-soon", "reconcile")
-
-DEFAULT_SCHEDULES = {
-    "expire-pending": "5 0 * * *",
-    "recurring-rewards": "15 0 * * *",
-    "level2-rewards": "30 0 * * *",
-    "expire-points": "45 0 * * *",
-    "expiring-soon": "50 0 * * *",
-    "reconcile": "0 1 * * *",
-}
-
-LEDGER_INT_MAX = 2**31 - 1
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+ENV_PREFIX = "REWARDS_"
 
 
 class ConfigError(Exception):
     """A setting or argument is wrong; the message is one line that names it."""
-
-
-@dataclass(frozen=True)
-class RewardAmount:
-    """Whole points (`150`) or a percentage of the basis payment (`2.5%`)."""
-
-    points: int | None = None
-    percent: Decimal | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> RewardAmount:
-        text = str(text).strip()
-        if re.fullmatch(r"\d+", text):
-            if int(text) > LEDGER_INT_MAX:
-                raise ValueError(f"{text} points do not fit the ledger (at most {LEDGER_INT_MAX})")
-            return cls(points=int(text))
-        if re.fullmatch(r"\d+(\.\d+)?%", text):
-            percent = Decimal(text[:-1])
-            if percent <= 100:
-                return cls(percent=percent)
-        raise ValueError("must be whole points >= 0 (like 150) or a percentage from 0% to 100% (like 2.5%)")
-
-    def __str__(self) -> str:
-        return f"{self.points}" if self.points is not None else f"{self.percent}%"
-
-
-def quote_table_name(name: str) -> str:
-    """`schema.table` or `table`, each part a plain identifier, returned double-quoted for SQL."""
-    parts = name.split(".")
-    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.match(part) for part in parts):
-        raise ValueError("must be a table or view name like public.user_subscription_payments")
-    return ".".join(f'"{part}"' for part in parts)
 
 
 _CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab numbering, 7 = Sunday
@@ -121,37 +80,21 @@ def _validate_cron(expression: str) -> str:
     return expression
 
 
-class Settings(BaseSettings):
+Schedule = Annotated[str, AfterValidator(_validate_cron)]
+
+
+class CoreSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="REWARDS_", env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, populate_by_name=True
     )
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     embedded: bool = True
     data_dir: Path = Path("./.rewards-data")
 
-    pending_expiry_days: int = Field(default=90, ge=1, le=36_500)
-    recurring_months: int = Field(default=12, ge=0, le=1200)
-    l2_months: int = Field(default=6, ge=0, le=1200)
-    recurring_reward: Annotated[RewardAmount, NoDecode] = RewardAmount(percent=Decimal("10"))
-    l2_reward: Annotated[RewardAmount, NoDecode] = RewardAmount(percent=Decimal("5"))
-    points_per_usd: Decimal = Field(default=Decimal("100"), ge=0, le=LEDGER_INT_MAX, allow_inf_nan=False)
-    reward_hold_days: int = Field(default=0, ge=0, le=365)
-    points_expiry_months: int = Field(default=12, ge=0, le=1200)
-    # expiring-soon: the CRM is told of points expiring in (as_of, as_of + this many days]; 0 = off
-    expiry_notice_days: int = Field(default=30, ge=0, le=366)
-    payments_table: str = "public.user_subscription_payments"
-
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     reports_dir: Path = Path("./reports")
-    reconcile_repair: bool = False
 
-    schedule_expire_pending: str = DEFAULT_SCHEDULES["expire-pending"]
-    schedule_recurring_rewards: str = DEFAULT_SCHEDULES["recurring-rewards"]
-    schedule_level2_rewards: str = DEFAULT_SCHEDULES["level2-rewards"]
-    schedule_expire_points: str = DEFAULT_SCHEDULES["expire-points"]
-    schedule_expiring_soon: str = DEFAULT_SCHEDULES["expiring-soon"]
-    schedule_reconcile: str = DEFAULT_SCHEDULES["reconcile"]
     misfire_grace_seconds: int = Field(default=3600, ge=1)
     run_lease_seconds: int = Field(default=300, ge=1)
     # How often the daemon looks for a job whose last success is older than its previous tick.
@@ -170,8 +113,6 @@ class Settings(BaseSettings):
     db_lock_timeout_seconds: int = Field(default=60, ge=0, le=86_400)
     db_idle_in_transaction_timeout_seconds: int = Field(default=300, ge=0, le=86_400)
     max_clock_skew_seconds: float = Field(default=5, gt=0, le=3600, allow_inf_nan=False)
-    # A reconcile waits this long for a running ledger writer of the pipeline, then exits 3.
-    reconcile_wait_seconds: int = Field(default=600, ge=0, le=86_400)
 
     http_port: int = Field(default=9108, ge=0, le=65535)
     http_host: str = "127.0.0.1"
@@ -204,39 +145,6 @@ class Settings(BaseSettings):
             raise ValueError("must be a directory path, not empty")
         return value
 
-    @field_validator("recurring_reward", "l2_reward", mode="before")
-    @classmethod
-    def _reward(cls, value: Any) -> RewardAmount:
-        return value if isinstance(value, RewardAmount) else RewardAmount.parse(value)
-
-    @model_validator(mode="after")
-    def _rewards_can_be_stored(self) -> Settings:
-        """A percentage whose smallest reward (of a 1-cent payment) is already over INT never pays."""
-        for name, amount in (("recurring_reward", self.recurring_reward), ("l2_reward", self.l2_reward)):
-            if amount.percent and amount.percent * self.points_per_usd / 10000 > LEDGER_INT_MAX:
-                raise ValueError(f"{env_name(name)}={amount} with REWARDS_POINTS_PER_USD={self.points_per_usd}"
-                                 f" gives more than {LEDGER_INT_MAX} points for a 1-cent payment: no reward"
-                                 f" could ever be stored")
-        return self
-
-    @field_validator("payments_table")
-    @classmethod
-    def _payments_table(cls, value: str) -> str:
-        quote_table_name(value)
-        return value
-
-    @field_validator(
-        "schedule_expire_pending",
-        "schedule_recurring_rewards",
-        "schedule_level2_rewards",
-        "schedule_expire_points",
-        "schedule_expiring_soon",
-        "schedule_reconcile",
-    )
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        return _validate_cron(value)
-
     @field_validator("log_format")
     @classmethod
     def _log_format(cls, value: str) -> str:
@@ -252,13 +160,29 @@ class Settings(BaseSettings):
         return value.upper()
 
     def schedule_for(self, job: str) -> str | None:
-        """The job's cron expression, or None when it is `off`."""
-        expression = getattr(self, "schedule_" + job.replace("-", "_"))
+        """The job's cron expression, or None when it is `off` (`with_schedules` adds the fields)."""
+        try:
+            expression = getattr(self, schedule_field(job))
+        except AttributeError:
+            raise ConfigError(f"{env_name(schedule_field(job))}: no such setting (is {job} registered?)") from None
         return None if expression == "off" else expression
 
-    @property
-    def payments_table_sql(self) -> str:
-        return quote_table_name(self.payments_table)
+
+# The name core/job.py and the reward jobs import for their type hints (the same class).
+Settings = CoreSettings
+AnySettings = TypeVar("AnySettings", bound=CoreSettings)
+
+
+def schedule_field(job: str) -> str:
+    """The settings field of a job's schedule: `reconcile` → `schedule_reconcile` (REWARDS_SCHEDULE_RECONCILE)."""
+    return "schedule_" + job.replace("-", "_")
+
+
+def with_schedules(base: type[AnySettings], defaults: Mapping[str, str], *,
+                   name: str = "Settings") -> type[AnySettings]:
+    """`base` with one validated cron field per job, `REWARDS_SCHEDULE_<JOB>`, defaulting to `defaults[job]`."""
+    fields: dict[str, Any] = {schedule_field(job): (Schedule, default) for job, default in defaults.items()}
+    return create_model(name, __base__=base, __module__=base.__module__, **fields)
 
 
 def _check_connection_options(url: Any) -> None:
@@ -273,24 +197,25 @@ def _check_connection_options(url: Any) -> None:
 
 
 def env_name(field: str) -> str:
-    """The environment variable that sets a field of `Settings`."""
-    alias = Settings.model_fields[field].validation_alias
-    return alias if isinstance(alias, str) else "REWARDS_" + field.upper()
+    """The environment variable that sets a settings field (of `CoreSettings` or a subclass)."""
+    known = CoreSettings.model_fields.get(field)
+    alias = known.validation_alias if known else None
+    return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
 
 
 _SECRET_VARIABLES = {"DATABASE_URL"}
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(settings_class: type[AnySettings], **overrides: Any) -> AnySettings:
     """Read and validate the settings; raise `ConfigError` naming the first bad variable."""
     try:
-        return Settings(**overrides)
+        return settings_class(**overrides)
     except ValidationError as error:
         first = error.errors()[0]
         if not first["loc"]:  # a check across several variables names them itself
             raise ConfigError(first["msg"].removeprefix("Value error, ")) from None
-        location = str(first["loc"][0]) if first["loc"] else "?"
-        name = env_name(location) if location in Settings.model_fields else location
+        location = str(first["loc"][0])
+        name = env_name(location) if location in settings_class.model_fields else location
         message = first["msg"].removeprefix("Value error, ")
         if name in _SECRET_VARIABLES:
             raise ConfigError(f"{name}: {message}") from None

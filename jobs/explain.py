@@ -22,8 +22,9 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Engine
 
-from core.settings import Settings
+from core.clock import when
 from core.sql import Queries
+from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
 LEDGER_ROWS_SHOWN = 30
@@ -61,11 +62,7 @@ def money(cents: int) -> str:
     return f"${cents / 100:,.2f}"
 
 
-def _when(value: datetime) -> str:
-    return value.strftime("%Y-%m-%d %H:%M")
-
-
-def explain(engine: Engine, settings: Settings, user_id: UUID, as_of: datetime) -> Explanation:
+def explain(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: datetime) -> Explanation:
     with engine.connect() as conn:
         found = Explanation(
             user_id=user_id, as_of=as_of,
@@ -83,7 +80,7 @@ def explain(engine: Engine, settings: Settings, user_id: UUID, as_of: datetime) 
     return found
 
 
-def _reward_months(conn: Connection, settings: Settings, found: Explanation) -> list[MonthState]:
+def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation) -> list[MonthState]:
     rewarded = [r for r in found.referrals if r.status == "REWARDED" and r.rewarded_at is not None]
     if not rewarded:
         return []
@@ -122,38 +119,39 @@ def _month_state(relationship: Any, window: Any, month_payments: list[Any], reco
                           window.ends_at, name, points, why)
 
     if window.starts_at > as_of:
-        return state("not yet", f"the month starts {_when(window.starts_at)}")
+        return state("not yet", f"the month starts {when(window.starts_at, seconds=False)}")
     by_id = {p.id: p for p in month_payments}
     standing = [r for r in records if r.clawback_key is None]
     clawed = [r for r in records if r.clawback_key is not None]
     if standing:
         reward = standing[-1]
         basis = by_id.get(reward.payment_id)
-        paid = f"{money(basis.amount_cents)} paid {_when(basis.paid_at)}" if basis else "payment"
-        return state("paid", f"basis {paid} ({reward.payment_id}); written {_when(reward.rewarded_at)}",
+        paid = f"{money(basis.amount_cents)} paid {when(basis.paid_at, seconds=False)}" if basis else "payment"
+        return state("paid", f"basis {paid} ({reward.payment_id}); written {when(reward.rewarded_at, seconds=False)}",
                      reward.points)
     key = f"{prefix}:{relationship.id}:{window.month}"
     paid = [p for p in month_payments if p.status == "PAID" and p.paid_at <= as_of]
     if not records and key in keys and f"clawback:{key}" not in keys:
-        basis = f"basis {money(paid[0].amount_cents)} paid {_when(paid[0].paid_at)}; " if paid else ""
-        return state("paid", f"{basis}written {_when(keys[key].created_at)}", keys[key].delta)
+        basis = f"basis {money(paid[0].amount_cents)} paid {when(paid[0].paid_at, seconds=False)}; " if paid else ""
+        return state("paid", f"{basis}written {when(keys[key].created_at, seconds=False)}", keys[key].delta)
     qualifying = [p for p in paid if p.paid_at <= as_of - hold]
     if clawed:
         last = clawed[-1]
         basis = by_id.get(last.payment_id)
         now = basis.status if basis else "gone from the feed"
         why = (f"basis payment {last.payment_id} is {now}; {last.clawed_back_points:,} points taken back"
-               f" {_when(last.clawed_back_at)}, {last.unrecovered_points:,} unrecovered")
+               f" {when(last.clawed_back_at, seconds=False)}, {last.unrecovered_points:,} unrecovered")
         if qualifying:
             why += f"; earns again at the next {job} run (payment {qualifying[0].id})"
         return state("clawed back", why, -last.points)
     if qualifying:
         first = qualifying[0]
-        return state("due", f"{money(first.amount_cents)} paid {_when(first.paid_at)}: the next {job} run writes it")
+        return state("due", f"{money(first.amount_cents)} paid {when(first.paid_at, seconds=False)}: "
+                            f"the next {job} run writes it")
     if paid:
         first = paid[0]
-        return state("on hold", f"{money(first.amount_cents)} paid {_when(first.paid_at)}; counts from "
-                                f"{_when(first.paid_at + hold)} (REWARDS_REWARD_HOLD_DAYS={hold.days})")
+        return state("on hold", f"{money(first.amount_cents)} paid {when(first.paid_at, seconds=False)}; counts from "
+                                f"{when(first.paid_at + hold, seconds=False)} (REWARDS_REWARD_HOLD_DAYS={hold.days})")
     return state("unpaid", _why_unpaid(month_payments, as_of))
 
 
@@ -161,5 +159,5 @@ def _why_unpaid(month_payments: list[Any], as_of: datetime) -> str:
     if not month_payments:
         return "no payment in the month"
     notes = [f"{money(p.amount_cents)} {p.status if p.paid_at <= as_of else 'paid after the as-of'}"
-             f" {_when(p.paid_at)}" for p in month_payments]
+             f" {when(p.paid_at, seconds=False)}" for p in month_payments]
     return "no PAID payment: " + ", ".join(notes)

@@ -182,22 +182,3 @@ UPDATE public.user_point_balances b
  WHERE b.user_id = l.user_id
    AND (b.balance, b.total_earned, b.total_spent) IS DISTINCT FROM (l.balance, l.earned, l.spent)
 RETURNING b.user_id;
-
--- name: report_run --
--- A stored report: the given run, or the latest one when :run_id is NULL.
-SELECT r.*, j.status
-FROM public.reconciliation_runs r
-JOIN public.job_runs j ON j.id = r.run_id
-WHERE CAST(:run_id AS bigint) IS NULL OR r.run_id = CAST(:run_id AS bigint)
-ORDER BY r.run_id DESC
-LIMIT 1;
-
--- name: report_discrepancies --
-SELECT user_id, kinds, cached_balance, ledger_balance, drift,
-       cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent
-FROM public.reconciliation_discrepancies
-WHERE run_id = :run_id
-ORDER BY user_id;
-
--- name: job_run --
-SELECT id, job, status, dry_run, error FROM public.job_runs WHERE id = :run_id;

@@ -42,8 +42,9 @@ from sqlalchemy import Connection, Engine
 
 from core.job import Batch, RunContext, session_tables
 from core.ledger import lock_balances, undone_when, write_points
-from core.settings import ConfigError, RewardAmount, Settings
+from core.settings import ConfigError, Settings
 from core.sql import Queries
+from jobs.settings import RewardAmount
 
 _queries = Queries(__file__)
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from core import migrations
 from core.db import make_engine, start_embedded_server
-from core.settings import Settings
+from jobs import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 _clone_numbers = itertools.count(1)

@@ -26,8 +26,8 @@ from sqlalchemy import Engine, text
 
 from core.daemon import RetryPolicy, needs_catch_up, previous_fire_time
 from core.db import make_engine
-from core.settings import DEFAULT_SCHEDULES, ConfigError, cron_trigger, load_settings
-from jobs import PIPELINE
+from core.settings import ConfigError, cron_trigger
+from jobs import DEFAULT_SCHEDULES, PIPELINE, load_settings
 from tests.builders import add_payment, add_relationship, new_id, utc
 
 REPO = Path(__file__).resolve().parent.parent

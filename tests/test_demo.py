@@ -13,8 +13,7 @@ import pytest
 
 from cli.demo import DemoOutcome, demo_settings, format_summary
 from core.runner import RunResult
-from core.settings import Settings
-from jobs import PIPELINE
+from jobs import PIPELINE, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2026, 6, 1, tzinfo=timezone.utc)

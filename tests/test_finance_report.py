@@ -15,7 +15,8 @@ from sqlalchemy import text
 
 from core.reports import FileSet
 from core.runner import run_job
-from jobs import finance_report, reconcile
+from jobs import reconcile
+from jobs.reports import finance as finance_report
 from tests.builders import add_app_points, utc
 
 AS_OF = utc(2026, 6, 1, 1)

@@ -25,7 +25,8 @@ from core.db import Timeouts, make_engine, session_options
 from core.job import Batch, Job, RunContext
 from core.runner import run_job
 from core.runs import HOST, AlreadyRunning
-from core.settings import ConfigError, load_settings
+from core.settings import ConfigError
+from jobs import load_settings
 from tests.builders import add_relationship, utc
 from tests.test_daemon import (add_pending_relationships, daemons, quiet_schedules, runs_of,  # noqa: F401 (fixture)
                                status_counts, wait_until)

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, event, given, settings as hypothesis_setting
 from sqlalchemy import text
 
 from core.runner import run_job
-from core.settings import RewardAmount
 from jobs import level2_rewards, recurring_rewards
+from jobs.settings import RewardAmount
 from tests.builders import add_relationship, balance_of, utc
 
 # ── the reference ───────────────────────────────────────────────────────────

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 import scheduler
-from core.settings import ConfigError, RewardAmount, load_settings
+from core.settings import ConfigError
+from jobs import load_settings
+from jobs.settings import RewardAmount
 
 PASSWORD = "Sup3rS3cretPw"
 

@@ -19,8 +19,7 @@ from sqlalchemy import text
 
 from core.db import make_engine
 from core.runner import run_job
-from core.settings import Settings
-from jobs import JOBS
+from jobs import JOBS, Settings
 from tests.faults.conftest import (AS_OF, WORLD_AS_OF, books, cache_disagreements, cli_env, fork_cli, running_row_of,
                                    runs_of)
 from tests.test_daemon import (DaemonProcess, add_pending_relationships, add_rewarded_chain,  # noqa: F401 (fixtures)

@@ -7,13 +7,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 
-from jobs.finance_report import KINDS, Document, roll_forward_lines, when
+from jobs.reconcile_summary import KINDS
+from jobs.reports.files import CSV_HEADER as DISCREPANCY_HEADER
+from jobs.reports.finance import Document, roll_forward_lines, when
 
 POINTS = "#,##0;-#,##0"
 SIGNED = "+#,##0;-#,##0;0"
 USD = '"$"#,##0.00;-"$"#,##0.00'
-DISCREPANCY_HEADER = ("user_id", "kinds", "cached_balance", "ledger_balance", "drift", "cached_total_earned",
-                      "ledger_total_earned", "cached_total_spent", "ledger_total_spent")
 HEADER_ROW = 4  # rows 1-2: as-of and run; 3 empty; 4 the header
 
 

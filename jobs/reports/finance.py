@@ -1,5 +1,5 @@
 """The finance report of a reconcile run: one document, rendered as HTML (Jinja2, charts as inline SVG
-from matplotlib) and as an xlsx workbook (openpyxl).
+from matplotlib, `charts.py`) and as an xlsx workbook (openpyxl, `xlsx.py`).
 
 Every number comes from the run's stored JSON summary or from the reconcile tables (the discrepancies
 of the run, the liability, drift and discrepancy count of earlier successful reconciles), so the HTML,
@@ -17,14 +17,13 @@ from typing import Any, Iterable
 
 from sqlalchemy import Connection
 
+from core import clock
 from core.sql import Queries
+from jobs.reconcile_summary import KINDS, MONTHS_CHARTED
 
 _queries = Queries(__file__)
 LARGEST_SHOWN = 50
 RECENT_RECONCILES = 30
-MONTHS_CHARTED = 12
-KINDS = ("MISSING_BALANCE", "ORPHAN_BALANCE", "BALANCE_MISMATCH", "EARNED_MISMATCH", "SPENT_MISMATCH",
-         "CACHE_INCONSISTENT", "NEGATIVE_BALANCE")
 KIND_MEANINGS = {
     "MISSING_BALANCE": "ledger rows but no cache row",
     "ORPHAN_BALANCE": "a nonzero cache row without ledger rows",
@@ -151,11 +150,9 @@ def usd(amount: str | Decimal | None) -> str:
     return ("\u2212" if value < 0 else "") + f"${abs(value):,.2f}"
 
 
-def when(iso: str | datetime | None) -> str:
-    if iso is None:
-        return ""
-    moment = datetime.fromisoformat(iso) if isinstance(iso, str) else iso
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+def when(moment: str | datetime | None) -> str:
+    """`2026-06-01 01:00:00 UTC`: an instant as the finance report writes it."""
+    return clock.when(moment, zone=" UTC")
 
 
 # ── HTML ─────────────────────────────────────────────────────────────────────
@@ -175,10 +172,10 @@ def render_html(document: Document) -> str:
     """One self-contained HTML file: inline CSS, charts as inline SVG, no script, no other host."""
     from markupsafe import Markup
 
-    from jobs import finance_charts
+    from jobs.reports import charts as chart_svgs
 
     summary = document.summary
-    charts = {name: Markup(svg) for name, svg in finance_charts.all_charts(document).items()}
+    charts = {name: Markup(svg) for name, svg in chart_svgs.all_charts(document).items()}
     return _environment().get_template("finance_report.html.j2").render(
         s=summary, roll=summary["roll_forward"], lines=roll_forward_lines(summary["roll_forward"]),
         money=summary.get("outstanding_money"), kinds=KINDS, kind_meanings=KIND_MEANINGS,
@@ -191,6 +188,6 @@ def render_html(document: Document) -> str:
 # ── xlsx ─────────────────────────────────────────────────────────────────────
 
 def write_xlsx(conn: Connection, document: Document, path: Path) -> None:
-    from jobs import finance_xlsx
+    from jobs.reports import xlsx
 
-    finance_xlsx.write(document, all_discrepancies(conn, document.run_id), path)
+    xlsx.write(document, all_discrepancies(conn, document.run_id), path)

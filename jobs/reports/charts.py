@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from jobs.finance_report import Document
+from jobs.reports.finance import Document
 
 INK, GRID = "#1f2933", "#d9dee3"
 COLOURS = {"issued": "#2f6f9f", "spent": "#d08c2b", "expired": "#7b8794", "clawed_back": "#b03a2e"}
@@ -113,7 +113,7 @@ def _month_axis(axes: Any, document: Document) -> None:
 
     from matplotlib.dates import ConciseDateFormatter, MonthLocator
 
-    from jobs.finance_report import MONTHS_CHARTED, _months_before
+    from jobs.reports.finance import MONTHS_CHARTED, _months_before
 
     locator = MonthLocator()
     axes.xaxis.set_major_locator(locator)

@@ -1,0 +1,310 @@
+"""reconcile's summary and roll-forward: what finance reads, from the totals of one snapshot.
+
+Pure arithmetic, no database: `jobs/reconcile.py` reads the snapshot into a `Snapshot` and a `Found`,
+`build_summary` turns them into the `Summary`. The summary's fields, in the order declared below,
+are the JSON file's keys: `Summary.as_dict()` keeps that order, and migration 018 stores the summary
+as `json` (its text as written), so the file, the table and `report --format json` all read in it.
+
+The roll-forward: opening + issued - spent - expired - clawed back + late-committed = closing. The
+period is (previous as-of, as-of]; movements count rows by `created_at` in it. Late-committed rows are
+those dated on or before the previous as-of that the previous run did not see (the app dates a row at
+its transaction's start, so a write in flight at that run lands here): since the ledger is append-only,
+they are exactly the rows and points by which the ledger dated up to the previous as-of now exceeds
+that run's closing. Anything else (fewer rows than that run saw, or the same rows with other points)
+is a gap, reported with its explanation.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Sequence
+
+from core.clock import utc_iso
+
+KINDS = ("MISSING_BALANCE", "ORPHAN_BALANCE", "BALANCE_MISMATCH", "EARNED_MISMATCH", "SPENT_MISMATCH",
+         "CACHE_INCONSISTENT", "NEGATIVE_BALANCE")
+EXPIRY = "EXPIRY"
+CLAWBACK = "REFERRAL_CLAWBACK"
+NOT_SPENDING = (EXPIRY, CLAWBACK)  # debits that finance reads on lines of their own, never as spending
+MONTHS_CHARTED = 12
+IDENTITY = "opening + issued - spent - expired - clawed_back + late_committed = closing"
+
+
+# ── what the snapshot holds ──────────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class LedgerTotals:
+    rows: int
+    balance: int
+    earned: int
+    spent: int
+    closing: int
+    rows_after_as_of: int
+    points_after_as_of: int
+    dated_up_to_previous: int
+    rows_up_to_previous: int
+
+
+@dataclass(frozen=True)
+class CacheTotals:
+    rows: int
+    balance: int
+    earned: int
+    spent: int
+
+
+@dataclass(frozen=True)
+class Movement:
+    """Points of one ledger type moved in one charted month (None: before them), in the period or not."""
+
+    type: str
+    month: date | None
+    in_period: bool
+    issued: int
+    debited: int
+
+
+@dataclass(frozen=True)
+class PreviousReconcile:
+    """The latest successful reconcile for an earlier as-of: the roll-forward's opening."""
+
+    run_id: int
+    as_of: datetime
+    closing_balance: int
+    closing_rows: int
+
+
+@dataclass(frozen=True)
+class Unrecovered:
+    """Clawbacks written in the period (from `referral_rewards`, migration 016)."""
+
+    clawbacks: int
+    clawed_back_points: int
+    rewards_unrecovered: int
+    unrecovered_points: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The totals read in the run's snapshot (the discrepant rows are streamed separately)."""
+
+    previous: PreviousReconcile | None
+    ledger: LedgerTotals
+    cache: CacheTotals
+    users_checked: int
+    movements: list[Movement]
+    months_from: datetime
+    unrecovered: Unrecovered | None  # None until migration 016's referral_rewards exists
+
+
+@dataclass
+class Found:
+    """What the stream of discrepant users added up to."""
+
+    total: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+
+    def add(self, kinds: Sequence[str]) -> None:
+        self.total += 1
+        self.by_kind.update(kinds)
+
+
+# ── the summary: its fields, in this order, are the JSON file's keys ─────────
+
+@dataclass(frozen=True, kw_only=True)
+class RollForward:
+    previous_run_id: int | None
+    period_after: str | None
+    opening: int
+    issued: dict[str, int]
+    issued_total: int
+    spent: dict[str, int]
+    spent_total: int
+    expired: int
+    clawed_back: int
+    late_committed: dict[str, int]  # {"rows": …, "points": …}
+    expected_closing: int
+    closing: int
+    closing_rows: int
+    identity: str = IDENTITY
+    identity_holds: bool
+    gap: int
+    gap_explanation: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """The JSON summary finance reads: the liability, discrepancies by kind, the roll-forward."""
+
+    report: str = "points reconciliation"
+    run_id: int
+    as_of: str
+    verdict: str
+    outstanding_points: int
+    outstanding_money: dict[str, str] | None
+    users_checked: int
+    ledger_rows: int
+    discrepancies: dict[str, Any]
+    # the cache's columns total_earned / total_spent are all credits / all debits (expiries and
+    # clawbacks included), so the summary names them for what they hold
+    ledger: dict[str, int]
+    cache: dict[str, int]
+    net_drift: int
+    repair_requested: bool
+    repaired: int
+    roll_forward: RollForward
+    unrecovered_clawbacks: dict[str, int] | None
+    monthly: list[dict[str, Any]]
+    after_as_of: dict[str, int]
+    files: dict[str, str] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data in field order, as the JSON file and the `json` column keep it."""
+        return asdict(self)
+
+    def with_repaired(self, repaired: int) -> Summary:
+        return replace(self, repaired=repaired)
+
+
+def build_summary(run_id: int, as_of: datetime, snapshot: Snapshot, found: Found, *, repaired: int,
+                  repair_requested: bool, files: dict[str, str] | None,
+                  points_per_usd: Decimal = Decimal(100)) -> Summary:
+    ledger, cache = snapshot.ledger, snapshot.cache
+    roll = roll_forward(snapshot)
+    return Summary(
+        run_id=run_id,
+        as_of=utc_iso(as_of),
+        verdict=verdict(found.total, roll),
+        outstanding_points=ledger.closing,
+        outstanding_money=money(ledger.closing, points_per_usd),
+        users_checked=snapshot.users_checked,
+        ledger_rows=ledger.rows,
+        discrepancies={"total": found.total, "by_kind": {kind: found.by_kind.get(kind, 0) for kind in KINDS}},
+        ledger={"balance": ledger.balance, "total_credits": ledger.earned, "total_debits": ledger.spent},
+        cache={"balance": cache.balance, "total_credits": cache.earned, "total_debits": cache.spent,
+               "rows": cache.rows},
+        net_drift=cache.balance - ledger.balance,
+        repair_requested=repair_requested,
+        repaired=repaired,
+        roll_forward=roll,
+        unrecovered_clawbacks=asdict(snapshot.unrecovered) if snapshot.unrecovered else None,
+        monthly=monthly_movements(snapshot),
+        after_as_of={"rows": ledger.rows_after_as_of, "points": ledger.points_after_as_of},
+        files=files,
+    )
+
+
+def money(points: int, points_per_usd: Decimal) -> dict[str, str] | None:
+    """Points in US dollars (`points / REWARDS_POINTS_PER_USD`, to the cent); None when points have no price."""
+    if not points_per_usd:
+        return None
+    usd = (Decimal(points) / Decimal(points_per_usd)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return {"usd": str(usd), "points_per_usd": str(points_per_usd)}
+
+
+def verdict(discrepancies: int, roll: RollForward) -> str:
+    problems = ([f"{discrepancies} discrepanc{'y' if discrepancies == 1 else 'ies'}"] if discrepancies else [])
+    problems += ["roll-forward gap"] if not roll.identity_holds else []
+    return "CLEAN" if not problems else "ATTENTION: " + " and ".join(problems)
+
+
+# ── the roll-forward ─────────────────────────────────────────────────────────
+
+def roll_forward(snapshot: Snapshot) -> RollForward:
+    """opening + issued - spent - expired - clawed back + late-committed = closing (see the docstring above)."""
+    previous = snapshot.previous
+    opening = previous.closing_balance if previous else 0
+    period = _period_movements(snapshot)
+    issued = {kind: points for kind, (points, _debited) in period.items() if points}
+    spent = {kind: debited for kind, (_issued, debited) in period.items() if debited and kind not in NOT_SPENDING}
+    expired = period.get(EXPIRY, (0, 0))[1]
+    clawed_back = period.get(CLAWBACK, (0, 0))[1]
+    late_rows, late_points = _late_committed(snapshot)
+    expected = opening + sum(issued.values()) - sum(spent.values()) - expired - clawed_back + late_points
+    closing = snapshot.ledger.closing
+    gap = closing - expected
+    return RollForward(
+        previous_run_id=previous.run_id if previous else None,
+        period_after=utc_iso(previous.as_of) if previous else None,
+        opening=opening,
+        issued=issued,
+        issued_total=sum(issued.values()),
+        spent=spent,
+        spent_total=sum(spent.values()),
+        expired=expired,
+        clawed_back=clawed_back,
+        late_committed={"rows": late_rows, "points": late_points},
+        expected_closing=expected,
+        closing=closing,
+        closing_rows=snapshot.ledger.rows - snapshot.ledger.rows_after_as_of,
+        identity_holds=gap == 0,
+        gap=gap,
+        gap_explanation=_explain_gap(gap, previous, snapshot),
+    )
+
+
+def _period_movements(snapshot: Snapshot) -> dict[str, tuple[int, int]]:
+    """(issued, debited) of each ledger type in the period, types in alphabetical order (the statement
+    splits them by calendar month too)."""
+    issued: Counter[str] = Counter()
+    debited: Counter[str] = Counter()
+    for movement in snapshot.movements:
+        if movement.in_period:
+            issued[movement.type] += movement.issued
+            debited[movement.type] += movement.debited
+    return {kind: (issued[kind], debited[kind]) for kind in sorted(set(issued) | set(debited))}
+
+
+def _late_committed(snapshot: Snapshot) -> tuple[int, int]:
+    previous, ledger = snapshot.previous, snapshot.ledger
+    if previous is None:
+        return 0, 0
+    rows = ledger.rows_up_to_previous - previous.closing_rows
+    points = ledger.dated_up_to_previous - previous.closing_balance
+    if rows <= 0:  # nothing was added: a difference in points is no late write but a gap
+        return 0, 0
+    return rows, points
+
+
+def _explain_gap(gap: int, previous: PreviousReconcile | None, snapshot: Snapshot) -> str | None:
+    if gap == 0:
+        return None
+    if previous is None:  # cannot happen in one snapshot; said plainly should it ever
+        return f"{gap:+,} points: the ledger's closing and its movements disagree"
+    rows_now = snapshot.ledger.rows_up_to_previous
+    return (f"{gap:+,} points: the ledger rows dated on or before the previous reconcile's as-of "
+            f"({utc_iso(previous.as_of)}, run {previous.run_id}) no longer add up to its closing "
+            f"{previous.closing_balance:,} ({previous.closing_rows:,} rows then, {rows_now:,} now): rows "
+            "were removed or changed although the ledger is append-only (TRUNCATE, a disabled trigger, "
+            "a restore); investigate before the close")
+
+
+# ── the monthly chart's lines ────────────────────────────────────────────────
+
+def month_starts(months_from: datetime) -> list[datetime]:
+    """The first instants of the charted months and of the month after them (UTC)."""
+    return [_months_after(months_from, number) for number in range(MONTHS_CHARTED + 1)]
+
+
+def _months_after(first: datetime, months: int) -> datetime:
+    year, month = divmod(first.month - 1 + months, 12)
+    return first.replace(year=first.year + year, month=month + 1)
+
+
+def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Issued / spent / expired / clawed back per calendar month, the last 12 months up to the as-of."""
+    months: dict[str, dict[str, Any]] = {}
+    for number in range(MONTHS_CHARTED):
+        label = f"{_months_after(snapshot.months_from, number):%Y-%m}"
+        months[label] = {"month": label, "issued": 0, "spent": 0, "expired": 0, "clawed_back": 0}
+    debit_lines: dict[str, str] = {EXPIRY: "expired", CLAWBACK: "clawed_back"}
+    for movement in snapshot.movements:
+        line = months.get(f"{movement.month:%Y-%m}") if movement.month is not None else None
+        if line is None:
+            continue  # a row of the period dated before the charted months
+        line["issued"] += movement.issued
+        line[debit_lines.get(movement.type, "spent")] += movement.debited
+    return list(months.values())
+
