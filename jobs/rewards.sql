@@ -114,28 +114,26 @@ standing AS (
     WHERE w.clawback_key IS NULL
       AND EXISTS (SELECT 1 FROM paid_basis AS b WHERE b.id = w.payment_id)
 ),
-month_rewards AS (
-    SELECT relationship_id, month, count(*) AS rewards
-    FROM written
-    GROUP BY relationship_id, month
-),
-payment_rewards AS (
-    SELECT relationship_id, month, payment_id, count(*) AS rewards
-    FROM written
-    WHERE idempotency_key <> format('%s:%s:%s', CAST(:key_prefix AS text), relationship_id, month)
-    GROUP BY relationship_id, month, payment_id
-),
-reward AS (
-    SELECT o.*,
-           format('%s:%s:%s', CAST(:key_prefix AS text), o.relationship_id, o.k) AS first_key,
-           coalesce(mr.rewards, 0) AS earlier_rewards,
-           coalesce(pr.rewards, 0) AS earlier_on_payment
+unrewarded AS MATERIALIZED (
+    SELECT o.*, format('%s:%s:%s', CAST(:key_prefix AS text), o.relationship_id, o.k) AS first_key
     FROM owed AS o
-    LEFT JOIN month_rewards AS mr ON mr.relationship_id = o.relationship_id AND mr.month = o.k
-    LEFT JOIN payment_rewards AS pr
-           ON pr.relationship_id = o.relationship_id AND pr.month = o.k AND pr.payment_id = o.payment_id
     WHERE NOT EXISTS (SELECT 1 FROM standing AS s  -- at most one reward of a month stands
                       WHERE s.relationship_id = o.relationship_id AND s.month = o.k)
+),
+-- What an unrewarded month held before (rewards since clawed back): all of them, and those of the
+-- same payment under a re-earn key. Counted for these few months only, not for all history.
+earlier AS (
+    SELECT u.relationship_id, u.k,
+           count(*) AS rewards,
+           count(*) FILTER (WHERE w.payment_id = u.payment_id AND w.idempotency_key <> u.first_key) AS on_payment
+    FROM unrewarded AS u
+    JOIN written AS w ON w.relationship_id = u.relationship_id AND w.month = u.k
+    GROUP BY u.relationship_id, u.k
+),
+reward AS (
+    SELECT u.*, coalesce(e.rewards, 0) AS earlier_rewards, coalesce(e.on_payment, 0) AS earlier_on_payment
+    FROM unrewarded AS u
+    LEFT JOIN earlier AS e ON e.relationship_id = u.relationship_id AND e.k = u.k
 ),
 planned AS (
     SELECT 'reward'                                AS action,
