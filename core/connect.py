@@ -71,7 +71,7 @@ def parse_url(text: str) -> DatabaseURL:
     username, password, database = (unquote(parts[name]) if parts[name] is not None else None
                                     for name in ("username", "password", "database"))
     return DatabaseURL(parts["name"], username, password, parts["ipv4host"] or parts["ipv6host"],
-                       int(parts["port"]) if parts["port"] else None, database, query)
+                       int(parts["port"]) if parts["port"] is not None else None, database, query)
 
 
 @dataclass(frozen=True)
