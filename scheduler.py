@@ -95,7 +95,7 @@ def _announce_embedded(settings: Any) -> None:
 
 def _stop_on_signals() -> threading.Event:
     """SIGTERM/SIGINT only set a flag; the run stops after its current batch."""
-    from core.stopping import stop_on_signals
+    from cli.process import stop_on_signals
 
     return stop_on_signals()
 
@@ -428,7 +428,7 @@ def cmd_health(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace, settings: Any) -> int:
-    from core.daemon import run_daemon
+    from cli.process import run_daemon
     from jobs import PIPELINE
 
     return run_daemon(settings, PIPELINE)
