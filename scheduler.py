@@ -9,7 +9,6 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator

@@ -1,7 +1,7 @@
-"""How a session connects, without SQLAlchemy: the URL, the session's options, and a read-only
-psycopg2 connection for the commands that only read (`health`, `jobs`).
+"""How a session connects, without SQLAlchemy: the URL, the session's options, and a bare psycopg2
+connection for the commands that only read (`health`, `jobs`).
 
-The engine (`core/db.py`) and the read-only connection share one recipe, so both sessions get the
+The engine (`core/db.py`) and that connection share one recipe, so both sessions get the
 same timeouts, `TimeZone=UTC` and application name. `parse_url` reads a `DATABASE_URL` exactly as
 SQLAlchemy's `make_url` does (its pattern, its unquoting), so settings can be checked without
 importing SQLAlchemy (≈0.2 s of a command's start).
