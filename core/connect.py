@@ -121,8 +121,10 @@ def session_arguments(query: Mapping[str, Any], timeouts: Timeouts | None) -> di
 
 def psycopg2_arguments(url: DatabaseURL, timeouts: Timeouts | None) -> dict[str, Any] | None:
     """What the engine's psycopg2 dialect would pass to `psycopg2.connect` for this URL, or None for a
-    URL whose reading is SQLAlchemy's own business (several hosts, a repeated query option)."""
-    if "host" in url.query or "port" in url.query or any(isinstance(v, tuple) for v in url.query.values()):
+    URL whose reading is SQLAlchemy's own business (several hosts or ports, a repeated query option).
+    One `?host=` (a socket folder, as the embedded server's URL has) passes through as it is."""
+    several_hosts = any(mark in str(url.query.get("host", "")) for mark in ",:")
+    if several_hosts or "port" in url.query or any(isinstance(v, tuple) for v in url.query.values()):
         return None
     given = {"host": url.host, "dbname": url.database, "user": url.username, "password": url.password,
              "port": url.port}

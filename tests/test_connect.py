@@ -26,6 +26,8 @@ URLS = [
     "postgresql://u@db/re%20wards?options=-c%20a%3D1&sslmode=disable&target_session_attrs=read-write",
     "postgresql://db",
     "postgresql://:@db/",
+    "postgresql://postgres:@/rewards?host=/tmp/pg-socket",  # the embedded server's form
+    "postgresql://u@db:5433/rewards?host=/var/run/postgresql&sslmode=disable",
 ]
 
 
@@ -59,6 +61,9 @@ def test_psycopg2_gets_the_arguments_the_engine_would_give_it(url, timeouts, mon
 
 @pytest.mark.parametrize("url", ["postgresql://u@/rewards?host=a:5432&host=b:5433",
                                  "postgresql://u@/rewards?host=a,b&port=5432,5433",
+                                 "postgresql://u@/rewards?host=a,b",
+                                 "postgresql://u@/rewards?host=a:5432",
+                                 "postgresql://u@/rewards?host=/tmp&port=5433",
                                  "postgresql://u@db/rewards?sslmode=require&sslmode=disable"])
 def test_a_url_of_several_hosts_is_left_to_the_engine(url):
     assert psycopg2_arguments(parse_url(url), None) is None
