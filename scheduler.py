@@ -9,9 +9,10 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Callable, NoReturn
 
@@ -93,7 +94,7 @@ def _announce_embedded(settings: Any) -> None:
 
 def _stop_on_signals() -> threading.Event:
     """SIGTERM/SIGINT only set a flag; the run stops after its current batch."""
-    from core.stopping import stop_on_signals
+    from cli.process import stop_on_signals
 
     return stop_on_signals()
 
@@ -164,12 +165,12 @@ def _progress_display(job: str, settings: Any, *, quiet: bool = False, own_summa
 
 class _JobNames:
     """The job names, read from the registry only when argparse checks or prints them
-    (so `--help` does not import the database stack)."""
+    (so `--help` does not even read the settings)."""
 
     def _names(self) -> list[str]:
-        from jobs import JOBS
+        from jobs import NAMES
 
-        return list(JOBS)
+        return list(NAMES)
 
     def __iter__(self) -> Any:
         return iter(self._names())
@@ -182,11 +183,30 @@ class _JobNames:
 
 
 def _job(name: str) -> Any:
+    from jobs import NAMES
+
+    if name not in NAMES:
+        raise UsageError(f"JOB: unknown job {name!r}; one of {', '.join(NAMES)}")
     from jobs import JOBS
 
-    if name not in JOBS:
-        raise UsageError(f"JOB: unknown job {name!r}; one of {', '.join(JOBS)}")
     return JOBS[name]
+
+
+@contextmanager
+def _reading(settings: Any) -> Iterator[Any]:
+    """A `Fetch` for a command that only reads (`health`, `jobs`): psycopg2 straight to DATABASE_URL,
+    without SQLAlchemy or the job modules; else (the embedded database, a URL of several hosts) the
+    engine's connection, as for every other command."""
+    from core.connect import fetcher, reading_connection
+
+    connection = reading_connection(settings)
+    if connection is None:
+        _configure_logging(settings)
+        connection = _engine(settings, require_migrated=False).raw_connection()
+    try:
+        yield fetcher(connection)
+    finally:
+        connection.close()
 
 
 # ── commands ─────────────────────────────────────────────────────────────────
@@ -256,23 +276,24 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
-    from core import runs as core_runs
     from cli.summary import status_label
     from cli.tables import Column, print_table
+    from core import migrations, runs as core_runs
     from core.clock import utc_now, when
     from core.settings import cron_trigger
-    from jobs import PIPELINE
+    from jobs import NAMES
 
-    engine = _engine(settings)
-    last, succeeded = core_runs.last_runs(engine), runs.latest_successes(engine)
+    with _reading(settings) as fetch:
+        migrations.refuse_pending(migrations.pending_among(migrations.read_applied(fetch)))
+        last, succeeded = core_runs.read_last_runs(fetch), runs.latest_successes(fetch)
     now = utc_now()
     rows = []
-    for job in PIPELINE:
-        schedule = settings.schedule_for(job.name)
+    for name in NAMES:
+        schedule = settings.schedule_for(name)
         next_fire = cron_trigger(schedule).get_next_fire_time(None, now) if schedule else None
-        run, success = last.get(job.name), succeeded.get(job.name)
+        run, success = last.get(name), succeeded.get(name)
         rows.append([
-            job.name, schedule or "off", when(next_fire, seconds=False),
+            name, schedule or "off", when(next_fire, seconds=False),
                 f"{when(success.finished_at, seconds=False)} run {success.id}" if success else "never",
             f"run {run.id} {status_label(run.status, run.dry_run)} {run.trigger}, as of "
             f"{when(run.as_of, seconds=False)}" if run else "never run",
@@ -390,12 +411,13 @@ def _render_report(engine: Any, run_id: int | None, args: argparse.Namespace) ->
 def cmd_health(args: argparse.Namespace, settings: Any) -> int:
     from core import migrations
 
-    engine = _engine(settings, require_migrated=False)
-    waiting = migrations.pending(engine)
+    with _reading(settings) as fetch:
+        applied = migrations.read_applied(fetch)
+    waiting = migrations.pending_among(applied)
     if waiting:
         print(f"unhealthy: {len(waiting)} migration(s) pending", file=sys.stderr)
         return EXIT_FAILED
-    unknown = migrations.unknown_applied(engine)
+    unknown = migrations.unknown_among(applied)
     if unknown:
         print(f"unhealthy: the database has migration(s) this version does not know: {', '.join(unknown)}",
               file=sys.stderr)
@@ -405,7 +427,7 @@ def cmd_health(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace, settings: Any) -> int:
-    from core.daemon import run_daemon
+    from cli.process import run_daemon
     from jobs import PIPELINE
 
     return run_daemon(settings, PIPELINE)
@@ -534,32 +556,57 @@ def main(argv: list[str] | None = None) -> int:
     return _dispatch(args)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import DBAPIError
+# Commands that log nothing: their start leaves out structlog (the embedded database's path sets it up).
+_QUIET_COMMANDS = ("health", "jobs")
 
-    from core.logs import configure_logging
+
+def _dispatch(args: argparse.Namespace) -> int:
     from core.migrations import MigrationError
     from core.settings import ConfigError
     from jobs import load_settings
 
+    settings = None
     try:
         settings = load_settings()
-        configure_logging(settings.log_format, settings.log_level)
+        if args.command not in _QUIET_COMMANDS:
+            _configure_logging(settings)
         return args.handler(args, settings)
     except (UsageError, ConfigError, MigrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except DBAPIError as error:  # unreachable, timed out, permission denied, …: one line, exit 1
-        reason = (str(error.orig).strip().splitlines() or ["unreachable"])[0] if error.orig else "unreachable"
-        print(f"error: database: {reason}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as error:  # a bug: one line for the operator, the traceback at DEBUG
+    except Exception as error:
+        reason = _database_failure(error)
+        if reason is not None:  # unreachable, timed out, permission denied, …: one line, exit 1
+            print(f"error: database: {reason}", file=sys.stderr)
+            return EXIT_FAILED
+        # a bug: one line for the operator, the traceback at DEBUG
         import structlog
 
+        if settings is not None and args.command in _QUIET_COMMANDS:
+            _configure_logging(settings)
         structlog.get_logger("rewards.cli").debug("unexpected error", exc_info=True)
         first_line = (str(error).strip().splitlines() or [""])[0]
         print(f"error: {type(error).__name__}: {first_line}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _configure_logging(settings: Any) -> None:
+    from core.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+
+
+def _database_failure(error: Exception) -> str | None:
+    """The first line of the driver's message when `error` is the database's (SQLAlchemy's DBAPIError,
+    or a light read's ReadFailed, which carry the driver's error alike); None for any other error."""
+    from core.connect import ReadFailed
+
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")  # not imported: no SQLAlchemy error can occur
+    if not isinstance(error, ReadFailed) and not (
+            sqlalchemy_errors is not None and isinstance(error, sqlalchemy_errors.DBAPIError)):
+        return None
+    orig = error.orig
+    return (str(orig).strip().splitlines() or ["unreachable"])[0] if orig else "unreachable"
 
 
 if __name__ == "__main__":

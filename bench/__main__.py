@@ -1,9 +1,10 @@
-"""`python -m bench generate|run`: datasets at millions of rows, and each job against its bound.
+"""`python -m bench generate|run|profile|startup`: datasets at millions of rows, and each job against its bound.
 
     python -m bench generate --users 600000            # rewards_bench_600k, built once
     python -m bench run --users 60000 600000 --json out.json
     python -m bench run --users 200000 --shape default skewed   # both data shapes, side by side
     python -m bench profile expire-points --users 600000   # time each SQL statement of one job
+    python -m bench startup --runs 11                     # CPU and wall time of --help, health, jobs
 
 The server is --database-url, else BENCH_DATABASE_URL, else DATABASE_URL (any database of it: the
 benchmark creates its own). Exit codes: 0 done, 1 a job failed, 2 bad usage.
@@ -91,6 +92,13 @@ def parser() -> argparse.ArgumentParser:
     profile.add_argument("job", metavar="JOB")
     world_options(profile, many=False)
     profile.add_argument("--keep", action="store_true", help="keep the profiled clone database (…_prof)")
+
+    startup = commands.add_parser("startup", help="CPU and wall time of `--help`, `health` and `jobs`, "
+                                                  "each run as its own process")
+    startup.add_argument("--runs", type=_positive, default=11, help="timed runs of each command (default 11)")
+    startup.add_argument("--database-url", metavar="URL", help="the PostgreSQL server to use")
+    startup.add_argument("--database", default="rewards_startup",
+                         help="the scratch database, created and dropped (default %(default)s)")
     return main
 
 
@@ -170,7 +178,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0 if result.status == "SUCCEEDED" else 1
 
 
-COMMANDS = {"generate": cmd_generate, "run": cmd_run, "profile": cmd_profile}
+def cmd_startup(args: argparse.Namespace) -> int:
+    from bench import startup
+
+    print(startup.run(server_url(args.database_url), runs=args.runs, database=args.database, progress=_progress))
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "run": cmd_run, "profile": cmd_profile, "startup": cmd_startup}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+from core.sql import Fetch, Queries
 
-from core.sql import Queries
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 _queries = Queries(__file__)
 
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "ABANDONED")
 
 
-def latest_successes(engine: Engine) -> dict[str, Any]:
+def latest_successes(fetch: Fetch) -> dict[str, Any]:
     """The latest real success of each job, whole (core.runs.last_successes has the daemon's maxima)."""
-    with engine.connect() as conn:
-        return {row.job: row for row in conn.execute(_queries["latest_success_per_job"])}
+    return {row.job: row for row in fetch(_queries.raw("latest_success_per_job"))}
 
 
 def history(engine: Engine, *, job: str | None, status: str | None, since: datetime | None,

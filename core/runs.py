@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from sqlalchemy import Connection, Engine
+from core.sql import Fetch, Queries, fetch_on
 
-from core.sql import Queries
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 _queries = Queries(__file__)
 
@@ -176,7 +177,12 @@ def finish(engine: Engine, run_id: int, *, status: str, stats: dict[str, Any], e
 
 def last_runs(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
-        return {row.job: row for row in conn.execute(_queries["last_run_per_job"])}
+        return read_last_runs(fetch_on(conn))
+
+
+def read_last_runs(fetch: Fetch) -> dict[str, Any]:
+    """The latest run of each job, by job (`last_runs` on a connection you hold, e.g. a light one)."""
+    return {row.job: row for row in fetch(_queries.raw("last_run_per_job"))}
 
 
 def last_successes(engine: Engine) -> dict[str, Any]:

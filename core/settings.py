@@ -124,12 +124,11 @@ class CoreSettings(BaseSettings):
     def _database_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from core.connect import parse_url
 
         try:
-            url = make_url(value.strip())
-        except (ArgumentError, ValueError):  # never echo a piece of the URL: it may be the password
+            url = parse_url(value.strip())  # as SQLAlchemy reads it, without importing SQLAlchemy
+        except ValueError:  # never echo a piece of the URL: it may be the password
             raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
         if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg2"):
             raise ValueError("must be a postgresql:// URL (its scheme is not postgresql)")

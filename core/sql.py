@@ -8,10 +8,16 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import TextClause, text
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, TextClause
 
 _BLOCK_START = re.compile(r"^-- name: ([a-z0-9_]+) --\s*$", re.MULTILINE)
+
+# Runs one read-only statement (its text, no parameters) and returns its rows, read by attribute:
+# `fetch_on(conn)` on an engine's connection, or `core.connect.fetcher` on a bare psycopg2 one.
+Fetch = Callable[[str], list[Any]]
 
 
 @cache
@@ -32,8 +38,19 @@ class Queries:
         return load_queries(self._path)[name]
 
     def __getitem__(self, name: str) -> TextClause:
+        from sqlalchemy import text  # here: a command that only reads raw text starts without SQLAlchemy
+
         return text(self.raw(name))
 
     def render(self, name: str, **identifiers: str) -> TextClause:
         """A statement with `{placeholders}` filled by identifiers that were validated and quoted."""
+        from sqlalchemy import text
+
         return text(self.raw(name).format(**identifiers))
+
+
+def fetch_on(conn: Connection) -> Fetch:
+    """A `Fetch` on a SQLAlchemy connection (its errors stay SQLAlchemy's)."""
+    from sqlalchemy import text
+
+    return lambda statement: conn.execute(text(statement)).all()

@@ -1,17 +1,13 @@
-"""Stop requests (SIGTERM, SIGINT) that are heard even while a statement blocks in the server.
+"""What a stop request does: a flag at once, then statements in flight cancelled.
 
-A Python signal handler runs only when the main thread returns to the interpreter, which a thread
-blocked inside libpq (a lock wait, a hung server) never does. So the C-level handler also writes to
-a wakeup pipe, and a watcher thread sets the stop flag at once. Runs end after their current batch;
-a statement still in flight `grace_seconds` later (or at a second signal) is cancelled, so its batch
-rolls back and the run ends as stopped.
+Runs end after their current batch (they check `StopRequests.flag` between batches). A statement
+still in flight `grace_seconds` after the first request, or at a second request, is cancelled, so
+its batch rolls back and the run ends as stopped. Who asks (SIGTERM/SIGINT, heard by the face:
+`cli/process.py`) is not this module's business.
 """
 from __future__ import annotations
 
-import os
-import signal
 import threading
-from typing import Any
 
 import structlog
 
@@ -22,43 +18,28 @@ log = structlog.get_logger("rewards.stop")
 STOP_GRACE_SECONDS = 10.0
 
 
-def stop_on_signals(grace_seconds: float = STOP_GRACE_SECONDS) -> threading.Event:
-    """Install SIGTERM/SIGINT handlers (main thread only) and return the stop flag they set."""
-    stop = threading.Event()
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+class StopRequests:
+    """The stop flag of a process, and the escalation of the requests that set it."""
 
-    def request_stop(_signum: int, _frame: Any) -> None:
-        stop.set()
+    def __init__(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+        self.flag = threading.Event()
+        self.grace_seconds = grace_seconds
+        self._received = 0
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    threading.Thread(target=_watch, args=(read_end, stop, grace_seconds), name="stop-signals",
-                     daemon=True).start()
-    return stop
-
-
-def _watch(read_end: int, stop: threading.Event, grace_seconds: float) -> None:
-    signals = 0
-    while True:
-        try:
-            received = os.read(read_end, 64)
-        except OSError:
-            return
-        if not received:
-            return
-        signals += len(received)
-        stop.set()
-        if signals == len(received):  # the first signal(s): give the batch its grace
-            threading.Thread(target=_cancel_later, args=(grace_seconds,), name="stop-grace", daemon=True).start()
+    def received(self, count: int = 1) -> None:
+        """`count` requests arrived together: set the flag; the first ones give the batch in flight its
+        grace, a later one cancels it at once. Called from one thread (the face's signal watcher)."""
+        first = self._received == 0
+        self._received += count
+        self.flag.set()
+        if first:
+            threading.Thread(target=self._cancel_after_grace, name="stop-grace", daemon=True).start()
         else:
             _cancel("a second stop signal")
 
-
-def _cancel_later(grace_seconds: float) -> None:
-    threading.Event().wait(grace_seconds)
-    _cancel(f"still busy {grace_seconds:g} s after the stop signal")
+    def _cancel_after_grace(self) -> None:
+        threading.Event().wait(self.grace_seconds)
+        _cancel(f"still busy {self.grace_seconds:g} s after the stop signal")
 
 
 def _cancel(reason: str) -> None:

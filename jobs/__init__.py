@@ -1,31 +1,39 @@
 """The job registry, in pipeline order, each job with its default schedule; and the settings it makes.
 
-A job registers here: its module's `JOB` and its default cron (UTC) in `_REGISTERED`. Each
-registered job gets a `REWARDS_SCHEDULE_<JOB>` setting (`Settings`), and the face hands `PIPELINE`
-to the daemon and the demo; core never looks the registry up.
+A job registers here: its name, its module under `jobs/` (which defines `JOB`) and its default cron
+(UTC) in `_REGISTERED`. Each registered job gets a `REWARDS_SCHEDULE_<JOB>` setting (`Settings`), and
+the face hands `PIPELINE` to the daemon and the demo; core never looks the registry up.
+
+The job modules (and the database stack they import) load on first use of `PIPELINE` or `JOBS`:
+`--help`, `jobs`, `health` and the settings need only the names and schedules (`NAMES`,
+`DEFAULT_SCHEDULES`), and start without them.
 """
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from core import settings as core_settings
-from core.job import Job
-from jobs import expire_pending, expire_points, expiring_soon, level2_rewards, reconcile, recurring_rewards
 from jobs.settings import RuleSettings
 
+if TYPE_CHECKING:
+    from core.job import Job
+
+    PIPELINE: tuple[Job, ...]
+    JOBS: dict[str, Job]
+
 # Daily, a few minutes apart in pipeline order: each job sees what the ones before it wrote.
-_REGISTERED: tuple[tuple[Job, str], ...] = (
-    (expire_pending.JOB, "5 0 * * *"),
-    (recurring_rewards.JOB, "15 0 * * *"),
-    (level2_rewards.JOB, "30 0 * * *"),
-    (expire_points.JOB, "45 0 * * *"),
-    (expiring_soon.JOB, "50 0 * * *"),
-    (reconcile.JOB, "0 1 * * *"),
+_REGISTERED: tuple[tuple[str, str, str], ...] = (
+    ("expire-pending", "expire_pending", "5 0 * * *"),
+    ("recurring-rewards", "recurring_rewards", "15 0 * * *"),
+    ("level2-rewards", "level2_rewards", "30 0 * * *"),
+    ("expire-points", "expire_points", "45 0 * * *"),
+    ("expiring-soon", "expiring_soon", "50 0 * * *"),
+    ("reconcile", "reconcile", "0 1 * * *"),
 )
 
-PIPELINE: tuple[Job, ...] = tuple(job for job, _schedule in _REGISTERED)
-JOBS: dict[str, Job] = {job.name: job for job in PIPELINE}
-DEFAULT_SCHEDULES: dict[str, str] = {job.name: schedule for job, schedule in _REGISTERED}
+NAMES: tuple[str, ...] = tuple(name for name, _module, _schedule in _REGISTERED)
+DEFAULT_SCHEDULES: dict[str, str] = {name: schedule for name, _module, schedule in _REGISTERED}
 
 # Every setting: the machinery's, the rules', and one schedule per registered job.
 Settings = core_settings.with_schedules(RuleSettings, DEFAULT_SCHEDULES)
@@ -34,3 +42,19 @@ Settings = core_settings.with_schedules(RuleSettings, DEFAULT_SCHEDULES)
 def load_settings(**overrides: Any) -> RuleSettings:
     """Read and validate every setting; raise `ConfigError` naming the first bad variable."""
     return core_settings.load_settings(Settings, **overrides)
+
+
+def _registered_job(name: str, module: str) -> Job:
+    job: Job = import_module(f"{__name__}.{module}").JOB
+    if job.name != name:
+        raise RuntimeError(f"jobs/{module}.py defines the job {job.name!r}, registered as {name!r}")
+    return job
+
+
+def __getattr__(attribute: str) -> Any:
+    """`PIPELINE` (the jobs in order) and `JOBS` (by name), built once, when first asked for."""
+    if attribute not in ("PIPELINE", "JOBS"):
+        raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+    pipeline = tuple(_registered_job(name, module) for name, module, _schedule in _REGISTERED)
+    globals().update(PIPELINE=pipeline, JOBS={job.name: job for job in pipeline})
+    return globals()[attribute]

@@ -85,3 +85,41 @@ def test_the_code_check_sees_a_job_name_in_a_literal_but_not_in_a_docstring(tmp_
     module.write_text('"""Runs before reconcile."""\nJOB = "reconcile"\n')
 
     assert code_strings(module) == {"reconcile"}
+
+
+# ── the process is the face's ─────────────────────────────────────────────────
+
+PROCESS_CALLS = {"print", "exit", "quit", "os._exit", "sys.exit", "signal.signal", "signal.set_wakeup_fd",
+                 "signal.alarm"}
+
+
+def process_calls(path: Path) -> set[str]:
+    """The calls of a module that decide about the process (exit, signals, printing), by dotted name,
+    and `signal` when it is imported at all."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            target = node.func
+            name = (target.id if isinstance(target, ast.Name) else
+                    f"{target.value.id}.{target.attr}" if isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name) else "")
+            if name in PROCESS_CALLS:
+                found.add(name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found.update("signal" for name in names if name.split(".")[0] == "signal")
+    return found
+
+
+def test_core_neither_exits_nor_handles_signals_nor_prints():
+    offenders = {str(path.relative_to(REPO)): sorted(process_calls(path))
+                 for path in sorted((REPO / "core").rglob("*.py"))}
+    assert {module: calls for module, calls in offenders.items() if calls} == {}
+
+
+def test_the_process_check_sees_exits_signals_and_prints(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os, sys\nfrom signal import SIGTERM\n"
+                      "def f():\n    print('x')\n    sys.exit(1)\n    os._exit(0)\n")
+
+    assert process_calls(module) == {"print", "sys.exit", "os._exit", "signal"}

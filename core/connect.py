@@ -1,0 +1,181 @@
+"""How a session connects, without SQLAlchemy: the URL, the session's options, and a bare psycopg2
+connection for the commands that only read (`health`, `jobs`).
+
+The engine (`core/db.py`) and that connection share one recipe, so both sessions get the
+same timeouts, `TimeZone=UTC` and application name. `parse_url` reads a `DATABASE_URL` exactly as
+SQLAlchemy's `make_url` does (its pattern, its unquoting), so settings can be checked without
+importing SQLAlchemy (≈0.2 s of a command's start).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import namedtuple
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
+
+from core.sql import Fetch
+
+if TYPE_CHECKING:
+    from core.settings import CoreSettings
+
+# SQLAlchemy's own pattern (sqlalchemy/engine/url.py, _parse_url), so both read a URL the same way.
+_URL = re.compile(
+    r"""
+        (?P<name>[\w\+]+)://
+        (?:
+            (?P<username>[^:/]*)
+            (?::(?P<password>[^@]*))?
+        @)?
+        (?:
+            (?:
+                \[(?P<ipv6host>[^/\?]+)\] |
+                (?P<ipv4host>[^/:\?]+)
+            )?
+            (?::(?P<port>[^/\?]*))?
+        )?
+        (?:/(?P<database>[^\?]*))?
+        (?:\?(?P<query>.*))?
+        """,
+    re.X,
+)
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    drivername: str
+    username: str | None = None
+    password: str | None = None
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    query: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+
+
+def parse_url(text: str) -> DatabaseURL:
+    """A database URL's parts, as SQLAlchemy's `make_url` reads them; ValueError when it is not one."""
+    match = _URL.match(text)
+    if match is None:
+        raise ValueError("Could not parse SQLAlchemy URL from given URL string")
+    parts = match.groupdict()
+    query: dict[str, str | tuple[str, ...]] = {}
+    for key, value in parse_qsl(parts["query"] or ""):
+        if key in query:
+            earlier = query[key]
+            query[key] = (*earlier, value) if isinstance(earlier, tuple) else (earlier, value)
+        else:
+            query[key] = value
+    username, password, database = (unquote(parts[name]) if parts[name] is not None else None
+                                    for name in ("username", "password", "database"))
+    return DatabaseURL(parts["name"], username, password, parts["ipv4host"] or parts["ipv6host"],
+                       int(parts["port"]) if parts["port"] is not None else None, database, query)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; 0 turns one off (PostgreSQL's own meaning of 0)."""
+
+    connect: int = 0
+    statement: int = 0
+    lock: int = 0
+    idle_in_transaction: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: CoreSettings) -> Timeouts:
+        return cls(settings.db_connect_timeout_seconds, settings.db_statement_timeout_seconds,
+                   settings.db_lock_timeout_seconds, settings.db_idle_in_transaction_timeout_seconds)
+
+    def session_options(self) -> list[str]:
+        return [f"-c statement_timeout={self.statement * 1000}", f"-c lock_timeout={self.lock * 1000}",
+                f"-c idle_in_transaction_session_timeout={self.idle_in_transaction * 1000}"]
+
+
+def session_options(timeouts: Timeouts | None, url_options: str | None, env_options: str | None) -> str:
+    """libpq `options`: our defaults first, then PGOPTIONS, then the URL's, then TimeZone=UTC.
+
+    JIT is off by default: the jobs' statements run once per batch, and compiling one cost more than
+    it saved (0.7 s of a 1.1 s expire-points batch at 200k users)."""
+    parts = ["-c jit=off"] + (timeouts.session_options() if timeouts else [])
+    parts += [given for given in (env_options, url_options) if given and given.strip()]
+    parts.append("-c TimeZone=UTC")
+    return " ".join(parts)
+
+
+def session_arguments(query: Mapping[str, Any], timeouts: Timeouts | None) -> dict[str, Any]:
+    """The psycopg2 arguments this product adds to a URL's: the merged `options`, the application
+    name (the URL's, else ours) and the connect timeout (unless the URL sets one)."""
+    url_options = query.get("options")
+    if isinstance(url_options, tuple):
+        url_options = " ".join(url_options)
+    arguments: dict[str, Any] = {
+        "options": session_options(timeouts, url_options, os.environ.get("PGOPTIONS")),
+        "application_name": query.get("application_name", "rewards-jobs"),
+    }
+    if timeouts and timeouts.connect and "connect_timeout" not in query:
+        arguments["connect_timeout"] = timeouts.connect
+    return arguments
+
+
+def psycopg2_arguments(url: DatabaseURL, timeouts: Timeouts | None) -> dict[str, Any] | None:
+    """What the engine's psycopg2 dialect would pass to `psycopg2.connect` for this URL, or None for a
+    URL whose reading is SQLAlchemy's own business (several hosts or ports, a repeated query option).
+    One `?host=` (a socket folder, as the embedded server's URL has) passes through as it is."""
+    several_hosts = any(mark in str(url.query.get("host", "")) for mark in ",:")
+    if several_hosts or "port" in url.query or any(isinstance(v, tuple) for v in url.query.values()):
+        return None
+    given = {"host": url.host, "dbname": url.database, "user": url.username, "password": url.password,
+             "port": url.port}
+    arguments = {name: value for name, value in given.items() if value}
+    arguments.update((name, value) for name, value in url.query.items()
+                     if name not in ("options", "application_name"))
+    arguments.update(session_arguments(url.query, timeouts))
+    return arguments
+
+
+class ReadFailed(Exception):
+    """A read-only statement failed in the database; the driver's error is `orig` (as SQLAlchemy's
+    DBAPIError has it), so the face reports both the same way."""
+
+    def __init__(self, orig: Exception) -> None:
+        super().__init__(str(orig))
+        self.orig = orig
+
+
+def reading_connection(settings: CoreSettings) -> Any | None:
+    """A psycopg2 connection to `DATABASE_URL` with the engine's session options, for reads; or None
+    when the URL needs the engine (no URL: the embedded database; several hosts)."""
+    if not settings.database_url:
+        return None
+    arguments = psycopg2_arguments(parse_url(settings.database_url), Timeouts.from_settings(settings))
+    if arguments is None:
+        return None
+    import psycopg2
+
+    try:
+        return psycopg2.connect(**arguments)
+    except psycopg2.Error as error:
+        raise ReadFailed(error) from error
+
+
+def fetcher(dbapi_connection: Any) -> Fetch:
+    """A `Fetch` over one DB-API connection (psycopg2's, or an engine's raw one): rows as named tuples."""
+    def fetch(statement: str) -> list[Any]:
+        import psycopg2
+
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(statement)
+                row = _row_type(tuple(column.name for column in cursor.description))
+                return [row._make(values) for values in cursor.fetchall()]
+        except psycopg2.Error as error:
+            raise ReadFailed(error) from error
+
+    return fetch
+
+
+@lru_cache(maxsize=64)
+def _row_type(columns: tuple[str, ...]) -> Any:
+    return namedtuple("Row", columns, rename=True)  # type: ignore[misc]  (`?column?` becomes `_0`)
