@@ -23,7 +23,7 @@ SMALL_BATCHES = {"REWARDS_BATCH_SIZE": "1"}
 
 def add_paying_relationships(engine, *, level: int = 1) -> list[Any]:
     """RELATIONSHIPS rewarded relationships a minute apart, each referred user paying $20.00 on day
-    2 of months 0..13; returned in scan order (rewarded_at, id)."""
+    2 of months 0..13; returned in the jobs' scan order (id)."""
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO public.user_referral_relationships"
@@ -39,7 +39,7 @@ def add_paying_relationships(engine, *, level: int = 1) -> list[Any]:
             " FROM public.user_referral_relationships AS r, generate_series(0, 13) AS m"
         ))
         return list(conn.execute(text(
-            "SELECT id, referrer_user_id FROM public.user_referral_relationships ORDER BY rewarded_at, id")))
+            "SELECT id, referrer_user_id FROM public.user_referral_relationships ORDER BY id")))
 
 
 def ledger_summary(engine) -> tuple[int, int, int]:
