@@ -21,6 +21,7 @@ from tests import housekeeping
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDED_DIRECTORY = pytest.StashKey[Path]()
+TERMINAL_SIZE = ("COLUMNS", "LINES")  # a worker's readline sets them (80×24): the CLI's piped width reads COLUMNS
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -37,6 +38,7 @@ def embedded_directory(config: pytest.Config) -> Path:
 def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt_workers_then_this_process if not is_worker(config) else _interrupt)
     if is_worker(config):
+        _restore_terminal_size(config.workerinput["rewards_terminal_size"])  # type: ignore[attr-defined]
         return
     server_url = os.environ.get("TEST_DATABASE_URL")
     housekeeping.sweep(server_url)
@@ -46,7 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """(xdist) Every worker uses the run's one embedded server."""
+    """(xdist) Every worker sees this process's terminal size and uses the run's one embedded server."""
+    node.workerinput["rewards_terminal_size"] = {name: os.environ.get(name) for name in TERMINAL_SIZE}
     if EMBEDDED_DIRECTORY in node.config.stash:
         node.workerinput["rewards_embedded_directory"] = str(node.config.stash[EMBEDDED_DIRECTORY])
 
@@ -57,6 +60,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if EMBEDDED_DIRECTORY in config.stash:
         housekeeping.remove_directory(config.stash[EMBEDDED_DIRECTORY])
     housekeeping.sweep(os.environ.get("TEST_DATABASE_URL"), finished={os.getpid()})
+
+
+def _restore_terminal_size(controller: dict[str, str | None]) -> None:
+    for name, value in controller.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _interrupt(signum: int, frame: Any) -> None:

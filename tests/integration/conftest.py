@@ -3,10 +3,12 @@ the run's embedded PostgreSQL, started when a test first needs it (tests/conftes
 
 The migrations are applied once per process (each xdist worker) to a template database, which is
 cloned once (`CREATE DATABASE … TEMPLATE …`) into the process's own test database. Every test gets
-that database as the template made it: before each test, the tables the previous test filled are
-truncated, the sequences restarted, and the result compared with the fresh clone (schema, triggers,
-privileges, database settings, planner statistics, the migrations' records). A test that changed
-any of these (a view, a trigger, a GRANT, ANALYZE, …) is followed by a new clone instead.
+that database as the template made it, under a name of its own: before each test, the tables the
+previous test filled are truncated, the sequences restarted, the result compared with the fresh
+clone (schema, triggers, privileges, database settings, planner statistics, the migrations'
+records), and the database renamed (so nothing keyed by its name, and no process left connecting
+to it, carries over). A test that changed any of these (a view, a trigger, a GRANT, ANALYZE, …) is
+followed by a new clone instead.
 """
 from __future__ import annotations
 
@@ -118,34 +120,50 @@ class ReusedDatabase:
     """This process's test database: a clone of the template, made pristine again before each test."""
 
     def __init__(self, server_url: str, template: str) -> None:
-        self.name = f"rewards_t{os.getpid()}"
-        self.url = _with_database(server_url, self.name)
+        self._server_url = server_url
         self._admin = _admin(server_url)
         self._template = template
-        self._clone()
+        self.name = self._next_name()
+        self._clone(self.name)
         self._pristine = self._fingerprint()
         self.used = False
+
+    @property
+    def url(self) -> str:
+        return _with_database(self._server_url, self.name)
 
     def make_pristine(self) -> None:
         if not self.used:
             return
         self.used = False
+        new_name = self._next_name()
         try:
             if self._reset() == self._pristine:
+                self._rename(new_name)
                 return
         except Exception:  # noqa: BLE001 — whatever the previous test left, a new clone clears it
             pass
-        self._clone()
+        self._clone(new_name)
 
     def drop(self) -> None:
         with self._admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
         self._admin.dispose()
 
-    def _clone(self) -> None:
+    @staticmethod
+    def _next_name() -> str:
+        return f"rewards_t{os.getpid()}_{next(_clone_numbers)}"
+
+    def _clone(self, new_name: str) -> None:
         with self._admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{self.name}" TEMPLATE "{self._template}"'))
+            conn.execute(text(f'CREATE DATABASE "{new_name}" TEMPLATE "{self._template}"'))
+        self.name = new_name
+
+    def _rename(self, new_name: str) -> None:
+        with self._admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{self.name}" RENAME TO "{new_name}"'))
+        self.name = new_name
 
     def _fingerprint(self) -> str:
         engine = make_engine(self.url, pool_size=1)
