@@ -6,6 +6,9 @@ made it in its name (`rewards_t1234`, `rewards_tpl_1234`, `rewards_jobs_t1234_â€
 those databases and roles and, for a directory, first stops the PostgreSQL server running in it and
 then removes it. The first process of a run sweeps at its start and at its end (tests/conftest.py),
 so even a run killed outright is cleared by its own end or by the next run.
+
+`python -m tests.housekeeping [SERVER_URL]` (CI, after the suite) lists what ended test processes
+left behind and exits 1 if there is anything.
 """
 from __future__ import annotations
 
@@ -88,6 +91,24 @@ def stop_postmaster(pgdata: Path, timeout: float = 30) -> None:
             time.sleep(0.05)
 
 
+def leftovers(server_url: str | None) -> list[str]:
+    """What test processes that are gone left behind: directories, running servers, databases, roles."""
+    found = [str(directory) for directory in stale_directories()]
+    if server_url:
+        from core.db import make_engine
+
+        admin = make_engine(server_url, pool_size=1)
+        try:
+            with admin.connect() as conn:
+                names = [*conn.execute(text("SELECT datname FROM pg_database")).scalars(),
+                         *conn.execute(text("SELECT rolname FROM pg_roles")).scalars()]
+        finally:
+            admin.dispose()
+        found += [name for name in names
+                  if (match := TEST_DATABASE.match(name) or TEST_ROLE.match(name)) and _stale(int(match[1]), ())]
+    return found
+
+
 def drop_stale_databases(server_url: str, finished: Collection[int] = ()) -> list[str]:
     """Drop the test databases, then the test roles, of processes that are gone; return their names."""
     from core.db import make_engine
@@ -113,3 +134,12 @@ def drop_stale_databases(server_url: str, finished: Collection[int] = ()) -> lis
     finally:
         admin.dispose()
     return dropped
+
+
+if __name__ == "__main__":
+    import sys
+
+    left = leftovers(sys.argv[1] if len(sys.argv) > 1 else None)
+    for item in left:
+        print(f"left behind by a test run: {item}", file=sys.stderr)
+    sys.exit(1 if left else 0)

@@ -9,9 +9,11 @@ cluster (default 9700, the workers on the next two ports).
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -74,8 +76,10 @@ def server_url() -> str:
         pytest.skip("the Citus tests run with REWARDS_TEST_CITUS=1 (about 25 minutes more on 2 cores)")
     if not _citus_installed():
         pytest.skip("Citus is not installed here: `bash bench/citus.sh up` builds it once (root, ~2.5 min)")
-    started = subprocess.run(["bash", str(REPO / "bench" / "citus.sh"), "up"], capture_output=True, text=True,
-                             env={**os.environ, "CITUS_PORT": str(PORT)}, timeout=600)
+    with open(Path(tempfile.gettempdir()) / f"rewards-citus-{PORT}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # xdist's workers start the cluster one at a time
+        started = subprocess.run(["bash", str(REPO / "bench" / "citus.sh"), "up"], capture_output=True, text=True,
+                                 env={**os.environ, "CITUS_PORT": str(PORT)}, timeout=600)
     if started.returncode != 0:
         pytest.skip(f"the Citus cluster could not be started: {started.stderr.strip()[-300:]}")
     return _url(PORT, "postgres")
