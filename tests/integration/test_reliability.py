@@ -483,7 +483,8 @@ def test_a_periodic_check_catches_up_a_run_another_replica_left_behind(daemons, 
     daemon = daemons(database_url, REWARDS_CATCH_UP_CHECK_SECONDS="2",
                      **quiet_schedules(**{"expire-pending": "5 0 * * *"}))
 
-    wait_until(lambda: status_counts(engine) == {"EXPIRED": 3}, what="the job caught up", timeout=40)
+    wait_until(lambda: status_counts(engine) == {"EXPIRED": 3} and runs_of(engine)[-1].status == "SUCCEEDED",
+               what="the job caught up", timeout=40)
     statuses = [(r.trigger, r.status) for r in runs_of(engine)]
     assert statuses[0] == ("schedule", "ABANDONED") and statuses[-1] == ("catch-up", "SUCCEEDED")
     assert daemon.terminate()[0] == 0
