@@ -79,7 +79,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(job, world, engin
     reference = make_engine(reference_url)
     if job == "expire-pending":  # the sample has few old PENDING relationships: give the job many batches
         for database in (engine, reference):
-            add_pending_relationships(database, 3000)
+            add_pending_relationships(database, 6000)
     seconds = _reference_run(reference_url, job, tmp_path)
     rng = random.Random(f"{job}-14")
     env = cli_env(str(engine.url.render_as_string(hide_password=False)), tmp_path, REWARDS_BATCH_SIZE=BATCH_SIZE)
