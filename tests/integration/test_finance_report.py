@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from core.reports import FileSet
 from core.runner import run_job
-from jobs import finance_report, reconcile
+from jobs import expire_pending, finance_report, reconcile
 from tests.builders import add_app_points, utc
 
 AS_OF = utc(2026, 6, 1, 1)
@@ -199,17 +199,14 @@ def test_a_repair_is_published_with_its_count_in_every_file(engine, settings):
 
 
 @pytest.mark.slow
-def test_report_renders_html_and_xlsx_for_a_stored_run_and_refuses_other_runs(cli, engine, tmp_path):
+def test_report_renders_html_and_xlsx_for_a_stored_run_and_refuses_other_runs(cli, engine, settings, tmp_path):
     from openpyxl import load_workbook
 
     _world(engine)
-    done = cli("run", "reconcile", "--as-of", "2026-06-01T01:00:00Z", "--json")
-    assert done.returncode == 0, done.stderr
-    run_id = json.loads(done.stdout.splitlines()[-1])["run_id"]
-    dry = cli("run", "reconcile", "--as-of", "2026-06-01T01:00:00Z", "--dry-run", "--json")
-    dry_id = json.loads(dry.stdout.splitlines()[-1])["run_id"]
-    other = cli("run", "expire-pending", "--as-of", "2026-06-01", "--json")
-    other_id = json.loads(other.stdout.splitlines()[-1])["run_id"]
+    runs = [run_job(job, settings=settings, engine=engine, as_of=AS_OF, dry_run=dry)  # in-process: `report` is tested
+            for job, dry in ((reconcile.JOB, False), (reconcile.JOB, True), (expire_pending.JOB, False))]
+    assert [run.status for run in runs] == ["SUCCEEDED"] * 3
+    run_id, dry_id, other_id = (run.run_id for run in runs)
 
     html = cli("report", str(run_id), "--format", "html")
     xlsx = cli("report", "latest", "--format", "xlsx", "--output", str(tmp_path / "close.xlsx"))

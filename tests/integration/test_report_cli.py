@@ -8,6 +8,9 @@ from uuid import UUID
 import pytest
 from sqlalchemy import text
 
+from core.clock import parse_as_of
+from core.runner import run_job
+from jobs import reconcile
 from tests.builders import add_app_points, balance_of, utc
 
 pytestmark = pytest.mark.slow
@@ -31,12 +34,20 @@ def _reconciled(cli, *options, env=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _reconciled_here(settings, engine) -> dict:
+    """A reconcile run in this process (what is tested is `report` reading it back, in a real process)."""
+    result = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=parse_as_of(AS_OF))
+    assert result.status == "SUCCEEDED", result.error
+    return {"run_id": result.run_id}
+
+
 def _report_file(tmp_path, run_id, suffix):
     return (tmp_path / "reports" / f"reconciliation-20260601T010000Z-{run_id}.{suffix}").read_text()
 
 
-def test_report_prints_the_latest_report_as_a_table_a_terminal_can_read(cli, ledger_with_one_missing_cache_row):
-    run = _reconciled(cli)
+def test_report_prints_the_latest_report_as_a_table_a_terminal_can_read(cli, settings, engine,
+                                                                       ledger_with_one_missing_cache_row):
+    run = _reconciled_here(settings, engine)
 
     shown = cli("report")
 
@@ -54,8 +65,8 @@ def test_report_prints_the_latest_report_as_a_table_a_terminal_can_read(cli, led
     assert any(line.startswith(f"{MISSING_USER}  MISSING_BALANCE") for line in lines)
 
 
-def test_report_csv_prints_the_csv_file(cli, tmp_path, ledger_with_one_missing_cache_row):
-    run = _reconciled(cli)
+def test_report_csv_prints_the_csv_file(cli, settings, engine, tmp_path, ledger_with_one_missing_cache_row):
+    run = _reconciled_here(settings, engine)
 
     shown = cli("report", str(run["run_id"]), "--format", "csv")
 
@@ -64,8 +75,8 @@ def test_report_csv_prints_the_csv_file(cli, tmp_path, ledger_with_one_missing_c
     assert shown.stdout.splitlines()[1] == f"{MISSING_USER},MISSING_BALANCE,,40,-40,,40,,0"
 
 
-def test_report_json_prints_the_summary_file(cli, tmp_path, ledger_with_one_missing_cache_row):
-    run = _reconciled(cli)
+def test_report_json_prints_the_summary_file(cli, settings, engine, tmp_path, ledger_with_one_missing_cache_row):
+    run = _reconciled_here(settings, engine)
 
     shown = cli("report", "latest", "--format", "json")
 
@@ -74,11 +85,11 @@ def test_report_json_prints_the_summary_file(cli, tmp_path, ledger_with_one_miss
     assert json.loads(shown.stdout)["outstanding_points"] == 190
 
 
-def test_report_latest_is_the_newest_run(cli, engine, ledger_with_one_missing_cache_row):
-    first = _reconciled(cli)
+def test_report_latest_is_the_newest_run(cli, settings, engine, ledger_with_one_missing_cache_row):
+    first = _reconciled_here(settings, engine)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM public.user_point_balances"))
-    second = _reconciled(cli)
+    second = _reconciled_here(settings, engine)
 
     shown = json.loads(cli("report", "--format", "json").stdout)
     older = json.loads(cli("report", str(first["run_id"]), "--format", "json").stdout)
