@@ -27,8 +27,8 @@ from core.runner import run_job
 from core.runs import HOST, AlreadyRunning
 from core.settings import ConfigError, load_settings
 from tests.builders import add_relationship, utc
-from tests.integration.test_daemon import (add_pending_relationships, daemons, quiet_schedules, runs_of,  # noqa: F401 (fixture)
-                               status_counts, wait_until)
+from tests.integration.test_daemon import (add_pending_relationships, daemons,  # noqa: F401 (fixture)
+                                           quiet_schedules, runs_of, status_counts, wait_until)
 
 AS_OF = utc(2026, 6, 1)
 REPO = Path(__file__).resolve().parents[2]

@@ -21,11 +21,12 @@ from core.db import make_engine
 from core.runner import run_job
 from core.settings import Settings
 from jobs import JOBS
-from tests.integration.faults.conftest import (AS_OF, WORLD_AS_OF, books, cache_disagreements, cli_env, fork_cli, running_row_of,
-                                   runs_of)
-from tests.integration.test_daemon import (DaemonProcess, add_pending_relationships, add_rewarded_chain,  # noqa: F401 (fixtures)
-                               blocked_in_fifth_batch, daemons, own_server, points_by_user, quiet_schedules,
-                               relationship_id, status_counts, wait_until)
+from tests.integration.faults.conftest import (AS_OF, WORLD_AS_OF, books, cache_disagreements, cli_env, fork_cli,
+                                               running_row_of, runs_of)
+from tests.integration.test_daemon import (DaemonProcess, add_pending_relationships,  # noqa: F401 (fixtures)
+                                           add_rewarded_chain, blocked_in_fifth_batch, daemons, own_server,
+                                           points_by_user, quiet_schedules, relationship_id, status_counts,
+                                           wait_until)
 
 pytestmark = pytest.mark.slow
 
