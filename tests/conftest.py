@@ -1,122 +1,103 @@
-"""Real PostgreSQL for every test: `TEST_DATABASE_URL` when set (CI: the local server), else an
-embedded PostgreSQL started for the session. The schema is migrated once into a template database;
-each test gets its own clone (`CREATE DATABASE … TEMPLATE …`)."""
+"""The run as a whole, for both layers: tests/unit/ (no database) and tests/integration/ (real
+PostgreSQL; its conftest.py has the database fixtures).
+
+Nothing is left behind, even by an interrupted run. SIGTERM is turned into the KeyboardInterrupt
+that Ctrl-C gives, in every process (the first one first tells its xdist workers), so fixtures are
+torn down. The first process of the run picks the embedded server's directory (when
+`TEST_DATABASE_URL` is unset; a worker starts the server when a test first needs it) and, at the
+end, stops that server before it removes the directory. It also sweeps, at its start and at its
+end, the databases, roles and directories of test processes that are gone (tests/housekeeping.py).
+"""
 from __future__ import annotations
 
-import itertools
 import os
-import subprocess
-import sys
-import tempfile
+import signal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
-from core import migrations
-from core.db import make_engine, start_embedded_server
-from jobs import Settings
+from tests import housekeeping
 
 REPO = Path(__file__).resolve().parent.parent
-_clone_numbers = itertools.count(1)
+EMBEDDED_DIRECTORY = pytest.StashKey[Path]()
+TERMINAL_SIZE = ("COLUMNS", "LINES")  # a worker's readline sets them (80×24): the CLI's piped width reads COLUMNS
 
 
-def _admin(url: str) -> Engine:
-    return make_engine(url, pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
-def _with_database(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
+def embedded_directory(config: pytest.Config) -> Path:
+    """Where the run's embedded PostgreSQL keeps its data."""
+    if is_worker(config):
+        return Path(config.workerinput["rewards_embedded_directory"])  # type: ignore[attr-defined]
+    return config.stash[EMBEDDED_DIRECTORY]
 
 
-@pytest.fixture(scope="session")
-def server_url() -> Iterator[str]:
-    """A URL of a maintenance database on the server the tests use."""
-    given = os.environ.get("TEST_DATABASE_URL")
-    if given:
-        yield given
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _interrupt_workers_then_this_process if not is_worker(config) else _interrupt)
+    if is_worker(config):
+        _restore_terminal_size(config.workerinput["rewards_terminal_size"])  # type: ignore[attr-defined]
         return
-    with tempfile.TemporaryDirectory(prefix="rewards-test-pg-") as data_dir:
-        yield start_embedded_server(Path(data_dir))
+    server_url = os.environ.get("TEST_DATABASE_URL")
+    housekeeping.sweep(server_url)
+    if not server_url:
+        config.stash[EMBEDDED_DIRECTORY] = housekeeping.temporary_directory("test-pg")
 
 
-@pytest.fixture(scope="session")
-def template_database(server_url: str) -> Iterator[str]:
-    name = f"rewards_tpl_{os.getpid()}"
-    admin = _admin(server_url)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(_with_database(server_url, name))
-    migrations.migrate(engine)
-    engine.dispose()
-    yield name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist) Every worker sees this process's terminal size and uses the run's one embedded server."""
+    node.workerinput["rewards_terminal_size"] = {name: os.environ.get(name) for name in TERMINAL_SIZE}
+    if EMBEDDED_DIRECTORY in node.config.stash:
+        node.workerinput["rewards_embedded_directory"] = str(node.config.stash[EMBEDDED_DIRECTORY])
 
 
-def _scratch_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
-    """Create a database for one test (a clone of `template` if given), yield its URL, drop it."""
-    name = f"{prefix}{os.getpid()}_{next(_clone_numbers)}"
-    admin = _admin(server_url)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
-    yield _with_database(server_url, name)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (in their order): two workers that steal work from each other then end the
+    run on short tests, not on a long one started last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-@pytest.fixture
-def database_url(server_url: str, template_database: str) -> Iterator[str]:
-    """A fresh, migrated database of its own for one test."""
-    yield from _scratch_database(server_url, "rewards_t", template_database)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if is_worker(config):
+        return
+    if EMBEDDED_DIRECTORY in config.stash:
+        housekeeping.remove_directory(config.stash[EMBEDDED_DIRECTORY])
+    housekeeping.sweep(os.environ.get("TEST_DATABASE_URL"), finished={os.getpid()})
 
 
-@pytest.fixture
-def empty_database_url(server_url: str) -> Iterator[str]:
-    """A database with nothing in it (not even migration 011)."""
-    yield from _scratch_database(server_url, "rewards_e")
+def _restore_terminal_size(controller: dict[str, str | None]) -> None:
+    for name, value in controller.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-@pytest.fixture
-def make_settings(database_url: str, tmp_path: Path) -> Any:
-    """Settings for this test's database; keyword arguments override fields by name."""
-
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"database_url": database_url, "reports_dir": tmp_path / "reports",
-                                  "data_dir": tmp_path / "data"}
-        values.update(overrides)
-        return Settings(_env_file=None, **values)
-
-    return make
+def _interrupt_workers_then_this_process(signum: int, frame: Any) -> None:
+    for child in _children():
+        try:
+            os.kill(child, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    _interrupt(signum, frame)
 
 
-@pytest.fixture
-def settings(make_settings: Any) -> Settings:
-    return make_settings()
-
-
-@pytest.fixture
-def cli(database_url: str, tmp_path: Path) -> Any:
-    """Run `python scheduler.py ARGS…` in a subprocess against this test's database."""
-
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDS_")}
-        full_env.update({"DATABASE_URL": database_url, "REWARDS_REPORTS_DIR": str(tmp_path / "reports"),
-                         "REWARDS_DATA_DIR": str(tmp_path / "data"), "REWARDS_LOG_FORMAT": "json"})
-        full_env.update(env or {})
-        return subprocess.run([sys.executable, str(REPO / "scheduler.py"), *args], cwd=tmp_path,
-                              env=full_env, capture_output=True, text=True, timeout=timeout)
-
-    return run
+def _children() -> list[int]:
+    """This process's children (xdist's workers, when it is their controller)."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            found.append(int(stat.parent.name))
+    return found

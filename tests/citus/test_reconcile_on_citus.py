@@ -1,2 +1,0 @@
-"""tests/test_reconcile.py, every test of it, against the 3-node Citus cluster (see conftest.py)."""
-from tests.test_reconcile import *  # noqa: F401,F403  (pytest collects the imported tests here too)
