@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterator, Protocol
+from uuid import UUID
 
 import structlog
 from sqlalchemy import Connection, Engine
@@ -45,6 +46,10 @@ def session_tables(conn: Connection, *names: str) -> Iterator[None]:
 
 class StopRequested(Exception):
     """The process was asked to stop; the run ends after its current batch."""
+
+
+# Where a keyset walk over uuid ids starts: before every id.
+BEFORE_ALL_IDS = UUID(int=0)
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy import Connection
 
-from core.job import Batch, Job, RunContext
+from core.job import BEFORE_ALL_IDS, Batch, Job, RunContext
 from core.sql import Queries
 
 _queries = Queries(__file__)
-_BEFORE_ALL_IDS = UUID(int=0)
 
 
 def run(ctx: RunContext) -> None:
@@ -28,7 +26,7 @@ def run(ctx: RunContext) -> None:
 
     def expire_batch(conn: Connection, after: Any) -> Batch:
         row = conn.execute(_queries["expire_batch"], {
-            "cutoff": cutoff, "as_of": ctx.as_of, "after": after or _BEFORE_ALL_IDS,
+            "cutoff": cutoff, "as_of": ctx.as_of, "after": after or BEFORE_ALL_IDS,
             "batch_size": ctx.settings.batch_size, "dry_run": ctx.dry_run,
         }).one()
         done = row.selected if ctx.dry_run else row.expired

@@ -28,11 +28,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator, Sequence, TextIO
-from uuid import UUID
 
 from sqlalchemy import Connection, Engine
 
-from core.job import Batch, Job, RunContext
+from core.job import BEFORE_ALL_IDS, Batch, Job, RunContext
 from core.ledger import lock_balances
 from core.reports import FileSet, remove_leftovers
 from core.sql import Queries
@@ -41,7 +40,6 @@ from jobs.reconcile_summary import (MONTHS_CHARTED, CacheTotals, Found, LedgerTo
 from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, summary_json
 
 _queries = Queries(__file__)
-_BEFORE_ALL_IDS = UUID(int=0)
 
 # The audit's one pass hashes every user at once: with PostgreSQL's default 4MB it would sort instead
 # (several times slower, bench/RESULTS.md). Spills to disk beyond it, so memory stays bounded.
@@ -274,7 +272,7 @@ def _repair(ctx: RunContext) -> int:
 
     def repair_batch(conn: Connection, after: Any) -> Batch:
         user_ids = [str(row.user_id) for row in conn.execute(_queries["repair_batch"], {
-            "run_id": ctx.run_id, "after": after or _BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
+            "run_id": ctx.run_id, "after": after or BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
         })]
         if not user_ids:
             return Batch(next_after=None)
