@@ -73,6 +73,21 @@ def _written(engine: Any, job: str) -> int:
                             {"as_of": AS_OF, "own": KEY_NAMESPACES[job] + ":%"}).scalar()
 
 
+def add_points_to_expire(engine: Any, count: int) -> None:
+    """`count` users whose ids sort as 1..count, each with 10 points the app granted long ago (ledger
+    row and cache row), all due to expire."""
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key, created_at)"
+            " SELECT CAST(lpad(to_hex(i), 32, '0') AS uuid), 10, 'REFERRAL_WELCOME', 'welcome:' || i,"
+            "        timestamptz '2020-01-01'"
+            " FROM generate_series(1, :count) AS i"), {"count": count})
+        conn.execute(text(
+            "INSERT INTO public.user_point_balances (user_id, balance, total_earned, total_spent)"
+            " SELECT CAST(lpad(to_hex(i), 32, '0') AS uuid), 10, 10, 0 FROM generate_series(1, :count) AS i"),
+            {"count": count})
+
+
 @pytest.mark.parametrize("job", WRITING_JOBS)
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(job, world, engine, tmp_path):
     reference_url = world
@@ -80,6 +95,9 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(job, world, engin
     if job == "expire-pending":  # the sample has few old PENDING relationships: give the job many batches
         for database in (engine, reference):
             add_pending_relationships(database, 6000)
+    if job == "expire-points":  # its plan leaves only the users with points due: give it many of them
+        for database in (engine, reference):
+            add_points_to_expire(database, 6000)
     seconds = _reference_run(reference_url, job, tmp_path)
     rng = random.Random(f"{job}-14")
     env = cli_env(str(engine.url.render_as_string(hide_password=False)), tmp_path, REWARDS_BATCH_SIZE=BATCH_SIZE)
