@@ -67,7 +67,7 @@ EOF
 
 start_node() {
   local node=$1
-  if as_postgres "$bin/pg_ctl" -D "$dir/$node/data" status >/dev/null 2>&1; then return; fi
+  if is_running "$node"; then return; fi
   as_postgres "$bin/pg_ctl" -D "$dir/$node/data" -l "$dir/$node/postgres.log" -w -t 60 start >/dev/null
 }
 
@@ -100,11 +100,14 @@ up() {
   echo "citus cluster up: coordinator 127.0.0.1:$port, workers $((port + 1)) and $((port + 2)) ($dir)"
 }
 
+is_running() {  # is_running NODE
+  [ -f "$dir/$1/data/PG_VERSION" ] && as_postgres "$bin/pg_ctl" -D "$dir/$1/data" status >/dev/null 2>&1
+}
+
 down() {
   local node
   for node in "${nodes[@]}"; do
-    if [ -f "$dir/$node/data/PG_VERSION" ] \
-       && as_postgres "$bin/pg_ctl" -D "$dir/$node/data" status >/dev/null 2>&1; then
+    if is_running "$node"; then
       as_postgres "$bin/pg_ctl" -D "$dir/$node/data" -m fast -w stop >/dev/null
     fi
   done
@@ -114,8 +117,7 @@ down() {
 status() {
   local node
   for node in "${nodes[@]}"; do
-    if [ -f "$dir/$node/data/PG_VERSION" ] \
-       && as_postgres "$bin/pg_ctl" -D "$dir/$node/data" status >/dev/null 2>&1; then
+    if is_running "$node"; then
       echo "$node 127.0.0.1:$(port_of "$node") running"
     else
       echo "$node 127.0.0.1:$(port_of "$node") stopped"

@@ -9,9 +9,9 @@ it, whatever happens next. A stop request (SIGTERM) is honoured between batches.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterator, Protocol
@@ -58,6 +58,11 @@ class Batch:
 
     next_after: Any | None
     items: int = 0
+
+    @classmethod
+    def numbered(cls, number: int, of: int, items: int) -> Batch:
+        """Batch `number` (from 0) of a plan numbered in `of` batches: the next number, None after the last."""
+        return cls(next_after=number + 1 if number + 1 < of else None, items=items)
 
 
 class ProgressReporter(Protocol):

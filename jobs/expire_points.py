@@ -72,7 +72,7 @@ def _expire_batch(ctx: RunContext, conn: Connection, number: int, batches: int, 
                                    as_of=ctx.as_of)
         ctx.record_points(written)
         ctx.count("users_expired", written.users)
-    return Batch(next_after=number + 1 if number + 1 < batches else None, items=len(user_ids))
+    return Batch.numbered(number, of=batches, items=len(user_ids))
 
 
 def _users(user_ids: list[str]) -> dict[str, Any]:

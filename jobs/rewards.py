@@ -113,7 +113,7 @@ class _RewardRun:
         relationships = conn.execute(_queries["batch_relationships"]).scalar_one()
         with undone_when(conn, dry_run=self.ctx.dry_run):
             self._write_planned(conn)
-        return Batch(next_after=number + 1 if number + 1 < self.batches else None, items=relationships)
+        return Batch.numbered(number, of=self.batches, items=relationships)
 
     def _write_planned(self, conn: Connection) -> None:
         lock_balances(conn, conn.execute(_queries["beneficiaries"]).scalars().all())
