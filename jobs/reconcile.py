@@ -9,15 +9,19 @@ EARNED_MISMATCH, SPENT_MISMATCH (both sides exist and differ), CACHE_INCONSISTEN
 (ledger row and cache together) committed while the run reads are outside its snapshot, so they never
 show as a discrepancy.
 
-The ledger is read ONCE (reconcile.sql's `audit`: one pass grouped by user and by type and month
-at once): the comparison, the totals, the roll-forward's and the monthly chart's movements all come
-from that pass. The discrepant users are streamed (server-side cursor) into the CSV, written aside,
-and into `reconciliation_discrepancies` in chunks through another connection, which also renews the
-lease. From the totals, `jobs/reconcile_summary.py` builds the summary and its roll-forward: `opening`
-(the closing of the latest successful reconcile for an earlier as-of) + issued by type - spent by type
-- expired - clawed back + late-committed = `closing`. Then `reconciliation_runs` gets one row and the
-JSON summary, the HTML report and the workbook (`jobs/reports/`) are written beside the CSV; all four
-files are renamed into place together.
+The ledger is read once in full, grouped by user (reconcile.sql's `discrepancies`, the same shape as
+one aggregate query, so it runs in parallel on PostgreSQL and shard by shard on Citus), and the
+discrepant users are streamed (server-side cursor) into the CSV, written aside, and into
+`reconciliation_discrepancies` in chunks through another connection, which also renews the lease.
+The totals need no second pass: every other user's cache row equals the ledger, so the ledger's
+totals are the cache's less the discrepant users' drift. The movements by type and month come from the
+rows dated in a window (`movements`: from the earlier of the first charted month and the previous
+reconcile's as-of), the rows before it are counted from the created_at index. From these,
+`jobs/reconcile_summary.py` builds the summary and its roll-forward: `opening` (the closing of the latest
+successful reconcile for an earlier as-of) + issued by type - spent by type - expired - clawed back +
+late-committed = `closing`. Then `reconciliation_runs` gets one row and the JSON summary, the HTML
+report and the workbook (`jobs/reports/`) are written beside the CSV; all four files are renamed into
+place together.
 
 With repair (`--repair` or `REWARDS_RECONCILE_REPAIR`), the discrepant users' cache rows are then set
 to the ledger's sums, batch by batch, under row locks and recomputed inside them. A dry run computes and
@@ -41,8 +45,8 @@ from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, sum
 
 _queries = Queries(__file__)
 
-# The audit's one pass hashes every user at once: with PostgreSQL's default 4MB it would sort instead
-# (several times slower, bench/RESULTS.md). Spills to disk beyond it, so memory stays bounded.
+# The audit hashes every user at once: with PostgreSQL's default 4MB it would sort instead (several
+# times slower, bench/RESULTS.md). Spills to disk beyond it, so memory stays bounded.
 AUDIT_WORK_MEM = "256MB"
 # The runs that write ledger rows: a reconcile waits for them to finish (bounded).
 LEDGER_WRITERS = ("recurring-rewards", "level2-rewards", "expire-points")
@@ -134,23 +138,23 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
 
 
 def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[Snapshot, Found]:
-    """The one pass over the ledger: totals, movements, then the discrepant users, streamed."""
+    """The cache's totals, the movement lines, then the discrepant users streamed: one snapshot."""
     previous = _previous_reconcile(conn, ctx)
     window = {"as_of": ctx.as_of, "previous_as_of": previous.as_of if previous else None}
     months_from = conn.execute(_queries["months_charted_from"], {"as_of": ctx.as_of,
                                                                   "months": MONTHS_CHARTED}).scalar_one()
     starts = month_starts(months_from)
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{AUDIT_WORK_MEM}'")
-    conn.exec_driver_sql("SET LOCAL jit = off")  # compiling the pass costs more than it saves (RESULTS.md)
-    chunk_size = ctx.settings.batch_size
-    rows = conn.execute(_queries["audit"], {**window, "month_starts": starts},
-                        execution_options=_streamed(chunk_size))
-    totals, lines, first_discrepancies = _totals_and_lines(rows)
-    _renew_lease(ctx)  # the pass ends before its first row arrives
-    found = _stream_discrepancies(ctx, rows, first_discrepancies, csv_out)
-    snapshot = Snapshot(previous=previous, ledger=_ledger_totals(lines), cache=_cache_totals(totals),
-                        users_checked=int(totals.users_checked),
-                        movements=_charted(lines, starts),
+    cache = _cache_totals(conn)
+    window_from = min(previous.as_of, months_from) if previous else None
+    lines = conn.execute(_queries["movements"], {**window, "month_starts": starts,
+                                                 "window_from": window_from}).all()
+    ledger_rows = sum(int(line.rows) for line in lines) + _rows_before(conn, window_from)
+    _renew_lease(ctx)
+    rows = conn.execute(_queries["discrepancies"], execution_options=_streamed(ctx.settings.batch_size))
+    found = _stream_discrepancies(ctx, rows, csv_out)
+    snapshot = Snapshot(previous=previous, ledger=_ledger_totals(cache, found, ledger_rows, lines), cache=cache,
+                        users_checked=found.users_checked(cache), movements=_charted(lines, starts),
                         months_from=months_from, unrecovered=_unrecovered(conn, window))
     return snapshot, found
 
@@ -171,37 +175,31 @@ def _unrecovered(conn: Connection, window: dict[str, Any]) -> Unrecovered | None
                        int(row.unrecovered_points))
 
 
-def _totals_and_lines(rows: Any) -> tuple[Any, list[Any], list[Any]]:
-    """Section 0 (one row) and section 1 of the audit, and the first discrepant rows read with them."""
-    totals, lines, discrepancies = None, [], []
-    for row in rows:
-        if row.section == 0:
-            totals = row
-        elif row.section == 1:
-            lines.append(row)
-        else:
-            discrepancies.append(row)
-            break
-    return totals, lines, discrepancies
+def _rows_before(conn: Connection, window_from: datetime | None) -> int:
+    if window_from is None:
+        return 0
+    return int(conn.execute(_queries["rows_before_window"], {"window_from": window_from}).scalar_one())
 
 
-def _ledger_totals(lines: list[Any]) -> LedgerTotals:
-    """The ledger's totals, added up from its movement lines (every row is in exactly one)."""
-    def total(column: str, wanted: Any = lambda line: True) -> int:
+def _cache_totals(conn: Connection) -> CacheTotals:
+    row = conn.execute(_queries["cache_totals"]).one()
+    return CacheTotals(int(row.rows), int(row.balance), int(row.earned), int(row.spent))
+
+
+def _ledger_totals(cache: CacheTotals, found: Found, rows: int, lines: list[Any]) -> LedgerTotals:
+    """The ledger's totals: the cache's less the discrepant users' drift; the splits by date from the
+    movement lines, which hold every row dated after the previous as-of (and after the as-of)."""
+    def window(column: str, wanted: Any) -> int:
         return sum(int(getattr(line, column)) for line in lines if wanted(line))
 
+    balance = cache.balance - found.drift["balance"]
+    after_as_of = window("balance", lambda line: line.after_as_of)
     return LedgerTotals(
-        rows=total("rows"), balance=total("balance"), earned=total("earned"), spent=total("spent"),
-        closing=total("balance", lambda line: not line.after_as_of),
-        rows_after_as_of=total("rows", lambda line: line.after_as_of),
-        points_after_as_of=total("balance", lambda line: line.after_as_of),
-        dated_up_to_previous=total("balance", lambda line: not line.in_period),
-        rows_up_to_previous=total("rows", lambda line: not line.in_period))
-
-
-def _cache_totals(totals: Any) -> CacheTotals:
-    return CacheTotals(int(totals.cache_rows), int(totals.cache_balance), int(totals.cache_earned),
-                       int(totals.cache_spent))
+        rows=rows, balance=balance, earned=cache.earned - found.drift["earned"],
+        spent=cache.spent - found.drift["spent"], closing=balance - after_as_of,
+        rows_after_as_of=window("rows", lambda line: line.after_as_of), points_after_as_of=after_as_of,
+        dated_up_to_previous=balance - window("balance", lambda line: line.in_period),
+        rows_up_to_previous=rows - window("rows", lambda line: line.in_period))
 
 
 def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:
@@ -220,14 +218,15 @@ def _renew_lease(ctx: RunContext) -> None:
         ctx.heartbeat(conn)
 
 
-def _stream_discrepancies(ctx: RunContext, rows: Any, first: list[Any], csv_out: TextIO | None) -> Found:
-    """Stream the discrepant users (the audit's last section) into the CSV and, chunk by chunk, the table."""
+def _stream_discrepancies(ctx: RunContext, rows: Any, csv_out: TextIO | None) -> Found:
+    """Stream the discrepant users into the CSV and, chunk by chunk, the table."""
     found = Found()
     writer = csv_writer(csv_out) if csv_out else None
-    chunk_size = ctx.settings.batch_size
-    for chunk_number, chunk in enumerate(_chunks(first, rows, chunk_size), start=1):
+    for chunk_number, chunk in enumerate(rows.partitions(ctx.settings.batch_size), start=1):
         for row in chunk:
-            found.add(row.kinds)
+            found.add(row.kinds, balance=row.drift,
+                      earned=(row.cached_total_earned or 0) - row.ledger_total_earned,
+                      spent=(row.cached_total_spent or 0) - row.ledger_total_spent)
         if writer:
             writer.writerows(csv_row(row) for row in chunk)
         _store_chunk(ctx, chunk)
@@ -235,17 +234,6 @@ def _stream_discrepancies(ctx: RunContext, rows: Any, first: list[Any], csv_out:
         ctx.check_stop()
     _renew_lease(ctx)
     return found
-
-
-def _chunks(first: list[Any], rows: Any, size: int) -> Iterator[list[Any]]:
-    chunk = list(first)
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _streamed(chunk_size: int) -> dict[str, Any]:

@@ -24,32 +24,49 @@ LIMIT 1;
 -- The first instant of the 12 calendar months charted (the as-of's month and the 11 before).
 SELECT date_trunc('month', CAST(:as_of AS timestamptz)) - make_interval(months => :months - 1);
 
--- name: audit --
--- The whole audit in ONE pass over the ledger: every row is grouped twice at once (GROUPING SETS),
---   by user_id: the user's sums, compared with the cache row (a full join, so cache rows without
---     ledger rows are seen too);
---   by (type, charted month, in the period, after the as-of): a few hundred movement lines, from
---     which the caller adds up the ledger totals, the closing, the late-committed split and the
---     roll-forward's and the monthly chart's movements (positive deltas issued, negative debited).
--- One result, in sections: 0 the totals of the comparison (one row), 1 the movement lines,
--- 2 the discrepant users in user_id order (streamed). Field mismatches are judged when both sides
--- exist; a user with no cache row is MISSING_BALANCE, a nonzero cache row without ledger rows
--- ORPHAN_BALANCE. The charted month is a bucket of :month_starts (the 12 charted months' first instants
--- and the next month's): 0 before them, 1..12 a charted month (a binary search, much cheaper per row
--- than date_trunc on a timestamptz).
-WITH grouped AS (
-    SELECT t.user_id, t.type, t.month, t.in_period, t.after_as_of,
-           GROUPING(t.user_id) = 1                          AS is_movement,
-           count(*)                                         AS rows,
-           sum(t.delta)                                     AS balance,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0), 0) AS earned,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta < 0), 0) AS spent
-    FROM (SELECT user_id, type, delta,
-                 width_bucket(created_at, CAST(:month_starts AS timestamptz[]))            AS month,
-                 created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') AS in_period,
-                 created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of
-          FROM public.user_point_transactions) AS t
-    GROUP BY GROUPING SETS ((t.user_id), (t.type, t.month, t.in_period, t.after_as_of))
+-- name: cache_totals --
+-- The cache's totals; with the discrepant users' drift they give the ledger's (see reconcile.py).
+SELECT count(*)                        AS rows,
+       coalesce(sum(balance), 0)       AS balance,
+       coalesce(sum(total_earned), 0)  AS earned,
+       coalesce(sum(total_spent), 0)   AS spent
+FROM public.user_point_balances;
+
+-- name: rows_before_window --
+-- The ledger rows dated before the movements' window (an index-only scan of idx_upt_created).
+SELECT count(*) FROM public.user_point_transactions WHERE created_at < :window_from;
+
+-- name: movements --
+-- The ledger rows from :window_from on (the earlier of the first charted month and the period's start),
+-- in a few hundred lines by (type, charted month, in the period, after the as-of): the roll-forward's
+-- and the monthly chart's movements, the closing and the late-committed split. The charted month is a
+-- bucket of :month_starts (the 12 charted months' first instants and the next month's): 0 before them,
+-- 1..12 a charted month (a binary search, much cheaper per row than date_trunc on a timestamptz).
+SELECT type,
+       width_bucket(created_at, CAST(:month_starts AS timestamptz[]))            AS month,
+       created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') AS in_period,
+       created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of,
+       count(*)                                                                 AS rows,
+       sum(delta)                                                               AS balance,
+       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                         AS earned,
+       coalesce(sum(delta) FILTER (WHERE delta < 0), 0)                         AS spent
+FROM public.user_point_transactions
+WHERE created_at >= coalesce(CAST(:window_from AS timestamptz), '-infinity')
+GROUP BY 1, 2, 3, 4;
+
+-- name: discrepancies --
+-- Every user's ledger sums against the cache row (a full join, so cache rows without ledger rows are
+-- seen too), in ONE pass over the ledger grouped by user_id: the discrepant users, in user_id order
+-- (streamed). Field mismatches are judged when both sides exist; a user with no cache row is
+-- MISSING_BALANCE, a nonzero cache row without ledger rows ORPHAN_BALANCE. Grouped by the distribution
+-- column and joined on it, the statement runs shard by shard on Citus.
+WITH ledger AS (
+    SELECT user_id,
+           sum(delta)                                       AS balance,
+           coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS earned,
+           coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS spent
+    FROM public.user_point_transactions
+    GROUP BY user_id
 ),
 compared AS (
     SELECT coalesce(l.user_id, b.user_id)     AS user_id,
@@ -61,7 +78,7 @@ compared AS (
            coalesce(l.earned, 0)              AS ledger_total_earned,
            CAST(b.total_spent AS bigint)      AS cached_total_spent,
            coalesce(l.spent, 0)               AS ledger_total_spent
-    FROM (SELECT * FROM grouped WHERE NOT is_movement) AS l
+    FROM ledger l
     FULL JOIN public.user_point_balances b ON b.user_id = l.user_id
 ),
 classified AS (
@@ -82,28 +99,11 @@ classified AS (
            ], NULL) AS kinds
     FROM compared c
 )
-SELECT 0 AS section, NULL::uuid AS user_id, NULL::text[] AS kinds,
-       NULL::bigint AS cached_balance, NULL::bigint AS ledger_balance, NULL::bigint AS drift,
-       NULL::bigint AS cached_total_earned, NULL::bigint AS ledger_total_earned,
-       NULL::bigint AS cached_total_spent, NULL::bigint AS ledger_total_spent,
-       NULL::text AS type, NULL::int AS month, NULL::boolean AS in_period, NULL::boolean AS after_as_of,
-       NULL::bigint AS rows, NULL::bigint AS balance, NULL::bigint AS earned, NULL::bigint AS spent,
-       count(*) AS users_checked, count(*) FILTER (WHERE in_cache) AS cache_rows,
-       coalesce(sum(cached_balance), 0) AS cache_balance, coalesce(sum(cached_total_earned), 0) AS cache_earned,
-       coalesce(sum(cached_total_spent), 0) AS cache_spent
-FROM classified
-UNION ALL
-SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       type, month, in_period, after_as_of, rows, balance, earned, spent, NULL, NULL, NULL, NULL, NULL
-FROM grouped
-WHERE is_movement
-UNION ALL
-SELECT 2, user_id, kinds, cached_balance, ledger_balance, coalesce(cached_balance, 0) - ledger_balance,
-       cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT user_id, kinds, cached_balance, ledger_balance, coalesce(cached_balance, 0) - ledger_balance AS drift,
+       cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent
 FROM classified
 WHERE cardinality(kinds) > 0
-ORDER BY section, user_id, type, month, in_period, after_as_of;
+ORDER BY user_id;
 
 -- name: referral_rewards_exists --
 -- The basis table of the reward jobs (migration 016); older databases lack it.

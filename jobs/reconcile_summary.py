@@ -101,14 +101,21 @@ class Snapshot:
 
 @dataclass
 class Found:
-    """What the stream of discrepant users added up to."""
+    """What the stream of discrepant users added up to: how many, by kind, and their drift (cache minus
+    ledger) summed by field. Every other user's cache row equals the ledger, so the ledger's totals are
+    the cache's less this drift, and the users checked are the cache rows plus the MISSING_BALANCE users."""
 
     total: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
+    drift: Counter[str] = field(default_factory=Counter)
 
-    def add(self, kinds: Sequence[str]) -> None:
+    def add(self, kinds: Sequence[str], *, balance: int, earned: int, spent: int) -> None:
         self.total += 1
         self.by_kind.update(kinds)
+        self.drift.update(balance=balance, earned=earned, spent=spent)
+
+    def users_checked(self, cache: CacheTotals) -> int:
+        return cache.rows + self.by_kind["MISSING_BALANCE"]
 
 
 # ── the summary: its fields, in this order, are the JSON file's keys ─────────

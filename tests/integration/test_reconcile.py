@@ -212,16 +212,16 @@ def test_a_failure_while_writing_the_report_leaves_no_report_file(engine, make_s
 def test_a_run_that_lost_its_lease_writes_no_report(engine, settings, monkeypatch):
     with engine.begin() as conn:
         _ledger_only(conn, _user(1), 10)
-    real_read_totals = reconcile._totals_and_lines
+    real_cache_totals = reconcile._cache_totals
 
-    def read_totals_then_get_taken_over(rows):
-        totals = real_read_totals(rows)
+    def read_totals_then_get_taken_over(conn):
+        totals = real_cache_totals(conn)
         with engine.begin() as other:
             other.execute(text("UPDATE public.job_runs SET status = 'ABANDONED'"
                                " WHERE job = 'reconcile' AND status = 'RUNNING'"))
         return totals
 
-    monkeypatch.setattr(reconcile, "_totals_and_lines", read_totals_then_get_taken_over)
+    monkeypatch.setattr(reconcile, "_cache_totals", read_totals_then_get_taken_over)
 
     result = _reconcile(engine, settings)
 
@@ -413,15 +413,15 @@ def test_the_comparison_reads_one_snapshot_that_later_commits_do_not_change(engi
     """A cache corruption committed after the run read its totals is not in its snapshot."""
     with engine.begin() as conn:
         add_app_points(conn, user=_user(1), delta=100, type="REFERRAL_WELCOME", created_at=utc(2026, 1, 1))
-    real_read_totals = reconcile._totals_and_lines
+    real_cache_totals = reconcile._cache_totals
 
-    def read_totals_then_corrupt(rows):
-        totals = real_read_totals(rows)
+    def read_totals_then_corrupt(conn):
+        totals = real_cache_totals(conn)
         with engine.begin() as other:
             other.execute(text("UPDATE public.user_point_balances SET balance = 999"))
         return totals
 
-    monkeypatch.setattr(reconcile, "_totals_and_lines", read_totals_then_corrupt)
+    monkeypatch.setattr(reconcile, "_cache_totals", read_totals_then_corrupt)
     within = _succeeded(engine, settings)
     monkeypatch.undo()
 

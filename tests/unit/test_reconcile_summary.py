@@ -88,8 +88,8 @@ def test_the_summary_keys_come_in_the_order_its_fields_are_declared():
 
 def test_the_summary_counts_every_kind_and_prices_the_liability():
     found = Found()
-    found.add(["MISSING_BALANCE"])
-    found.add(["BALANCE_MISMATCH", "SPENT_MISMATCH"])
+    found.add(["MISSING_BALANCE"], balance=-5, earned=-5, spent=0)
+    found.add(["BALANCE_MISMATCH", "SPENT_MISMATCH"], balance=3, earned=0, spent=3)
 
     summary = build_summary(3, AS_OF, snapshot(*PERIOD, previous=PREVIOUS), found, repaired=0,
                             repair_requested=True, files=None, points_per_usd=Decimal(100))
@@ -166,3 +166,13 @@ def test_the_report_table_shows_headline_roll_forward_and_discrepancies():
     assert any(line.startswith(f"{UUID(int=2)}  MISSING_BALANCE") for line in lines)
     assert lines[-4:] == ["Files: /srv/r.csv", "       /srv/r.json", "       " + str(Path("/srv/r.html")),
                           "       " + str(Path("/srv/r.xlsx"))]
+
+
+def test_the_discrepant_users_drift_adds_up_by_field_and_missing_users_count_as_checked():
+    found = Found()
+    found.add(["MISSING_BALANCE"], balance=-40, earned=-50, spent=10)
+    found.add(["ORPHAN_BALANCE"], balance=7, earned=7, spent=0)
+    found.add(["CACHE_INCONSISTENT"], balance=0, earned=0, spent=0)
+
+    assert found.drift == Counter(balance=-33, earned=-43, spent=10)
+    assert found.users_checked(CacheTotals(rows=9, balance=0, earned=0, spent=0)) == 10

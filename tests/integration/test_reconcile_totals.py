@@ -1,0 +1,155 @@
+"""reconcile's totals against a from-scratch recomputation, over random ledgers and broken caches.
+
+The job reads the ledger once by user and takes its totals from the cache less the discrepant users'
+drift, and its movements from a window on created_at; this checks every recorded total, the
+roll-forward's lines and the monthly chart against plain SQL over the whole ledger, for random
+histories (rows before, inside and after the window, after the as-of) and every kind of broken cache row.
+"""
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+from uuid import UUID
+
+import pytest
+from sqlalchemy import text
+
+from jobs import reconcile
+from jobs.reconcile_summary import CLAWBACK, EXPIRY
+from core.runner import run_job
+from tests.builders import add_app_points, utc
+
+AS_OF = utc(2026, 6, 1)
+PREVIOUS_AS_OF = utc(2026, 5, 10, 12)
+TYPES = ("REFERRAL_RECURRING", "REFERRAL_L2", "REFERRAL_WELCOME", "ADMIN_GRANT", "REDEMPTION_QUOTA",
+         "REDEMPTION_UNLOCK", EXPIRY, CLAWBACK)
+CACHE_FAULTS = ("true", "true", "missing", "orphan_zero", "orphan", "balance", "earned", "spent", "inconsistent")
+
+
+def _random_history(conn, rng: random.Random) -> None:
+    """Users with 0-8 ledger rows dated from 20 months before the as-of to 10 days after it; each user's
+    cache row is true or broken in one way."""
+    for number in range(1, 41):
+        user = UUID(int=number)
+        for _ in range(rng.randint(0, 8)):
+            kind = rng.choice(TYPES)
+            delta = rng.randint(1, 500) * (-1 if kind.startswith("REDEMPTION") or kind in (EXPIRY, CLAWBACK)
+                                           else rng.choice((1, 1, 1, -1)))
+            created_at = AS_OF - timedelta(days=rng.randint(-10, 600), seconds=rng.randint(0, 86_399))
+            add_app_points(conn, user=user, delta=delta, type=kind, created_at=created_at, update_cache=False)
+        _put_cache(conn, user, rng.choice(CACHE_FAULTS), rng)
+    for boundary in (AS_OF, PREVIOUS_AS_OF, utc(2025, 7, 1)):  # rows exactly on each boundary
+        add_app_points(conn, user=UUID(int=99), delta=11, type="ADMIN_GRANT", created_at=boundary)
+
+
+def _put_cache(conn, user: UUID, fault: str, rng: random.Random) -> None:
+    true = conn.execute(text(
+        "SELECT coalesce(sum(delta), 0) AS balance, coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS earned,"
+        " coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS spent, count(*) AS n"
+        " FROM public.user_point_transactions WHERE user_id = :user"), {"user": user}).one()
+    if fault == "missing" or (fault.startswith("orphan") and true.n):
+        return
+    balance, earned, spent = true.balance, true.earned, true.spent
+    off = rng.randint(1, 90)
+    if fault == "orphan":
+        balance, earned, spent = off, off, 0
+    elif fault == "balance":
+        balance += off
+    elif fault == "earned":
+        earned += off
+        balance += off
+    elif fault == "spent":
+        spent -= off
+        balance -= off
+    elif fault == "inconsistent":
+        earned += off
+    conn.execute(text("INSERT INTO public.user_point_balances (user_id, balance, total_earned, total_spent)"
+                      " VALUES (:user, :balance, :earned, :spent)"),
+                 {"user": user, "balance": balance, "earned": earned, "spent": spent})
+
+
+def _expected(conn) -> dict:
+    return conn.execute(text("""
+        SELECT (SELECT count(*) FROM public.user_point_transactions)                   AS ledger_rows,
+               (SELECT coalesce(sum(delta), 0) FROM public.user_point_transactions)    AS ledger_balance,
+               (SELECT coalesce(sum(delta) FILTER (WHERE delta > 0), 0) FROM public.user_point_transactions)
+                                                                                       AS ledger_earned,
+               (SELECT coalesce(sum(delta) FILTER (WHERE delta < 0), 0) FROM public.user_point_transactions)
+                                                                                       AS ledger_spent,
+               (SELECT coalesce(sum(delta), 0) FROM public.user_point_transactions WHERE created_at <= :as_of)
+                                                                                       AS closing,
+               (SELECT count(*) FROM public.user_point_transactions WHERE created_at > :as_of) AS rows_after,
+               (SELECT coalesce(sum(delta), 0) FROM public.user_point_transactions WHERE created_at > :as_of)
+                                                                                       AS points_after,
+               (SELECT count(*) FROM (SELECT user_id FROM public.user_point_transactions
+                                      UNION SELECT user_id FROM public.user_point_balances) AS u) AS users_checked,
+               (SELECT coalesce(sum(balance), 0) FROM public.user_point_balances)      AS cache_balance
+        """), {"as_of": AS_OF}).one()._asdict()
+
+
+def _expected_period(conn, after) -> dict:
+    """Issued and debited by type in (after, as-of]."""
+    rows = conn.execute(text(
+        "SELECT type, coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS issued,"
+        " coalesce(-sum(delta) FILTER (WHERE delta < 0), 0) AS debited"
+        " FROM public.user_point_transactions WHERE created_at > :after AND created_at <= :as_of GROUP BY type"),
+        {"after": after, "as_of": AS_OF})
+    return {row.type: (int(row.issued), int(row.debited)) for row in rows}
+
+
+def _expected_monthly(conn) -> list[dict]:
+    rows = conn.execute(text("""
+        SELECT to_char(m, 'YYYY-MM') AS month,
+               coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS issued,
+               coalesce(-sum(delta) FILTER (WHERE delta < 0 AND type NOT IN (:expiry, :clawback)), 0) AS spent,
+               coalesce(-sum(delta) FILTER (WHERE delta < 0 AND type = :expiry), 0) AS expired,
+               coalesce(-sum(delta) FILTER (WHERE delta < 0 AND type = :clawback), 0) AS clawed_back
+        FROM generate_series(date_trunc('month', CAST(:as_of AS timestamptz)) - interval '11 months',
+                             date_trunc('month', CAST(:as_of AS timestamptz)), interval '1 month') AS m
+        LEFT JOIN public.user_point_transactions t
+               ON t.created_at >= m AND t.created_at < m + interval '1 month' AND t.created_at <= :as_of
+        GROUP BY m ORDER BY m"""), {"as_of": AS_OF, "expiry": EXPIRY, "clawback": CLAWBACK})
+    return [{"month": r.month, "issued": int(r.issued), "spent": int(r.spent), "expired": int(r.expired),
+             "clawed_back": int(r.clawed_back)} for r in rows]
+
+
+def _summary(result) -> dict:
+    return json.loads(open(result.stats["report"].replace(".csv", ".json"), encoding="utf-8").read())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_total_equals_a_recomputation_over_the_whole_ledger(engine, settings, seed):
+    rng = random.Random(seed)
+    with engine.begin() as conn:
+        _random_history(conn, rng)
+    with_previous = seed % 2 == 1
+    if with_previous:
+        first = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=PREVIOUS_AS_OF)
+        assert first.status == "SUCCEEDED", first.error
+
+    result = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=AS_OF)
+
+    assert result.status == "SUCCEEDED", result.error
+    summary = _summary(result)
+    with engine.connect() as conn:
+        expected = _expected(conn)
+        period = _expected_period(conn, PREVIOUS_AS_OF if with_previous else utc(1970, 1, 1))
+        monthly = _expected_monthly(conn)
+        run = conn.execute(text("SELECT * FROM public.reconciliation_runs WHERE run_id = :id"),
+                           {"id": result.run_id}).one()
+    assert (run.ledger_rows, run.ledger_balance, run.ledger_earned, run.ledger_spent, run.closing_balance,
+            run.users_checked, run.cache_balance) == (
+        expected["ledger_rows"], expected["ledger_balance"], expected["ledger_earned"], expected["ledger_spent"],
+        expected["closing"], expected["users_checked"], expected["cache_balance"])
+    assert run.net_drift == expected["cache_balance"] - expected["ledger_balance"]
+    assert summary["after_as_of"] == {"rows": expected["rows_after"], "points": expected["points_after"]}
+    assert summary["monthly"] == monthly
+    roll = summary["roll_forward"]
+    assert roll["issued"] == {t: issued for t, (issued, _) in period.items() if issued}
+    assert roll["expired"] == period.get(EXPIRY, (0, 0))[1]
+    assert roll["clawed_back"] == period.get(CLAWBACK, (0, 0))[1]
+    assert roll["spent"] == {t: debited for t, (_, debited) in period.items()
+                             if debited and t not in (EXPIRY, CLAWBACK)}
+    assert roll["closing"] == expected["closing"]
+    assert roll["identity_holds"] and roll["gap"] == 0
