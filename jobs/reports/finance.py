@@ -1,5 +1,5 @@
 """The finance report of a reconcile run: one document, rendered as HTML (Jinja2, charts as inline SVG
-from matplotlib, `charts.py`) and as an xlsx workbook (openpyxl, `xlsx.py`).
+drawn by pygal, `charts.py`) and as an xlsx workbook (openpyxl, `xlsx.py`).
 
 Every number comes from the run's stored JSON summary or from the reconcile tables (the discrepancies
 of the run, the liability, drift and discrepancy count of earlier successful reconciles), so the HTML,

