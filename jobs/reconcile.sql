@@ -39,19 +39,25 @@ SELECT count(*) FROM public.user_point_transactions WHERE created_at < :window_f
 -- name: movements --
 -- The ledger rows from :window_from on (the earlier of the first charted month and the period's start),
 -- in a few hundred lines by (type, charted month, in the period, after the as-of): the roll-forward's
--- and the monthly chart's movements, the closing and the late-committed split. The charted month is a
--- bucket of :month_starts (the 12 charted months' first instants and the next month's): 0 before them,
--- 1..12 a charted month (a binary search, much cheaper per row than date_trunc on a timestamptz).
-SELECT type,
-       width_bucket(created_at, CAST(:month_starts AS timestamptz[]))            AS month,
-       created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') AS in_period,
-       created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of,
-       count(*)                                                                 AS rows,
-       sum(delta)                                                               AS balance,
-       coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                         AS earned,
-       coalesce(sum(delta) FILTER (WHERE delta < 0), 0)                         AS spent
-FROM public.user_point_transactions
-WHERE created_at >= coalesce(CAST(:window_from AS timestamptz), '-infinity')
+-- and the monthly chart's movements, the closing and the late-committed split. The rows are summed by
+-- UTC day first (migration 021's statistics let each parallel worker, or each shard, hash those few
+-- thousand groups), then the days by month: `month` is a bucket of :month_starts (the 12 charted
+-- months' first instants and the next month's, all UTC midnights): 0 before them, 1..12 a charted month.
+SELECT type, width_bucket(day, CAST(:month_starts AS timestamptz[])) AS month, in_period, after_as_of,
+       sum(rows) AS rows, sum(balance) AS balance, sum(earned) AS earned, sum(spent) AS spent
+FROM (
+    SELECT type,
+           date_bin(CAST('1 day' AS interval), created_at, CAST('2000-01-01 00:00:00+00' AS timestamptz)) AS day,
+           created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') AS in_period,
+           created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of,
+           count(*)                                                                 AS rows,
+           sum(delta)                                                               AS balance,
+           coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                         AS earned,
+           coalesce(sum(delta) FILTER (WHERE delta < 0), 0)                         AS spent
+    FROM public.user_point_transactions
+    WHERE created_at >= coalesce(CAST(:window_from AS timestamptz), '-infinity')
+    GROUP BY 1, 2, 3, 4
+) AS by_day
 GROUP BY 1, 2, 3, 4;
 
 -- name: discrepancies --
