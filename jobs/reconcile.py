@@ -15,11 +15,15 @@ discrepant users are streamed (server-side cursor) into the CSV, written aside, 
 `reconciliation_discrepancies` in chunks through another connection, which also renews the lease.
 The totals need no second pass: every other user's cache row equals the ledger, so the ledger's
 totals are the cache's less the discrepant users' drift. The movements by type and month come from the
-rows dated in a window (`movements`: from the earlier of the first charted month and the previous
-reconcile's as-of), the rows before it are counted from the created_at index. From these,
-`jobs/reconcile_summary.py` builds the summary and its roll-forward: `opening` (the closing of the latest
-successful reconcile for an earlier as-of) + issued by type - spent by type - expired - clawed back +
-late-committed = `closing`. Then `reconciliation_runs` gets one row and the JSON summary, the HTML
+rows dated after the previous reconcile's as-of (`movements` over a created_at window; every row on a
+first reconcile). The chart's earlier months are that reconcile's, carried on when the rows dated up to
+its as-of are still the rows it counted (same count and points: the ledger is append-only); when rows
+came late, those months are charted afresh from the ledger. `tests/integration/test_reconcile_totals.py`
+holds every figure to a from-scratch recomputation over random ledgers, chains of runs and late rows.
+
+From these, `jobs/reconcile_summary.py` builds the summary and its roll-forward: `opening` (the closing
+of the latest successful reconcile for an earlier as-of) + issued by type - spent by type - expired -
+clawed back + late-committed = `closing`. Then `reconciliation_runs` gets one row and the JSON summary, the HTML
 report and the workbook (`jobs/reports/`) are written beside the CSV; all four files are renamed into
 place together.
 
@@ -138,7 +142,7 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
 
 
 def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[Snapshot, Found]:
-    """The cache's totals, the movement lines, then the discrepant users streamed: one snapshot."""
+    """The cache's totals, the discrepant users streamed, then the movements: one snapshot."""
     previous = _previous_reconcile(conn, ctx)
     window = {"as_of": ctx.as_of, "previous_as_of": previous.as_of if previous else None}
     months_from = conn.execute(_queries["months_charted_from"], {"as_of": ctx.as_of,
@@ -146,16 +150,17 @@ def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[S
     starts = month_starts(months_from)
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{AUDIT_WORK_MEM}'")
     cache = _cache_totals(conn)
-    window_from = min(previous.as_of, months_from) if previous else None
-    lines = conn.execute(_queries["movements"], {**window, "month_starts": starts,
-                                                 "window_from": window_from}).all()
-    ledger_rows = sum(int(line.rows) for line in lines) + _rows_before(conn, window_from)
-    _renew_lease(ctx)
     rows = conn.execute(_queries["discrepancies"], execution_options=_streamed(ctx.settings.batch_size))
     found = _stream_discrepancies(ctx, rows, csv_out)
-    snapshot = Snapshot(previous=previous, ledger=_ledger_totals(cache, found, ledger_rows, lines), cache=cache,
-                        users_checked=found.users_checked(cache), movements=_charted(lines, starts),
-                        months_from=months_from, unrecovered=_unrecovered(conn, window))
+    lines = _movements(conn, window, starts, after=window["previous_as_of"])  # every row on a first reconcile
+    ledger = _ledger_totals(cache, found, _rows_up_to(conn, previous), lines)
+    carried = previous.monthly if previous and previous.counted(ledger.rows_up_to_previous,
+                                                                ledger.dated_up_to_previous) else None
+    if previous and carried is None:  # rows came late (or an old summary): chart the months afresh
+        lines += _movements(conn, window, starts, from_=months_from, up_to=previous.as_of)
+    snapshot = Snapshot(previous=previous, ledger=ledger, cache=cache, users_checked=found.users_checked(cache),
+                        movements=_charted(lines, starts), months_from=months_from,
+                        unrecovered=_unrecovered(conn, window), monthly_carried=carried)
     return snapshot, found
 
 
@@ -163,7 +168,20 @@ def _previous_reconcile(conn: Connection, ctx: RunContext) -> PreviousReconcile 
     row = conn.execute(_queries["previous_reconcile"], {"as_of": ctx.as_of, "run_id": ctx.run_id}).first()
     if row is None:
         return None
-    return PreviousReconcile(row.run_id, row.as_of, int(row.closing_balance), int(row.closing_rows))
+    return PreviousReconcile(row.run_id, row.as_of, int(row.closing_balance), int(row.closing_rows), row.monthly)
+
+
+def _movements(conn: Connection, window: dict[str, Any], starts: list[datetime], *, from_: datetime | None = None,
+               after: datetime | None = None, up_to: datetime | None = None) -> list[Any]:
+    return conn.execute(_queries["movements"], {**window, "month_starts": starts, "from": from_, "after": after,
+                                                "up_to": up_to}).all()
+
+
+def _rows_up_to(conn: Connection, previous: PreviousReconcile | None) -> int:
+    """The ledger rows dated up to the previous reconcile's as-of (none without one)."""
+    if previous is None:
+        return 0
+    return int(conn.execute(_queries["rows_up_to"], {"up_to": previous.as_of}).scalar_one())
 
 
 def _unrecovered(conn: Connection, window: dict[str, Any]) -> Unrecovered | None:
@@ -175,31 +193,24 @@ def _unrecovered(conn: Connection, window: dict[str, Any]) -> Unrecovered | None
                        int(row.unrecovered_points))
 
 
-def _rows_before(conn: Connection, window_from: datetime | None) -> int:
-    if window_from is None:
-        return 0
-    return int(conn.execute(_queries["rows_before_window"], {"window_from": window_from}).scalar_one())
-
-
 def _cache_totals(conn: Connection) -> CacheTotals:
     row = conn.execute(_queries["cache_totals"]).one()
     return CacheTotals(int(row.rows), int(row.balance), int(row.earned), int(row.spent))
 
 
-def _ledger_totals(cache: CacheTotals, found: Found, rows: int, lines: list[Any]) -> LedgerTotals:
+def _ledger_totals(cache: CacheTotals, found: Found, rows_up_to_previous: int, lines: list[Any]) -> LedgerTotals:
     """The ledger's totals: the cache's less the discrepant users' drift; the splits by date from the
-    movement lines, which hold every row dated after the previous as-of (and after the as-of)."""
-    def window(column: str, wanted: Any) -> int:
+    movement lines, which hold every row dated after the previous as-of (all rows without one)."""
+    def window(column: str, wanted: Any = lambda line: True) -> int:
         return sum(int(getattr(line, column)) for line in lines if wanted(line))
 
     balance = cache.balance - found.drift["balance"]
     after_as_of = window("balance", lambda line: line.after_as_of)
     return LedgerTotals(
-        rows=rows, balance=balance, earned=cache.earned - found.drift["earned"],
+        rows=rows_up_to_previous + window("rows"), balance=balance, earned=cache.earned - found.drift["earned"],
         spent=cache.spent - found.drift["spent"], closing=balance - after_as_of,
         rows_after_as_of=window("rows", lambda line: line.after_as_of), points_after_as_of=after_as_of,
-        dated_up_to_previous=balance - window("balance", lambda line: line.in_period),
-        rows_up_to_previous=rows - window("rows", lambda line: line.in_period))
+        dated_up_to_previous=balance - window("balance"), rows_up_to_previous=rows_up_to_previous)
 
 
 def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:

@@ -11,9 +11,12 @@ SET LOCAL citus.max_adaptive_executor_pool_size = 1;
 -- The opening of the roll-forward: the latest successful reconcile for an earlier as-of.
 -- closing_rows: the rows that closing counted (summaries written before it was kept: all rows of that
 -- snapshot less those dated after its as-of).
+-- monthly: its chart's lines (rows dated up to its as-of), which this run carries on when the rows dated
+-- up to that as-of are still the ones it counted.
 SELECT r.run_id, r.as_of, r.closing_balance,
        coalesce(CAST(r.summary -> 'roll_forward' ->> 'closing_rows' AS bigint),
-                r.ledger_rows - CAST(r.summary -> 'after_as_of' ->> 'rows' AS bigint)) AS closing_rows
+                r.ledger_rows - CAST(r.summary -> 'after_as_of' ->> 'rows' AS bigint)) AS closing_rows,
+       r.summary -> 'monthly' AS monthly
 FROM public.reconciliation_runs r
 JOIN public.job_runs j ON j.id = r.run_id
 WHERE j.status = 'SUCCEEDED' AND NOT j.dry_run AND r.as_of < :as_of AND r.run_id <> :run_id
@@ -32,17 +35,17 @@ SELECT count(*)                        AS rows,
        coalesce(sum(total_spent), 0)   AS spent
 FROM public.user_point_balances;
 
--- name: rows_before_window --
--- The ledger rows dated before the movements' window (an index-only scan of idx_upt_created).
-SELECT count(*) FROM public.user_point_transactions WHERE created_at < :window_from;
+-- name: rows_up_to --
+-- The ledger rows dated up to an instant (an index-only scan of idx_upt_created).
+SELECT count(*) FROM public.user_point_transactions WHERE created_at <= :up_to;
 
 -- name: movements --
--- The ledger rows from :window_from on (the earlier of the first charted month and the period's start),
--- in a few hundred lines by (type, charted month, in the period, after the as-of): the roll-forward's
--- and the monthly chart's movements, the closing and the late-committed split. The rows are summed by
--- UTC day first (migration 021's statistics let each parallel worker, or each shard, hash those few
--- thousand groups), then the days by month: `month` is a bucket of :month_starts (the 12 charted
--- months' first instants and the next month's, all UTC midnights): 0 before them, 1..12 a charted month.
+-- The ledger rows dated in [:from, :up_to] and after :after (each bound optional), in a few hundred lines
+-- by (type, charted month, in the period, after the as-of): the roll-forward's and the monthly chart's
+-- movements, the closing and the late-committed split. The rows are summed by UTC day first (migration
+-- 021's statistics let each parallel worker, or each shard, hash those few thousand groups), then the
+-- days by month: `month` is a bucket of :month_starts (the 12 charted months' first instants and the
+-- next month's, all UTC midnights): 0 before them, 1..12 a charted month.
 SELECT type, width_bucket(day, CAST(:month_starts AS timestamptz[])) AS month, in_period, after_as_of,
        sum(rows) AS rows, sum(balance) AS balance, sum(earned) AS earned, sum(spent) AS spent
 FROM (
@@ -55,7 +58,9 @@ FROM (
            coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                         AS earned,
            coalesce(sum(delta) FILTER (WHERE delta < 0), 0)                         AS spent
     FROM public.user_point_transactions
-    WHERE created_at >= coalesce(CAST(:window_from AS timestamptz), '-infinity')
+    WHERE created_at >= coalesce(CAST(:from AS timestamptz), '-infinity')
+      AND created_at > coalesce(CAST(:after AS timestamptz), '-infinity')
+      AND created_at <= coalesce(CAST(:up_to AS timestamptz), 'infinity')
     GROUP BY 1, 2, 3, 4
 ) AS by_day
 GROUP BY 1, 2, 3, 4;

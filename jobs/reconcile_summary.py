@@ -29,6 +29,7 @@ EXPIRY = "EXPIRY"
 CLAWBACK = "REFERRAL_CLAWBACK"
 NOT_SPENDING = (EXPIRY, CLAWBACK)  # debits that finance reads on lines of their own, never as spending
 MONTHS_CHARTED = 12
+MONTHLY_KEYS = ("issued", "spent", "expired", "clawed_back")
 IDENTITY = "opening + issued - spent - expired - clawed_back + late_committed = closing"
 
 
@@ -74,6 +75,12 @@ class PreviousReconcile:
     as_of: datetime
     closing_balance: int
     closing_rows: int
+    monthly: list[dict[str, Any]] | None = None  # its chart's lines; None in summaries older than the chart
+
+    def counted(self, rows: int, points: int) -> bool:
+        """Are the rows dated up to its as-of now the rows it counted? The ledger is append-only, so the
+        same number of rows with the same points is the same rows."""
+        return (rows, points) == (self.closing_rows, self.closing_balance)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ class Snapshot:
     movements: list[Movement]
     months_from: datetime
     unrecovered: Unrecovered | None  # None until migration 016's referral_rewards exists
+    # the previous reconcile's chart lines, when the movements hold only the rows dated after its as-of
+    monthly_carried: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -302,10 +311,12 @@ def _months_after(first: datetime, months: int) -> datetime:
 
 def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
     """Issued / spent / expired / clawed back per calendar month, the last 12 months up to the as-of."""
+    carried = {line["month"]: line for line in snapshot.monthly_carried or []}
     months: dict[str, dict[str, Any]] = {}
     for number in range(MONTHS_CHARTED):
         label = f"{_months_after(snapshot.months_from, number):%Y-%m}"
         months[label] = {"month": label, "issued": 0, "spent": 0, "expired": 0, "clawed_back": 0}
+        months[label].update({key: int(carried[label][key]) for key in MONTHLY_KEYS if label in carried})
     debit_lines: dict[str, str] = {EXPIRY: "expired", CLAWBACK: "clawed_back"}
     for movement in snapshot.movements:
         line = months.get(f"{movement.month:%Y-%m}") if movement.month is not None else None

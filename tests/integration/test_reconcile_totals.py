@@ -69,7 +69,7 @@ def _put_cache(conn, user: UUID, fault: str, rng: random.Random) -> None:
                  {"user": user, "balance": balance, "earned": earned, "spent": spent})
 
 
-def _expected(conn) -> dict:
+def _expected(conn, as_of) -> dict:
     return conn.execute(text("""
         SELECT (SELECT count(*) FROM public.user_point_transactions)                   AS ledger_rows,
                (SELECT coalesce(sum(delta), 0) FROM public.user_point_transactions)    AS ledger_balance,
@@ -85,20 +85,20 @@ def _expected(conn) -> dict:
                (SELECT count(*) FROM (SELECT user_id FROM public.user_point_transactions
                                       UNION SELECT user_id FROM public.user_point_balances) AS u) AS users_checked,
                (SELECT coalesce(sum(balance), 0) FROM public.user_point_balances)      AS cache_balance
-        """), {"as_of": AS_OF}).one()._asdict()
+        """), {"as_of": as_of}).one()._asdict()
 
 
-def _expected_period(conn, after) -> dict:
+def _expected_period(conn, after, as_of) -> dict:
     """Issued and debited by type in (after, as-of]."""
     rows = conn.execute(text(
         "SELECT type, coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS issued,"
         " coalesce(-sum(delta) FILTER (WHERE delta < 0), 0) AS debited"
         " FROM public.user_point_transactions WHERE created_at > :after AND created_at <= :as_of GROUP BY type"),
-        {"after": after, "as_of": AS_OF})
+        {"after": after, "as_of": as_of})
     return {row.type: (int(row.issued), int(row.debited)) for row in rows}
 
 
-def _expected_monthly(conn) -> list[dict]:
+def _expected_monthly(conn, as_of) -> list[dict]:
     rows = conn.execute(text("""
         SELECT to_char(m, 'YYYY-MM') AS month,
                coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS issued,
@@ -109,7 +109,7 @@ def _expected_monthly(conn) -> list[dict]:
                              date_trunc('month', CAST(:as_of AS timestamptz)), interval '1 month') AS m
         LEFT JOIN public.user_point_transactions t
                ON t.created_at >= m AND t.created_at < m + interval '1 month' AND t.created_at <= :as_of
-        GROUP BY m ORDER BY m"""), {"as_of": AS_OF, "expiry": EXPIRY, "clawback": CLAWBACK})
+        GROUP BY m ORDER BY m"""), {"as_of": as_of, "expiry": EXPIRY, "clawback": CLAWBACK})
     return [{"month": r.month, "issued": int(r.issued), "spent": int(r.spent), "expired": int(r.expired),
              "clawed_back": int(r.clawed_back)} for r in rows]
 
@@ -118,24 +118,14 @@ def _summary(result) -> dict:
     return json.loads(open(result.stats["report"].replace(".csv", ".json"), encoding="utf-8").read())
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_every_total_equals_a_recomputation_over_the_whole_ledger(engine, settings, seed):
-    rng = random.Random(seed)
-    with engine.begin() as conn:
-        _random_history(conn, rng)
-    with_previous = seed % 2 == 1
-    if with_previous:
-        first = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=PREVIOUS_AS_OF)
-        assert first.status == "SUCCEEDED", first.error
-
-    result = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=AS_OF)
-
+def _assert_recomputed(engine, result, as_of, previous_as_of) -> None:
+    """Every total of the run, its roll-forward's lines and its monthly chart, against plain SQL."""
     assert result.status == "SUCCEEDED", result.error
     summary = _summary(result)
     with engine.connect() as conn:
-        expected = _expected(conn)
-        period = _expected_period(conn, PREVIOUS_AS_OF if with_previous else utc(1970, 1, 1))
-        monthly = _expected_monthly(conn)
+        expected = _expected(conn, as_of)
+        period = _expected_period(conn, previous_as_of or utc(1970, 1, 1), as_of)
+        monthly = _expected_monthly(conn, as_of)
         run = conn.execute(text("SELECT * FROM public.reconciliation_runs WHERE run_id = :id"),
                            {"id": result.run_id}).one()
     assert (run.ledger_rows, run.ledger_balance, run.ledger_earned, run.ledger_spent, run.closing_balance,
@@ -146,6 +136,7 @@ def test_every_total_equals_a_recomputation_over_the_whole_ledger(engine, settin
     assert summary["after_as_of"] == {"rows": expected["rows_after"], "points": expected["points_after"]}
     assert summary["monthly"] == monthly
     roll = summary["roll_forward"]
+    assert roll["period_after"] == (previous_as_of.isoformat() if previous_as_of else None)
     assert roll["issued"] == {t: issued for t, (issued, _) in period.items() if issued}
     assert roll["expired"] == period.get(EXPIRY, (0, 0))[1]
     assert roll["clawed_back"] == period.get(CLAWBACK, (0, 0))[1]
@@ -155,11 +146,59 @@ def test_every_total_equals_a_recomputation_over_the_whole_ledger(engine, settin
     assert roll["identity_holds"] and roll["gap"] == 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_every_total_equals_a_recomputation_over_the_whole_ledger(engine, settings, seed):
+    rng = random.Random(seed)
+    with engine.begin() as conn:
+        _random_history(conn, rng)
+    with_previous = seed % 2 == 1
+    if with_previous:
+        first = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=PREVIOUS_AS_OF)
+        _assert_recomputed(engine, first, PREVIOUS_AS_OF, None)
+
+    result = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=AS_OF)
+
+    _assert_recomputed(engine, result, AS_OF, PREVIOUS_AS_OF if with_previous else None)
+
+
+def _more_rows(conn, rng: random.Random, as_of, late: bool) -> None:
+    """A day's rows after a reconcile: new ones dated just before `as_of`, and (late) some dated months
+    back, committed only now, as a slow app transaction or a backfill would."""
+    for _ in range(rng.randint(1, 6)):
+        back = timedelta(days=rng.randint(20, 300)) if late and rng.random() < 0.5 else timedelta(hours=rng.randint(1, 20))
+        add_app_points(conn, user=UUID(int=rng.randint(1, 45)), delta=rng.choice((-30, 15, 40, 120)),
+                       type=rng.choice(TYPES), created_at=as_of - back, update_cache=rng.random() < 0.8)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_chain_of_reconciles_with_late_rows_and_a_rerun_of_a_past_date_stays_exact(engine, settings, seed):
+    """Each run carries the previous run's chart on only when the rows dated up to its as-of are still
+    the ones it counted; late rows (dated months back, committed after it) make it chart afresh."""
+    rng = random.Random(100 + seed)
+    with engine.begin() as conn:
+        _random_history(conn, rng)
+    as_ofs = [utc(2026, 3, 30, 23), utc(2026, 4, 30), utc(2026, 5, 1, 6), utc(2026, 5, 20), AS_OF]
+    done = []
+    for as_of in as_ofs:
+        with engine.begin() as conn:
+            _more_rows(conn, rng, as_of, late=rng.random() < 0.5)
+        result = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=as_of)
+        _assert_recomputed(engine, result, as_of, done[-1] if done else None)
+        done.append(as_of)
+    with engine.begin() as conn:
+        _more_rows(conn, rng, as_ofs[2], late=True)
+
+    rerun = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=as_ofs[3])
+
+    _assert_recomputed(engine, rerun, as_ofs[3], as_ofs[2])
+
+
 def _inner_groups_estimated(conn) -> float:
     """The planner's estimate of the (type, day, …) groups of `movements`' first aggregate."""
     plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("movements")), {
         "month_starts": [utc(2025, 7 + n, 1) if n < 6 else utc(2026, n - 5, 1) for n in range(13)],
-        "previous_as_of": None, "as_of": AS_OF, "window_from": None}).scalar_one()[0]["Plan"]
+        "previous_as_of": None, "as_of": AS_OF, "from": None, "after": None,
+        "up_to": None}).scalar_one()[0]["Plan"]
     aggregates = []
 
     def walk(node):
