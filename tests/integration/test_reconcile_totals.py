@@ -114,6 +114,33 @@ def _expected_monthly(conn, as_of) -> list[dict]:
              "clawed_back": int(r.clawed_back)} for r in rows]
 
 
+def _expected_kinds(conn) -> dict[UUID, set[str]]:
+    """The discrepancy kinds of every user, judged here in Python from the raw sums (SPEC's rules)."""
+    ledger = {row.user_id: (int(row.balance), int(row.earned), int(row.spent)) for row in conn.execute(text(
+        "SELECT user_id, sum(delta) AS balance, coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS earned,"
+        " coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS spent FROM public.user_point_transactions GROUP BY user_id"))}
+    cache = {row.user_id: (int(row.balance), int(row.total_earned), int(row.total_spent)) for row in conn.execute(text(
+        "SELECT user_id, balance, total_earned, total_spent FROM public.user_point_balances"))}
+    kinds = {}
+    for user in ledger.keys() | cache.keys():
+        found, sums, cached = set(), ledger.get(user), cache.get(user)
+        if sums and not cached:
+            found.add("MISSING_BALANCE")
+        if cached and not sums and any(cached):
+            found.add("ORPHAN_BALANCE")
+        if sums and cached:
+            for name, mine, theirs in zip(("BALANCE", "EARNED", "SPENT"), cached, sums):
+                if mine != theirs:
+                    found.add(f"{name}_MISMATCH")
+        if cached and cached[0] != cached[1] + cached[2]:
+            found.add("CACHE_INCONSISTENT")
+        if sums and sums[0] < 0:
+            found.add("NEGATIVE_BALANCE")
+        if found:
+            kinds[user] = found
+    return kinds
+
+
 def _summary(result) -> dict:
     return json.loads(open(result.stats["report"].replace(".csv", ".json"), encoding="utf-8").read())
 
@@ -128,6 +155,10 @@ def _assert_recomputed(engine, result, as_of, previous_as_of) -> None:
         monthly = _expected_monthly(conn, as_of)
         run = conn.execute(text("SELECT * FROM public.reconciliation_runs WHERE run_id = :id"),
                            {"id": result.run_id}).one()
+        kinds = _expected_kinds(conn)
+        recorded = {row.user_id: set(row.kinds) for row in conn.execute(text(
+            "SELECT user_id, kinds FROM public.reconciliation_discrepancies WHERE run_id = :id"), {"id": result.run_id})}
+    assert recorded == kinds
     assert (run.ledger_rows, run.ledger_balance, run.ledger_earned, run.ledger_spent, run.closing_balance,
             run.users_checked, run.cache_balance) == (
         expected["ledger_rows"], expected["ledger_balance"], expected["ledger_earned"], expected["ledger_spent"],
