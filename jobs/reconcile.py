@@ -33,6 +33,7 @@ reports (stats) but writes no table, no file, and repairs nothing.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator, Sequence, TextIO
@@ -65,6 +66,8 @@ def run(ctx: RunContext) -> None:
     """
     ctx.wait_for_jobs(LEDGER_WRITERS, timeout_seconds=ctx.settings.reconcile_wait_seconds)
     files = None if ctx.dry_run else ReportFiles.for_run(ctx.settings.reports_dir, ctx.as_of, ctx.run_id)
+    if files:
+        _warm_up_reports()
     staged = FileSet()
     try:
         if files:
@@ -92,6 +95,13 @@ def run(ctx: RunContext) -> None:
                  net_drift=summary.net_drift, gap=summary.roll_forward.gap,
                  late_committed=summary.roll_forward.late_committed["points"],
                  repaired=summary.repaired)
+
+
+def _warm_up_reports() -> None:
+    """The report libraries imported while the server reads the ledger (this process only waits then)."""
+    from jobs.reports import finance
+
+    threading.Thread(target=finance.warm_up, name="reports-warm-up", daemon=True).start()
 
 
 def _clean_leftovers(ctx: RunContext, files: ReportFiles) -> None:

@@ -157,6 +157,9 @@ def when(moment: str | datetime | None) -> str:
 
 # ── HTML ─────────────────────────────────────────────────────────────────────
 
+TEMPLATE = "finance_report.html.j2"
+
+
 @cache
 def _environment() -> Any:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -168,6 +171,19 @@ def _environment() -> Any:
     return env
 
 
+def warm_up() -> None:
+    """Import what the files are drawn with and compile the template: reconcile does it in a thread
+    while the server reads the ledger (its own thread only waits then). A failure here is left to the
+    real call to report."""
+    try:
+        import openpyxl  # noqa: F401
+        import pygal  # noqa: F401
+
+        _environment().get_template(TEMPLATE)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def render_html(document: Document) -> str:
     """One self-contained HTML file: inline CSS, charts as inline SVG, no script, no other host."""
     from markupsafe import Markup
@@ -176,7 +192,7 @@ def render_html(document: Document) -> str:
 
     summary = document.summary
     charts = {name: Markup(svg) for name, svg in chart_svgs.all_charts(document).items()}
-    return _environment().get_template("finance_report.html.j2").render(
+    return _environment().get_template(TEMPLATE).render(
         s=summary, roll=summary["roll_forward"], lines=roll_forward_lines(summary["roll_forward"]),
         money=summary.get("outstanding_money"), kinds=KINDS, kind_meanings=KIND_MEANINGS,
         largest=document.largest, largest_shown=LARGEST_SHOWN, charts=charts, run_status=document.run_status,

@@ -119,3 +119,14 @@ def test_importing_the_charts_does_not_import_pygal():
 
 def _texts(svg: str) -> set[str]:
     return set(re.findall(r"<text[^>]*>([^<]+)</text>", svg))
+
+
+def test_the_warm_up_imports_the_report_libraries_and_compiles_the_template():
+    """reconcile runs it in a thread while the server reads the ledger; a fresh interpreter shows what
+    it loaded."""
+    code = ("import sys; from jobs.reports import finance; finance.warm_up();"
+            " print('openpyxl' in sys.modules, 'pygal' in sys.modules,"
+            " finance.TEMPLATE in str(finance._environment().cache.keys()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["True", "True", "True"]
