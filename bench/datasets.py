@@ -172,6 +172,11 @@ def _create_citus_database(server: str, name: str, citus: Citus, *, register: bo
     for worker in citus.worker_urls(server):  # the workers first: the coordinator connects to them
         with _admin(worker) as conn:
             conn.execute(text(f'CREATE DATABASE "{_checked_name(name)}"'))
+            # The app starts every session with `-c jit=off` (core/connect.py), a startup option that
+            # Citus does not pass on to the coordinator's connections to the workers: there the shard
+            # queries, whose estimates over intermediate results are large, were JIT-compiled per shard
+            # (expiring-soon: 42 s instead of 5 s at 5k users). The app's setting, set where it applies.
+            conn.execute(text(f'ALTER DATABASE "{name}" SET jit = off'))
         with _admin(database_url(worker, name)) as conn:
             conn.execute(text("CREATE EXTENSION citus"))
     with _admin(server) as conn:
