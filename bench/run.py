@@ -29,15 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine, text
-
-from contextlib import contextmanager
-from typing import Iterator
 
 from bench.datasets import Dataset, World, create_database, drop_database, forget_dataset, migrated_engine
 from core import sample_data
