@@ -5,9 +5,12 @@
     python -m bench run --users 200000 --shape default skewed   # both data shapes, side by side
     python -m bench profile expire-points --users 600000   # time each SQL statement of one job
     python -m bench startup --runs 11                     # CPU and wall time of --help, health, jobs
+    python -m bench run --citus --users 600000            # the same on the local Citus cluster (bench/citus.sh)
 
 The server is --database-url, else BENCH_DATABASE_URL, else DATABASE_URL (any database of it: the
-benchmark creates its own). Exit codes: 0 done, 1 a job failed, 2 bad usage.
+benchmark creates its own). With --citus the server is the coordinator of a Citus cluster
+(--database-url, else BENCH_CITUS_URL, else 127.0.0.1:$CITUS_PORT or 9700): each dataset is created
+on every node, generated, distributed, and measured in place (no clone). Exit codes: 0 done, 1 a job failed, 2 bad usage.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any, NoReturn
 
 from bench import report
 from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_YEARS, NAME_PREFIX, BenchError,
-                            World, dataset_name, ensure_dataset, generate_dataset, server_url)
+                            Citus, World, dataset_name, ensure_dataset, generate_dataset, server_url)
 from bench.run import measure_size
 from core.sample_data import SHAPES
 
@@ -74,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
                                   "of referrals, referrers never referred, payments on many days of a month)"
                                   f"{'; several: each measured' if many else ''} (default %(default)s)")
         command.add_argument("--database-url", metavar="URL", help="the PostgreSQL server to use")
+        command.add_argument("--citus", action="store_true",
+                             help="on a Citus cluster through its coordinator (default the local one of "
+                                  "bench/citus.sh); the dataset is measured in place and used up")
+        command.add_argument("--shard-count", type=_positive, default=32,
+                             help="with --citus: shards per distributed table (default %(default)s, Citus's own)")
         command.add_argument("--prefix", default=NAME_PREFIX, help="database name prefix (default %(default)s)")
 
     generate = commands.add_parser("generate", help="(re)build the dataset of a size in its own database")
@@ -102,10 +110,20 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def _server(args: argparse.Namespace) -> tuple[str, Citus | None]:
+    """The server, and with --citus the cluster behind it."""
+    if not getattr(args, "citus", False):
+        return server_url(args.database_url), None
+    server = (args.database_url or os.environ.get("BENCH_CITUS_URL")
+              or f"postgresql://postgres@127.0.0.1:{os.environ.get('CITUS_PORT', '9700')}/postgres")
+    return server, Citus.of(server, args.shard_count)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    server = server_url(args.database_url)
+    server, citus = _server(args)
     world = World(args.users, args.seed, _as_of(args.as_of), args.years, args.shape)
-    dataset = generate_dataset(server, world, name=dataset_name(world, args.prefix), progress=_progress)
+    dataset = generate_dataset(server, world, name=dataset_name(world, args.prefix), progress=_progress,
+                               citus=citus)
     size = {"users": world.users, "world": world.as_json(), "dataset": dataset.counts,
             "generate_seconds": dataset.generate_seconds}
     print(f"{dataset.name}: {report.dataset_line(size)}")
@@ -125,7 +143,7 @@ def _jobs(selection: str | None) -> list[str]:
     return [name for name in names if name in wanted]
 
 
-def _machine(server: str) -> dict[str, Any]:
+def _machine(server: str, citus: Citus | None = None) -> dict[str, Any]:
     from sqlalchemy import text
 
     from core.db import make_engine
@@ -139,22 +157,25 @@ def _machine(server: str) -> dict[str, Any]:
     finally:
         engine.dispose()
     return {"cpus": os.cpu_count(), "server": f"PostgreSQL {version} (shared_buffers {shared_buffers})",
+            "engine": citus.describe() if citus else "PostgreSQL (one server)",
             "python": platform.python_version(), "batch_size": Settings(_env_file=None).batch_size}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    server = server_url(args.database_url)
+    server, citus = _server(args)
     as_of, jobs = _as_of(args.as_of), _jobs(args.jobs)
     results: dict[str, Any] = {"started": datetime.now().astimezone().isoformat(timespec="seconds"),
-                               "machine": _machine(server), "jobs": jobs, "sizes": []}
-    json_path = Path(args.json) if args.json else RESULTS_DIR / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+                               "machine": _machine(server, citus), "jobs": jobs, "sizes": []}
+    engine = "citus-" if citus else ""
+    json_path = (Path(args.json) if args.json
+                 else RESULTS_DIR / f"bench-{engine}{time.strftime('%Y%m%dT%H%M%S')}.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     for users in args.users:
         for shape in args.shape:
             world = World(users, args.seed, as_of, args.years, shape)
             _progress(f"dataset of {users} users, {shape} shape")
             dataset = ensure_dataset(server, world, regenerate=args.regenerate, prefix=args.prefix,
-                                     progress=_progress)
+                                     progress=_progress, citus=citus)
             results["sizes"].append(measure_size(server, dataset, jobs, daily=not args.no_daily, keep=args.keep,
                                                  progress=_progress))
             json_path.write_text(json.dumps(results, indent=2, default=str))  # each saved as soon as measured
@@ -169,6 +190,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from bench import profile
 
+    if args.citus:
+        raise BenchError("profile: not on Citus (it profiles a template clone of the dataset)")
     server = server_url(args.database_url)
     [job] = _jobs(args.job)
     world = World(args.users, args.seed, _as_of(args.as_of), args.years, args.shape)

@@ -3,8 +3,11 @@
 -- be faster than its bound: same database, same data, no batches, no round trips.
 -- Each block is named after its job (dashes as underscores) and returns one row: `rows` (what it
 -- changed or found) and `points`. `{payments}` is the validated, quoted REWARDS_PAYMENTS_TABLE.
--- Writes go the SPEC's one way: ledger rows ON CONFLICT (idempotency_key) DO NOTHING, and the cache
--- moved by exactly the inserted rows, balance rows touched in user_id order.
+-- Writes go the SPEC's one way: ledger rows ON CONFLICT DO NOTHING (no target, as core/ledger.sql: the
+-- key's unique index, which on Citus is (user_id, idempotency_key)), and the cache moved by exactly the
+-- inserted rows, balance rows touched in user_id order.
+-- The statements run on both engines, one server and a Citus cluster (through the coordinator): the
+-- anti-joins are LEFT JOIN … IS NULL, as Citus refuses a correlated subquery beside a CTE.
 -- Month k of a payment is found once per payment (not once per month and payment): with k0 the
 -- calendar-month distance from rewarded_at to paid_at, k = k0, or k0 - 1 when rewarded_at + k0 months
 -- lies after paid_at (month arithmetic only clamps days down, so one step back is always enough).
@@ -67,16 +70,20 @@ basis AS (
 written AS (
     SELECT * FROM public.referral_rewards WHERE level = :level
 ),
+still_paid AS (
+    SELECT p.id FROM {payments} p
+    WHERE p.status = 'PAID' AND p.id IN (SELECT payment_id FROM written WHERE clawback_key IS NULL)
+),
 clawback AS (
     SELECT w.*, 'clawback:' || w.idempotency_key AS clawback_key_new
     FROM written w
-    WHERE w.clawback_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM {payments} p WHERE p.id = w.payment_id AND p.status = 'PAID')
+    LEFT JOIN still_paid sp ON sp.id = w.payment_id
+    WHERE w.clawback_key IS NULL AND sp.id IS NULL
 ),
 standing AS (
     SELECT w.relationship_id, w.month FROM written w
-    WHERE w.clawback_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM clawback c WHERE c.idempotency_key = w.idempotency_key)
+    LEFT JOIN clawback c ON c.idempotency_key = w.idempotency_key
+    WHERE w.clawback_key IS NULL AND c.idempotency_key IS NULL
 ),
 reward AS (
     SELECT b.beneficiary_user_id AS user_id, b.id AS relationship_id, b.k, b.payment_id,
@@ -88,7 +95,9 @@ reward AS (
     FROM basis b
     LEFT JOIN (SELECT DISTINCT relationship_id, month FROM written) rewarded
            ON rewarded.relationship_id = b.id AND rewarded.month = b.k
-    WHERE NOT EXISTS (SELECT 1 FROM standing s WHERE s.relationship_id = b.id AND s.month = b.k)
+    LEFT JOIN (SELECT DISTINCT relationship_id, month FROM standing) s
+           ON s.relationship_id = b.id AND s.month = b.k
+    WHERE s.relationship_id IS NULL
 ),
 balance AS (
     SELECT t.user_id, sum(t.delta) AS points
@@ -114,7 +123,7 @@ ledger_row AS (
 inserted AS (
     INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, idempotency_key, created_at)
     SELECT user_id, delta, type, ref_id, idempotency_key, :as_of FROM ledger_row
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT DO NOTHING  -- the key's unique index, (idempotency_key) or on Citus (user_id, idempotency_key)
     RETURNING user_id, delta, idempotency_key
 ),
 cache AS (
@@ -163,7 +172,7 @@ inserted AS (
     SELECT user_id, CAST(-due AS int), 'EXPIRY', NULL, 'expiry:' || user_id || ':' || CAST(:as_of_key AS text), :as_of
     FROM per_user
     WHERE due > 0
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT DO NOTHING  -- the key's unique index, (idempotency_key) or on Citus (user_id, idempotency_key)
     RETURNING user_id, delta
 ),
 cache AS (

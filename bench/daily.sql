@@ -40,27 +40,58 @@ WHERE last.paid_at + interval '1 month' BETWEEN CAST(:as_of AS timestamptz) - in
                                             AND CAST(:as_of AS timestamptz) - interval '60 days'
 ORDER BY md5(CAST(last.user_id AS text))
 LIMIT :changes
-ON CONFLICT (id) DO NOTHING;
+ON CONFLICT DO NOTHING;  -- no target: the key is (id) on one server, (user_id, id) on Citus
 
 -- name: redemptions --
 -- A few redemptions (10 points) as the app writes them: the user's balance row locked and moved,
--- the ledger row inserted, in one transaction (this statement).
+-- the ledger row inserted, in one transaction (this statement). The UPDATE takes the row lock and
+-- checks the balance again under it (Citus refuses a multi-shard SELECT … FOR UPDATE).
 WITH chosen AS (
     SELECT b.user_id
     FROM public.user_point_balances b
     WHERE b.balance >= 10
     ORDER BY md5(CAST(b.user_id AS text) || 'redeem'), b.user_id
     LIMIT :changes
-    FOR UPDATE
 ),
 moved AS (
     UPDATE public.user_point_balances b
        SET balance = b.balance - 10, total_spent = b.total_spent - 10, updated_at = :next_day
       FROM chosen c
-     WHERE b.user_id = c.user_id
+     WHERE b.user_id = c.user_id AND b.balance >= 10
     RETURNING b.user_id
 )
 INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, note, created_at)
 SELECT user_id, -10, 'REDEMPTION_QUOTA', md5('redeem:' || CAST(user_id AS text))::uuid, 'bench daily redemption',
        CAST(:as_of AS timestamptz) + interval '12 hours'
 FROM moved;
+
+-- name: advance_relationships_citus --
+-- core/sample_data.sql's advance_relationships for a Citus cluster, where the relationships are a
+-- reference table and Citus refuses an UPDATE of one joined with the sample's temporary plan table
+-- ("relation sample_relationship is not distributed"): the same rows, one UPDATE per relationship by
+-- its id (a day's activations and first payments: a few hundred rows). bench/run.py puts it in place
+-- of the original for the daily step on Citus only.
+CREATE OR REPLACE FUNCTION pg_temp.bench_advance_relationships(since timestamptz, until timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    p record;
+    changed integer := 0;
+BEGIN
+    FOR p IN SELECT s.id, s.activated_plan, s.rewarded_plan
+             FROM sample_relationship s
+             WHERE s.created_at <= since
+               AND ((s.activated_plan > since AND s.activated_plan <= until)
+                    OR (s.rewarded_plan > since AND s.rewarded_plan <= until))
+             ORDER BY s.id
+    LOOP
+        UPDATE public.user_referral_relationships AS r
+           SET status       = CASE WHEN p.rewarded_plan <= until THEN 'REWARDED' ELSE 'ACTIVE' END,
+               activated_at = p.activated_plan,
+               rewarded_at  = CASE WHEN p.rewarded_plan <= until THEN p.rewarded_plan END
+         WHERE r.id = p.id;
+        changed := changed + 1;
+    END LOOP;
+    RETURN changed;
+END;
+$$;
+SELECT pg_temp.bench_advance_relationships(:since, :until);

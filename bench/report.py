@@ -86,10 +86,13 @@ def dataset_line(size: dict[str, Any]) -> str:
     counts = size["dataset"]
     generated = f", generated in {size['generate_seconds']:.0f} s" if size.get("generate_seconds") else ""
     if size.get("load_average") is not None:
-        generated += f"; load average {size['load_average']:.1f} after the runs"
+        before = (f"{size['load_average_before']:.1f} before, " if size.get("load_average_before") is not None
+                  else "")
+        generated += f"; load average {before}{size['load_average']:.1f} after the runs"
     shape = (size.get("world") or {}).get("shape", "default")
+    engine = f" on {size['engine']}" if size.get("engine") else ""
     return (f"{size['users']:,} users ({shape} shape): {counts['relationships']:,} relationships, {counts['payments']:,} payments, "
-            f"{counts['ledger']:,} ledger rows, {counts['balances']:,} balance rows{generated}")
+            f"{counts['ledger']:,} ledger rows, {counts['balances']:,} balance rows{engine}{generated}")
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -117,7 +120,9 @@ def render(results: dict[str, Any], *, markdown: bool = False) -> str:
     table = _markdown_table if markdown else _text_table
     heading = (lambda text: f"### {text}") if markdown else (lambda text: f"== {text} ==")
     machine = results.get("machine", {})
-    parts = [f"machine: {machine.get('cpus')} CPUs, {machine.get('server')}, batch size {machine.get('batch_size')}"]
+    engine = f", engine: {machine['engine']}" if machine.get("engine") else ""
+    parts = [f"machine: {machine.get('cpus')} CPUs, {machine.get('server')}{engine}, "
+             f"batch size {machine.get('batch_size')}"]
     for size in results["sizes"]:
         parts += ["", heading(dataset_line(size)), "", table(SIZE_HEADER, size_rows(size))]
         daily = size.get("daily")
@@ -127,7 +132,9 @@ def render(results: dict[str, Any], *, markdown: bool = False) -> str:
             changes = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in changed.items())
             parts += ["", heading(f"daily run at {daily['as_of']} after one day of new data: "
                                   f"+{added['relationships']} relationships, +{added['payments']} payments, "
-                                  f"+{added['ledger']} ledger rows; {changes}"), "",
+                                  f"+{added['ledger']} ledger rows; {changes}"
+                                  + (f"; load average {daily['load_average']:.1f} after"
+                                     if daily.get("load_average") is not None else "")), "",
                       table(DAILY_HEADER, daily_rows(daily))]
     if len(results["sizes"]) > 1:
         header, rows = scale_rows(results["sizes"])

@@ -14,6 +14,12 @@ billing and the app do to history in a day: refunds of rewarded payments (clawba
 of months long past turned PAID, payments recorded late for months long past, a few redemptions.
 Each job then runs at as_of + 1 day against its EXACT DAILY BOUND: the same bound statement, which
 derives everything owed under the whole history and anti-joins what is already written.
+
+On a Citus cluster (a dataset with `citus`) there is no clone: a template database does not carry
+the workers' shards. The run measures the dataset itself, in the same order as on a clone (each job's
+bound and first run on the data as the jobs before it left it, its rerun, then the daily step), and
+consumes it: its label is removed first, so the next run generates it again; it is dropped at the end
+unless `keep`. The bounds run on the same cluster, through the coordinator.
 """
 from __future__ import annotations
 
@@ -23,14 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine, text
 
-from bench.datasets import Dataset, World, create_database, drop_database, migrated_engine
+from bench.datasets import Dataset, World, create_database, drop_database, forget_dataset, migrated_engine
 from core import sample_data
 from jobs import Settings
 from core.sql import Queries
@@ -264,13 +271,21 @@ def measure_jobs(engine: Engine, url: str, jobs: list[str], as_of: datetime, wor
 
 def measure_size(server: str, dataset: Dataset, jobs: list[str], *, daily: bool = True,
                  keep: bool = False, progress: Progress) -> dict[str, Any]:
-    """Clone the dataset, measure every job, then (with `daily`) add a day and measure again."""
+    """Clone the dataset (on Citus: take it), measure every job, then (with `daily`) add a day and
+    measure again."""
     world = dataset.world
-    clone = f"{dataset.name}_run"
-    progress(f"cloning {dataset.name}")
-    url = create_database(server, clone, template=dataset.name)
+    if dataset.citus is not None:
+        measured = dataset.name
+        progress(f"measuring {dataset.name} in place (Citus: no template clone); it is used up")
+        forget_dataset(server, dataset.name)
+        url = dataset.url
+    else:
+        measured = f"{dataset.name}_run"
+        progress(f"cloning {dataset.name}")
+        url = create_database(server, measured, template=dataset.name)
     engine = migrated_engine(url)
     settings = Settings(_env_file=None)
+    load_before = round(os.getloadavg()[0], 2)
     try:
         with tempfile.TemporaryDirectory(prefix="rewards-bench-") as tmp:
             workdir = Path(tmp)
@@ -278,16 +293,45 @@ def measure_size(server: str, dataset: Dataset, jobs: list[str], *, daily: bool 
             result: dict[str, Any] = {
                 "users": world.users, "world": world.as_json(), "dataset": dataset.counts,
                 "generate_seconds": dataset.generate_seconds, "jobs": [m.as_json() for m in measures],
-                # other work on the machine skews timings: the 1-minute load average at the end
+                "engine": dataset.citus.describe() if dataset.citus else "PostgreSQL",
+                # other work on the machine skews timings: the 1-minute load average before and at the end
+                "load_average_before": load_before,
                 "load_average": round(os.getloadavg()[0], 2),
             }
             if daily:
-                result["daily"] = measure_daily(engine, url, jobs, world, workdir, settings, measures, progress)
+                with _citus_sample_statements(dataset.citus is not None):
+                    result["daily"] = measure_daily(engine, url, jobs, world, workdir, settings, measures,
+                                                    progress)
+                result["daily"]["load_average"] = round(os.getloadavg()[0], 2)
     finally:
         engine.dispose()
         if not keep:
-            drop_database(server, clone)
+            drop_database(server, measured, citus=dataset.citus)
     return result
+
+
+class _CitusSampleQueries(Queries):
+    """core/sample_data.sql with advance_relationships taken from bench/daily.sql (see there)."""
+
+    def raw(self, name: str) -> str:
+        if name == "advance_relationships":
+            return _daily.raw("advance_relationships_citus")
+        return super().raw(name)
+
+
+@contextmanager
+def _citus_sample_statements(citus: bool) -> Iterator[None]:
+    """On Citus, sample_data.advance with the one statement Citus refuses replaced (bench only: the
+    app's own code is not the sample generator's)."""
+    if not citus:
+        yield
+        return
+    original = sample_data._queries
+    sample_data._queries = _CitusSampleQueries(sample_data.__file__)
+    try:
+        yield
+    finally:
+        sample_data._queries = original
 
 
 def measure_daily(engine: Engine, url: str, jobs: list[str], world: World, workdir: Path, settings: Settings,

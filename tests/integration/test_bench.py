@@ -64,6 +64,8 @@ def test_run_measures_bound_job_rerun_and_a_daily_run_for_every_job(server_url, 
     results = json.loads(json_path.read_text())
     [size] = results["sizes"]
     assert size["users"] == USERS and size["dataset"]["referral_codes"] == USERS
+    assert size["engine"] == "PostgreSQL" and results["machine"]["engine"] == "PostgreSQL (one server)"
+    assert size["load_average_before"] >= 0 and size["daily"]["load_average"] >= 0
     assert [job["job"] for job in size["jobs"]] == [job.name for job in PIPELINE]
     for job in size["jobs"]:
         assert job["first"]["status"] == "SUCCEEDED", job
@@ -92,6 +94,15 @@ def test_run_measures_bound_job_rerun_and_a_daily_run_for_every_job(server_url, 
     assert "job/bound" in printed and "daily run at 2026-06-02" in printed
     assert markdown_path.read_text().startswith("machine:")
     assert not _database_exists(server_url, f"{prefix}_400_run")  # the measured clone is dropped
+
+
+def test_citus_needs_a_coordinator_and_is_refused_where_a_clone_is_needed(server_url, prefix, capsys):
+    code = bench_cli.main(["run", "--citus", "--users", str(USERS), "--database-url", server_url, "--prefix", prefix])
+    assert code == 2
+    assert "--citus:" in capsys.readouterr().err  # the plain server has no citus extension
+    assert not _database_exists(server_url, f"{prefix}_400")
+    assert bench_cli.main(["profile", "expire-points", "--citus", "--database-url", server_url]) == 2
+    assert "profile: not on Citus" in capsys.readouterr().err
 
 
 def test_generate_builds_the_dataset_database_named_by_size(server_url, prefix, capsys):
