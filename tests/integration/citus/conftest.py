@@ -2,7 +2,7 @@
 workers. Every test gets a database of its own on all three nodes, with the extension, the workers
 registered, and `migrate` run through the coordinator (migration 019 distributes the tables).
 
-They run only when asked (`REWARDS_TEST_CITUS=1`; about 25 minutes more on 2 cores) and are skipped,
+They run only when asked (`REWARDS_TEST_CITUS=1`; about 8 minutes more on 2 cores) and are skipped,
 with the reason, otherwise or where the cluster cannot be had: Citus not installed (`bash bench/citus.sh
 up` builds it once per machine), or the nodes do not start. `REWARDS_CITUS_PORT` moves the
 cluster (default 9700, the workers on the next two ports).
@@ -75,7 +75,7 @@ def _citus_installed() -> bool:
 def server_url() -> str:
     """The coordinator's maintenance database; the cluster started (it is fast when already built)."""
     if os.environ.get("REWARDS_TEST_CITUS") != "1":
-        pytest.skip("the Citus tests run with REWARDS_TEST_CITUS=1 (about 25 minutes more on 2 cores)")
+        pytest.skip("the Citus tests run with REWARDS_TEST_CITUS=1 (about 8 minutes more on 2 cores)")
     if not _citus_installed():
         pytest.skip("Citus is not installed here: `bash bench/citus.sh up` builds it once (root, ~2.5 min)")
     with open(Path(tempfile.gettempdir()) / f"rewards-citus-{PORT}.lock", "w") as lock:
