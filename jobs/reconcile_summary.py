@@ -315,8 +315,7 @@ def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
     months: dict[str, dict[str, Any]] = {}
     for number in range(MONTHS_CHARTED):
         label = f"{_months_after(snapshot.months_from, number):%Y-%m}"
-        months[label] = {"month": label, "issued": 0, "spent": 0, "expired": 0, "clawed_back": 0}
-        months[label].update({key: int(carried[label][key]) for key in MONTHLY_KEYS if label in carried})
+        months[label] = {"month": label, **{key: int(carried.get(label, {}).get(key, 0)) for key in MONTHLY_KEYS}}
     debit_lines: dict[str, str] = {EXPIRY: "expired", CLAWBACK: "clawed_back"}
     for movement in snapshot.movements:
         line = months.get(f"{movement.month:%Y-%m}") if movement.month is not None else None
