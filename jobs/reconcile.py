@@ -11,7 +11,8 @@ show as a discrepancy.
 
 The ledger is read once in full, grouped by user (reconcile.sql's `discrepancies`, the same shape as
 one aggregate query, so it runs in parallel on PostgreSQL and shard by shard on Citus), and the
-discrepant users are streamed (server-side cursor) into the CSV, written aside, and into
+discrepant users are streamed (COPY, which keeps the parallel plan a cursor would lose) into the CSV,
+written aside, and into
 `reconciliation_discrepancies` in chunks through another connection, which also renews the lease.
 The totals need no second pass: every other user's cache row equals the ledger, so the ledger's
 totals are the cache's less the discrepant users' drift. The movements by type and month come from the
@@ -33,10 +34,11 @@ reports (stats) but writes no table, no file, and repairs nothing.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Iterator, NamedTuple, Sequence, TextIO
 
 from sqlalchemy import Connection, Engine
 
@@ -44,6 +46,7 @@ from core.job import BEFORE_ALL_IDS, Batch, Job, RunContext
 from core.ledger import lock_balances
 from core.reports import FileSet, remove_leftovers
 from core.sql import Queries
+from core.stream import copy_rows
 from jobs.reconcile_summary import (MONTHS_CHARTED, CacheTotals, Found, LedgerTotals, Movement, PreviousReconcile,
                                     Snapshot, Summary, Unrecovered, build_summary, month_starts)
 from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, summary_json
@@ -160,8 +163,7 @@ def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[S
     starts = month_starts(months_from)
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{AUDIT_WORK_MEM}'")
     cache = _cache_totals(conn)
-    rows = conn.execute(_queries["discrepancies"], execution_options=_streamed(ctx.settings.batch_size))
-    found = _stream_discrepancies(ctx, rows, csv_out)
+    found = _stream_discrepancies(ctx, conn, csv_out)
     lines = _movements(conn, window, starts, after=window["previous_as_of"])  # every row on a first reconcile
     ledger = _ledger_totals(cache, found, _rows_up_to(conn, previous), lines)
     carried = previous.monthly if previous and previous.counted(ledger.rows_up_to_previous,
@@ -239,11 +241,33 @@ def _renew_lease(ctx: RunContext) -> None:
         ctx.heartbeat(conn)
 
 
-def _stream_discrepancies(ctx: RunContext, rows: Any, csv_out: TextIO | None) -> Found:
+class _Discrepancy(NamedTuple):
+    """One row of `discrepancies`, from COPY's text (the fields of CSV_HEADER)."""
+    user_id: str
+    kinds: tuple[str, ...]
+    cached_balance: int | None
+    ledger_balance: int
+    drift: int
+    cached_total_earned: int | None
+    ledger_total_earned: int
+    cached_total_spent: int | None
+    ledger_total_spent: int
+
+    @classmethod
+    def parsed(cls, values: Sequence[str | None]) -> _Discrepancy:
+        user_id, kinds, *numbers = values
+        return cls(str(user_id), tuple(kinds.split("|")) if kinds else (),
+                   *(None if number is None else int(number) for number in numbers))
+
+
+def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> Found:
     """Stream the discrepant users into the CSV and, chunk by chunk, the table."""
     found = Found()
     writer = csv_writer(csv_out) if csv_out else None
-    for chunk_number, chunk in enumerate(rows.partitions(ctx.settings.batch_size), start=1):
+    chunk_numbers = itertools.count(1)
+
+    def take(values: list[tuple[str | None, ...]]) -> None:
+        chunk = [_Discrepancy.parsed(row) for row in values]
         for row in chunk:
             found.add(row.kinds, balance=row.drift,
                       earned=(row.cached_total_earned or 0) - row.ledger_total_earned,
@@ -251,15 +275,12 @@ def _stream_discrepancies(ctx: RunContext, rows: Any, csv_out: TextIO | None) ->
         if writer:
             writer.writerows(csv_row(row) for row in chunk)
         _store_chunk(ctx, chunk)
-        ctx.progress(job=ctx.job, batches=chunk_number, items=found.total, total=None)
+        ctx.progress(job=ctx.job, batches=next(chunk_numbers), items=found.total, total=None)
         ctx.check_stop()
+
+    copy_rows(conn, _queries.raw("discrepancies"), take, ctx.settings.batch_size)
     _renew_lease(ctx)
     return found
-
-
-def _streamed(chunk_size: int) -> dict[str, Any]:
-    """A server-side cursor that fetches `chunk_size` rows at a time: memory stays flat."""
-    return {"stream_results": True, "max_row_buffer": chunk_size}
 
 
 def _store_chunk(ctx: RunContext, chunk: Sequence[Any]) -> None:

@@ -68,7 +68,7 @@ GROUP BY 1, 2, 3, 4;
 -- name: discrepancies --
 -- Every user's ledger sums against the cache row (a full join, so cache rows without ledger rows are
 -- seen too), in ONE pass over the ledger grouped by user_id: the discrepant users, in user_id order
--- (streamed). Field mismatches are judged when both sides exist; a user with no cache row is
+-- (streamed by COPY, so kinds come joined by '|'; NULLs are skipped). Field mismatches are judged when both sides exist; a user with no cache row is
 -- MISSING_BALANCE, a nonzero cache row without ledger rows ORPHAN_BALANCE. Grouped by the distribution
 -- column and joined on it, the statement runs shard by shard on Citus.
 WITH ledger AS (
@@ -95,7 +95,7 @@ compared AS (
 -- The WHERE is "some kind applies", said in one comparison so that only the few discrepant users get
 -- their kinds spelled out (a fifth of the pass at 200k users when every user's array was built).
 SELECT user_id,
-       array_remove(ARRAY[
+       array_to_string(ARRAY[
            CASE WHEN in_ledger AND NOT in_cache THEN 'MISSING_BALANCE' END,
            CASE WHEN in_cache AND NOT in_ledger
                  AND (cached_balance <> 0 OR cached_total_earned <> 0 OR cached_total_spent <> 0)
@@ -107,7 +107,7 @@ SELECT user_id,
            CASE WHEN in_cache AND cached_balance <> cached_total_earned + cached_total_spent
                 THEN 'CACHE_INCONSISTENT' END,
            CASE WHEN ledger_balance < 0 THEN 'NEGATIVE_BALANCE' END
-       ], NULL) AS kinds,
+       ], '|') AS kinds,
        cached_balance, ledger_balance, coalesce(cached_balance, 0) - ledger_balance AS drift,
        cached_total_earned, ledger_total_earned, cached_total_spent, ledger_total_spent
 FROM compared
