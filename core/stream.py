@@ -2,29 +2,33 @@
 
 A server-side cursor (`DECLARE`, SQLAlchemy's `stream_results`) also streams, but PostgreSQL never
 plans a cursor's query with parallel workers; COPY plans it as one whole statement, so a large
-aggregate keeps the parallel plan a plain execute gets. COPY takes no bound parameters: the query
-must be a fixed text. Values arrive as text (NULL as None) for the caller to convert.
+aggregate keeps the parallel plan a plain execute gets. COPY takes no bound parameters, so psycopg2
+quotes the values into the text (`mogrify`, what its `execute` does anyway). Values arrive as text
+(NULL as None) for the caller to convert.
 """
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Any, Callable
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, TextClause
 
 # What COPY's text format escapes (it never writes octal or hex sequences).
 _ESCAPED = re.compile(r"\\(.)")
 _UNESCAPED = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
 
-def copy_rows(conn: Connection, query: str, on_chunk: Callable[[list[tuple[str | None, ...]]], None],
-              chunk_size: int) -> None:
-    """Run `query` on `conn` (in its transaction) and hand its rows to `on_chunk`, `chunk_size` at a
-    time (the last chunk may be shorter; none for no rows). An error raised by `on_chunk` ends the
-    stream: the rest is read and dropped, so the connection stays usable, and the error is raised."""
+def copy_rows(conn: Connection, statement: TextClause, params: dict[str, Any],
+              on_chunk: Callable[[list[tuple[str | None, ...]]], None], chunk_size: int) -> None:
+    """Run the SELECT `statement` with `params` on `conn` (in its transaction) and hand its rows to
+    `on_chunk`, `chunk_size` at a time (the last chunk may be shorter; none for no rows). An error
+    raised by `on_chunk` ends the stream: the rest is read and dropped, so the connection stays
+    usable, and the error is raised."""
+    compiled = statement.compile(dialect=conn.dialect)
     sink = _ChunkedRows(on_chunk, chunk_size)
     with conn.connection.dbapi_connection.cursor() as cursor:
-        cursor.copy_expert(f"COPY ({query.strip().rstrip(';')}) TO STDOUT", sink)
+        query = cursor.mogrify(str(compiled).strip().rstrip(";"), compiled.construct_params(params)).decode()
+        cursor.copy_expert(f"COPY ({query}) TO STDOUT", sink)
     sink.finish()
 
 

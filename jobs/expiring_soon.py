@@ -21,13 +21,15 @@ A dry run computes the same rows and stats but writes no file. `REWARDS_EXPIRY_N
 from __future__ import annotations
 
 import csv
+import itertools
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Iterable, NamedTuple, TextIO
 
 from core.job import Job, RunContext
 from core.reports import FileSet, remove_leftovers
 from core.sql import Queries
+from core.stream import copy_rows
 
 _queries = Queries(__file__)
 CSV_HEADER = ("user_id", "points", "expires_on", "balance")
@@ -67,28 +69,40 @@ def _write_rows(ctx: RunContext, window_end: datetime, out: TextIO | None) -> No
     writer = csv.writer(out, lineterminator="\n") if out else None
     if writer:
         writer.writerow(CSV_HEADER)
-    chunk_size = ctx.settings.batch_size
+    chunk_numbers = itertools.count(1)
+
+    def take(values: list[tuple[str | None, ...]]) -> None:
+        chunk = [_Expiring(*row) for row in values]
+        _count(ctx, chunk)
+        if writer:
+            writer.writerows(_csv_row(row) for row in chunk)
+        ctx.progress(job=ctx.job, batches=next(chunk_numbers), items=ctx.stats["rows"], total=None)
+        ctx.check_stop()
+
     with ctx.engine.connect() as conn:
-        rows = conn.execute(_queries["expiring"], {
+        copy_rows(conn, _queries["expiring"], {
             "as_of": ctx.as_of, "window_end": window_end, "months": ctx.settings.points_expiry_months,
-        }, execution_options={"stream_results": True, "max_row_buffer": chunk_size})
-        for chunk_number, chunk in enumerate(rows.partitions(chunk_size), start=1):
-            _count(ctx, chunk)
-            if writer:
-                writer.writerows(csv_row(row) for row in chunk)
-            ctx.progress(job=ctx.job, batches=chunk_number, items=ctx.stats["rows"], total=None)
-            ctx.check_stop()
+        }, take, ctx.settings.batch_size)
 
 
-def _count(ctx: RunContext, chunk: Iterable[Any]) -> None:
+class _Expiring(NamedTuple):
+    """One row of `expiring`, as COPY's text (expires_on already YYYY-MM-DD, first_of_user t or f)."""
+    user_id: str
+    points: str
+    expires_on: str
+    balance: str
+    first_of_user: str
+
+
+def _count(ctx: RunContext, chunk: Iterable[_Expiring]) -> None:
     for row in chunk:
         ctx.stats["rows"] += 1
         ctx.stats["points"] += int(row.points)
-        ctx.stats["users"] += int(row.first_of_user)
+        ctx.stats["users"] += row.first_of_user == "t"
 
 
-def csv_row(row: Any) -> list[str]:
-    return [str(row.user_id), str(row.points), row.expires_on.isoformat(), str(row.balance)]
+def _csv_row(row: _Expiring) -> list[str]:
+    return [row.user_id, row.points, row.expires_on, row.balance]
 
 
 JOB = Job(

@@ -65,6 +65,7 @@ shown AS (
     JOIN bounds b ON b.k = d.k - 1
     WHERE d.points > 0
 )
-SELECT user_id, CAST(points AS bigint) AS points, expires_on, CAST(balance AS bigint) AS balance, first_of_user
+SELECT user_id, CAST(points AS bigint) AS points, to_char(expires_on, 'YYYY-MM-DD') AS expires_on,
+       CAST(balance AS bigint) AS balance, first_of_user
 FROM shown
-ORDER BY expires_on, user_id;
+ORDER BY shown.expires_on, user_id;

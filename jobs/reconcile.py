@@ -278,7 +278,7 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
         ctx.progress(job=ctx.job, batches=next(chunk_numbers), items=found.total, total=None)
         ctx.check_stop()
 
-    copy_rows(conn, _queries.raw("discrepancies"), take, ctx.settings.batch_size)
+    copy_rows(conn, _queries["discrepancies"], {}, take, ctx.settings.batch_size)
     _renew_lease(ctx)
     return found
 
