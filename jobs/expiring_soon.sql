@@ -23,15 +23,18 @@ WITH bounds AS (
 window_cutoffs AS (
     SELECT (SELECT cutoff FROM bounds WHERE k = 0) AS first_cutoff, max(cutoff) AS last_cutoff FROM bounds
 ),
+-- The one pass reads the cutoffs as uncorrelated scalar subqueries (init plans), not by joining a
+-- CTE: a CTE scan may not run in a parallel worker, and joining one here made the pass serial.
 per_user AS (
     SELECT t.user_id,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
-           coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= w.first_cutoff
-                                               AND t.created_at < w.last_cutoff), 0)              AS crossing,
-           sum(t.delta)                                                                           AS balance
-    FROM public.user_point_transactions t
-    CROSS JOIN window_cutoffs w
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < first_cutoff), 0) AS earned_before,
+           coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                AS debited,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= first_cutoff
+                                               AND t.created_at < last_cutoff), 0)              AS crossing,
+           sum(t.delta)                                                                         AS balance
+    FROM public.user_point_transactions t,
+         LATERAL (SELECT CAST(:as_of AS timestamptz) - make_interval(months => :months) AS first_cutoff,
+                         (SELECT max(cutoff) FROM bounds) AS last_cutoff) AS w
     GROUP BY t.user_id
 ),
 candidates AS (
