@@ -128,7 +128,8 @@ SELECT count(*)                                                 AS clawbacks,
        count(*) FILTER (WHERE unrecovered_points > 0)           AS rewards_unrecovered,
        coalesce(sum(unrecovered_points), 0)                     AS unrecovered_points
 FROM public.referral_rewards
-WHERE clawed_back_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
+WHERE clawback_key IS NOT NULL  -- implied by clawed_back_at, but said so the partial index is used
+  AND clawed_back_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
   AND clawed_back_at <= :as_of;
 
 -- name: insert_discrepancies --

@@ -471,3 +471,24 @@ def test_app_writes_committed_while_reconcile_runs_never_show_as_discrepancies(e
 
     assert during > 0
     assert [(r.stats["discrepancies"], r.stats["net_drift"]) for r in results] == [(0, 0)] * 3
+
+
+def test_the_periods_clawbacks_are_read_by_index_never_by_scanning_every_reward(engine):
+    """Rewards pile up by the million; the few clawed back in the period are found through the partial
+    index on clawed_back_at (whose predicate the statement must state for the planner to use it)."""
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO public.referral_rewards (idempotency_key, relationship_id, level, month, payment_id,"
+            " beneficiary_user_id, points, rewarded_at, clawback_key, clawed_back_points, clawed_back_at)"
+            " SELECT 'plan-test:' || n, gen_random_uuid(), 1, 1, gen_random_uuid(), gen_random_uuid(), 10,"
+            "        timestamptz '2026-01-01', CASE WHEN n % 1000 = 0 THEN 'clawback:plan-test:' || n END,"
+            "        CASE WHEN n % 1000 = 0 THEN 10 ELSE 0 END,"
+            "        CASE WHEN n % 1000 = 0 THEN timestamptz '2026-05-01' + n * interval '1 second' END"
+            " FROM generate_series(1, 20000) AS n"))
+        conn.execute(text("ANALYZE public.referral_rewards"))
+    with engine.connect() as conn:
+        plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("unrecovered_clawbacks")),
+                            {"previous_as_of": utc(2026, 5, 1), "as_of": AS_OF}).scalar_one()[0]["Plan"]
+
+    assert "idx_referral_rewards_clawed_back_at" in json.dumps(plan)
+    assert '"Seq Scan"' not in json.dumps(plan)

@@ -34,6 +34,10 @@ _numbers = itertools.count(1)
 
 # Tests of PostgreSQL's own plan shapes: on Citus, EXPLAIN shows the distributed plan, not the shards'.
 NOT_ON_CITUS = {
+    "test_the_pass_over_the_ledger_may_run_in_parallel_workers":
+        "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
+    "test_the_periods_clawbacks_are_read_by_index_never_by_scanning_every_reward":
+        "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     "test_a_batch_probes_payments_and_rewards_by_index_never_scanning_all_history":
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     "test_a_batch_finds_the_parent_by_one_probe_never_scanning_all_history":
