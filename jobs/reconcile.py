@@ -53,8 +53,8 @@ from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, sum
 
 _queries = Queries(__file__)
 
-# The audit hashes every user at once: with PostgreSQL's default 4MB it would sort instead (several
-# times slower, bench/RESULTS.md). Spills to disk beyond it, so memory stays bounded.
+# The audit's full join hashes every user's ledger sums at once: with PostgreSQL's default 4MB it splits
+# into batches on disk. Spills to disk beyond it, so memory stays bounded.
 AUDIT_WORK_MEM = "256MB"
 # The runs that write ledger rows: a reconcile waits for them to finish (bounded).
 LEDGER_WRITERS = ("recurring-rewards", "level2-rewards", "expire-points")
@@ -262,6 +262,7 @@ class _Discrepancy(NamedTuple):
 
 def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> Found:
     """Stream the discrepant users into the CSV and, chunk by chunk, the table."""
+    conn.execute(_queries["group_users_in_index_order"])
     found = Found()
     writer = csv_writer(csv_out) if csv_out else None
     chunk_numbers = itertools.count(1)
@@ -279,6 +280,7 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
         ctx.check_stop()
 
     copy_rows(conn, _queries["discrepancies"], {}, take, ctx.settings.batch_size)
+    conn.execute(_queries["hash_groups_again"])
     _renew_lease(ctx)
     return found
 

@@ -65,6 +65,18 @@ FROM (
 ) AS by_day
 GROUP BY 1, 2, 3, 4;
 
+-- name: group_users_in_index_order --
+-- For `discrepancies` alone: group the ledger by user in index order (idx_upt_user_created_delta,
+-- index-only), not by hashing. Each parallel worker then reads its own range of users, so its partial
+-- groups are its own; hashed, every worker held nearly every user and the leader merged them all again
+-- (2M users: 12-15 s against 5.4-8 s; 200k: 1.2 s against 0.6-0.9 s). The full join still hashes
+-- (AUDIT_WORK_MEM holds the cache's side).
+SET LOCAL enable_hashagg = off;
+
+-- name: hash_groups_again --
+-- After `discrepancies`: `movements` hashes its few thousand (type, day) groups in each worker.
+SET LOCAL enable_hashagg TO DEFAULT;
+
 -- name: discrepancies --
 -- Every user's ledger sums against the cache row (a full join, so cache rows without ledger rows are
 -- seen too), in ONE pass over the ledger grouped by user_id: the discrepant users, in user_id order
