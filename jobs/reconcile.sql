@@ -80,8 +80,8 @@ SET LOCAL enable_hashagg TO DEFAULT;
 -- name: discrepancies --
 -- Every user's ledger sums against the cache row (a full join, so cache rows without ledger rows are
 -- seen too), in ONE pass over the ledger grouped by user_id: the discrepant users, in user_id order
--- (streamed by COPY, so kinds come joined by '|'; NULLs are skipped). Field mismatches are judged when both sides exist; a user with no cache row is
--- MISSING_BALANCE, a nonzero cache row without ledger rows ORPHAN_BALANCE. Grouped by the distribution
+-- (streamed by COPY, so kinds come joined by '|'; NULLs are skipped). Field mismatches are judged
+-- when both sides exist; a user with no cache row is MISSING_BALANCE, a nonzero cache row without ledger rows ORPHAN_BALANCE. Grouped by the distribution
 -- column and joined on it, the statement runs shard by shard on Citus.
 WITH ledger AS (
     SELECT user_id,

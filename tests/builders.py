@@ -70,3 +70,18 @@ def balance_of(conn: Connection, user: uuid.UUID) -> Any:
     return conn.execute(text(
         "SELECT balance, total_earned, total_spent FROM public.user_point_balances WHERE user_id = :user"
     ), {"user": user}).one_or_none()
+
+
+def add_analyzed_ledger(conn: Connection, *, rows: int, first_at: datetime) -> None:
+    """`rows` grants of 1-9 points to as many new users, a minute apart from `first_at`, then ANALYZE:
+    enough for the planner to weigh parallel and sorted plans as it would at scale."""
+    conn.execute(text(
+        "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
+        " SELECT gen_random_uuid(), 1 + n % 9, 'ADMIN_GRANT', CAST(:first_at AS timestamptz) + n * interval '1 minute'"
+        " FROM generate_series(1, :rows) AS n"), {"rows": rows, "first_at": first_at})
+    conn.execute(text("ANALYZE public.user_point_transactions"))
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an `EXPLAIN (FORMAT JSON)` plan, depth first."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]

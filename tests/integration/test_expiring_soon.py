@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from core.runner import run_job
 from jobs import expiring_soon
-from tests.builders import add_app_points, utc
+from tests.builders import add_analyzed_ledger, add_app_points, plan_nodes, utc
 
 HEADER = "user_id,points,expires_on,balance"
 
@@ -158,14 +158,8 @@ def test_the_cli_writes_the_crm_file(cli, engine, tmp_path):
     assert [path.read_text().splitlines() for path in files] == [[HEADER, f"{_user(1)},5,2026-06-03,5"]]
 
 
-def _nodes(plan: dict) -> list[dict]:
-    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
-
-
 def _subplan(plan: dict, name: str) -> dict | None:
-    if plan.get("Subplan Name") == name:
-        return plan
-    return next((found for child in plan.get("Plans", []) if (found := _subplan(child, name))), None)
+    return next((node for node in plan_nodes(plan) if node.get("Subplan Name") == name), None)
 
 
 def test_the_pass_over_the_ledger_may_run_in_parallel_workers(engine):
@@ -173,11 +167,7 @@ def test_the_pass_over_the_ledger_may_run_in_parallel_workers(engine):
     parallel worker sums its share of the ledger. (Joining a CTE there, as it once did, kept the sums in
     one process: 2.5x slower at 2M users.)"""
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
-            " SELECT gen_random_uuid(), 1 + n % 9, 'ADMIN_GRANT', timestamptz '2025-05-01' + n * interval '1 minute'"
-            " FROM generate_series(1, 20000) AS n"))
-        conn.execute(text("ANALYZE public.user_point_transactions"))
+        add_analyzed_ledger(conn, rows=20000, first_at=utc(2025, 5, 1))
     with engine.connect() as conn:
         for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size",
                         "min_parallel_index_scan_size"):
@@ -188,4 +178,4 @@ def test_the_pass_over_the_ledger_may_run_in_parallel_workers(engine):
 
     candidates = _subplan(plan, "CTE candidates")
     assert candidates is not None
-    assert any(node.get("Partial Mode") == "Partial" for node in _nodes(candidates))  # summed in each worker
+    assert any(node.get("Partial Mode") == "Partial" for node in plan_nodes(candidates))  # summed in each worker

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from jobs import reconcile
 from jobs.reconcile_summary import CLAWBACK, EXPIRY
 from core.runner import run_job
-from tests.builders import add_app_points, utc
+from tests.builders import add_analyzed_ledger, add_app_points, plan_nodes, utc
 
 AS_OF = utc(2026, 6, 1)
 PREVIOUS_AS_OF = utc(2026, 5, 10, 12)
@@ -230,14 +230,7 @@ def _inner_groups_estimated(conn) -> float:
         "month_starts": [utc(2025, 7 + n, 1) if n < 6 else utc(2026, n - 5, 1) for n in range(13)],
         "previous_as_of": None, "as_of": AS_OF, "from": None, "after": None,
         "up_to": None}).scalar_one()[0]["Plan"]
-    aggregates = []
-
-    def walk(node):
-        if node["Node Type"] == "Aggregate":
-            aggregates.append(node["Plan Rows"])
-        for child in node.get("Plans", []):
-            walk(child)
-    walk(plan)
+    aggregates = [node["Plan Rows"] for node in plan_nodes(plan) if node["Node Type"] == "Aggregate"]
     return min(aggregates[1:]) if len(aggregates) > 1 else aggregates[0]
 
 
@@ -264,26 +257,14 @@ def test_the_movements_planner_knows_the_ledger_has_few_days_so_it_hashes_them_p
 
 def _aggregate_strategies(conn) -> set[str]:
     plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("discrepancies"))).scalar_one()[0]
-    strategies = set()
-
-    def walk(node):
-        if node["Node Type"] == "Aggregate":
-            strategies.add(node["Strategy"])
-        for child in node.get("Plans", []):
-            walk(child)
-    walk(plan["Plan"])
-    return strategies
+    return {node["Strategy"] for node in plan_nodes(plan["Plan"]) if node["Node Type"] == "Aggregate"}
 
 
 def test_the_audit_groups_users_in_order_not_by_hashing_every_user_in_every_worker(engine):
     """With its setting the audit's per-user pass aggregates sorted input (each parallel worker its own
     range of users); hashed, it is what the planner picks here without it, and 2x slower at 2M users."""
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
-            " SELECT gen_random_uuid(), 1 + n % 9, 'ADMIN_GRANT', timestamptz '2026-04-01' + n * interval '1 minute'"
-            " FROM generate_series(1, 20000) AS n"))
-        conn.execute(text("ANALYZE public.user_point_transactions"))
+        add_analyzed_ledger(conn, rows=20000, first_at=utc(2026, 4, 1))
     with engine.connect() as conn:
         conn.execute(text(f"SET LOCAL work_mem = '{reconcile.AUDIT_WORK_MEM}'"))
         hashed = _aggregate_strategies(conn)
