@@ -1,13 +1,16 @@
 -- expiring-soon: the points that will expire in (as_of, as_of + notice days], per user and UTC day.
 
 -- name: expiring --
--- One pass over the ledger grouped by user (E(as_of), D, the balance, and the points crossing a
--- cutoff inside the window), then only the candidates' earning rows dated in the crossing window,
--- each put on the first bound whose cutoff passes it. Bounds are as_of, each UTC midnight inside the
--- window and the window's end; a bound's cutoff is `t - N months`. Because cutoffs are taken as
--- "the first bound that passes the row", a cutoff that steps back at a month end (Mar 29 - 1 month =
--- Feb 28 00:00, before Mar 28 12:00 - 1 month) never counts a point twice: what expire-points would
--- have expired at an earlier bound stays expired.
+-- Only a user with an earning row dated in the crossing window [as_of - N months, last cutoff) can have
+-- points expiring in the window; those users are found through an index of the ledger by date
+-- (migration 013's idx_upt_earned_created, or idx_upt_created), so the ledger is never read whole.
+-- Their whole ledgers are then summed (E(as_of), D, the balance, the points crossing a cutoff) and
+-- their earning rows in the crossing window put on the first bound whose cutoff passes them, each user
+-- read by its user_id (LATERAL, so even where many users cross it stays a read per user). Bounds are
+-- as_of, each UTC midnight inside the window and the window's end; a bound's cutoff is `t - N months`.
+-- Because cutoffs are taken as "the first bound that passes the row", a cutoff that steps back at a
+-- month end (Mar 29 - 1 month = Feb 28 00:00, before Mar 28 12:00 - 1 month) never counts a point twice:
+-- what expire-points would have expired at an earlier bound stays expired.
 WITH bounds AS (
     SELECT CAST(row_number() OVER (ORDER BY t) - 1 AS int) AS k, t,
            t - make_interval(months => :months) AS cutoff
@@ -20,41 +23,53 @@ WITH bounds AS (
         SELECT CAST(:window_end AS timestamptz)
     ) AS instants
 ),
-window_cutoffs AS (
-    SELECT (SELECT cutoff FROM bounds WHERE k = 0) AS first_cutoff, max(cutoff) AS last_cutoff FROM bounds
+-- The crossing window [first_cutoff, last_cutoff). Cutoffs never decrease as t grows (UTC month arithmetic
+-- clamps the day), so the last is the window end's. crossing_users spells the window out again: joined
+-- from here, PostgreSQL 15 read it with a scan of the whole ledger instead of the index by date.
+window_cutoffs AS NOT MATERIALIZED (
+    SELECT CAST(:as_of AS timestamptz) - make_interval(months => :months)      AS first_cutoff,
+           CAST(:window_end AS timestamptz) - make_interval(months => :months) AS last_cutoff
 ),
--- The one pass reads the cutoffs as uncorrelated scalar subqueries (init plans), not by joining a
--- CTE: a CTE scan may not run in a parallel worker, and joining one here made the pass serial.
-per_user AS (
-    SELECT t.user_id,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < first_cutoff), 0) AS earned_before,
-           coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                AS debited,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= first_cutoff
-                                               AND t.created_at < last_cutoff), 0)              AS crossing,
-           sum(t.delta)                                                                         AS balance
-    FROM public.user_point_transactions t,
-         LATERAL (SELECT CAST(:as_of AS timestamptz) - make_interval(months => :months) AS first_cutoff,
-                         (SELECT max(cutoff) FROM bounds) AS last_cutoff) AS w
-    GROUP BY t.user_id
+crossing_users AS (
+    SELECT DISTINCT t.user_id
+    FROM public.user_point_transactions t
+    WHERE t.delta > 0
+      AND t.created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :months)
+      AND t.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months)
+),
+per_user AS (  -- each crossing user's whole ledger, read by its user_id (idx_upt_user_created_delta)
+    SELECT u.user_id, s.earned_before, s.debited, s.crossing, s.balance
+    FROM crossing_users u
+    CROSS JOIN window_cutoffs w
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
+               coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
+               coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= w.first_cutoff
+                                                   AND t.created_at < w.last_cutoff), 0)              AS crossing,
+               sum(t.delta)                                                                           AS balance
+        FROM public.user_point_transactions t
+        WHERE t.user_id = u.user_id
+    ) AS s
 ),
 candidates AS (
     SELECT * FROM per_user WHERE crossing > 0 AND earned_before + crossing > debited
 ),
-crossing_rows AS (
-    SELECT t.user_id, t.delta,
-           (SELECT min(b.k) FROM bounds b WHERE t.created_at < b.cutoff) AS k
-    FROM public.user_point_transactions t
-    JOIN candidates c ON c.user_id = t.user_id
+crossing_by_k AS (  -- each candidate's earning rows in the crossing window, by the first bound whose cutoff passes them
+    SELECT c.user_id, c.balance, c.earned_before, c.debited, r.k, r.points
+    FROM candidates c
     CROSS JOIN window_cutoffs w
-    WHERE t.delta > 0 AND t.created_at >= w.first_cutoff AND t.created_at < w.last_cutoff
+    CROSS JOIN LATERAL (
+        SELECT (SELECT min(b.k) FROM bounds b WHERE t.created_at < b.cutoff) AS k, sum(t.delta) AS points
+        FROM public.user_point_transactions t
+        WHERE t.user_id = c.user_id AND t.delta > 0 AND t.created_at >= w.first_cutoff AND t.created_at < w.last_cutoff
+        GROUP BY 1
+    ) AS r
 ),
 expiring_by AS (  -- X(t_k) at each bound where a row crosses
-    SELECT r.user_id, r.k, c.balance,
-           greatest(0, c.earned_before + sum(sum(r.delta)) OVER (PARTITION BY r.user_id ORDER BY r.k) - c.debited)
-             - greatest(0, c.earned_before - c.debited) AS expired_by
-    FROM crossing_rows r
-    JOIN candidates c ON c.user_id = r.user_id
-    GROUP BY r.user_id, r.k, c.balance, c.earned_before, c.debited
+    SELECT user_id, k, balance,
+           greatest(0, earned_before + sum(points) OVER (PARTITION BY user_id ORDER BY k) - debited)
+             - greatest(0, earned_before - debited) AS expired_by
+    FROM crossing_by_k
 ),
 per_day AS (  -- X(t_k) - X(t_(k-1)): the points expiring in (t_(k-1), t_k], the UTC day of t_(k-1)
     SELECT user_id, k, balance,

@@ -36,7 +36,7 @@ _numbers = itertools.count(1)
 NOT_ON_CITUS = {
     "test_the_audit_groups_users_in_order_not_by_hashing_every_user_in_every_worker":
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
-    "test_the_pass_over_the_ledger_may_run_in_parallel_workers":
+    "test_only_the_ledgers_of_users_with_points_crossing_a_cutoff_are_read":
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     "test_the_periods_clawbacks_are_read_by_index_never_by_scanning_every_reward":
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
