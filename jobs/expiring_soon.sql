@@ -5,8 +5,7 @@
 -- points expiring in the window; those users are found through an index of the ledger by date
 -- (migration 013's idx_upt_earned_created, or idx_upt_created), so the ledger is never read whole.
 -- Their whole ledgers are then summed (E(as_of), D, the balance, the points crossing a cutoff) and
--- their earning rows in the crossing window put on the first bound whose cutoff passes them, each user
--- read by its user_id (LATERAL, so even where many users cross it stays a read per user). Bounds are
+-- their earning rows in the crossing window put on the first bound whose cutoff passes them. Bounds are
 -- as_of, each UTC midnight inside the window and the window's end; a bound's cutoff is `t - N months`.
 -- Because cutoffs are taken as "the first bound that passes the row", a cutoff that steps back at a
 -- month end (Mar 29 - 1 month = Feb 28 00:00, before Mar 28 12:00 - 1 month) never counts a point twice:
@@ -38,38 +37,35 @@ crossing_users AS (
       AND t.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months)
 ),
 per_user AS (  -- each crossing user's whole ledger, read by its user_id (idx_upt_user_created_delta)
-    SELECT u.user_id, s.earned_before, s.debited, s.crossing, s.balance
-    FROM crossing_users u
+    SELECT t.user_id,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
+           coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= w.first_cutoff
+                                               AND t.created_at < w.last_cutoff), 0)              AS crossing,
+           sum(t.delta)                                                                           AS balance
+    FROM public.user_point_transactions t
     CROSS JOIN window_cutoffs w
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
-               coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
-               coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= w.first_cutoff
-                                                   AND t.created_at < w.last_cutoff), 0)              AS crossing,
-               sum(t.delta)                                                                           AS balance
-        FROM public.user_point_transactions t
-        WHERE t.user_id = u.user_id
-    ) AS s
+    WHERE t.user_id IN (SELECT user_id FROM crossing_users)
+    GROUP BY t.user_id
 ),
 candidates AS (
     SELECT * FROM per_user WHERE crossing > 0 AND earned_before + crossing > debited
 ),
-crossing_by_k AS (  -- each candidate's earning rows in the crossing window, by the first bound whose cutoff passes them
-    SELECT c.user_id, c.balance, c.earned_before, c.debited, r.k, r.points
-    FROM candidates c
+crossing_rows AS (  -- the candidates' earning rows in the crossing window, on the first bound whose cutoff passes them
+    SELECT t.user_id, t.delta,
+           (SELECT min(b.k) FROM bounds b WHERE t.created_at < b.cutoff) AS k
+    FROM public.user_point_transactions t
+    JOIN candidates c ON c.user_id = t.user_id
     CROSS JOIN window_cutoffs w
-    CROSS JOIN LATERAL (
-        SELECT (SELECT min(b.k) FROM bounds b WHERE t.created_at < b.cutoff) AS k, sum(t.delta) AS points
-        FROM public.user_point_transactions t
-        WHERE t.user_id = c.user_id AND t.delta > 0 AND t.created_at >= w.first_cutoff AND t.created_at < w.last_cutoff
-        GROUP BY 1
-    ) AS r
+    WHERE t.delta > 0 AND t.created_at >= w.first_cutoff AND t.created_at < w.last_cutoff
 ),
 expiring_by AS (  -- X(t_k) at each bound where a row crosses
-    SELECT user_id, k, balance,
-           greatest(0, earned_before + sum(points) OVER (PARTITION BY user_id ORDER BY k) - debited)
-             - greatest(0, earned_before - debited) AS expired_by
-    FROM crossing_by_k
+    SELECT r.user_id, r.k, c.balance,
+           greatest(0, c.earned_before + sum(sum(r.delta)) OVER (PARTITION BY r.user_id ORDER BY r.k) - c.debited)
+             - greatest(0, c.earned_before - c.debited) AS expired_by
+    FROM crossing_rows r
+    JOIN candidates c ON c.user_id = r.user_id
+    GROUP BY r.user_id, r.k, c.balance, c.earned_before, c.debited
 ),
 per_day AS (  -- X(t_k) - X(t_(k-1)): the points expiring in (t_(k-1), t_k], the UTC day of t_(k-1)
     SELECT user_id, k, balance,

@@ -99,6 +99,7 @@ class _RewardRun:
         """Derive what the whole history owes now into the session's run_plan; return how many
         relationships have something to write."""
         conn.execute(_queries["bulk_joins"])
+        conn.execute(_queries["whole_history_through_the_coordinator"])
         conn.execute(_queries.render("plan_run", payments=self.ctx.settings.payments_table_sql),
                      {**self.params, "batch_size": self.ctx.settings.batch_size})
         conn.execute(_queries["index_plan"])

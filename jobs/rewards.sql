@@ -20,6 +20,12 @@ WHERE status = 'REWARDED' AND (:level = 2 OR level = 1);
 -- nested loop over hundreds of thousands of rows.
 SET LOCAL enable_nestloop = off;
 
+-- name: whole_history_through_the_coordinator --
+-- On Citus the plan compares what is owed with what is written on the coordinator (relationships and
+-- rewards are reference tables), from intermediate results it writes to disk there; over the whole
+-- history they pass Citus's 1 GB guard (2M users). On plain PostgreSQL a `citus.` setting is inert.
+SET LOCAL citus.max_intermediate_result_size = -1;
+
 -- name: plan_run --
 -- What the whole history owes now, less what this level already holds:
 --   earning: REWARDED relationships with rewarded_at and a beneficiary at this level: level 1, the
