@@ -54,7 +54,8 @@ def run(ctx: RunContext) -> None:
 def _plan(ctx: RunContext, conn: Connection, cutoff: datetime) -> Any:
     """One pass over the ledger: the users with something due, in the session's expiry_plan."""
     conn.execute(_queries["create_plan"])
-    plan = conn.execute(_queries["plan_run"], {"cutoff": cutoff, "batch_size": ctx.settings.batch_size}).one()
+    plan = conn.execute(_queries["plan_run"], {"cutoff": cutoff, "as_of": ctx.as_of,
+                                               "batch_size": ctx.settings.batch_size}).one()
     conn.execute(_queries["index_plan"])
     conn.commit()
     ctx.stats.update(users_checked=plan.users_checked, users_to_expire=plan.users_due)
@@ -64,11 +65,14 @@ def _plan(ctx: RunContext, conn: Connection, cutoff: datetime) -> Any:
 def _expire_batch(ctx: RunContext, conn: Connection, number: int, batches: int, keys: dict[str, Any]) -> Batch:
     """One batch of the users with something due: lock their balance rows, then write what is due,
     read again from the ledger under the lock."""
-    user_ids = [str(user_id) for user_id in conn.execute(_queries["batch_users"], {"batch": number}).scalars()]
+    users = conn.execute(_queries["batch_users"], {"batch": number}).all()
+    user_ids = [str(user.user_id) for user in users]
     if user_ids:
+        debited_at_as_of = [str(user.user_id) for user in users if user.debited_at_as_of]
         with undone_when(conn, dry_run=ctx.dry_run):
             lock_balances(conn, user_ids)
-            written = write_points(conn, _queries.raw("expiry_candidates"), {**keys, **_users(user_ids)},
+            written = write_points(conn, _queries.raw("expiry_candidates"),
+                                   {**keys, **_users(user_ids), "debited_at_as_of": debited_at_as_of},
                                    as_of=ctx.as_of)
         ctx.record_points(written)
         ctx.count("users_expired", written.users)

@@ -6,23 +6,26 @@
 SELECT CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int));
 
 -- name: create_plan --
-CREATE TEMP TABLE expiry_plan (user_id uuid NOT NULL, batch int NOT NULL);
+CREATE TEMP TABLE expiry_plan (user_id uuid NOT NULL, batch int NOT NULL, debited_at_as_of boolean NOT NULL);
 
 -- name: plan_run --
 -- One pass over the whole ledger: every user with points earned before cutoff is checked; those with
 -- something due go into the plan, numbered in batches in user_id order. The due is read again per
 -- batch under the balance lock (a debit committed meanwhile can only lower it, never raise it).
+-- debited_at_as_of: the user has a debit dated exactly as_of, as every EXPIRY row of this as-of is
+-- (only runs of the same as-of write those, one at a time), so only such users can need a key with :{n}.
 WITH per_user AS MATERIALIZED (
     SELECT user_id,
            bool_or(delta > 0 AND created_at < :cutoff) AS earned_before_cutoff,
+           bool_or(delta < 0 AND created_at = :as_of)  AS debited_at_as_of,
            coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
          + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
     FROM public.user_point_transactions
     GROUP BY user_id
 ),
 planned AS (
-    INSERT INTO pg_temp.expiry_plan (user_id, batch)
-    SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / :batch_size
+    INSERT INTO pg_temp.expiry_plan (user_id, batch, debited_at_as_of)
+    SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / :batch_size, debited_at_as_of
     FROM per_user
     WHERE due > 0
     RETURNING batch
@@ -36,7 +39,7 @@ FROM per_user;
 CREATE INDEX ON pg_temp.expiry_plan (batch);
 
 -- name: batch_users --
-SELECT user_id FROM pg_temp.expiry_plan WHERE batch = :batch ORDER BY user_id;
+SELECT user_id, debited_at_as_of FROM pg_temp.expiry_plan WHERE batch = :batch ORDER BY user_id;
 
 -- name: expiry_candidates --
 -- The EXPIRY rows of a batch, for the ledger writer. Every debit of the ledger is counted, also one
@@ -63,14 +66,15 @@ FROM (
     GROUP BY user_id
 ) AS per_user
 LEFT JOIN (
-    -- Rows of this as-of's keys already written: only runs of the same as-of write them, dated as_of,
-    -- so each user's are one range of idx_upt_user_created_delta.
+    -- Rows of this as-of's keys already written, looked up by user for the batch's users the plan
+    -- found debited at as_of (usually none). Not by date: every row a job writes is dated its as-of,
+    -- so this run's earlier batches (and, under run-all, the reward jobs' rows) pile up at as_of in
+    -- idx_upt_created, which the planner, its statistics older than they, took for one row: at 600k
+    -- users batch 21 filtered 105,000 rows there, and each batch more than the one before.
     SELECT t.user_id, count(*) AS rows
-    FROM public.user_point_transactions AS t
-    WHERE t.user_id = ANY(CAST(:user_ids AS uuid[]))
-      AND t.user_id BETWEEN :first_user_id AND :last_user_id
-      AND t.created_at = :as_of
-      AND t.type = 'EXPIRY'
+    FROM unnest(CAST(:debited_at_as_of AS uuid[])) AS debited(user_id)
+    JOIN public.user_point_transactions AS t ON t.user_id = debited.user_id
+    WHERE t.type = 'EXPIRY'
       AND (t.idempotency_key = 'expiry:' || CAST(t.user_id AS text) || ':' || CAST(:as_of_key AS text)
            OR starts_with(t.idempotency_key, 'expiry:' || CAST(t.user_id AS text) || ':' || CAST(:as_of_key AS text) || ':'))
     GROUP BY t.user_id
