@@ -12,9 +12,9 @@ expire-points runs would have it: a point is never announced twice.
 The CSV `expiring-{as_of:%Y%m%dT%H%M%SZ}-{run}.csv` (header `user_id,points,expires_on,balance`,
 `balance` the user's ledger balance now, ordered by `expires_on, user_id`) is written aside and renamed
 into place whole; a run with nothing expiring writes the header alone, so the CRM can tell "nothing
-expires" from "the job did not run". The ledger is never read whole: only a user with an earning
-row in the 30-odd days that cross a cutoff can have points expiring, so those users are found by date
-(an index) and only their ledgers are summed.
+expires" from "the job did not run". Only a user with an earning row in the 30-odd days that
+cross a cutoff can have points expiring, so those users are found by date (an index) and only their
+ledgers are summed, not every user's.
 
 A dry run computes the same rows and stats but writes no file. `REWARDS_EXPIRY_NOTICE_DAYS=0` or
 `REWARDS_POINTS_EXPIRY_MONTHS=0` turns the job off (no file, stats say why).

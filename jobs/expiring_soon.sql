@@ -3,8 +3,9 @@
 -- name: expiring --
 -- Only a user with an earning row dated in the crossing window [as_of - N months, last cutoff) can have
 -- points expiring in the window; those users are found through an index of the ledger by date
--- (migration 013's idx_upt_earned_created, or idx_upt_created), so the ledger is never read whole.
--- Their whole ledgers are then summed (E(as_of), D, the balance, the points crossing a cutoff) and
+-- (migration 013's idx_upt_earned_created, or idx_upt_created), and only their ledgers are summed,
+-- not every user's (where many users cross, the planner may read the user index whole, in order).
+-- Their whole ledgers are summed (E(as_of), D, the balance, the points crossing a cutoff) and
 -- their earning rows in the crossing window put on the first bound whose cutoff passes them. Bounds are
 -- as_of, each UTC midnight inside the window and the window's end; a bound's cutoff is `t - N months`.
 -- Because cutoffs are taken as "the first bound that passes the row", a cutoff that steps back at a
@@ -24,7 +25,7 @@ WITH bounds AS (
 ),
 -- The crossing window [first_cutoff, last_cutoff). Cutoffs never decrease as t grows (UTC month arithmetic
 -- clamps the day), so the last is the window end's. crossing_users spells the window out again: joined
--- from here, PostgreSQL 15 read it with a scan of the whole ledger instead of the index by date.
+-- from here, PostgreSQL 15 read it with a full scan of the user index instead of the index by date.
 window_cutoffs AS NOT MATERIALIZED (
     SELECT CAST(:as_of AS timestamptz) - make_interval(months => :months)      AS first_cutoff,
            CAST(:window_end AS timestamptz) - make_interval(months => :months) AS last_cutoff
@@ -36,7 +37,7 @@ crossing_users AS (
       AND t.created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :months)
       AND t.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months)
 ),
-per_user AS (  -- each crossing user's whole ledger, read by its user_id (idx_upt_user_created_delta)
+per_user AS (  -- each crossing user's whole ledger (idx_upt_user_created_delta, index-only)
     SELECT t.user_id,
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
            coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
