@@ -5,38 +5,37 @@
 -- PostgreSQL month arithmetic in UTC (the session time zone): Mar 31 - 1 month = Feb 28/29.
 SELECT CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int));
 
--- name: create_plan --
-CREATE TEMP TABLE expiry_plan (user_id uuid NOT NULL, batch int NOT NULL, debited_at_as_of boolean NOT NULL);
-
 -- name: plan_run --
--- One pass over the whole ledger: every user with points earned before cutoff is checked; those with
--- something due go into the plan, numbered in batches in user_id order. The due is read again per
--- batch under the balance lock (a debit committed meanwhile can only lower it, never raise it).
+-- One pass over the whole ledger into the session's expiry_plan: every user with points earned before
+-- the cutoff is checked; those with something due (due > 0 implies such points) are numbered in batches
+-- in user_id order (a running count of the due users: the per-user pass already comes in that order).
+-- The due is read again per batch under the balance lock (a debit committed meanwhile can only lower
+-- it, never raise it). A CREATE TABLE AS, not an INSERT, so that the pass runs with parallel workers.
 -- debited_at_as_of: the user has a debit dated exactly as_of, as every EXPIRY row of this as-of is
 -- (only runs of the same as-of write those, one at a time), so only such users can need a key with :{n}.
-WITH per_user AS MATERIALIZED (
+CREATE TEMP TABLE expiry_plan AS
+SELECT user_id,
+       CASE WHEN due > 0
+            THEN (count(*) FILTER (WHERE due > 0) OVER (ORDER BY user_id ROWS UNBOUNDED PRECEDING) - 1)
+                 / :batch_size
+       END AS batch,
+       debited_at_as_of
+FROM (
     SELECT user_id,
-           bool_or(delta > 0 AND created_at < :cutoff) AS earned_before_cutoff,
-           bool_or(delta < 0 AND created_at = :as_of)  AS debited_at_as_of,
+           bool_or(delta < 0 AND created_at = :as_of) AS debited_at_as_of,
            coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
          + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
     FROM public.user_point_transactions
     GROUP BY user_id
-),
-planned AS (
-    INSERT INTO pg_temp.expiry_plan (user_id, batch, debited_at_as_of)
-    SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / :batch_size, debited_at_as_of
-    FROM per_user
-    WHERE due > 0
-    RETURNING batch
-)
-SELECT count(*) FILTER (WHERE earned_before_cutoff) AS users_checked,
-       (SELECT count(*) FROM planned)               AS users_due,
-       (SELECT coalesce(max(batch) + 1, 0) FROM planned) AS batches
-FROM per_user;
+    HAVING bool_or(delta > 0 AND created_at < :cutoff)
+) AS per_user;
 
 -- name: index_plan --
 CREATE INDEX ON pg_temp.expiry_plan (batch);
+
+-- name: plan_size --
+SELECT count(*) AS users_checked, count(batch) AS users_due, coalesce(max(batch) + 1, 0) AS batches
+FROM pg_temp.expiry_plan;
 
 -- name: batch_users --
 SELECT user_id, debited_at_as_of FROM pg_temp.expiry_plan WHERE batch = :batch ORDER BY user_id;

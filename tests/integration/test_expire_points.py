@@ -301,6 +301,25 @@ def test_a_batch_reads_only_its_users_ledger_rows_by_index(engine, settings):
     assert "idx_upt_created" not in plan
 
 
+def test_the_plan_pass_over_the_whole_ledger_may_run_with_parallel_workers(engine, settings):
+    """The plan reads every user's ledger once, like the bound; PostgreSQL plans no parallel workers
+    for a statement that writes (an INSERT, also one inside a CTE), but does for CREATE TABLE AS."""
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
+            " SELECT gen_random_uuid(), 10, 'REFERRAL_WELCOME', timestamptz '2024-01-01' + n * interval '1 hour'"
+            " FROM generate_series(1, 5000) AS n"))
+        conn.execute(text("ANALYZE public.user_point_transactions"))
+        for cheap_parallelism in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0",
+                                  "min_parallel_table_scan_size = 0", "min_parallel_index_scan_size = 0",
+                                  "max_parallel_workers_per_gather = 2"):
+            conn.execute(text(f"SET LOCAL {cheap_parallelism}"))
+        plan = "\n".join(conn.execute(text("EXPLAIN " + expire_points._queries.raw("plan_run")), {
+            "cutoff": CUTOFF, "as_of": AS_OF, "batch_size": 1000}).scalars())
+
+    assert "Gather" in plan, plan
+
+
 # ── race with the app ────────────────────────────────────────────────────────
 
 def _wait_for_a_lock_wait(engine, timeout=10.0):
