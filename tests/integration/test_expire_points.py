@@ -278,16 +278,21 @@ def test_users_are_expired_in_batches(engine, make_settings):
     assert all(_expiry_deltas(engine, user) == [-7] for user in users)
 
 
+def _analyzed_ledger_of_old_welcome_rows(conn, users):
+    """One earning row each for `users` new users, an hour apart from 2024-01-01; then ANALYZE."""
+    conn.execute(text(
+        "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
+        " SELECT gen_random_uuid(), 10, 'REFERRAL_WELCOME', timestamptz '2024-01-01' + n * interval '1 hour'"
+        " FROM generate_series(1, :users) AS n"), {"users": users})
+    conn.execute(text("ANALYZE public.user_point_transactions"))
+
+
 def test_a_batch_reads_only_its_users_ledger_rows_by_index(engine, settings):
     """The one pass over the ledger happens before any lock; under the lock, a batch reads its own
     users' rows only: never by date, where the rows the run (and the jobs before it) wrote pile up at
     as_of after the statistics were taken (here 20,000 of them)."""
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
-            " SELECT gen_random_uuid(), 10, 'REFERRAL_WELCOME', timestamptz '2024-01-01' + n * interval '1 hour'"
-            " FROM generate_series(1, 20000) AS n"))
-        conn.execute(text("ANALYZE public.user_point_transactions"))
+        _analyzed_ledger_of_old_welcome_rows(conn, 20000)
         conn.execute(text(
             "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
             " SELECT gen_random_uuid(), -1, 'EXPIRY', :as_of FROM generate_series(1, 20000)"), {"as_of": AS_OF})
@@ -305,11 +310,7 @@ def test_the_plan_pass_over_the_whole_ledger_may_run_with_parallel_workers(engin
     """The plan reads every user's ledger once, like the bound; PostgreSQL plans no parallel workers
     for a statement that writes (an INSERT, also one inside a CTE), but does for CREATE TABLE AS."""
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
-            " SELECT gen_random_uuid(), 10, 'REFERRAL_WELCOME', timestamptz '2024-01-01' + n * interval '1 hour'"
-            " FROM generate_series(1, 5000) AS n"))
-        conn.execute(text("ANALYZE public.user_point_transactions"))
+        _analyzed_ledger_of_old_welcome_rows(conn, 5000)
         for cheap_parallelism in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0",
                                   "min_parallel_table_scan_size = 0", "min_parallel_index_scan_size = 0",
                                   "max_parallel_workers_per_gather = 2"):
