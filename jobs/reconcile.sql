@@ -46,21 +46,23 @@ SELECT count(*) FROM public.user_point_transactions WHERE created_at <= :up_to;
 -- 021's statistics let each parallel worker, or each shard, hash those few thousand groups), then the
 -- days by month: `month` is a bucket of :month_starts (the 12 charted months' first instants and the
 -- next month's, all UTC midnights): 0 before them, 1..12 a charted month.
+-- A bound left out (NULL) is written `bound IS NULL OR …`, which the planner folds away: a first reconcile then
+-- compares nothing per row (at 2M users 2.7 s against 3.3 s with comparisons to ±infinity).
 SELECT type, width_bucket(day, CAST(:month_starts AS timestamptz[])) AS month, in_period, after_as_of,
        sum(rows) AS rows, sum(balance) AS balance, sum(earned) AS earned, sum(spent) AS spent
 FROM (
     SELECT type,
            date_bin(CAST('1 day' AS interval), created_at, CAST('2000-01-01 00:00:00+00' AS timestamptz)) AS day,
-           created_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity') AS in_period,
+           (CAST(:previous_as_of AS timestamptz) IS NULL OR created_at > :previous_as_of) AS in_period,
            created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of,
            count(*)                                                                 AS rows,
            sum(delta)                                                               AS balance,
            coalesce(sum(delta) FILTER (WHERE delta > 0), 0)                         AS earned,
            coalesce(sum(delta) FILTER (WHERE delta < 0), 0)                         AS spent
     FROM public.user_point_transactions
-    WHERE created_at >= coalesce(CAST(:from AS timestamptz), '-infinity')
-      AND created_at > coalesce(CAST(:after AS timestamptz), '-infinity')
-      AND created_at <= coalesce(CAST(:up_to AS timestamptz), 'infinity')
+    WHERE (CAST(:from AS timestamptz) IS NULL OR created_at >= :from)
+      AND (CAST(:after AS timestamptz) IS NULL OR created_at > :after)
+      AND (CAST(:up_to AS timestamptz) IS NULL OR created_at <= :up_to)
     GROUP BY 1, 2, 3, 4
 ) AS by_day
 GROUP BY 1, 2, 3, 4;

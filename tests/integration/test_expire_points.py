@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from core.runner import run_job
 from jobs import expire_points
-from tests.builders import add_app_points, balance_of, ledger_rows, new_id, utc
+from tests.builders import add_analyzed_ledger, add_app_points, balance_of, ledger_rows, new_id, utc
 
 AS_OF = utc(2026, 6, 1)
 CUTOFF = utc(2025, 6, 1)  # AS_OF - 12 months
@@ -278,21 +278,16 @@ def test_users_are_expired_in_batches(engine, make_settings):
     assert all(_expiry_deltas(engine, user) == [-7] for user in users)
 
 
-def _analyzed_ledger_of_old_welcome_rows(conn, users):
-    """One earning row each for `users` new users, an hour apart from 2024-01-01; then ANALYZE."""
-    conn.execute(text(
-        "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
-        " SELECT gen_random_uuid(), 10, 'REFERRAL_WELCOME', timestamptz '2024-01-01' + n * interval '1 hour'"
-        " FROM generate_series(1, :users) AS n"), {"users": users})
-    conn.execute(text("ANALYZE public.user_point_transactions"))
-
-
 def test_a_batch_reads_only_its_users_ledger_rows_by_index(engine, settings):
     """The one pass over the ledger happens before any lock; under the lock, a batch reads its own
     users' rows only: never by date, where the rows the run (and the jobs before it) wrote pile up at
     as_of after the statistics were taken (here 20,000 of them)."""
     with engine.begin() as conn:
-        _analyzed_ledger_of_old_welcome_rows(conn, 20000)
+        conn.execute(text(
+            "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
+            " SELECT gen_random_uuid(), 10, 'REFERRAL_WELCOME', timestamptz '2024-01-01' + n * interval '1 hour'"
+            " FROM generate_series(1, 20000) AS n"))
+        conn.execute(text("ANALYZE public.user_point_transactions"))
         conn.execute(text(
             "INSERT INTO public.user_point_transactions (user_id, delta, type, created_at)"
             " SELECT gen_random_uuid(), -1, 'EXPIRY', :as_of FROM generate_series(1, 20000)"), {"as_of": AS_OF})
@@ -310,7 +305,7 @@ def test_the_plan_pass_over_the_whole_ledger_may_run_with_parallel_workers(engin
     """The plan reads every user's ledger once, like the bound; PostgreSQL plans no parallel workers
     for a statement that writes (an INSERT, also one inside a CTE), but does for CREATE TABLE AS."""
     with engine.begin() as conn:
-        _analyzed_ledger_of_old_welcome_rows(conn, 5000)
+        add_analyzed_ledger(conn, rows=5000, first_at=OLD)
         for cheap_parallelism in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0",
                                   "min_parallel_table_scan_size = 0", "min_parallel_index_scan_size = 0",
                                   "max_parallel_workers_per_gather = 2"):

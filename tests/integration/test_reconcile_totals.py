@@ -224,12 +224,16 @@ def test_a_chain_of_reconciles_with_late_rows_and_a_rerun_of_a_past_date_stays_e
     _assert_recomputed(engine, rerun, as_ofs[3], as_ofs[2])
 
 
+def _movements_params(**bounds):
+    """`movements`' parameters for AS_OF's 12 charted months, every bound left out unless given."""
+    return {"month_starts": [utc(2025, 7 + n, 1) if n < 6 else utc(2026, n - 5, 1) for n in range(13)],
+            "previous_as_of": None, "as_of": AS_OF, "from": None, "after": None, "up_to": None, **bounds}
+
+
 def _inner_groups_estimated(conn) -> float:
     """The planner's estimate of the (type, day, …) groups of `movements`' first aggregate."""
-    plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("movements")), {
-        "month_starts": [utc(2025, 7 + n, 1) if n < 6 else utc(2026, n - 5, 1) for n in range(13)],
-        "previous_as_of": None, "as_of": AS_OF, "from": None, "after": None,
-        "up_to": None}).scalar_one()[0]["Plan"]
+    plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("movements")),
+                        _movements_params()).scalar_one()[0]["Plan"]
     aggregates = [node["Plan Rows"] for node in plan_nodes(plan) if node["Node Type"] == "Aggregate"]
     return min(aggregates[1:]) if len(aggregates) > 1 else aggregates[0]
 
@@ -253,6 +257,24 @@ def test_the_movements_planner_knows_the_ledger_has_few_days_so_it_hashes_them_p
         conn.rollback()  # the statistics come back
     assert with_statistics <= 1_000
     assert without_statistics >= 10_000  # the test can tell: without them, one group per row
+
+
+def _movements_plan(conn, **bounds) -> str:
+    return "\n".join(conn.execute(text("EXPLAIN " + reconcile._queries.raw("movements")),
+                                   _movements_params(**bounds)).scalars())
+
+
+def test_a_first_reconciles_movements_compare_nothing_per_row_and_a_later_one_reads_by_date(engine):
+    """The bounds left out fold away (no per-row comparison with -infinity: 2.7 s against 3.3 s at 2M
+    users); a bound given still reads its range through idx_upt_created."""
+    with engine.begin() as conn:
+        add_analyzed_ledger(conn, rows=20000, first_at=utc(2025, 1, 1))
+    with engine.connect() as conn:
+        every_row = _movements_plan(conn)
+        since_previous = _movements_plan(conn, previous_as_of=AS_OF - timedelta(days=1),
+                                         after=AS_OF - timedelta(days=1))
+    assert "Filter" not in every_row and "Cond" not in every_row, every_row
+    assert "idx_upt_created" in since_previous, since_previous
 
 
 def _aggregate_strategies(conn) -> set[str]:

@@ -50,6 +50,8 @@ NOT_ON_CITUS = {
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     "test_the_plan_pass_over_the_whole_ledger_may_run_with_parallel_workers":
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
+    "test_a_first_reconciles_movements_compare_nothing_per_row_and_a_later_one_reads_by_date":
+        "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     # These wait for the job to block in the coordinator's pg_stat_activity; on Citus the row lock is
     # waited for on the node that holds the row, where that helper does not look.
     "test_a_redemption_committed_while_the_job_waits_for_the_lock_is_not_expired_again":
