@@ -53,7 +53,8 @@ def run(ctx: RunContext) -> None:
 
 def _plan(ctx: RunContext, conn: Connection, cutoff: datetime) -> Any:
     """One pass over the ledger: the users with something due, in the session's expiry_plan."""
-    conn.execute(_queries["plan_run"], {"cutoff": cutoff, "as_of": ctx.as_of, "batch_size": ctx.settings.batch_size})
+    conn.execute(_queries["plan_run"], {"cutoff": cutoff, "as_of": ctx.as_of,
+                                        "batch_size": ctx.settings.batch_size})
     conn.execute(_queries["index_plan"])
     plan = conn.execute(_queries["plan_size"]).one()
     conn.commit()
