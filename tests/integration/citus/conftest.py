@@ -118,12 +118,18 @@ def _create_distributed_database(name: str) -> None:
         node.dispose()
 
 
-def _drop_everywhere(name: str) -> None:
+def _drop_everywhere(name: str, attempts: int = 10) -> None:
+    """FORCE ends the sessions in the database, but a node's Citus maintenance daemon may connect to it
+    again before the drop (once in CI: "being accessed by other users"), so a refused drop is retried."""
     for port in NODE_PORTS:
-        admin = _autocommit(port)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        for attempt in range(1, attempts + 1):
+            try:
+                _autocommit_statement(port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except OperationalError as error:
+                if "being accessed by other users" not in str(error) or attempt == attempts:
+                    raise
+                time.sleep(0.2 * attempt)
 
 
 def _autocommit_statement(port: int, statement: str) -> None:
