@@ -1,9 +1,12 @@
 """expire-points: points expire `REWARDS_POINTS_EXPIRY_MONTHS` after they were earned, oldest first.
 
 With `cutoff = as_of - N months` (PostgreSQL month arithmetic in UTC), for every user:
-`due = (sum of positive deltas with created_at < cutoff) - (sum of |negative deltas|)`, over all
-types, earlier EXPIRY rows and clawbacks included, whatever the debits' dates (a debit dated after
-the as-of instant, e.g. a redemption committed meanwhile, has consumed the oldest points already).
+`due = (sum of lots with created_at < cutoff) - (sum of |negative deltas| other than clawbacks)`,
+whatever the debits' dates (a debit dated after the as-of instant, e.g. a redemption committed
+meanwhile, has consumed the oldest points already). Each positive row is a lot; a reward's lot is
+reduced by its own clawback, which therefore never consumes (or postpones the expiry of) older
+points; recoveries and every other debit, earlier EXPIRY rows included, consume the oldest lots
+(docs/rules.md). An expiry that cannot be stored (over INT) is counted and logged, never failing.
 Where `due > 0`: one EXPIRY row with `delta = -due`, `ref_id` NULL, key
 `expiry:{user_id}:{as_of ISO-8601 in UTC}` (e.g. `expiry:…:2026-06-01T00:45:00+00:00`); when that key
 exists and due is still positive (points back-filled since, then a re-run of the same as-of), the
@@ -43,7 +46,7 @@ def run(ctx: RunContext) -> None:
     with ctx.engine.connect() as conn:
         cutoff = conn.execute(_queries["cutoff"], {"as_of": ctx.as_of, "months": months}).scalar_one()
         ctx.stats["cutoff"] = cutoff.isoformat()
-        ctx.stats.update(users_expired=0)
+        ctx.stats.update(users_expired=0, skipped_unstorable=0)
         with session_tables(conn, "expiry_plan"):
             plan = _plan(ctx, conn, cutoff)
             keys = {"cutoff": cutoff, "as_of_key": expiry_key_instant(ctx.as_of), "cutoff_key": cutoff.isoformat()}
@@ -76,6 +79,10 @@ def _expire_batch(ctx: RunContext, conn: Connection, number: int, batches: int, 
                                    as_of=ctx.as_of)
         ctx.record_points(written)
         ctx.count("users_expired", written.users)
+        for key in written.unstorable:
+            ctx.count("skipped_unstorable")
+            ctx.log.warning("an expiry does not fit the ledger's INT; skipped", action="expiry_unstorable",
+                            idempotency_key=key)
     return Batch.numbered(number, of=batches, items=len(user_ids))
 
 

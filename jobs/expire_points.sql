@@ -1,5 +1,11 @@
--- expire-points: FIFO expiry. Per user, due = (positive deltas with created_at < cutoff)
--- - (|negative deltas|), over all types, earlier EXPIRY rows included (see expiry_candidates).
+-- expire-points: FIFO expiry of lots (docs/rules.md). Per user,
+-- due = (lots with created_at < cutoff, a reward's lot less its own clawback) - (|other debits|),
+-- earlier EXPIRY rows and recoveries included (see expiry_candidates). A reward's own clawback
+-- (`clawback:{reward key}`) cancels points of that reward, never the user's oldest points: it is
+-- left out of the debits, and reduces its reward's lot when that lot is before the cutoff. As both
+-- are in the ledger sums already, the sums are corrected by the clawed-back points of rewards dated
+-- at or after the cutoff (from referral_rewards, where each clawback is recorded beside its reward;
+-- its `rewarded_at` is the reward row's created_at).
 
 -- name: cutoff --
 -- PostgreSQL month arithmetic in UTC (the session time zone): Mar 31 - 1 month = Feb 28/29.
@@ -21,13 +27,23 @@ SELECT user_id,
        END AS batch,
        debited_at_as_of
 FROM (
-    SELECT user_id,
-           bool_or(delta < 0 AND created_at = :as_of) AS debited_at_as_of,
-           coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
-         + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
-    FROM public.user_point_transactions
-    GROUP BY user_id
-    HAVING bool_or(delta > 0 AND created_at < :cutoff)
+    SELECT ledger.user_id, ledger.debited_at_as_of,
+           ledger.due + coalesce(young_clawbacks.points, 0) AS due
+    FROM (
+        SELECT user_id,
+               bool_or(delta < 0 AND created_at = :as_of) AS debited_at_as_of,
+               coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
+             + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
+        FROM public.user_point_transactions
+        GROUP BY user_id
+        HAVING bool_or(delta > 0 AND created_at < :cutoff)
+    ) AS ledger
+    LEFT JOIN (
+        SELECT beneficiary_user_id AS user_id, sum(clawed_back_points) AS points
+        FROM public.referral_rewards
+        WHERE clawback_key IS NOT NULL AND clawed_back_points > 0 AND rewarded_at >= :cutoff
+        GROUP BY beneficiary_user_id
+    ) AS young_clawbacks ON young_clawbacks.user_id = ledger.user_id
 ) AS per_user;
 
 -- name: index_plan --
@@ -54,15 +70,25 @@ SELECT per_user.user_id,
                                                                             AS idempotency_key,
        'points earned before ' || CAST(:cutoff_key AS text) || ' expired (FIFO)' AS note
 FROM (
-    SELECT user_id,
-           'expiry:' || CAST(user_id AS text) || ':' || CAST(:as_of_key AS text) AS key,
-           coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
-         + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
-    FROM public.user_point_transactions
-    WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
-      -- The same users as a range, which the planner estimates well (idx_upt_user_created_delta).
-      AND user_id BETWEEN :first_user_id AND :last_user_id
-    GROUP BY user_id
+    SELECT ledger.user_id, ledger.key, ledger.due + coalesce(young_clawbacks.points, 0) AS due
+    FROM (
+        SELECT user_id,
+               'expiry:' || CAST(user_id AS text) || ':' || CAST(:as_of_key AS text) AS key,
+               coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
+             + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
+        FROM public.user_point_transactions
+        WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
+          -- The same users as a range, which the planner estimates well (idx_upt_user_created_delta).
+          AND user_id BETWEEN :first_user_id AND :last_user_id
+        GROUP BY user_id
+    ) AS ledger
+    LEFT JOIN (
+        SELECT beneficiary_user_id AS user_id, sum(clawed_back_points) AS points
+        FROM public.referral_rewards
+        WHERE beneficiary_user_id = ANY(CAST(:user_ids AS uuid[]))
+          AND clawback_key IS NOT NULL AND clawed_back_points > 0 AND rewarded_at >= :cutoff
+        GROUP BY beneficiary_user_id
+    ) AS young_clawbacks ON young_clawbacks.user_id = ledger.user_id
 ) AS per_user
 LEFT JOIN (
     -- Rows of this as-of's keys already written, looked up by user for the batch's users the plan

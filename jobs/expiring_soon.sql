@@ -37,7 +37,7 @@ crossing_users AS (
       AND t.created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :months)
       AND t.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months)
 ),
-per_user AS (  -- each crossing user's whole ledger (idx_upt_user_created_delta, index-only)
+ledger_per_user AS (  -- each crossing user's whole ledger (idx_upt_user_created_delta, index-only)
     SELECT t.user_id,
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
            coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
@@ -49,16 +49,46 @@ per_user AS (  -- each crossing user's whole ledger (idx_upt_user_created_delta,
     WHERE t.user_id IN (SELECT user_id FROM crossing_users)
     GROUP BY t.user_id
 ),
+-- Lots as expire-points counts them (docs/rules.md): a reward's lot less its own clawback, which is no
+-- debit. The ledger sums above hold both, so they are corrected by the clawed-back points recorded
+-- beside each reward in referral_rewards (its rewarded_at is the reward row's created_at).
+own_clawbacks AS (
+    SELECT rr.beneficiary_user_id AS user_id,
+           sum(rr.clawed_back_points)                                                        AS all_points,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at < w.first_cutoff), 0) AS before_points,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= w.first_cutoff
+                                                          AND rr.rewarded_at < w.last_cutoff), 0) AS crossing_points
+    FROM public.referral_rewards AS rr
+    CROSS JOIN window_cutoffs w
+    WHERE rr.clawed_back_points > 0
+      AND rr.beneficiary_user_id IN (SELECT user_id FROM crossing_users)
+    GROUP BY rr.beneficiary_user_id
+),
+per_user AS (
+    SELECT l.user_id,
+           l.earned_before - coalesce(c.before_points, 0) AS earned_before,
+           l.debited - coalesce(c.all_points, 0)          AS debited,
+           l.crossing - coalesce(c.crossing_points, 0)    AS crossing,
+           l.balance
+    FROM ledger_per_user AS l
+    LEFT JOIN own_clawbacks AS c ON c.user_id = l.user_id
+),
 candidates AS (
     SELECT * FROM per_user WHERE crossing > 0 AND earned_before + crossing > debited
 ),
-crossing_rows AS (  -- the candidates' earning rows in the crossing window, on the first bound whose cutoff passes them
-    SELECT t.user_id, t.delta,
-           (SELECT min(b.k) FROM bounds b WHERE t.created_at < b.cutoff) AS k
+crossing_lots AS (  -- the candidates' earning rows in the crossing window
+    SELECT t.user_id, t.delta, t.idempotency_key, t.created_at
     FROM public.user_point_transactions t
     JOIN candidates c ON c.user_id = t.user_id
     CROSS JOIN window_cutoffs w
     WHERE t.delta > 0 AND t.created_at >= w.first_cutoff AND t.created_at < w.last_cutoff
+),
+crossing_rows AS (  -- each lot less its own clawback, on the first bound whose cutoff passes it
+    SELECT l.user_id, l.delta - coalesce(rr.clawed_back_points, 0) AS delta,
+           (SELECT min(b.k) FROM bounds b WHERE l.created_at < b.cutoff) AS k
+    FROM crossing_lots AS l
+    LEFT JOIN public.referral_rewards AS rr
+           ON rr.idempotency_key = l.idempotency_key AND rr.clawed_back_points > 0
 ),
 expiring_by AS (  -- X(t_k) at each bound where a row crosses
     SELECT r.user_id, r.k, c.balance,

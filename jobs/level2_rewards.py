@@ -33,7 +33,7 @@ JOB = Job(
     name="level2-rewards",
     run=run,
     check=check_payments_feed,
-    settings_used=("l2_months", "l2_reward", "points_per_usd", "reward_hold_days", "payments_table",
+    settings_used=("l2_months", "l2_reward", "points_per_usd", "reward_hold_days", "recovery", "payments_table",
                    "batch_size"),
     description="referrers' referrers earn a share of each paid month 0..N-1 of level-2 referrals",
 )

@@ -30,7 +30,7 @@ JOB = Job(
     name="recurring-rewards",
     run=run,
     check=check_payments_feed,
-    settings_used=("recurring_months", "recurring_reward", "points_per_usd", "reward_hold_days",
+    settings_used=("recurring_months", "recurring_reward", "points_per_usd", "reward_hold_days", "recovery",
                    "payments_table", "batch_size"),
     description="referrers earn a share of each paid month 1..N of the people they referred",
 )

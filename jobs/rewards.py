@@ -1,32 +1,32 @@
 """What recurring-rewards and level2-rewards share: one rule, one statement per step (rewards.sql).
 
-Each run derives from the data as it is now (relationships, payments, the rewards already written,
-settings, as-of) what every month owes, and writes the difference; nothing is remembered between runs,
-so a payment recorded late, a FAILED payment turned PAID, a relationship or parent that changed late,
-or a re-run of a past date is rewarded by the next run.
+The rule is docs/rules.md's reading of SPEC v3. Each run derives from the data as it is now
+(relationships, payments, the rewards already written, settings, as-of) what every month owes, and
+writes the difference; nothing is remembered between runs, so whatever moved (a payment recorded
+late, its date or amount corrected, a refund or its reversal, a relationship's rewarded_at, referrer or
+parent changed, a relationship deleted and re-inserted, a re-run of a past date) is settled by the
+next run.
 
-- **Months.** Month k of relationship r is `[r.rewarded_at + k months, r.rewarded_at + (k+1) months)`
-  in UTC (Jan 31 + 1 month = Feb 28/29). A month is *paid* when the referred user has a `PAID`
-  payment in it with `paid_at <= as_of - REWARDS_REWARD_HOLD_DAYS days`; its basis payment is the
-  earliest one (by paid_at, then id). A reward is whole points, or
-  `floor(amount_cents × pct/100 × REWARDS_POINTS_PER_USD/100)` exactly; 0 points is not written.
-- **Refunds.** When a reward's basis payment is no longer `PAID` (refunded, failed, or gone from the
-  feed), the job writes a `REFERRAL_CLAWBACK` row for the beneficiary, key `clawback:{reward key}`,
-  taking `min(reward, balance)`; the rest is *unrecovered* (recorded in `referral_rewards` and the
-  run's stats). Only a basis that stops being PAID claws back: a later change of settings, statuses
-  or parents never takes back a reward already written.
-- **Re-earning.** A month whose reward was clawed back earns again from its earliest qualifying PAID
-  payment, key `{first key}:{payment id}` (`:{n}` appended when that payment earned the month before).
-  A standing reward keeps its basis and amount while its payment stays PAID.
-- **Hold.** With `REWARDS_REWARD_HOLD_DAYS` = d, a payment counts only once it is d days old, so a
-  refund within d days needs no clawback.
+- **Months** are identified by (referred user, level, k): month k is
+  `[rewarded_at + k months, rewarded_at + (k+1) months)` of the referred user's relationship, in UTC.
+  A month is *paid* when the referred user has a usable `PAID` payment in it with
+  `paid_at <= as_of - REWARDS_REWARD_HOLD_DAYS days`; its basis payment is the earliest one.
+- **The basis rule.** A reward stands while its basis payment is in the feed, `PAID`, at the amount
+  recorded, and in the reward's month under the relationship's current `rewarded_at`. When the basis
+  stops holding, the job claws the reward back (`clawback:{key}`), taking min(the reward's points not
+  yet expired, the beneficiary's balance); the rest is unrecovered. The month then earns again from
+  its current basis, if it has one. Settings, statuses, referrers and parents never take a reward back.
+- **Recovery** (`REWARDS_RECOVERY=on`): after the credits, unrecovered points are taken back from
+  beneficiaries whose balance is above zero (`recover:{beneficiary}:{as_of}:{level}`), so a month that
+  earns again after an unrecovered clawback is paid once.
+- **Past as-ofs** never reverse or recover a row dated after them; **bad feed rows** (a view's row with a
+  NULL, a negative amount, an unknown status, an id seen twice) are skipped, counted and logged.
 
-Example: a $20.00 payment earns the referrer 200 points (10%). Refunded after the referrer spent 150
-of them, the clawback takes back 50 (their whole balance) and records 150 unrecovered. If the user
-then pays $20.00 again in the same month, the month earns 200 points again.
+Example: a $20.00 payment earns the referrer 200 points (10%). Billing moves its `paid_at` into the
+next month: the next run claws the 200 back and pays the next month 200 from the same payment, once.
 
 A run plans first: one set-based statement derives, over the whole history, every row owed now that
-the ledger does not hold yet (a temporary table, numbered in batches of relationships), so a daily run
+the ledger does not hold yet (a temporary table, numbered in batches of referred users), so a daily run
 costs about one pass over the data however little changed. Then each batch is one transaction: lock
 the beneficiaries' balance rows, price the clawbacks, write through the ledger writer, record the
 bases. A reward or clawback that cannot be stored (over INT) is counted and logged, never failing.
@@ -34,7 +34,7 @@ bases. A reward or clawback that cannot be stored (over INT) is counted and logg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -68,7 +68,7 @@ class RewardRule:
     def params(self, as_of: datetime) -> dict[str, Any]:
         fixed, percent = (self.amount.points, Decimal(0)) if self.amount.points is not None \
             else (0, self.amount.percent)
-        return {"level": self.level, "first_month": self.first_month, "last_month": self.last_month,
+        return {"as_of": as_of, "level": self.level, "first_month": self.first_month, "last_month": self.last_month,
                 "counts_until": as_of - timedelta(days=self.hold_days),
                 "fixed_points": fixed, "percent": percent, "points_per_usd": self.points_per_usd,
                 "ledger_type": self.ledger_type, "key_prefix": self.key_prefix, "note_label": self.note_label}
@@ -86,6 +86,27 @@ def check_payments_feed(engine: Engine, settings: Settings) -> None:
             raise ConfigError(f"REWARDS_PAYMENTS_TABLE: {settings.payments_table} has no column {column}")
 
 
+# How many skipped feed rows a run logs one by one; past that, one line says how many more.
+_LOGGED_SKIPPED_ROWS = 100
+
+
+def usable_feed(ctx: RunContext, conn: Connection) -> str:
+    """The SQL that reads the feed's usable rows: the table itself when its constraints make every row
+    usable, else a filtered read of it, after the rows it skips were counted and logged."""
+    feed = ctx.settings.payments_table_sql
+    if conn.execute(_queries["feed_is_clean"], {"feed": feed}).scalar():
+        return feed
+    skipped = conn.execute(_queries.render("skipped_feed_rows", feed=feed)).all()
+    ctx.stats["skipped_feed_rows"] = len(skipped)
+    for row in skipped[:_LOGGED_SKIPPED_ROWS]:
+        ctx.log.warning("a payments feed row cannot be used; skipped", action="feed_row_skipped",
+                        payment_id=row.payment_id, reason=row.reason)
+    if len(skipped) > _LOGGED_SKIPPED_ROWS:
+        ctx.log.warning("more payments feed rows skipped", action="feed_rows_skipped",
+                        more=len(skipped) - _LOGGED_SKIPPED_ROWS)
+    return _queries.raw("usable_feed").format(feed=feed)
+
+
 @dataclass
 class _RewardRun:
     ctx: RunContext
@@ -93,28 +114,30 @@ class _RewardRun:
     batches: int = 0
 
     def __post_init__(self) -> None:
-        self.params = {**self.rule.params(self.ctx.as_of), "as_of": self.ctx.as_of, "run_id": self.ctx.run_id}
+        self.params = {**self.rule.params(self.ctx.as_of), "run_id": self.ctx.run_id,
+                       "as_of_key": self.ctx.as_of.astimezone(timezone.utc).isoformat()}
 
     def plan(self, conn: Connection) -> int:
         """Derive what the whole history owes now into the session's run_plan; return how many
-        relationships have something to write."""
+        referred users have something to write."""
+        payments = usable_feed(self.ctx, conn)
         conn.execute(_queries["bulk_joins"])
         conn.execute(_queries["whole_history_through_the_coordinator"])
-        conn.execute(_queries.render("plan_run", payments=self.ctx.settings.payments_table_sql),
+        conn.execute(_queries.render("plan_run", payments=payments),
                      {**self.params, "batch_size": self.ctx.settings.batch_size})
         conn.execute(_queries["index_plan"])
         size = conn.execute(_queries["plan_size"]).one()
         conn.commit()
         self.batches = size.batches
-        return size.relationships
+        return size.referred_users
 
     def batch(self, conn: Connection, after: int | None) -> Batch:
         number = 0 if after is None else after
         conn.execute(_queries["batch_rows"], {"batch": number})
-        relationships = conn.execute(_queries["batch_relationships"]).scalar_one()
+        referred_users = conn.execute(_queries["batch_referred_users"]).scalar_one()
         with undone_when(conn, dry_run=self.ctx.dry_run):
             self._write_planned(conn)
-        return Batch.numbered(number, of=self.batches, items=relationships)
+        return Batch.numbered(number, of=self.batches, items=referred_users)
 
     def _write_planned(self, conn: Connection) -> None:
         lock_balances(conn, conn.execute(_queries["beneficiaries"]).scalars().all())
@@ -125,6 +148,7 @@ class _RewardRun:
         conn.execute(_queries["record_rewards"], self.params)                   # new reward then stands alone
         self.ctx.count("clawbacks", clawed.clawbacks)
         self.ctx.count("clawed_back_points", int(clawed.clawed_back_points))
+        self.ctx.count("expired_before_clawback_points", int(clawed.expired_points))
         self.ctx.count("unrecovered_points", int(clawed.unrecovered_points))
         if written.unstorable:
             self._report_unstorable(conn, written.unstorable)
@@ -136,10 +160,32 @@ class _RewardRun:
                                  action="rewards_unstorable", relationship_id=str(row.relationship_id),
                                  month=row.month, kind=row.action, points=str(row.points))
 
+    def plan_recoveries(self, conn: Connection) -> int:
+        """The beneficiaries with unrecovered points outstanding, in the session's recovery_plan."""
+        conn.execute(_queries["plan_recoveries"], {**self.params, "batch_size": self.ctx.settings.batch_size})
+        size = conn.execute(_queries["recovery_plan_size"]).one()
+        conn.commit()
+        self.batches = size.batches
+        return size.beneficiaries
+
+    def recovery_batch(self, conn: Connection, after: int | None) -> Batch:
+        number = 0 if after is None else after
+        users = conn.execute(_queries["recovery_batch_users"], {"batch": number}).scalars().all()
+        with undone_when(conn, dry_run=self.ctx.dry_run):
+            lock_balances(conn, users)
+            conn.execute(_queries["recovery_rows"], {**self.params, "user_ids": [str(user) for user in users]})
+            written = write_points(conn, _queries.raw("recovery_candidates"), {}, as_of=self.ctx.as_of)
+            self.ctx.record_points(written)
+            attributed = conn.execute(_queries["attribute_recoveries"], self.params).one()
+            self.ctx.count("recoveries", written.total_rows)
+            self.ctx.count("recovered_points", int(attributed.points))
+        return Batch.numbered(number, of=self.batches, items=len(users))
+
 
 def run_reward_job(ctx: RunContext, rule: RewardRule) -> None:
-    """Plan what the whole history owes now, then write it batch by batch."""
-    ctx.stats.update(clawbacks=0, clawed_back_points=0, unrecovered_points=0, skipped_unstorable=0)
+    """Plan what the whole history owes now, write it batch by batch, then recover what is owed back."""
+    ctx.stats.update(clawbacks=0, clawed_back_points=0, expired_before_clawback_points=0, unrecovered_points=0,
+                     recoveries=0, recovered_points=0, skipped_unstorable=0, skipped_feed_rows=0)
     if rule.last_month < rule.first_month:
         ctx.stats["scan"] = "none: no reward months configured"
         return
@@ -148,6 +194,11 @@ def run_reward_job(ctx: RunContext, rule: RewardRule) -> None:
         counts = conn.execute(_queries["relationship_counts"], {"level": rule.level}).one()
         ctx.stats.update(relationships_scanned=counts.scanned, skipped_missing_rewarded_at=counts.missing_rewarded_at)
         with session_tables(conn, "run_plan"):
-            relationships = reward_run.plan(conn)
-            ctx.stats["relationships_to_write"] = relationships
-            ctx.batches(reward_run.batch, total=relationships, connection=conn)
+            referred_users = reward_run.plan(conn)
+            ctx.stats["referred_users_to_write"] = referred_users
+            ctx.batches(reward_run.batch, total=referred_users, connection=conn)
+        if ctx.settings.recovery:
+            with session_tables(conn, "recovery_plan"):
+                beneficiaries = reward_run.plan_recoveries(conn)
+                if beneficiaries:
+                    ctx.batches(reward_run.recovery_batch, total=beneficiaries, connection=conn)

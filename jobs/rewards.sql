@@ -1,10 +1,12 @@
--- The two reward jobs' rule, one statement per step, parameterised by :level (1 recurring-rewards,
--- 2 level2-rewards). A run plans first: plan_run derives, in one set-based statement over the whole
--- history, every ledger row owed now that this level does not hold yet (rewards and clawbacks), into
--- the session's temporary table run_plan, numbered in batches of relationships. Then each batch is
--- one transaction: batch_rows, lock the beneficiaries' balance rows, price_clawbacks, the ledger
--- writer over planned_rows, record_clawbacks, record_rewards. `{payments}` is the validated, quoted
--- REWARDS_PAYMENTS_TABLE (a table or a view).
+-- The two reward jobs' rule (docs/rules.md), one statement per step, parameterised by :level
+-- (1 recurring-rewards, 2 level2-rewards). A run plans first: plan_run derives, in one set-based
+-- statement over the whole history, every ledger row owed now that this level does not hold yet
+-- (rewards and clawbacks), into the session's temporary table run_plan, numbered in batches of
+-- referred users (a month is identified by referred user, level and month). Then each batch is one
+-- transaction: batch_rows, lock the beneficiaries' balance rows, price_clawbacks, the ledger writer
+-- over planned_rows, record_clawbacks, record_rewards. Last, with REWARDS_RECOVERY=on, the recovery:
+-- plan_recoveries, then per batch recovery_rows, the ledger writer, attribute_recoveries.
+-- `{payments}` is the usable rows of the validated, quoted REWARDS_PAYMENTS_TABLE (usable_feed).
 
 -- name: relationship_counts --
 -- The relationships this level looks at, and the bad ones skipped (REWARDED without the first-payment
@@ -27,25 +29,28 @@ SET LOCAL enable_nestloop = off;
 SET LOCAL citus.max_intermediate_result_size = -1;
 
 -- name: plan_run --
--- What the whole history owes now, less what this level already holds:
+-- What the whole history owes now, less what this level already holds (docs/rules.md):
 --   earning: REWARDED relationships with rewarded_at and a beneficiary at this level: level 1, the
 --     referrer of a level-1 relationship; level 2, the referrer's own level-1 ACTIVE/REWARDED referrer
 --     (for a level-1 relationship) or the referrer (for a stored level-2 one). Never the referred
 --     user, and (via a parent) never the referrer: cycles and self-referrals earn nothing;
---   payment_month: each PAID payment of a referred user with rewarded_at <= paid_at <= as_of - hold
---     days, in its month k, k being the one with paid_at in [rewarded_at + k months, rewarded_at +
+--   payment_month: each usable PAID payment of a referred user with rewarded_at <= paid_at <= as_of -
+--     hold days, in its month k, k being the one with paid_at in [rewarded_at + k months, rewarded_at +
 --     (k+1) months) in UTC: the calendar-month distance, or one less when rewarded_at + that many
 --     months lies after paid_at (month arithmetic only clamps days down, so one step back is enough);
---   owed: each paid month k in first_month .. last_month with its basis payment, the month's
---     earliest PAID payment (by paid_at, then id);
---   written / standing: this level's rewards; a standing one is not clawed back and its basis is PAID;
---   clawback: a reward not clawed back whose basis payment is no longer PAID (refunded, failed, gone);
---   reward: an owed month with no standing reward. Its key is <prefix>:<id>:<k> for the month's first
---     reward, else <prefix>:<id>:<k>:<payment> (with ":<n>", n = 2, 3, … when that payment earned
---     this month before). A standing reward keeps its basis and amount: a payment recorded later
---     with an earlier paid_at does not re-price it.
+--   owed: each paid month k in first_month .. last_month of a referred user, with its basis payment,
+--     the month's earliest PAID payment (by paid_at, then id);
+--   standing: this level's rewards not clawed back, each with whether its basis holds: the payment is
+--     usable, PAID, at the amount recorded, and in the reward's month under the grid of the referred
+--     user's current relationship (no grid, no month test); and its rank among the month's holding
+--     rewards (the earliest written is kept);
+--   clawback: a standing reward dated at or before as_of whose basis does not hold, or that is not the
+--     month's first holding reward. A reward dated after as_of is left to the runs of later as-ofs;
+--   reward: an owed month with no reward left standing. Its key is <prefix>:<relationship>:<k> for the
+--     relationship's first reward of the month, else <prefix>:<relationship>:<k>:<payment> (with
+--     ":<n>", n = 2, 3, … when that payment earned this month before).
 -- Points: fixed_points + floor(amount_cents × percent/100 × points_per_usd/100), exactly in numeric.
--- A relationship's rows share a batch: batch n holds relationships n×batch_size+1 .. (n+1)×batch_size
+-- A referred user's rows share a batch: batch n holds referred users n×batch_size+1 .. (n+1)×batch_size
 -- of those with something to write, in id order.
 CREATE TEMP TABLE run_plan AS
 WITH relationship AS (
@@ -70,7 +75,7 @@ earning AS (
       AND NOT (via_parent AND beneficiary_user_id = referrer_user_id)
 ),
 payment AS (
-    SELECT e.id AS relationship_id, e.beneficiary_user_id, e.rewarded_at,
+    SELECT e.id AS relationship_id, e.referred_user_id, e.beneficiary_user_id, e.rewarded_at,
            p.id AS payment_id, p.amount_cents, p.paid_at,
            CAST((extract(year FROM p.paid_at) - extract(year FROM e.rewarded_at)) * 12
                 + extract(month FROM p.paid_at) - extract(month FROM e.rewarded_at) AS int) AS calendar_months
@@ -87,47 +92,72 @@ payment_month AS (
     FROM payment
 ),
 owed AS (
-    SELECT DISTINCT ON (relationship_id, k)
-           relationship_id, beneficiary_user_id, k, payment_id,
+    SELECT DISTINCT ON (referred_user_id, k)
+           relationship_id, referred_user_id, beneficiary_user_id, k, payment_id, paid_at, amount_cents,
            CAST(:fixed_points AS numeric)
            + div(amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points
     FROM payment_month
     WHERE k BETWEEN :first_month AND :last_month
-    ORDER BY relationship_id, k, paid_at, payment_id
+    ORDER BY referred_user_id, k, paid_at, payment_id
 ),
 written AS MATERIALIZED (
-    SELECT idempotency_key, relationship_id, month, payment_id, beneficiary_user_id, points, clawback_key
+    SELECT idempotency_key, relationship_id, coalesce(referred_user_id, relationship_id) AS month_owner,
+           referred_user_id, month, payment_id, basis_amount_cents, beneficiary_user_id, points, rewarded_at,
+           clawback_key
     FROM public.referral_rewards
     WHERE level = :level
 ),
--- The bases of this level's rewards not clawed back that are still PAID, as a set of its own
--- (Citus joins the distributed feed with it shard by shard).
-paid_basis AS MATERIALIZED (
-    SELECT p.id
+-- The feed rows of the standing rewards' bases, as a set of its own (Citus joins the distributed feed
+-- with it shard by shard).
+basis AS MATERIALIZED (
+    SELECT p.id, p.status, p.amount_cents, p.paid_at
     FROM {payments} AS p
-    WHERE p.status = 'PAID'
-      AND p.id IN (SELECT payment_id FROM written WHERE clawback_key IS NULL)
+    WHERE p.id IN (SELECT payment_id FROM written WHERE clawback_key IS NULL)
+),
+judged AS (
+    SELECT w.*,
+           CASE WHEN b.id IS NULL THEN 'is no longer in the payments feed'
+                WHEN b.status <> 'PAID' THEN 'is ' || b.status
+                WHEN b.amount_cents <> w.basis_amount_cents
+                     THEN format('was corrected from %s to %s cents', w.basis_amount_cents, b.amount_cents)
+                WHEN NOT (grid.rewarded_at IS NULL
+                          OR (b.paid_at >= grid.rewarded_at + make_interval(months => w.month)
+                              AND b.paid_at < grid.rewarded_at + make_interval(months => w.month + 1)))
+                     THEN format('moved out of month %s', w.month)
+           END AS broken
+    FROM written AS w
+    LEFT JOIN basis AS b ON b.id = w.payment_id
+    -- The referred user's current relationship, whatever its status: its grid places the months.
+    LEFT JOIN public.user_referral_relationships AS grid ON grid.referred_user_id = w.referred_user_id
+    WHERE w.clawback_key IS NULL
+),
+standing AS MATERIALIZED (
+    SELECT judged.*,
+           CASE WHEN broken IS NULL
+                THEN row_number() OVER (PARTITION BY month_owner, month, broken IS NULL
+                                        ORDER BY rewarded_at, idempotency_key)
+           END AS holding_rank
+    FROM judged
 ),
 clawback AS (
-    SELECT w.*
-    FROM written AS w
-    WHERE w.clawback_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM paid_basis AS b WHERE b.id = w.payment_id)
+    SELECT s.*, coalesce(s.broken, 'the month is paid by an earlier reward') AS reason
+    FROM standing AS s
+    WHERE s.rewarded_at <= :as_of
+      AND (s.broken IS NOT NULL OR s.holding_rank > 1)
 ),
-standing AS (
-    SELECT w.relationship_id, w.month
-    FROM written AS w
-    WHERE w.clawback_key IS NULL
-      AND EXISTS (SELECT 1 FROM paid_basis AS b WHERE b.id = w.payment_id)
+kept AS (  -- the rewards still standing after this run's clawbacks
+    SELECT s.month_owner, s.month
+    FROM standing AS s
+    WHERE NOT (s.rewarded_at <= :as_of AND (s.broken IS NOT NULL OR s.holding_rank > 1))
 ),
 unrewarded AS MATERIALIZED (
     SELECT o.*, format('%s:%s:%s', CAST(:key_prefix AS text), o.relationship_id, o.k) AS first_key
     FROM owed AS o
-    WHERE NOT EXISTS (SELECT 1 FROM standing AS s  -- at most one reward of a month stands
-                      WHERE s.relationship_id = o.relationship_id AND s.month = o.k)
+    WHERE NOT EXISTS (SELECT 1 FROM kept AS s  -- at most one reward of a month stands
+                      WHERE s.month_owner = o.referred_user_id AND s.month = o.k)
 ),
--- What an unrewarded month held before (rewards since clawed back): all of them, and those of the
--- same payment under a re-earn key. Counted for these few months only, not for all history.
+-- What an unrewarded month held before under this relationship's keys (rewards since clawed back):
+-- all of them, and those of the same payment under a re-earn key. Counted for these few months only.
 earlier AS (
     SELECT u.relationship_id, u.k,
            count(*) AS rewards,
@@ -147,8 +177,11 @@ planned AS (
            points                                  AS delta,
            CAST(:ledger_type AS text)              AS type,
            relationship_id,
+           referred_user_id,
            k                                       AS month,
            payment_id,
+           paid_at                                 AS basis_paid_at,
+           amount_cents                            AS basis_amount_cents,
            points,
            CASE WHEN earlier_rewards = 0 THEN first_key
                 WHEN earlier_on_payment = 0 THEN format('%s:%s', first_key, payment_id)
@@ -164,22 +197,26 @@ planned AS (
            NULL,                                   -- priced by price_clawbacks, under the balance lock
            'REFERRAL_CLAWBACK',
            relationship_id,
+           month_owner,
            month,
            payment_id,
+           NULL,
+           NULL,
            points,
            'clawback:' || idempotency_key,
            idempotency_key,
-           format('clawback of %s: basis payment %s is no longer PAID', idempotency_key, payment_id)
+           format('clawback of %s: basis payment %s %s', idempotency_key, payment_id, reason)
     FROM clawback
 )
-SELECT planned.*, (dense_rank() OVER (ORDER BY relationship_id) - 1) / :batch_size AS batch
+SELECT planned.*, CAST(NULL AS numeric) AS expired_points,
+       (dense_rank() OVER (ORDER BY referred_user_id) - 1) / :batch_size AS batch
 FROM planned;
 
 -- name: index_plan --
 CREATE INDEX ON pg_temp.run_plan (batch);
 
 -- name: plan_size --
-SELECT count(DISTINCT relationship_id) AS relationships, coalesce(max(batch) + 1, 0) AS batches
+SELECT count(DISTINCT referred_user_id) AS referred_users, coalesce(max(batch) + 1, 0) AS batches
 FROM pg_temp.run_plan;
 
 -- name: batch_rows --
@@ -187,34 +224,83 @@ FROM pg_temp.run_plan;
 CREATE TEMP TABLE planned_rows ON COMMIT DROP AS
 SELECT * FROM pg_temp.run_plan WHERE batch = :batch;
 
--- name: batch_relationships --
-SELECT count(DISTINCT relationship_id) FROM planned_rows;
+-- name: batch_referred_users --
+SELECT count(DISTINCT referred_user_id) FROM planned_rows;
 
 -- name: beneficiaries --
 SELECT DISTINCT user_id FROM planned_rows ORDER BY user_id;
 
 -- name: price_clawbacks --
--- Never below zero: a clawback takes min(reward, what the beneficiary's ledger balance still holds
--- after this batch's earlier clawbacks, in key order); the rest is unrecovered. Run after the
--- beneficiaries' balance rows are locked, so a redemption committed meanwhile is counted.
-WITH balance AS (
-    SELECT t.user_id, sum(t.delta) AS points
+-- What each clawback of the batch takes, run after the beneficiaries' balance rows are locked (so a
+-- redemption committed meanwhile is counted): min(the reward's points not yet expired, what the
+-- beneficiary's ledger balance still holds after this batch's earlier clawbacks, in key order).
+-- The points already expired are the overlap of the reward's lot with the EXPIRY rows in the
+-- beneficiary's FIFO stack (docs/rules.md): lots (positive rows, each less its own clawback) stacked
+-- in (created_at, id) order, consumed by the other debits in (created_at, id) order. Only the users
+-- with an EXPIRY row need the stack.
+WITH clawed AS (
+    SELECT idempotency_key, reward_key, user_id, points FROM planned_rows WHERE action = 'clawback'
+),
+ledger AS MATERIALIZED (
+    SELECT t.id, t.user_id, t.delta, t.type, t.idempotency_key, t.created_at
     FROM public.user_point_transactions AS t
-    WHERE t.user_id IN (SELECT user_id FROM planned_rows WHERE action = 'clawback')
-    GROUP BY t.user_id
+    WHERE t.user_id IN (SELECT user_id FROM clawed)
+),
+balance AS (
+    SELECT user_id, sum(delta) AS points FROM ledger GROUP BY user_id
+),
+expiring AS (
+    SELECT DISTINCT user_id FROM ledger WHERE type = 'EXPIRY'
+),
+own_clawback AS (  -- a clawback:{key} row of a reward in the same user's ledger
+    SELECT c.user_id, c.idempotency_key, substr(c.idempotency_key, 10) AS lot_key, c.delta
+    FROM ledger AS c
+    JOIN ledger AS lot ON lot.user_id = c.user_id AND lot.idempotency_key = substr(c.idempotency_key, 10)
+    WHERE starts_with(c.idempotency_key, 'clawback:') AND c.delta < 0 AND lot.delta > 0
+      AND c.user_id IN (SELECT user_id FROM expiring)
+),
+lot AS (
+    SELECT l.user_id, l.idempotency_key, l.delta + coalesce(o.delta, 0) AS size,
+           sum(l.delta + coalesce(o.delta, 0)) OVER (PARTITION BY l.user_id ORDER BY l.created_at, l.id) AS lot_end
+    FROM ledger AS l
+    LEFT JOIN own_clawback AS o ON o.user_id = l.user_id AND o.lot_key = l.idempotency_key
+    WHERE l.delta > 0 AND l.user_id IN (SELECT user_id FROM expiring)
+),
+debit AS (
+    SELECT d.user_id, d.type, -d.delta AS size,
+           sum(-d.delta) OVER (PARTITION BY d.user_id ORDER BY d.created_at, d.id) AS debit_end
+    FROM ledger AS d
+    WHERE d.delta < 0 AND d.user_id IN (SELECT user_id FROM expiring)
+      AND NOT EXISTS (SELECT 1 FROM own_clawback AS o
+                      WHERE o.user_id = d.user_id AND o.idempotency_key = d.idempotency_key)
+),
+expired AS (
+    SELECT c.idempotency_key,
+           sum(greatest(0, least(l.lot_end, d.debit_end) - greatest(l.lot_end - l.size, d.debit_end - d.size)))
+             AS points
+    FROM clawed AS c
+    JOIN lot AS l ON l.user_id = c.user_id AND l.idempotency_key = c.reward_key
+    JOIN debit AS d ON d.user_id = l.user_id AND d.type = 'EXPIRY'
+    GROUP BY c.idempotency_key
+),
+unexpired AS (
+    SELECT c.idempotency_key, c.user_id, least(c.points, coalesce(e.points, 0)) AS expired,
+           c.points - least(c.points, coalesce(e.points, 0)) AS points
+    FROM clawed AS c
+    LEFT JOIN expired AS e ON e.idempotency_key = c.idempotency_key
 ),
 taken AS (
-    SELECT c.idempotency_key,
-           least(c.points,
+    SELECT u.idempotency_key, u.expired,
+           least(u.points,
                  greatest(0, coalesce(b.points, 0)
-                             - (sum(c.points) OVER (PARTITION BY c.user_id ORDER BY c.idempotency_key) - c.points)))
+                             - (sum(u.points) OVER (PARTITION BY u.user_id ORDER BY u.idempotency_key) - u.points)))
              AS points
-    FROM planned_rows AS c
-    LEFT JOIN balance AS b ON b.user_id = c.user_id
-    WHERE c.action = 'clawback'
+    FROM unexpired AS u
+    LEFT JOIN balance AS b ON b.user_id = u.user_id
 )
 UPDATE planned_rows AS p
-SET delta = -taken.points
+SET delta = -taken.points,
+    expired_points = taken.expired
 FROM taken
 WHERE p.idempotency_key = taken.idempotency_key;
 
@@ -225,21 +311,22 @@ SELECT user_id, delta, type, relationship_id AS ref_id, idempotency_key, note FR
 -- name: record_rewards --
 -- Each reward now in the ledger, with its basis (points as the ledger row holds them).
 INSERT INTO public.referral_rewards
-       (idempotency_key, relationship_id, level, month, payment_id, beneficiary_user_id, points,
-        rewarded_at, run_id)
-SELECT p.idempotency_key, p.relationship_id, :level, p.month, p.payment_id, p.user_id, t.delta,
-       :as_of, :run_id
+       (idempotency_key, relationship_id, referred_user_id, level, month, payment_id, basis_paid_at,
+        basis_amount_cents, beneficiary_user_id, points, rewarded_at, run_id)
+SELECT p.idempotency_key, p.relationship_id, p.referred_user_id, :level, p.month, p.payment_id, p.basis_paid_at,
+       p.basis_amount_cents, p.user_id, t.delta, :as_of, :run_id
 FROM planned_rows AS p
 JOIN public.user_point_transactions AS t ON t.idempotency_key = p.idempotency_key
 WHERE p.action = 'reward'
 ON CONFLICT (idempotency_key) DO NOTHING;
 
 -- name: record_clawbacks --
--- Each clawback now in the ledger (or taking 0 points: nothing to write, all unrecovered). The
--- clawbacks found in the ledger are gathered first: Citus updates a replicated table only from
--- replicated tables and results, not joined with a distributed table in the same statement.
+-- Each clawback now in the ledger (or taking 0 points: nothing to write; the reward's points were
+-- already expired or are unrecovered). The clawbacks found in the ledger are gathered first: Citus
+-- updates a replicated table only from replicated tables and results, not joined with a distributed
+-- table in the same statement.
 WITH in_ledger AS MATERIALIZED (
-    SELECT p.reward_key, p.idempotency_key, p.delta
+    SELECT p.reward_key, p.idempotency_key, p.delta, p.expired_points
     FROM planned_rows AS p
     WHERE p.action = 'clawback'
       AND (p.delta = 0
@@ -252,18 +339,115 @@ recorded AS (
     UPDATE public.referral_rewards AS rr
     SET clawback_key       = c.idempotency_key,
         clawed_back_points = -c.delta,
-        unrecovered_points = rr.points + c.delta,
+        expired_points     = c.expired_points,
+        unrecovered_points = rr.points + c.delta - c.expired_points,
         clawed_back_at     = :as_of,
         clawback_run_id    = :run_id
     FROM in_ledger AS c
     WHERE rr.idempotency_key = c.reward_key
       AND rr.clawback_key IS NULL
-    RETURNING rr.clawed_back_points, rr.unrecovered_points
+    RETURNING rr.clawed_back_points, rr.expired_points, rr.unrecovered_points
 )
 SELECT count(*)                              AS clawbacks,
        coalesce(sum(clawed_back_points), 0)  AS clawed_back_points,
+       coalesce(sum(expired_points), 0)      AS expired_points,
        coalesce(sum(unrecovered_points), 0)  AS unrecovered_points
 FROM recorded;
+
+-- name: plan_recoveries --
+-- Recovery, after the credits: the beneficiaries whose level-L clawbacks dated at or before as_of left
+-- points outstanding (unrecovered − recovered > 0), numbered in batches in user_id order. A run for a
+-- past as-of never recovers a clawback dated after it.
+CREATE TEMP TABLE recovery_plan AS
+SELECT beneficiary_user_id AS user_id,
+       (row_number() OVER (ORDER BY beneficiary_user_id) - 1) / :batch_size AS batch
+FROM public.referral_rewards
+WHERE level = :level
+  AND unrecovered_points > recovered_points
+  AND clawed_back_at <= :as_of
+GROUP BY beneficiary_user_id;
+
+-- name: recovery_plan_size --
+SELECT count(*) AS beneficiaries, coalesce(max(batch) + 1, 0) AS batches FROM pg_temp.recovery_plan;
+
+-- name: recovery_batch_users --
+SELECT user_id FROM pg_temp.recovery_plan WHERE batch = :batch ORDER BY user_id;
+
+-- name: recovery_rows --
+-- Under the balance locks: for each of the batch's beneficiaries with a balance above 0, one
+-- REFERRAL_CLAWBACK of min(outstanding, balance), key recover:{user}:{as_of}:{level} (with :{n},
+-- n = 2, 3, … when rows of that key exist already: a re-run of the same as-of after a back-fill).
+CREATE TEMP TABLE recovery_rows ON COMMIT DROP AS
+WITH outstanding AS (
+    SELECT beneficiary_user_id AS user_id, sum(unrecovered_points - recovered_points) AS points
+    FROM public.referral_rewards
+    WHERE level = :level
+      AND unrecovered_points > recovered_points
+      AND clawed_back_at <= :as_of
+      AND beneficiary_user_id = ANY(CAST(:user_ids AS uuid[]))
+    GROUP BY beneficiary_user_id
+),
+balance AS (
+    SELECT t.user_id, sum(t.delta) AS points,
+           count(*) FILTER (WHERE t.idempotency_key = format('recover:%s:%s:%s', t.user_id, CAST(:as_of_key AS text), :level)
+                               OR starts_with(t.idempotency_key,
+                                              format('recover:%s:%s:%s:', t.user_id, CAST(:as_of_key AS text), :level)))
+             AS earlier
+    FROM public.user_point_transactions AS t
+    WHERE t.user_id = ANY(CAST(:user_ids AS uuid[]))
+    GROUP BY t.user_id
+)
+SELECT o.user_id,
+       -least(o.points, b.points) AS delta,
+       'REFERRAL_CLAWBACK' AS type,
+       CAST(NULL AS uuid) AS ref_id,
+       format('recover:%s:%s:%s', o.user_id, CAST(:as_of_key AS text), :level)
+         || CASE WHEN b.earlier > 0 THEN ':' || (b.earlier + 1) ELSE '' END AS idempotency_key,
+       format('recovery of %s unrecovered %s points of earlier clawbacks', least(o.points, b.points),
+              CAST(:note_label AS text)) AS note
+FROM outstanding AS o
+JOIN balance AS b ON b.user_id = o.user_id
+WHERE b.points > 0;
+
+-- name: recovery_candidates --
+-- (A fragment: the candidates of the ledger writer.)
+SELECT user_id, delta, type, ref_id, idempotency_key, note FROM recovery_rows
+
+-- name: attribute_recoveries --
+-- The recoveries now in the ledger, attributed to the oldest outstanding clawbacks first (by the
+-- clawback's as-of, then the reward's key). Gathered first, as in record_clawbacks (Citus).
+WITH recovered AS MATERIALIZED (
+    SELECT r.user_id, -r.delta AS points
+    FROM recovery_rows AS r
+    WHERE r.idempotency_key IN (SELECT t.idempotency_key
+                                FROM public.user_point_transactions AS t
+                                WHERE t.user_id IN (SELECT user_id FROM recovery_rows)
+                                  AND t.idempotency_key IN (SELECT idempotency_key FROM recovery_rows))
+),
+owed AS MATERIALIZED (
+    SELECT rr.idempotency_key, rr.beneficiary_user_id AS user_id, rr.unrecovered_points - rr.recovered_points AS open,
+           sum(rr.unrecovered_points - rr.recovered_points)
+             OVER (PARTITION BY rr.beneficiary_user_id ORDER BY rr.clawed_back_at, rr.idempotency_key) AS open_end
+    FROM public.referral_rewards AS rr
+    WHERE rr.level = :level
+      AND rr.unrecovered_points > rr.recovered_points
+      AND rr.clawed_back_at <= :as_of
+      AND rr.beneficiary_user_id IN (SELECT user_id FROM recovered)
+),
+share AS MATERIALIZED (
+    SELECT o.idempotency_key, least(o.open, r.points - (o.open_end - o.open)) AS points
+    FROM owed AS o
+    JOIN recovered AS r ON r.user_id = o.user_id
+    WHERE r.points > o.open_end - o.open
+),
+updated AS (
+    UPDATE public.referral_rewards AS rr
+    SET recovered_points = rr.recovered_points + share.points
+    FROM share
+    WHERE rr.idempotency_key = share.idempotency_key
+    RETURNING share.points
+)
+SELECT count(*) AS clawbacks, coalesce(sum(points), 0) AS points FROM updated;
 
 -- name: unstorable --
 SELECT relationship_id, month, action, points
@@ -276,3 +460,49 @@ ORDER BY idempotency_key;
 SELECT a.attname
 FROM pg_attribute AS a
 WHERE a.attrelid = to_regclass(:feed) AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- name: feed_is_clean --
+-- True when the feed is a table whose constraints already make every row usable (migration 012's NOT
+-- NULLs and CHECKs, and a unique index on id alone): then the plan reads it as it is. Any other feed
+-- (a view, or the table on Citus, unique on (user_id, id)) is read through usable_feed.
+SELECT c.relkind IN ('r', 'p')
+       AND (SELECT count(*) FROM pg_attribute AS a
+            WHERE a.attrelid = c.oid AND a.attnotnull AND NOT a.attisdropped
+              AND a.attname IN ('id', 'user_id', 'amount_cents', 'status', 'paid_at')) = 5
+       AND EXISTS (SELECT 1 FROM pg_index AS i
+                   JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                   WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = 'id')
+       AND EXISTS (SELECT 1 FROM pg_constraint AS k
+                   WHERE k.conrelid = c.oid AND k.contype = 'c'
+                     AND pg_get_constraintdef(k.oid) LIKE '%amount_cents >= 0%')
+       AND EXISTS (SELECT 1 FROM pg_constraint AS k
+                   WHERE k.conrelid = c.oid AND k.contype = 'c'
+                     AND pg_get_constraintdef(k.oid) LIKE '%status%PAID%REFUNDED%FAILED%')
+FROM pg_class AS c
+WHERE c.oid = to_regclass(:feed);
+
+-- name: usable_feed --
+-- (A fragment, in place of the feed in plan_run.) The rows a run can use: every column set, a known
+-- status, an amount of at least 0, and an id no other row has.
+(SELECT f.id, f.user_id, f.amount_cents, f.status, f.paid_at
+ FROM {feed} AS f
+ WHERE f.id IS NOT NULL AND f.user_id IS NOT NULL AND f.paid_at IS NOT NULL
+   AND f.amount_cents >= 0 AND f.status IN ('PAID', 'REFUNDED', 'FAILED')
+   AND f.id NOT IN (SELECT d.id FROM {feed} AS d WHERE d.id IS NOT NULL GROUP BY d.id HAVING count(*) > 1))
+
+-- name: skipped_feed_rows --
+-- The rows of the feed a run cannot use, with why (their ids are logged).
+SELECT CAST(f.id AS text) AS payment_id,
+       CASE WHEN f.id IS NULL THEN 'no id'
+            WHEN f.user_id IS NULL THEN 'no user_id'
+            WHEN f.paid_at IS NULL THEN 'no paid_at'
+            WHEN f.amount_cents IS NULL THEN 'no amount_cents'
+            WHEN f.amount_cents < 0 THEN 'a negative amount_cents'
+            WHEN f.status IS NULL OR f.status NOT IN ('PAID', 'REFUNDED', 'FAILED') THEN 'an unknown status'
+            ELSE 'an id seen twice'
+       END AS reason
+FROM {feed} AS f
+WHERE f.id IS NULL OR f.user_id IS NULL OR f.paid_at IS NULL OR f.amount_cents IS NULL
+   OR f.amount_cents < 0 OR f.status IS NULL OR f.status NOT IN ('PAID', 'REFUNDED', 'FAILED')
+   OR f.id IN (SELECT d.id FROM {feed} AS d WHERE d.id IS NOT NULL GROUP BY d.id HAVING count(*) > 1)
+ORDER BY 1;

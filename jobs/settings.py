@@ -64,6 +64,8 @@ class RuleSettings(CoreSettings):
     l2_reward: Annotated[RewardAmount, NoDecode] = RewardAmount(percent=Decimal("5"))
     points_per_usd: Decimal = Field(default=Decimal("100"), ge=0, le=LEDGER_INT_MAX, allow_inf_nan=False)
     reward_hold_days: int = Field(default=0, ge=0, le=365)
+    # on: unrecovered clawback points are recovered from the beneficiary's later balance (docs/rules.md)
+    recovery: bool = True
     payments_table: str = "public.user_subscription_payments"
     # expire-points
     points_expiry_months: int = Field(default=12, ge=0, le=1200)
@@ -87,6 +89,14 @@ class RuleSettings(CoreSettings):
                                  f" gives more than {LEDGER_INT_MAX} points for a 1-cent payment: no reward"
                                  f" could ever be stored")
         return self
+
+    @field_validator("recovery", mode="before")
+    @classmethod
+    def _on_or_off(cls, value: Any) -> Any:
+        """REWARDS_RECOVERY is `on` or `off` (true/false are accepted too)."""
+        if isinstance(value, str) and value.strip().lower() not in ("on", "off", "true", "false"):
+            raise ValueError("must be on or off")
+        return value
 
     @field_validator("payments_table")
     @classmethod

@@ -39,7 +39,7 @@ def add_paying_relationships(engine, *, level: int = 1) -> list[Any]:
             " FROM public.user_referral_relationships AS r, generate_series(0, 13) AS m"
         ))
         return list(conn.execute(text(
-            "SELECT id, referrer_user_id FROM public.user_referral_relationships ORDER BY id")))
+            "SELECT id, referrer_user_id FROM public.user_referral_relationships ORDER BY referred_user_id")))
 
 
 def ledger_summary(engine) -> tuple[int, int, int]:
