@@ -8,12 +8,12 @@
 --   basis_amount_cents  its payment stays PAID, in its month, at this amount;
 --   expired_points      of a clawed-back reward, the points that had already expired (not taken again);
 --   recovered_points    of a clawed-back reward, the unrecovered points recovered since (recover: keys).
-ALTER TABLE public.referral_rewards
-    ADD COLUMN IF NOT EXISTS referred_user_id   UUID,
-    ADD COLUMN IF NOT EXISTS basis_paid_at      TIMESTAMPTZ,
-    ADD COLUMN IF NOT EXISTS basis_amount_cents BIGINT,
-    ADD COLUMN IF NOT EXISTS expired_points     BIGINT NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS recovered_points   BIGINT NOT NULL DEFAULT 0;
+-- (One subcommand per ALTER TABLE: Citus propagates a reference table's DDL that way only.)
+ALTER TABLE public.referral_rewards ADD COLUMN IF NOT EXISTS referred_user_id UUID;
+ALTER TABLE public.referral_rewards ADD COLUMN IF NOT EXISTS basis_paid_at TIMESTAMPTZ;
+ALTER TABLE public.referral_rewards ADD COLUMN IF NOT EXISTS basis_amount_cents BIGINT;
+ALTER TABLE public.referral_rewards ADD COLUMN IF NOT EXISTS expired_points BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE public.referral_rewards ADD COLUMN IF NOT EXISTS recovered_points BIGINT NOT NULL DEFAULT 0;
 
 -- Back-fill: the referred user from the relationship (or, where it was deleted since, from the basis
 -- payment's user), and the basis as the payments table holds it now: the best knowledge there is of
@@ -38,30 +38,25 @@ FROM basis
 WHERE basis.id = rr.payment_id AND rr.basis_paid_at IS NULL;
 
 -- taken + expired + unrecovered = points for a clawed-back reward (0 for a standing one), and no more is
--- recovered than was unrecovered. The old sum check (migration 016) is replaced.
+-- recovered than was unrecovered: these replace the old sum check (migration 016's second table check,
+-- which PostgreSQL named referral_rewards_check1). Then the month's rewards by its identity, and the
+-- outstanding unrecovered points by beneficiary. Inside a DO block: Citus refuses a CREATE INDEX or an
+-- ADD CONSTRAINT on a reference table that shares its query string with other statements, as a
+-- migration file is sent.
 DO $$
-DECLARE
-    old_check text;
 BEGIN
-    FOR old_check IN
-        SELECT conname FROM pg_constraint
-        WHERE conrelid = 'public.referral_rewards'::regclass AND contype = 'c'
-          AND pg_get_constraintdef(oid) LIKE '%clawed_back_points + unrecovered_points%'
-    LOOP
-        EXECUTE format('ALTER TABLE public.referral_rewards DROP CONSTRAINT %I', old_check);
-    END LOOP;
+    EXECUTE 'ALTER TABLE public.referral_rewards DROP CONSTRAINT IF EXISTS referral_rewards_check1';
+    EXECUTE 'ALTER TABLE public.referral_rewards ADD CONSTRAINT referral_rewards_clawback_parts CHECK (
+                 clawed_back_points + expired_points + unrecovered_points
+                     = CASE WHEN clawback_key IS NULL THEN 0 ELSE points END)';
+    EXECUTE 'ALTER TABLE public.referral_rewards ADD CONSTRAINT referral_rewards_expired_points
+                 CHECK (expired_points >= 0)';
+    EXECUTE 'ALTER TABLE public.referral_rewards ADD CONSTRAINT referral_rewards_recovered_points
+                 CHECK (recovered_points BETWEEN 0 AND unrecovered_points)';
+    EXECUTE 'CREATE INDEX IF NOT EXISTS idx_referral_rewards_referred_month
+                 ON public.referral_rewards(referred_user_id, level, month)';
+    EXECUTE 'CREATE INDEX IF NOT EXISTS idx_referral_rewards_outstanding
+                 ON public.referral_rewards(beneficiary_user_id, level)
+                 WHERE unrecovered_points > recovered_points';
 END;
 $$;
-ALTER TABLE public.referral_rewards
-    ADD CONSTRAINT referral_rewards_clawback_parts CHECK (
-        clawed_back_points + expired_points + unrecovered_points
-            = CASE WHEN clawback_key IS NULL THEN 0 ELSE points END),
-    ADD CONSTRAINT referral_rewards_expired_points CHECK (expired_points >= 0),
-    ADD CONSTRAINT referral_rewards_recovered_points CHECK (recovered_points BETWEEN 0 AND unrecovered_points);
-
--- The month's rewards by its identity, and the outstanding unrecovered points by beneficiary.
-CREATE INDEX IF NOT EXISTS idx_referral_rewards_referred_month
-    ON public.referral_rewards(referred_user_id, level, month);
-CREATE INDEX IF NOT EXISTS idx_referral_rewards_outstanding
-    ON public.referral_rewards(beneficiary_user_id, level)
-    WHERE unrecovered_points > recovered_points;
