@@ -247,6 +247,45 @@ def test_with_a_hold_a_moved_payment_is_clawed_back_at_once_and_pays_its_new_mon
     assert_cache_is_the_ledger(engine, b)
 
 
+def test_a_basis_amount_corrected_and_corrected_back_re_earns_under_payment_keys_numbered_from_2(engine, settings):
+    b, c = new_id(), new_id()
+    r = relate(engine, b, c, rewarded_at=utc(2026, 1, 10))
+    payment = pay(engine, c, utc(2026, 2, 12))
+    run_rewards(engine, settings, utc(2026, 2, 20))
+
+    update(engine, "user_subscription_payments", payment, amount_cents=2500)
+    run_rewards(engine, settings, utc(2026, 2, 21))
+    update(engine, "user_subscription_payments", payment, amount_cents=2000)
+    run_rewards(engine, settings, utc(2026, 2, 22))
+
+    key = f"recurring:{r}:1"
+    assert job_rows(engine, b) == {key: 200, f"clawback:{key}": -200, f"{key}:{payment}": 250,
+                                   f"clawback:{key}:{payment}": -250, f"{key}:{payment}:2": 200}
+    assert standing(engine, c) == {(1, 1): f"{key}:{payment}:2"}
+    assert rewards_of(engine, c)[f"{key}:{payment}:2"].basis_amount_cents == 2000
+    assert ledger_balance(engine, b) == 200
+    assert_cache_is_the_ledger(engine, b)
+
+
+def test_a_reward_whose_referrer_changed_is_clawed_back_from_its_own_beneficiary_and_re_earned_by_the_new_one(
+        engine, settings):
+    b, new_referrer, c = new_id(), new_id(), new_id()
+    r = relate(engine, b, c, rewarded_at=utc(2026, 1, 10))
+    basis = pay(engine, c, utc(2026, 2, 12))
+    later = pay(engine, c, utc(2026, 2, 25), cents=3000)  # month 1 too
+    run_rewards(engine, settings, utc(2026, 3, 1))
+    update(engine, "user_referral_relationships", r, referrer_user_id=new_referrer)
+    unchanged = run_rewards(engine, settings, utc(2026, 3, 2))
+    assert all("rows_written" not in result.stats for result in unchanged)  # a referrer change takes nothing
+
+    refund(engine, basis)
+    run_rewards(engine, settings, utc(2026, 3, 3))
+
+    assert job_rows(engine, b) == {f"recurring:{r}:1": 200, f"clawback:recurring:{r}:1": -200}
+    assert job_rows(engine, new_referrer) == {f"recurring:{r}:1:{later}": 300}
+    assert_cache_is_the_ledger(engine, b, new_referrer)
+
+
 def test_a_corrected_rewarded_at_claws_back_the_months_whose_payments_left_them_and_pays_the_50_dollar_month(
         engine, settings):
     """rewarded_at was recorded as Jan 1 00:00; the first payment was Jan 15 09:00.
@@ -318,11 +357,14 @@ def test_a_clawback_priced_before_a_credit_of_the_same_run_is_recovered_from_tha
     assert_cache_is_the_ledger(engine, b)
 
 
-def test_a_clawback_in_one_batch_is_recovered_from_a_credit_of_another_batch_of_the_same_run(engine, make_settings):
-    """One referred user a batch: C1's refund is priced (B's balance 0) in one batch, C2's new month is
-    credited in the other; the recovery comes after every credit of the run."""
+@pytest.mark.parametrize("refunded_first", [True, False], ids=["refunded user first", "credited user first"])
+def test_a_clawback_and_a_credit_in_different_batches_of_one_run_lose_nothing(engine, make_settings, refunded_first):
+    """One referred user a batch: C1's refund and C2's new month are written in different batches,
+    in either order (the referred users' ids decide). Whichever comes first, B owes nothing after the
+    run: the clawback takes the 200 outright, or leaves them unrecovered and the recovery takes them."""
     settings = make_settings(batch_size=1)
-    b, c1, c2 = new_id(), new_id(), new_id()
+    b = new_id()
+    c1, c2 = (uuid.UUID(int=1), uuid.UUID(int=2)) if refunded_first else (uuid.UUID(int=2), uuid.UUID(int=1))
     r1 = relate(engine, b, c1, rewarded_at=utc(2026, 1, 5))
     r2 = relate(engine, b, c2, rewarded_at=utc(2026, 1, 6))
     refunded = pay(engine, c1, utc(2026, 2, 5))
@@ -334,9 +376,65 @@ def test_a_clawback_in_one_batch_is_recovered_from_a_credit_of_another_batch_of_
     as_of = utc(2026, 3, 1)
     recurring, _ = run_rewards(engine, settings, as_of)
 
-    assert job_rows(engine, b) == {f"recurring:{r1}:1": 200, f"recurring:{r2}:1": 200,
-                                   f"recover:{b}:{iso(as_of)}:1": -200}
-    assert (recurring.stats["unrecovered_points"], recurring.stats["recovered_points"]) == (200, 200)
+    rows = job_rows(engine, b)
+    assert {key: rows.pop(key) for key in (f"recurring:{r1}:1", f"recurring:{r2}:1")} == {
+        f"recurring:{r1}:1": 200, f"recurring:{r2}:1": 200}
+    assert rows in ({f"clawback:recurring:{r1}:1": -200}, {f"recover:{b}:{iso(as_of)}:1": -200})
+    record = rewards_of(engine, c1)[f"recurring:{r1}:1"]
+    assert record.clawed_back_points + record.recovered_points == 200
+    assert record.unrecovered_points == record.recovered_points  # outstanding 0
+    assert recurring.stats["unrecovered_points"] == recurring.stats["recovered_points"]
+    assert ledger_balance(engine, b) == 0
+    assert_cache_is_the_ledger(engine, b)
+
+
+def test_two_clawbacks_of_one_run_are_priced_in_key_order_against_one_balance(engine, settings):
+    b, c = new_id(), new_id()
+    r = relate(engine, b, c, rewarded_at=utc(2026, 1, 5))
+    payments = [pay(engine, c, utc(2026, 2, 5)), pay(engine, c, utc(2026, 3, 5))]  # months 1 and 2
+    run_rewards(engine, settings, utc(2026, 3, 10))
+    app_points(engine, b, -100, "REDEMPTION_QUOTA", utc(2026, 3, 12))  # balance 300
+    for payment in payments:
+        refund(engine, payment)
+
+    recurring, _ = run_rewards(engine, settings, utc(2026, 3, 15))
+
+    assert job_rows(engine, b) == {f"recurring:{r}:1": 200, f"recurring:{r}:2": 200,
+                                   f"clawback:recurring:{r}:1": -200, f"clawback:recurring:{r}:2": -100}
+    records = rewards_of(engine, c)
+    assert (records[f"recurring:{r}:1"].clawed_back_points,
+            records[f"recurring:{r}:1"].unrecovered_points) == (200, 0)
+    assert (records[f"recurring:{r}:2"].clawed_back_points,
+            records[f"recurring:{r}:2"].unrecovered_points) == (100, 100)
+    assert (recurring.stats["clawed_back_points"], recurring.stats["unrecovered_points"]) == (300, 100)
+    assert recurring.stats["recovered_points"] == 0  # nothing left to recover from
+    assert ledger_balance(engine, b) == 0
+    assert_cache_is_the_ledger(engine, b)
+
+
+def test_a_recovery_is_attributed_to_the_oldest_outstanding_clawback_first(engine, settings):
+    """r1's clawback (Mar 1) is older than r2's (Mar 3), though r2's key sorts first: a recovery of 300
+    of the 400 outstanding settles r1's 200, then 100 of r2's."""
+    b, c1, c2 = new_id(), new_id(), new_id()
+    r1 = relate(engine, b, c1, rewarded_at=utc(2026, 1, 5), relationship_id=uuid.UUID(int=2))
+    r2 = relate(engine, b, c2, rewarded_at=utc(2026, 1, 6), relationship_id=uuid.UUID(int=1))
+    p1, p2 = pay(engine, c1, utc(2026, 2, 5)), pay(engine, c2, utc(2026, 2, 7))
+    run_rewards(engine, settings, utc(2026, 2, 10))
+    app_points(engine, b, -400, "REDEMPTION_QUOTA", utc(2026, 2, 12))
+    refund(engine, p1)
+    run_rewards(engine, settings, utc(2026, 3, 1))
+    refund(engine, p2)
+    run_rewards(engine, settings, utc(2026, 3, 3))
+    pay(engine, c1, utc(2026, 3, 6), cents=3000)  # r1's month 2 = [Mar 5, Apr 5): 300 points
+
+    as_of = utc(2026, 3, 10)
+    recurring, _ = run_rewards(engine, settings, as_of)
+
+    assert row_by_key(engine, f"recover:{b}:{iso(as_of)}:1").delta == -300
+    assert recurring.stats["recovered_points"] == 300
+    first, second = rewards_of(engine, c1)[f"recurring:{r1}:1"], rewards_of(engine, c2)[f"recurring:{r2}:1"]
+    assert (first.unrecovered_points, first.recovered_points) == (200, 200)
+    assert (second.unrecovered_points, second.recovered_points) == (200, 100)
     assert ledger_balance(engine, b) == 0
     assert_cache_is_the_ledger(engine, b)
 
@@ -536,10 +634,10 @@ def test_a_clawback_does_not_postpone_the_expiry_of_an_older_lot(engine, setting
     assert_cache_is_the_ledger(engine, b)
 
 
-def expired_reward(engine, settings, *, spent_first: int = 0) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID]:
+def expired_reward(engine, settings, *, spent_first: int = 0, newer_grant: int = 300) -> tuple[uuid.UUID, ...]:
     """B holds a welcome lot of 100 (2025-01-01) and a reward of 200 (the 2025-03-01 run, month 1 of C's
     Feb 5 payment); spends `spent_first` (2025-04-01); expire-points at 2026-03-02 expires the rest; the
-    app grants B 300 newer points (2026-03-05); billing refunds the payment a year late:
+    app grants B `newer_grant` newer points (2026-03-05); billing refunds the payment a year late:
     (B, C, relationship, reward key)."""
     b, c = new_id(), new_id()
     app_points(engine, b, 100, "REFERRAL_WELCOME", utc(2025, 1, 1))
@@ -550,7 +648,8 @@ def expired_reward(engine, settings, *, spent_first: int = 0) -> tuple[uuid.UUID
         app_points(engine, b, -spent_first, "REDEMPTION_QUOTA", utc(2025, 4, 1))
     expire(engine, settings, utc(2026, 3, 2))
     assert row_by_key(engine, f"expiry:{b}:{iso(utc(2026, 3, 2))}").delta == -(300 - spent_first)
-    app_points(engine, b, 300, "ADMIN_GRANT", utc(2026, 3, 5))
+    if newer_grant:
+        app_points(engine, b, newer_grant, "ADMIN_GRANT", utc(2026, 3, 5))
     refund(engine, payment)
     return b, c, r, f"recurring:{r}:1"
 
@@ -590,6 +689,28 @@ def test_a_reward_partly_spent_and_partly_expired_is_clawed_back_for_its_spent_p
     expired = expire(engine, settings, utc(2027, 3, 6))  # lots 100 + (200 − 50) + 300, debits 150 + 150
     assert expired.stats["points_written"] == {"EXPIRY": -250}
     assert ledger_balance(engine, b) == 0
+    assert_cache_is_the_ledger(engine, b)
+
+
+def test_only_the_unexpired_part_of_a_clawed_back_reward_is_owed_and_recovered(engine, settings):
+    """As above, but B's balance is 0 at the clawback: of the reward's 200, 150 expired (not owed) and
+    50 are unrecovered; once the app grants B 300, the next reward run recovers those 50, no more."""
+    b, c, r, key = expired_reward(engine, settings, spent_first=150, newer_grant=0)
+
+    recurring, _ = run_rewards(engine, settings, utc(2026, 3, 10))
+    assert row_by_key(engine, f"clawback:{key}") is None
+    record = rewards_of(engine, c)[key]
+    assert (record.clawed_back_points, record.expired_points, record.unrecovered_points) == (0, 150, 50)
+    assert recurring.stats["unrecovered_points"] == 50
+
+    app_points(engine, b, 300, "ADMIN_GRANT", utc(2026, 3, 12))
+    as_of = utc(2026, 3, 20)
+    recovering, _ = run_rewards(engine, settings, as_of)
+
+    assert row_by_key(engine, f"recover:{b}:{iso(as_of)}:1").delta == -50
+    assert recovering.stats["recovered_points"] == 50
+    assert rewards_of(engine, c)[key].recovered_points == 50
+    assert ledger_balance(engine, b) == 250
     assert_cache_is_the_ledger(engine, b)
 
 
