@@ -439,6 +439,50 @@ def test_a_recovery_is_attributed_to_the_oldest_outstanding_clawback_first(engin
     assert_cache_is_the_ledger(engine, b)
 
 
+def test_a_dry_run_reports_the_recovery_exactly_and_writes_nothing(engine, settings):
+    b, c = new_id(), new_id()
+    relate(engine, b, c, rewarded_at=utc(2026, 1, 5))
+    refunded = pay(engine, c, utc(2026, 2, 5))
+    run_rewards(engine, settings, utc(2026, 2, 10))
+    app_points(engine, b, -200, "REDEMPTION_QUOTA", utc(2026, 2, 12))
+    refund(engine, refunded)
+    pay(engine, c, utc(2026, 3, 5))
+    before = job_rows(engine, b)
+
+    dry = run_job(recurring_rewards.JOB, settings=settings, engine=engine, as_of=utc(2026, 3, 10), dry_run=True)
+    assert dry.status == "SUCCEEDED", dry.error
+    assert job_rows(engine, b) == before
+    real, _ = run_rewards(engine, settings, utc(2026, 3, 10))
+
+    for key in ("rows_written", "points_written", "clawed_back_points", "unrecovered_points", "recovered_points"):
+        assert dry.stats[key] == real.stats[key], key
+    assert real.stats["recovered_points"] == 200
+
+
+def test_a_run_for_a_past_as_of_does_not_recover_again_what_a_later_run_recovered(engine, settings):
+    b, c = new_id(), new_id()
+    r = relate(engine, b, c, rewarded_at=utc(2026, 1, 5))
+    refunded = pay(engine, c, utc(2026, 2, 5))
+    run_rewards(engine, settings, utc(2026, 2, 10))
+    app_points(engine, b, -200, "REDEMPTION_QUOTA", utc(2026, 2, 12))
+    refund(engine, refunded)
+    run_rewards(engine, settings, utc(2026, 3, 1))  # 200 unrecovered
+    app_points(engine, b, 200, "ADMIN_GRANT", utc(2026, 3, 9))
+    run_rewards(engine, settings, utc(2026, 3, 10))  # recovered from the grant
+    assert job_rows(engine, b) == {f"recurring:{r}:1": 200, f"recover:{b}:{iso(utc(2026, 3, 10))}:1": -200}
+    pay(engine, c, utc(2026, 3, 6))  # month 2 = [Mar 5, Apr 5), recorded late
+
+    past, _ = run_rewards(engine, settings, utc(2026, 3, 7))
+
+    assert job_rows(engine, b) == {f"recurring:{r}:1": 200, f"recover:{b}:{iso(utc(2026, 3, 10))}:1": -200,
+                                   f"recurring:{r}:2": 200}
+    assert past.stats["recovered_points"] == 0
+    record = rewards_of(engine, c)[f"recurring:{r}:1"]
+    assert (record.unrecovered_points, record.recovered_points) == (200, 200)
+    assert ledger_balance(engine, b) == 200
+    assert_cache_is_the_ledger(engine, b)
+
+
 def test_a_level_2_clawback_is_recovered_under_its_own_level(engine, settings):
     a, b, c = new_id(), new_id(), new_id()
     relate(engine, a, b, status="ACTIVE")
@@ -755,6 +799,33 @@ def test_a_run_for_a_past_as_of_does_not_recover_a_clawback_dated_after_it(engin
     assert_cache_is_the_ledger(engine, b)
 
 
+def test_a_recovery_consumes_the_oldest_lots_like_any_debit(engine, settings):
+    """B: welcome 100 (2025-01-10); reward 200 (Jun 1) spent with the welcome points (300, Jun 5); its
+    refund leaves 200 unrecovered (Jun 10); the next month's 200 (Jul 1) is recovered the same run; a
+    grant of 100 (Dec 1). At 2026-07-02 every lot but the grant is past its cutoff, and the redemption
+    and the recovery consumed them all: nothing is due. The grant expires on its own date."""
+    b, c = new_id(), new_id()
+    app_points(engine, b, 100, "REFERRAL_WELCOME", utc(2025, 1, 10))
+    r = relate(engine, b, c, rewarded_at=utc(2025, 4, 20))
+    refunded = pay(engine, c, utc(2025, 5, 25))  # month 1 = [May 20, Jun 20)
+    run_rewards(engine, settings, utc(2025, 6, 1))
+    app_points(engine, b, -300, "REDEMPTION_UNLOCK", utc(2025, 6, 5))
+    refund(engine, refunded)
+    run_rewards(engine, settings, utc(2025, 6, 10))
+    pay(engine, c, utc(2025, 6, 25))  # month 2 = [Jun 20, Jul 20)
+    run_rewards(engine, settings, utc(2025, 7, 1))
+    assert job_rows(engine, b) == {f"recurring:{r}:1": 200, f"recurring:{r}:2": 200,
+                                   f"recover:{b}:{iso(utc(2025, 7, 1))}:1": -200}
+    app_points(engine, b, 100, "ADMIN_GRANT", utc(2025, 12, 1))
+
+    assert "rows_written" not in expire(engine, settings, utc(2026, 7, 2)).stats
+    assert ledger_balance(engine, b) == 100
+
+    assert expire(engine, settings, utc(2026, 12, 2)).stats["points_written"] == {"EXPIRY": -100}
+    assert ledger_balance(engine, b) == 0
+    assert_cache_is_the_ledger(engine, b)
+
+
 @pytest.mark.parametrize("order", ["earlier as-of first", "later as-of first"])
 def test_expire_points_for_an_as_of_before_a_clawback_expires_exactly_the_older_lot(engine, settings, order):
     """B's welcome lot of 100 (2025-01-10), a reward of 200 (2025-02-01) clawed back on 2026-03-01.
@@ -836,6 +907,22 @@ def test_a_relationship_deleted_and_re_inserted_earns_only_the_months_not_standi
                                    (2, 2): f"l2:{old}:2", (2, 3): f"l2:{new}:3"}
     assert rewards_of(engine, c)[f"recurring:{new}:3"].relationship_id == new
     assert_cache_is_the_ledger(engine, a, b)
+
+
+def test_a_reward_of_a_deleted_relationship_is_still_clawed_back_when_its_payment_is_refunded(engine, settings):
+    b, c = new_id(), new_id()
+    old = relate(engine, b, c, rewarded_at=utc(2026, 1, 10))
+    basis = pay(engine, c, utc(2026, 2, 12))
+    run_rewards(engine, settings, utc(2026, 3, 1))
+    delete_relationship(engine, old)
+    refund(engine, basis)
+
+    run_rewards(engine, settings, utc(2026, 3, 2))
+
+    assert job_rows(engine, b) == {f"recurring:{old}:1": 200, f"clawback:recurring:{old}:1": -200}
+    assert row_by_key(engine, f"clawback:recurring:{old}:1").ref_id == old
+    assert standing(engine, c) == {}
+    assert_cache_is_the_ledger(engine, b)
 
 
 def test_a_re_inserted_relationship_with_a_new_referrer_pays_only_new_months_to_it(engine, settings):
