@@ -23,18 +23,25 @@ WITH expired AS (
 SELECT count(*) AS rows, 0 AS points FROM expired;
 
 -- name: reward_rule --
--- Both reward jobs' rule (SPEC "recurring-rewards", "level2-rewards", "Holds, refunds and clawbacks"),
--- :level 1 or 2, over the whole history at once, less what this level already holds: the first run's
--- bound and the exact daily bound are the same statement (on the first run nothing is written yet).
+-- Both reward jobs' rule (SPEC v3 "recurring-rewards", "level2-rewards", "Holds, refunds and clawbacks";
+-- docs/rules.md), :level 1 or 2, over the whole history at once, less what this level already holds:
+-- the first run's bound and the exact daily bound are the same statement (on the first run nothing is
+-- written yet).
 --   beneficiary: level 1, r's referrer; level 2, the referrer A of B's own level-1 ACTIVE/REWARDED
 --     relationship (r level 1, B = r's referrer), or r's referrer (r level 2); never C, nor B via a parent;
---   owed: each paid month k in :first_month .. :last_month with its basis, the earliest PAID payment
---     (paid_at, id) with paid_at <= as_of - hold days;
---   clawback: a standing reward (not clawed back) whose basis payment is no longer PAID, taking
---     min(reward, the beneficiary's ledger balance less this run's earlier clawbacks, in key order);
+--   owed: each paid month (referred user, k), k in :first_month .. :last_month, with its basis, the
+--     earliest PAID payment (paid_at, id) with paid_at <= as_of - hold days;
+--   clawback: a standing reward dated at or before as_of whose basis no longer holds (not in the feed,
+--     not PAID, another amount, or out of its month under the referred user's current rewarded_at), or a
+--     second holding reward of its month, taking min(its points not yet expired (the overlap of its lot
+--     with the EXPIRY rows of the beneficiary's FIFO stack), the balance less this run's earlier
+--     clawbacks, in key order);
 --   reward: an owed month without a standing reward after the clawbacks; key <prefix>:<id>:<k>, or
 --     <prefix>:<id>:<k>:<payment> when the month was rewarded before;
--- then the ledger rows, the cache moved by the inserted rows (user_id order), and referral_rewards.
+--   recovery: each beneficiary's outstanding unrecovered points (dated at or before as_of, this run's
+--     clawbacks included) up to the balance after this run's rows;
+-- then the ledger rows, the cache moved by the inserted rows (user_id order), and referral_rewards
+-- with the basis columns.
 WITH relationship AS (
     SELECT r.id, r.referred_user_id, r.referrer_user_id, r.rewarded_at,
            (:level = 2 AND r.level = 1) AS via_parent,
@@ -52,7 +59,8 @@ eligible AS (
       AND NOT (via_parent AND beneficiary_user_id = referrer_user_id)
 ),
 payment_month AS (
-    SELECT r.id, r.beneficiary_user_id, r.rewarded_at, p.id AS payment_id, p.paid_at, p.amount_cents,
+    SELECT r.id, r.referred_user_id, r.beneficiary_user_id, r.rewarded_at, p.id AS payment_id, p.paid_at,
+           p.amount_cents,
            (extract(year FROM p.paid_at) - extract(year FROM r.rewarded_at)) * 12
            + extract(month FROM p.paid_at) - extract(month FROM r.rewarded_at) AS k0
     FROM eligible r
@@ -60,33 +68,45 @@ payment_month AS (
     WHERE p.status = 'PAID' AND p.paid_at >= r.rewarded_at AND p.paid_at <= :counts_until
 ),
 basis AS (
-    SELECT DISTINCT ON (id, k) id, k, beneficiary_user_id, payment_id, amount_cents
+    SELECT DISTINCT ON (referred_user_id, k) id, referred_user_id, k, beneficiary_user_id, payment_id, paid_at,
+           amount_cents
     FROM (SELECT pm.*, CASE WHEN pm.rewarded_at + make_interval(months => pm.k0::int) > pm.paid_at
                             THEN pm.k0::int - 1 ELSE pm.k0::int END AS k
           FROM payment_month pm) AS m
     WHERE k BETWEEN :first_month AND :last_month
-    ORDER BY id, k, paid_at, payment_id
+    ORDER BY referred_user_id, k, paid_at, payment_id
 ),
 written AS (
     SELECT * FROM public.referral_rewards WHERE level = :level
 ),
-still_paid AS (
-    SELECT p.id FROM {payments} p
-    WHERE p.status = 'PAID' AND p.id IN (SELECT payment_id FROM written WHERE clawback_key IS NULL)
+judged AS (
+    SELECT w.*,
+           p.id IS NOT NULL AND p.status = 'PAID' AND p.amount_cents = w.basis_amount_cents
+           AND (g.rewarded_at IS NULL OR (p.paid_at >= g.rewarded_at + make_interval(months => w.month)
+                                          AND p.paid_at < g.rewarded_at + make_interval(months => w.month + 1)))
+             AS holds
+    FROM written w
+    LEFT JOIN {payments} p ON p.id = w.payment_id
+    LEFT JOIN public.user_referral_relationships g ON g.referred_user_id = w.referred_user_id
+    WHERE w.clawback_key IS NULL
+),
+ranked AS (
+    SELECT j.*, row_number() OVER (PARTITION BY referred_user_id, month, holds ORDER BY rewarded_at, idempotency_key)
+                  AS holding_rank
+    FROM judged j
 ),
 clawback AS (
-    SELECT w.*, 'clawback:' || w.idempotency_key AS clawback_key_new
-    FROM written w
-    LEFT JOIN still_paid sp ON sp.id = w.payment_id
-    WHERE w.clawback_key IS NULL AND sp.id IS NULL
+    SELECT r.*, 'clawback:' || r.idempotency_key AS clawback_key_new
+    FROM ranked r
+    WHERE r.rewarded_at <= :as_of AND (NOT r.holds OR r.holding_rank > 1)
 ),
 standing AS (
-    SELECT w.relationship_id, w.month FROM written w
-    LEFT JOIN clawback c ON c.idempotency_key = w.idempotency_key
-    WHERE w.clawback_key IS NULL AND c.idempotency_key IS NULL
+    SELECT r.referred_user_id, r.month FROM ranked r
+    WHERE NOT (r.rewarded_at <= :as_of AND (NOT r.holds OR r.holding_rank > 1))
 ),
 reward AS (
-    SELECT b.beneficiary_user_id AS user_id, b.id AS relationship_id, b.k, b.payment_id,
+    SELECT b.beneficiary_user_id AS user_id, b.id AS relationship_id, b.referred_user_id, b.k, b.payment_id,
+           b.paid_at, b.amount_cents,
            CAST(:fixed_points AS numeric)
            + div(b.amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points,
            CASE WHEN rewarded.month IS NOT NULL
@@ -95,30 +115,88 @@ reward AS (
     FROM basis b
     LEFT JOIN (SELECT DISTINCT relationship_id, month FROM written) rewarded
            ON rewarded.relationship_id = b.id AND rewarded.month = b.k
-    LEFT JOIN (SELECT DISTINCT relationship_id, month FROM standing) s
-           ON s.relationship_id = b.id AND s.month = b.k
-    WHERE s.relationship_id IS NULL
+    LEFT JOIN (SELECT DISTINCT referred_user_id, month FROM standing) s
+           ON s.referred_user_id = b.referred_user_id AND s.month = b.k
+    WHERE s.referred_user_id IS NULL
+),
+clawback_ledger AS (
+    SELECT t.* FROM public.user_point_transactions t
+    WHERE t.user_id IN (SELECT beneficiary_user_id FROM clawback)
 ),
 balance AS (
-    SELECT t.user_id, sum(t.delta) AS points
-    FROM public.user_point_transactions t
-    WHERE t.user_id IN (SELECT beneficiary_user_id FROM clawback)
-    GROUP BY t.user_id
+    SELECT user_id, sum(delta) AS points FROM clawback_ledger GROUP BY user_id
+),
+lot AS (
+    SELECT l.user_id, l.idempotency_key, l.delta + coalesce(o.delta, 0) AS size,
+           sum(l.delta + coalesce(o.delta, 0)) OVER (PARTITION BY l.user_id ORDER BY l.created_at, l.id) AS lot_end
+    FROM clawback_ledger l
+    LEFT JOIN clawback_ledger o ON o.user_id = l.user_id AND o.idempotency_key = 'clawback:' || l.idempotency_key
+    WHERE l.delta > 0
+),
+debit AS (
+    SELECT d.user_id, d.type, -d.delta AS size,
+           sum(-d.delta) OVER (PARTITION BY d.user_id ORDER BY d.created_at, d.id) AS debit_end
+    FROM clawback_ledger d
+    WHERE d.delta < 0
+      AND NOT (starts_with(d.idempotency_key, 'clawback:')
+               AND EXISTS (SELECT 1 FROM clawback_ledger r
+                           WHERE r.user_id = d.user_id AND 'clawback:' || r.idempotency_key = d.idempotency_key))
+),
+expired AS (
+    SELECT c.idempotency_key,
+           least(c.points, sum(greatest(0, least(l.lot_end, d.debit_end) - greatest(l.lot_end - l.size, d.debit_end - d.size))))
+             AS points
+    FROM clawback c
+    JOIN lot l ON l.user_id = c.beneficiary_user_id AND l.idempotency_key = c.idempotency_key
+    JOIN debit d ON d.user_id = l.user_id AND d.type = 'EXPIRY'
+    GROUP BY c.idempotency_key, c.points
 ),
 priced AS (
-    SELECT c.*, least(c.points, greatest(0, coalesce(b.points, 0)
-                      - (sum(c.points) OVER (PARTITION BY c.beneficiary_user_id ORDER BY c.clawback_key_new)
-                         - c.points))) AS taken
+    SELECT c.*, coalesce(e.points, 0) AS expired,
+           least(c.points - coalesce(e.points, 0),
+                 greatest(0, coalesce(b.points, 0)
+                             - (sum(c.points - coalesce(e.points, 0)) OVER (PARTITION BY c.beneficiary_user_id
+                                                                           ORDER BY c.clawback_key_new)
+                                - (c.points - coalesce(e.points, 0))))) AS taken
     FROM clawback c
+    LEFT JOIN expired e ON e.idempotency_key = c.idempotency_key
     LEFT JOIN balance b ON b.user_id = c.beneficiary_user_id
 ),
-ledger_row AS (
+credit_and_clawback AS (
     SELECT user_id, CAST(points AS int) AS delta, CAST(:ledger_type AS text) AS type, relationship_id AS ref_id,
            idempotency_key
     FROM reward WHERE points >= 1 AND points <= 2147483647
     UNION ALL
     SELECT beneficiary_user_id, CAST(-taken AS int), 'REFERRAL_CLAWBACK', relationship_id, clawback_key_new
     FROM priced WHERE taken > 0
+),
+outstanding AS (
+    SELECT user_id, sum(points) AS points
+    FROM (SELECT beneficiary_user_id AS user_id, unrecovered_points - recovered_points AS points
+          FROM public.referral_rewards
+          WHERE level = :level AND unrecovered_points > recovered_points AND clawed_back_at <= :as_of
+          UNION ALL
+          SELECT beneficiary_user_id, points - expired - taken FROM priced) AS owed
+    GROUP BY user_id
+    HAVING sum(points) > 0
+),
+recovery AS (
+    SELECT o.user_id, least(o.points, b.points) AS points
+    FROM outstanding o
+    JOIN (SELECT t.user_id, sum(t.delta) AS points
+          FROM (SELECT user_id, delta FROM public.user_point_transactions
+                WHERE user_id IN (SELECT user_id FROM outstanding)
+                UNION ALL
+                SELECT user_id, delta FROM credit_and_clawback) t
+          GROUP BY t.user_id) b ON b.user_id = o.user_id
+    WHERE b.points > 0
+),
+ledger_row AS (
+    SELECT * FROM credit_and_clawback
+    UNION ALL
+    SELECT user_id, CAST(-points AS int), 'REFERRAL_CLAWBACK', NULL,
+           format('recover:%s:%s:%s', user_id, CAST(:as_of AS text), :level)
+    FROM recovery
 ),
 inserted AS (
     INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, idempotency_key, created_at)
@@ -137,8 +215,8 @@ cache AS (
 ),
 clawed AS (
     UPDATE public.referral_rewards rr
-       SET clawback_key = p.clawback_key_new, clawed_back_points = p.taken,
-           unrecovered_points = p.points - p.taken, clawed_back_at = :as_of
+       SET clawback_key = p.clawback_key_new, clawed_back_points = p.taken, expired_points = p.expired,
+           unrecovered_points = p.points - p.taken - p.expired, clawed_back_at = :as_of
       FROM priced p
      WHERE rr.idempotency_key = p.idempotency_key
     RETURNING 1
@@ -146,8 +224,10 @@ clawed AS (
 recorded AS (
     -- after the clawbacks (the InitPlan runs first): a re-earned month's reward then stands alone
     INSERT INTO public.referral_rewards
-           (idempotency_key, relationship_id, level, month, payment_id, beneficiary_user_id, points, rewarded_at)
-    SELECT r.idempotency_key, r.relationship_id, :level, r.k, r.payment_id, r.user_id, CAST(r.points AS bigint), :as_of
+           (idempotency_key, relationship_id, referred_user_id, level, month, payment_id, basis_paid_at,
+            basis_amount_cents, beneficiary_user_id, points, rewarded_at)
+    SELECT r.idempotency_key, r.relationship_id, r.referred_user_id, :level, r.k, r.payment_id, r.paid_at,
+           r.amount_cents, r.user_id, CAST(r.points AS bigint), :as_of
     FROM reward r
     JOIN inserted i ON i.idempotency_key = r.idempotency_key
     WHERE (SELECT count(*) FROM clawed) >= 0
@@ -158,14 +238,26 @@ SELECT count(*) AS rows, coalesce(sum(delta), 0) AS points,
 FROM inserted;
 
 -- name: expire_points --
--- due = (positive deltas created before as_of - N months) - (|negative deltas| created at or before as_of).
-WITH per_user AS (
+-- due = (lots created before as_of - N months, a reward's lot less its own clawback)
+--       - (|negative deltas| other than own clawbacks) (docs/rules.md "Expiry: lots").
+WITH ledger AS (
     SELECT user_id,
            coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < CAST(:as_of AS timestamptz)
                                                                   - make_interval(months => :expiry_months)), 0)
-           + coalesce(sum(delta) FILTER (WHERE delta < 0 AND created_at <= :as_of), 0) AS due
+           + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
     FROM public.user_point_transactions
     GROUP BY user_id
+),
+young_clawbacks AS (
+    SELECT beneficiary_user_id AS user_id, sum(clawed_back_points) AS points
+    FROM public.referral_rewards
+    WHERE clawed_back_points > 0
+      AND rewarded_at >= CAST(:as_of AS timestamptz) - make_interval(months => :expiry_months)
+    GROUP BY beneficiary_user_id
+),
+per_user AS (
+    SELECT l.user_id, l.due + coalesce(y.points, 0) AS due
+    FROM ledger l LEFT JOIN young_clawbacks y ON y.user_id = l.user_id
 ),
 inserted AS (
     INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, idempotency_key, created_at)
