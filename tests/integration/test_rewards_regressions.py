@@ -16,7 +16,7 @@ gives 200 recurring and 100 level-2 points; points expire 12 months after they w
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
