@@ -15,6 +15,21 @@ UPDATE public.user_subscription_payments p
                 LIMIT :changes)
    AND p.status = 'PAID';
 
+-- name: corrected_payments --
+-- Billing corrects earlier payments that are the basis of a standing reward: half of them move a month
+-- later (the basis rule claws their rewards back and pays the month they now lie in), half are
+-- corrected by $1.00 (clawed back and paid again at the new amount). Others than the refunds above.
+UPDATE public.user_subscription_payments p
+   SET paid_at = CASE WHEN left(md5(CAST(p.id AS text)), 1) < '8' THEN p.paid_at + interval '1 month' ELSE p.paid_at END,
+       amount_cents = CASE WHEN left(md5(CAST(p.id AS text)), 1) < '8' THEN p.amount_cents ELSE p.amount_cents + 100 END
+ WHERE p.id IN (SELECT standing.payment_id
+                FROM (SELECT DISTINCT rr.payment_id
+                      FROM public.referral_rewards rr
+                      WHERE rr.clawback_key IS NULL) AS standing
+                ORDER BY md5('correct:' || CAST(standing.payment_id AS text))
+                LIMIT :changes)
+   AND p.status = 'PAID';
+
 -- name: failed_turned_paid --
 -- FAILED payments of months long past (over 60 days before as-of) turned PAID by a late retry webhook.
 UPDATE public.user_subscription_payments p

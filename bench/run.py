@@ -372,7 +372,8 @@ def change_history(engine: Engine, world: World, next_day: datetime) -> dict[str
     params = {"as_of": world.as_of, "next_day": next_day, "changes": max(5, world.users // 5000)}
     changed = {}
     with engine.begin() as conn:
-        for name in ("refund_rewarded_payments", "failed_turned_paid", "late_payments", "redemptions"):
+        for name in ("refund_rewarded_payments", "corrected_payments", "failed_turned_paid", "late_payments",
+                     "redemptions"):
             changed[name] = conn.execute(_daily[name], params).rowcount
     vacuum(engine, ("user_subscription_payments", "user_point_transactions", "user_point_balances"))
     return changed

@@ -33,6 +33,7 @@ bases. A reward or clawback that cannot be stored (over INT) is counted and logg
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -137,6 +138,11 @@ class _RewardRun:
         referred_users = conn.execute(_queries["batch_referred_users"]).scalar_one()
         with undone_when(conn, dry_run=self.ctx.dry_run):
             self._write_planned(conn)
+            effects = conn.execute(_queries["batch_effects"]).mappings().all() if self.ctx.dry_run else []
+        if effects:  # kept after the undo, so the dry run's recovery reckons with what the batch did
+            conn.execute(_queries["keep_batch_effects"],
+                         {"effects": json.dumps([{**row, "user_id": str(row["user_id"])} for row in effects],
+                                                default=int)})
         return Batch.numbered(number, of=self.batches, items=referred_users)
 
     def _write_planned(self, conn: Connection) -> None:
@@ -176,9 +182,9 @@ class _RewardRun:
             conn.execute(_queries["recovery_rows"], {**self.params, "user_ids": [str(user) for user in users]})
             written = write_points(conn, _queries.raw("recovery_candidates"), {}, as_of=self.ctx.as_of)
             self.ctx.record_points(written)
-            attributed = conn.execute(_queries["attribute_recoveries"], self.params).one()
+            conn.execute(_queries["attribute_recoveries"], self.params)
             self.ctx.count("recoveries", written.total_rows)
-            self.ctx.count("recovered_points", int(attributed.points))
+            self.ctx.count("recovered_points", -written.points.get("REFERRAL_CLAWBACK", 0))
         return Batch.numbered(number, of=self.batches, items=len(users))
 
 
@@ -193,12 +199,13 @@ def run_reward_job(ctx: RunContext, rule: RewardRule) -> None:
     with ctx.engine.connect() as conn:
         counts = conn.execute(_queries["relationship_counts"], {"level": rule.level}).one()
         ctx.stats.update(relationships_scanned=counts.scanned, skipped_missing_rewarded_at=counts.missing_rewarded_at)
-        with session_tables(conn, "run_plan"):
+        with session_tables(conn, "run_plan", "dry_run_effects", "recovery_plan"):
+            conn.execute(_queries["dry_run_effects"])
+            conn.commit()
             referred_users = reward_run.plan(conn)
             ctx.stats["referred_users_to_write"] = referred_users
             ctx.batches(reward_run.batch, total=referred_users, connection=conn)
-        if ctx.settings.recovery:
-            with session_tables(conn, "recovery_plan"):
+            if ctx.settings.recovery:
                 beneficiaries = reward_run.plan_recoveries(conn)
                 if beneficiaries:
                     ctx.batches(reward_run.recovery_batch, total=beneficiaries, connection=conn)

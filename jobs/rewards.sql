@@ -357,15 +357,37 @@ FROM recorded;
 -- name: plan_recoveries --
 -- Recovery, after the credits: the beneficiaries whose level-L clawbacks dated at or before as_of left
 -- points outstanding (unrecovered − recovered > 0), numbered in batches in user_id order. A run for a
--- past as-of never recovers a clawback dated after it.
+-- past as-of never recovers a clawback dated after it. In a dry run, whose batches were undone,
+-- dry_run_effects holds what they would have left unrecovered and credited.
 CREATE TEMP TABLE recovery_plan AS
-SELECT beneficiary_user_id AS user_id,
-       (row_number() OVER (ORDER BY beneficiary_user_id) - 1) / :batch_size AS batch
-FROM public.referral_rewards
-WHERE level = :level
-  AND unrecovered_points > recovered_points
-  AND clawed_back_at <= :as_of
-GROUP BY beneficiary_user_id;
+SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / :batch_size AS batch
+FROM (
+    SELECT beneficiary_user_id AS user_id
+    FROM public.referral_rewards
+    WHERE level = :level
+      AND unrecovered_points > recovered_points
+      AND clawed_back_at <= :as_of
+    UNION
+    SELECT user_id FROM pg_temp.dry_run_effects WHERE unrecovered > 0
+) AS owed;
+
+-- name: dry_run_effects --
+CREATE TEMP TABLE dry_run_effects (user_id uuid NOT NULL, delta bigint NOT NULL, unrecovered bigint NOT NULL);
+
+-- name: batch_effects --
+-- In a dry run, before its batch is undone: what the batch did to each beneficiary (points written,
+-- points left unrecovered), kept for the recovery's reckoning.
+SELECT p.user_id,
+       coalesce(sum(t.delta), 0) AS delta,
+       coalesce(sum(p.points + p.delta - p.expired_points) FILTER (WHERE p.action = 'clawback'), 0) AS unrecovered
+FROM planned_rows AS p
+LEFT JOIN public.user_point_transactions AS t ON t.idempotency_key = p.idempotency_key AND t.user_id = p.user_id
+GROUP BY p.user_id;
+
+-- name: keep_batch_effects --
+INSERT INTO pg_temp.dry_run_effects (user_id, delta, unrecovered)
+SELECT CAST(e.user_id AS uuid), e.delta, e.unrecovered
+FROM jsonb_to_recordset(CAST(:effects AS jsonb)) AS e(user_id text, delta bigint, unrecovered bigint);
 
 -- name: recovery_plan_size --
 SELECT count(*) AS beneficiaries, coalesce(max(batch) + 1, 0) AS batches FROM pg_temp.recovery_plan;
@@ -379,15 +401,19 @@ SELECT user_id FROM pg_temp.recovery_plan WHERE batch = :batch ORDER BY user_id;
 -- n = 2, 3, … when rows of that key exist already: a re-run of the same as-of after a back-fill).
 CREATE TEMP TABLE recovery_rows ON COMMIT DROP AS
 WITH outstanding AS (
-    SELECT beneficiary_user_id AS user_id, sum(unrecovered_points - recovered_points) AS points
-    FROM public.referral_rewards
-    WHERE level = :level
-      AND unrecovered_points > recovered_points
-      AND clawed_back_at <= :as_of
-      AND beneficiary_user_id = ANY(CAST(:user_ids AS uuid[]))
-    GROUP BY beneficiary_user_id
+    SELECT user_id, sum(points) AS points
+    FROM (SELECT beneficiary_user_id AS user_id, unrecovered_points - recovered_points AS points
+          FROM public.referral_rewards
+          WHERE level = :level
+            AND unrecovered_points > recovered_points
+            AND clawed_back_at <= :as_of
+            AND beneficiary_user_id = ANY(CAST(:user_ids AS uuid[]))
+          UNION ALL
+          SELECT user_id, unrecovered FROM pg_temp.dry_run_effects
+          WHERE user_id = ANY(CAST(:user_ids AS uuid[]))) AS owed
+    GROUP BY user_id
 ),
-balance AS (
+ledger AS (
     SELECT t.user_id, sum(t.delta) AS points,
            count(*) FILTER (WHERE t.idempotency_key = format('recover:%s:%s:%s', t.user_id, CAST(:as_of_key AS text), :level)
                                OR starts_with(t.idempotency_key,
@@ -396,6 +422,14 @@ balance AS (
     FROM public.user_point_transactions AS t
     WHERE t.user_id = ANY(CAST(:user_ids AS uuid[]))
     GROUP BY t.user_id
+),
+balance AS (
+    SELECT user_id, sum(points) AS points, sum(earlier) AS earlier
+    FROM (SELECT user_id, points, earlier FROM ledger
+          UNION ALL
+          SELECT user_id, delta, 0 FROM pg_temp.dry_run_effects
+          WHERE user_id = ANY(CAST(:user_ids AS uuid[]))) AS moved
+    GROUP BY user_id
 )
 SELECT o.user_id,
        -least(o.points, b.points) AS delta,
@@ -407,7 +441,7 @@ SELECT o.user_id,
               CAST(:note_label AS text)) AS note
 FROM outstanding AS o
 JOIN balance AS b ON b.user_id = o.user_id
-WHERE b.points > 0;
+WHERE o.points > 0 AND b.points > 0;
 
 -- name: recovery_candidates --
 -- (A fragment: the candidates of the ledger writer.)

@@ -83,6 +83,7 @@ def test_run_measures_bound_job_rerun_and_a_daily_run_for_every_job(server_url, 
     daily = size["daily"]
     assert daily["added"]["ledger"] > 0  # a day of 400 users: some redemptions, hardly a sign-up
     assert daily["changed"]["refund_rewarded_payments"] > 0 and daily["changed"]["late_payments"] > 0
+    assert daily["changed"]["corrected_payments"] > 0
     assert [entry["run"]["status"] for entry in daily["jobs"]] == ["SUCCEEDED"] * len(PIPELINE)
     daily_done = {entry["job"]: report._rows_done(entry["run"]) for entry in daily["jobs"]}
     daily_bound = {entry["job"]: entry["bound"]["rows"] for entry in daily["jobs"]}
