@@ -39,7 +39,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, TextClause, text
 
 from core.job import Batch, RunContext, session_tables
 from core.ledger import lock_balances, undone_when, write_points
@@ -69,8 +69,10 @@ class RewardRule:
     def params(self, as_of: datetime) -> dict[str, Any]:
         fixed, percent = (self.amount.points, Decimal(0)) if self.amount.points is not None \
             else (0, self.amount.percent)
+        counts_until = as_of - timedelta(days=self.hold_days)
         return {"as_of": as_of, "level": self.level, "first_month": self.first_month, "last_month": self.last_month,
-                "counts_until": as_of - timedelta(days=self.hold_days),
+                "counts_until": counts_until, "seen_until": counts_until, "hold_days": self.hold_days,
+                "explain": False, "only_referred": None,
                 "fixed_points": fixed, "percent": percent, "points_per_usd": self.points_per_usd,
                 "ledger_type": self.ledger_type, "key_prefix": self.key_prefix, "note_label": self.note_label}
 
@@ -85,6 +87,17 @@ def check_payments_feed(engine: Engine, settings: Settings) -> None:
     for column in FEED_COLUMNS:
         if column not in columns:
             raise ConfigError(f"REWARDS_PAYMENTS_TABLE: {settings.payments_table} has no column {column}")
+
+
+def month_facts(payments: str) -> TextClause:
+    """The one derivation of what a level owes (rewards.sql's month_facts), over the feed SQL `payments`:
+    the jobs plan from it, `explain` reads it for one user."""
+    return text(_queries.raw("month_facts").format(payments=payments))
+
+
+def plan_statement(payments: str) -> TextClause:
+    """The run's plan: month_facts' rewards and clawbacks into the session's run_plan."""
+    return text(_queries.raw("plan_run").replace("{month_facts}", month_facts(payments).text))
 
 
 # How many skipped feed rows a run logs one by one; past that, one line says how many more.
@@ -124,8 +137,7 @@ class _RewardRun:
         payments = usable_feed(self.ctx, conn)
         conn.execute(_queries["bulk_joins"])
         conn.execute(_queries["whole_history_through_the_coordinator"])
-        conn.execute(_queries.render("plan_run", payments=payments),
-                     {**self.params, "batch_size": self.ctx.settings.batch_size})
+        conn.execute(plan_statement(payments), {**self.params, "batch_size": self.ctx.settings.batch_size})
         conn.execute(_queries["index_plan"])
         size = conn.execute(_queries["plan_size"]).one()
         conn.commit()

@@ -28,18 +28,22 @@ SET LOCAL enable_nestloop = off;
 -- history they pass Citus's 1 GB guard (2M users). On plain PostgreSQL a `citus.` setting is inert.
 SET LOCAL citus.max_intermediate_result_size = -1;
 
--- name: plan_run --
--- What the whole history owes now, less what this level already holds (docs/rules.md):
+-- name: month_facts --
+-- THE derivation of both reward jobs: what the whole history owes now at one level, less what the
+-- level already holds (docs/rules.md). The jobs plan from it (plan_run), and `explain` reads the same
+-- statement for one user's referred users (:only_referred; NULL for the jobs) with :explain on, which
+-- adds the months' other states (paid, nothing to pay, on hold; constant-false branches otherwise).
 --   earning: REWARDED relationships with rewarded_at and a beneficiary at this level: level 1, the
 --     referrer of a level-1 relationship; level 2, the referrer's own level-1 ACTIVE/REWARDED referrer
 --     (for a level-1 relationship) or the referrer (for a stored level-2 one). Never the referred
 --     user, and (via a parent) never the referrer: cycles and self-referrals earn nothing;
---   payment_month: each usable PAID payment of a referred user with rewarded_at <= paid_at <= as_of -
---     hold days, in its month k, k being the one with paid_at in [rewarded_at + k months, rewarded_at +
---     (k+1) months) in UTC: the calendar-month distance, or one less when rewarded_at + that many
---     months lies after paid_at (month arithmetic only clamps days down, so one step back is enough);
+--   payment_month: each usable PAID payment of a referred user with rewarded_at <= paid_at <= as_of,
+--     in its month k, k being the one with paid_at in [rewarded_at + k months, rewarded_at + (k+1)
+--     months) in UTC: the calendar-month distance, or one less when rewarded_at + that many months lies
+--     after paid_at (month arithmetic only clamps days down, so one step back is enough); it is *held*
+--     when paid after as_of - hold days (:seen_until is :counts_until for the jobs, which never read them);
 --   owed: each paid month k in first_month .. last_month of a referred user, with its basis payment,
---     the month's earliest PAID payment (by paid_at, then id);
+--     the month's earliest PAID payment not held (by paid_at, then id);
 --   standing: this level's rewards not clawed back, each with whether its basis holds: the payment is
 --     usable, PAID, at the amount recorded, and in the reward's month under the grid of the referred
 --     user's current relationship (no grid, no month test); and its rank among the month's holding
@@ -50,9 +54,6 @@ SET LOCAL citus.max_intermediate_result_size = -1;
 --     relationship's first reward of the month, else <prefix>:<relationship>:<k>:<payment> (with
 --     ":<n>", n = 2, 3, … when that payment earned this month before).
 -- Points: fixed_points + floor(amount_cents × percent/100 × points_per_usd/100), exactly in numeric.
--- A referred user's rows share a batch: batch n holds referred users n×batch_size+1 .. (n+1)×batch_size
--- of those with something to write, in id order.
-CREATE TEMP TABLE run_plan AS
 WITH relationship AS (
     SELECT r.id, r.referrer_user_id, r.referred_user_id, r.rewarded_at, parent.referrer_user_id IS NOT NULL AS via_parent,
            coalesce(parent.referrer_user_id,
@@ -67,6 +68,7 @@ WITH relationship AS (
     WHERE r.status = 'REWARDED'
       AND r.rewarded_at IS NOT NULL
       AND (:level = 2 OR r.level = 1)
+      AND (CAST(:only_referred AS uuid[]) IS NULL OR r.referred_user_id = ANY(CAST(:only_referred AS uuid[])))
 ),
 earning AS (
     SELECT *
@@ -76,14 +78,14 @@ earning AS (
 ),
 payment AS (
     SELECT e.id AS relationship_id, e.referred_user_id, e.beneficiary_user_id, e.rewarded_at,
-           p.id AS payment_id, p.amount_cents, p.paid_at,
+           p.id AS payment_id, p.amount_cents, p.paid_at, p.paid_at > CAST(:counts_until AS timestamptz) AS held,
            CAST((extract(year FROM p.paid_at) - extract(year FROM e.rewarded_at)) * 12
                 + extract(month FROM p.paid_at) - extract(month FROM e.rewarded_at) AS int) AS calendar_months
     FROM earning AS e
     JOIN {payments} AS p ON p.user_id = e.referred_user_id
     WHERE p.status = 'PAID'
       AND p.paid_at >= e.rewarded_at
-      AND p.paid_at <= CAST(:counts_until AS timestamptz)
+      AND p.paid_at <= CAST(:seen_until AS timestamptz)
 ),
 payment_month AS (
     SELECT payment.*,
@@ -97,7 +99,17 @@ owed AS (
            CAST(:fixed_points AS numeric)
            + div(amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points
     FROM payment_month
-    WHERE k BETWEEN :first_month AND :last_month
+    WHERE k BETWEEN :first_month AND :last_month AND NOT held
+    ORDER BY referred_user_id, k, paid_at, payment_id
+),
+-- (explain) Months whose PAID payments all lie within the hold: their earliest such payment.
+on_hold AS (
+    SELECT DISTINCT ON (referred_user_id, k)
+           relationship_id, referred_user_id, beneficiary_user_id, k, payment_id, paid_at, amount_cents,
+           CAST(:fixed_points AS numeric)
+           + div(amount_cents * CAST(:percent AS numeric) * CAST(:points_per_usd AS numeric), 10000) AS points
+    FROM payment_month
+    WHERE :explain AND k BETWEEN :first_month AND :last_month AND held
     ORDER BY referred_user_id, k, paid_at, payment_id
 ),
 written AS MATERIALIZED (
@@ -106,6 +118,7 @@ written AS MATERIALIZED (
            clawback_key
     FROM public.referral_rewards
     WHERE level = :level
+      AND (CAST(:only_referred AS uuid[]) IS NULL OR referred_user_id = ANY(CAST(:only_referred AS uuid[])))
 ),
 -- The feed rows of the standing rewards' bases, as a set of its own (Citus joins the distributed feed
 -- with it shard by shard).
@@ -146,7 +159,7 @@ clawback AS (
       AND (s.broken IS NOT NULL OR s.holding_rank > 1)
 ),
 kept AS (  -- the rewards still standing after this run's clawbacks
-    SELECT s.month_owner, s.month
+    SELECT s.*
     FROM standing AS s
     WHERE NOT (s.rewarded_at <= :as_of AND (s.broken IS NOT NULL OR s.holding_rank > 1))
 ),
@@ -171,8 +184,9 @@ reward AS (
     FROM unrewarded AS u
     LEFT JOIN earlier AS e ON e.relationship_id = u.relationship_id AND e.k = u.k
 ),
-planned AS (
+facts AS (
     SELECT 'reward'                                AS action,
+           'to be written'                         AS state,
            beneficiary_user_id                     AS user_id,
            points                                  AS delta,
            CAST(:ledger_type AS text)              AS type,
@@ -188,11 +202,13 @@ planned AS (
                 ELSE format('%s:%s:%s', first_key, payment_id, earlier_on_payment + 1)
            END                                     AS idempotency_key,
            CAST(NULL AS text)                      AS reward_key,
+           CAST(NULL AS timestamptz)               AS written_at,
            format('%s month %s, basis payment %s', CAST(:note_label AS text), k, payment_id) AS note
     FROM reward
     WHERE points <> 0
     UNION ALL
     SELECT 'clawback',
+           'to be clawed back',
            beneficiary_user_id,
            NULL,                                   -- priced by price_clawbacks, under the balance lock
            'REFERRAL_CLAWBACK',
@@ -205,12 +221,45 @@ planned AS (
            points,
            'clawback:' || idempotency_key,
            idempotency_key,
+           rewarded_at,
            format('clawback of %s: basis payment %s %s', idempotency_key, payment_id, reason)
     FROM clawback
+    -- The rest only for explain (:explain): what stands, what is owed nothing, what waits for the hold.
+    UNION ALL
+    SELECT NULL, 'nothing to pay', beneficiary_user_id, NULL, NULL, relationship_id, referred_user_id, k,
+           payment_id, paid_at, amount_cents, points, NULL, NULL, NULL,
+           'the reward setting gives 0 points for this payment'
+    FROM reward
+    WHERE :explain AND points = 0
+    UNION ALL
+    SELECT NULL, 'paid', beneficiary_user_id, NULL, NULL, relationship_id, month_owner, month, payment_id,
+           NULL, basis_amount_cents, points, idempotency_key, NULL, rewarded_at,
+           CASE WHEN broken IS NOT NULL THEN format('basis payment %s %s; written after the as-of, so a later run'
+                                                     ' claws it back', payment_id, broken)
+                WHEN holding_rank > 1 THEN 'a second reward of the month, written after the as-of'
+           END
+    FROM kept
+    WHERE :explain
+    UNION ALL
+    SELECT NULL, 'on hold', h.beneficiary_user_id, NULL, NULL, h.relationship_id, h.referred_user_id, h.k,
+           h.payment_id, h.paid_at, h.amount_cents, h.points, NULL, NULL, NULL,
+           format('counts from %s', h.paid_at + make_interval(days => CAST(:hold_days AS int)))
+    FROM on_hold AS h
+    WHERE :explain
+      AND NOT EXISTS (SELECT 1 FROM owed AS o WHERE o.referred_user_id = h.referred_user_id AND o.k = h.k)
+      AND NOT EXISTS (SELECT 1 FROM kept AS s WHERE s.month_owner = h.referred_user_id AND s.month = h.k)
 )
-SELECT planned.*, CAST(NULL AS numeric) AS expired_points,
-       (dense_rank() OVER (ORDER BY referred_user_id) - 1) / :batch_size AS batch
-FROM planned;
+SELECT * FROM facts
+
+-- name: plan_run --
+-- What the run writes (month_facts' rewards and clawbacks), into the session's run_plan. A referred
+-- user's rows share a batch: batch n holds referred users n×batch_size+1 .. (n+1)×batch_size of those
+-- with something to write, in id order.
+CREATE TEMP TABLE run_plan AS
+SELECT facts.*, CAST(NULL AS numeric) AS expired_points,
+       (dense_rank() OVER (ORDER BY facts.referred_user_id) - 1) / :batch_size AS batch
+FROM ({month_facts}) AS facts
+WHERE facts.action IS NOT NULL;
 
 -- name: index_plan --
 CREATE INDEX ON pg_temp.run_plan (batch);

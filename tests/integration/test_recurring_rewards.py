@@ -401,7 +401,7 @@ def daily_plan(engine, job_module, settings) -> dict:
     from jobs import rewards
 
     assert run_job(job_module.JOB, settings=settings, engine=engine, as_of=utc(2026, 6, 1)).status == "SUCCEEDED"
-    statement = rewards._queries.render("plan_run", payments=settings.payments_table_sql).text
+    statement = rewards.plan_statement(settings.payments_table_sql).text
     params = {**job_module.rule_for(settings).params(utc(2026, 6, 2)), "batch_size": 1000}
     with engine.begin() as conn:
         conn.execute(rewards._queries["bulk_joins"])
