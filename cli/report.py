@@ -87,9 +87,20 @@ def _unrecovered_lines(summary: dict[str, Any]) -> list[str]:
     unrecovered = summary.get("unrecovered_clawbacks")
     if not unrecovered:
         return []
-    return [f"Clawbacks of the period: {unrecovered['clawbacks']:,} ({unrecovered['clawed_back_points']:,} points "
-            f"clawed back); unrecovered: {unrecovered['unrecovered_points']:,} points on "
-            f"{unrecovered['rewards_unrecovered']:,} rewards", ""]
+    lines = [f"Clawbacks of the period: {unrecovered['clawbacks']:,} ({unrecovered['clawed_back_points']:,} points "
+             f"clawed back); unrecovered: {unrecovered['unrecovered_points']:,} points on "
+             f"{unrecovered['rewards_unrecovered']:,} rewards"]
+    if "outstanding_points" in unrecovered:
+        cash = unrecovered.get("money") or {}
+        lines.append(f"Unrecovered outstanding {unrecovered['outstanding_opening']:,} "
+                     f"+ {unrecovered['unrecovered_points']:,} newly recorded - {unrecovered['recovered_points']:,} "
+                     f"recovered = {unrecovered['outstanding_points']:,} points"
+                     + (f" ({usd(cash['outstanding_usd'])})" if cash else ""))
+    findings = summary.get("findings")
+    if findings is not None:
+        lines.append(f"Rules audit: {findings['total']:,} finding(s)" + "".join(
+            f", {kind} {count:,}" for kind, count in findings["by_kind"].items() if count))
+    return lines + [""]
 
 
 def _discrepancy_lines(summary: dict[str, Any], rows: Iterable[Any]) -> list[str]:

@@ -47,8 +47,9 @@ from core.ledger import lock_balances
 from core.reports import FileSet, remove_leftovers
 from core.sql import Queries
 from core.stream import copy_rows
-from jobs.reconcile_summary import (MONTHS_CHARTED, CacheTotals, Found, LedgerTotals, Movement, PreviousReconcile,
-                                    Snapshot, Summary, Unrecovered, build_summary, month_starts)
+from jobs.reconcile_summary import (MONTHS_CHARTED, RECOVERY, CacheTotals, ClawbackTotals, Found, LedgerTotals,
+                                    Movement, PreviousReconcile, Snapshot, Summary, TypeTotals, Unrecovered,
+                                    add_totals, build_summary, month_starts)
 from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, summary_json
 
 _queries = Queries(__file__)
@@ -166,21 +167,39 @@ def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[S
     found = _stream_discrepancies(ctx, conn, csv_out)
     lines = _movements(conn, window, starts, after=window["previous_as_of"])  # every row on a first reconcile
     ledger = _ledger_totals(cache, found, _rows_up_to(conn, previous), lines)
-    carried = previous.monthly if previous and previous.counted(ledger.rows_up_to_previous,
-                                                                ledger.dated_up_to_previous) else None
-    if previous and carried is None:  # rows came late (or an old summary): chart the months afresh
-        lines += _movements(conn, window, starts, from_=months_from, up_to=previous.as_of)
+    counted = previous is not None and previous.counted(ledger.rows_up_to_previous, ledger.dated_up_to_previous)
+    carried = previous.monthly if counted else None
+    by_type_up_to_previous = None
+    if previous and (not counted or previous.ledger_by_type is None):
+        # rows came late (or an old summary): the ledger by type up to the previous as-of, read once,
+        # gives the late lines by type and charts the months afresh
+        earlier = _movements(conn, window, starts, up_to=previous.as_of)
+        by_type_up_to_previous = _by_type(earlier)
+        if carried is None:
+            lines += earlier
     snapshot = Snapshot(previous=previous, ledger=ledger, cache=cache, users_checked=found.users_checked(cache),
                         movements=_charted(lines, starts), months_from=months_from,
-                        unrecovered=_unrecovered(conn, window), monthly_carried=carried)
+                        unrecovered=_unrecovered(conn, window), monthly_carried=carried,
+                        ledger_by_type_up_to_previous=by_type_up_to_previous)
     return snapshot, found
+
+
+def _line_type(line: Any) -> str:
+    """The roll-forward's line of a movement: its ledger type, recoveries (recover: keys) apart."""
+    return RECOVERY if line.recovery else line.type
+
+
+def _by_type(lines: list[Any]) -> TypeTotals:
+    return add_totals({}, *({_line_type(line): [int(line.rows), int(line.earned), -int(line.spent)]}
+                           for line in lines))
 
 
 def _previous_reconcile(conn: Connection, ctx: RunContext) -> PreviousReconcile | None:
     row = conn.execute(_queries["previous_reconcile"], {"as_of": ctx.as_of, "run_id": ctx.run_id}).first()
     if row is None:
         return None
-    return PreviousReconcile(row.run_id, row.as_of, int(row.closing_balance), int(row.closing_rows), row.monthly)
+    return PreviousReconcile(row.run_id, row.as_of, int(row.closing_balance), int(row.closing_rows), row.monthly,
+                             ledger_by_type=row.ledger_by_type, clawbacks=ClawbackTotals.stored(row.clawbacks))
 
 
 def _movements(conn: Connection, window: dict[str, Any], starts: list[datetime], *, from_: datetime | None = None,
@@ -200,9 +219,12 @@ def _unrecovered(conn: Connection, window: dict[str, Any]) -> Unrecovered | None
     """Clawbacks of the period (None until migration 016's referral_rewards exists)."""
     if not conn.execute(_queries["referral_rewards_exists"]).scalar_one():
         return None
-    row = conn.execute(_queries["unrecovered_clawbacks"], window).one()
-    return Unrecovered(int(row.clawbacks), int(row.clawed_back_points), int(row.rewards_unrecovered),
-                       int(row.unrecovered_points))
+    row = conn.execute(_queries["unrecovered_clawbacks"], window).one()._asdict()
+    seen = ClawbackTotals(*(int(row[name]) for name in ClawbackTotals.__dataclass_fields__))
+    if window["previous_as_of"] is None:
+        return Unrecovered(seen)
+    before = ClawbackTotals(*(int(row[f"{name}_before"]) for name in ClawbackTotals.__dataclass_fields__))
+    return Unrecovered(seen, before)
 
 
 def _cache_totals(conn: Connection) -> CacheTotals:
@@ -231,7 +253,8 @@ def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:
     def month(bucket: int) -> Any:
         return month_starts[bucket - 1].date() if 1 <= bucket <= MONTHS_CHARTED else None
 
-    return [Movement(line.type, month(line.month), line.in_period, int(line.earned), -int(line.spent))
+    return [Movement(_line_type(line), month(line.month), line.in_period, int(line.earned), -int(line.spent),
+                     int(line.rows))
             for line in lines
             if not line.after_as_of and (line.in_period or month(line.month) is not None)]
 

@@ -16,7 +16,9 @@ SET LOCAL citus.max_adaptive_executor_pool_size = 1;
 SELECT r.run_id, r.as_of, r.closing_balance,
        coalesce(CAST(r.summary -> 'roll_forward' ->> 'closing_rows' AS bigint),
                 r.ledger_rows - CAST(r.summary -> 'after_as_of' ->> 'rows' AS bigint)) AS closing_rows,
-       r.summary -> 'monthly' AS monthly
+       r.summary -> 'monthly' AS monthly,
+       r.summary -> 'seen' -> 'ledger_by_type' AS ledger_by_type,
+       r.summary -> 'seen' -> 'clawbacks' AS clawbacks
 FROM public.reconciliation_runs r
 JOIN public.job_runs j ON j.id = r.run_id
 WHERE j.status = 'SUCCEEDED' AND NOT j.dry_run AND r.as_of < :as_of AND r.run_id <> :run_id
@@ -41,17 +43,19 @@ SELECT count(*) FROM public.user_point_transactions WHERE created_at <= :up_to;
 
 -- name: movements --
 -- The ledger rows dated in [:from, :up_to] and after :after (each bound optional), in a few hundred lines
--- by (type, charted month, in the period, after the as-of): the roll-forward's and the monthly chart's
--- movements, the closing and the late-committed split. The rows are summed by UTC day first (migration
+-- by (type, recovery, charted month, in the period, after the as-of): the roll-forward's and the monthly
+-- chart's movements, the closing and the late-committed split. `recovery`: a REFERRAL_CLAWBACK row keyed
+-- recover:… (a line of its own); a boolean, so the planner still counts few groups. The rows are summed by UTC day first (migration
 -- 021's statistics let each parallel worker, or each shard, hash those few thousand groups), then the
 -- days by month: `month` is a bucket of :month_starts (the 12 charted months' first instants and the
 -- next month's, all UTC midnights): 0 before them, 1..12 a charted month.
 -- A bound left out (NULL) is written `bound IS NULL OR …`, which the planner folds away: a first
 -- reconcile then compares nothing per row (at 2M users 2.7 s against 3.3 s with comparisons to ±infinity).
-SELECT type, width_bucket(day, CAST(:month_starts AS timestamptz[])) AS month, in_period, after_as_of,
+SELECT type, recovery, width_bucket(day, CAST(:month_starts AS timestamptz[])) AS month, in_period, after_as_of,
        sum(rows) AS rows, sum(balance) AS balance, sum(earned) AS earned, sum(spent) AS spent
 FROM (
     SELECT type,
+           (type = 'REFERRAL_CLAWBACK' AND idempotency_key LIKE 'recover:%')       AS recovery,
            date_bin(CAST('1 day' AS interval), created_at, CAST('2000-01-01 00:00:00+00' AS timestamptz)) AS day,
            (CAST(:previous_as_of AS timestamptz) IS NULL OR created_at > :previous_as_of) AS in_period,
            created_at > CAST(:as_of AS timestamptz)                                 AS after_as_of,
@@ -63,9 +67,9 @@ FROM (
     WHERE (CAST(:from AS timestamptz) IS NULL OR created_at >= :from)
       AND (CAST(:after AS timestamptz) IS NULL OR created_at > :after)
       AND (CAST(:up_to AS timestamptz) IS NULL OR created_at <= :up_to)
-    GROUP BY 1, 2, 3, 4
+    GROUP BY 1, 2, 3, 4, 5
 ) AS by_day
-GROUP BY 1, 2, 3, 4;
+GROUP BY 1, 2, 3, 4, 5;
 
 -- name: group_users_in_index_order --
 -- For `discrepancies` alone: group the ledger by user in index order (idx_upt_user_created_delta,
@@ -136,14 +140,28 @@ ORDER BY user_id;
 SELECT to_regclass('public.referral_rewards') IS NOT NULL;
 
 -- name: unrecovered_clawbacks --
--- Clawbacks of the period (clawed_back_at in (previous as_of, as_of]) and what they could not take back.
-SELECT count(*)                                                 AS clawbacks,
-       coalesce(sum(clawed_back_points), 0)                     AS clawed_back_points,
-       count(*) FILTER (WHERE unrecovered_points > 0)           AS rewards_unrecovered,
-       coalesce(sum(unrecovered_points), 0)                     AS unrecovered_points
+-- The clawed-back rewards' totals in this snapshot, dated (clawed_back_at) at or before the as-of, and
+-- (`…_before`) at or before the previous as-of: the run stores the first, and the next run's figures
+-- are its own less them (exactly once; reconcile_summary.py). Clawbacks are few among the rewards: read
+-- through the partial index on clawed_back_at.
+SELECT count(*)                                                                 AS clawbacks,
+       coalesce(sum(clawed_back_points), 0)                                     AS clawed_back_points,
+       coalesce(sum(expired_points), 0)                                         AS expired_points,
+       count(*) FILTER (WHERE unrecovered_points > 0)                           AS rewards_unrecovered,
+       coalesce(sum(unrecovered_points), 0)                                     AS unrecovered_points,
+       coalesce(sum(recovered_points), 0)                                       AS recovered_points,
+       count(*) FILTER (WHERE clawed_back_at <= :previous_as_of)                AS clawbacks_before,
+       coalesce(sum(clawed_back_points) FILTER (WHERE clawed_back_at <= :previous_as_of), 0)
+                                                                                AS clawed_back_points_before,
+       coalesce(sum(expired_points) FILTER (WHERE clawed_back_at <= :previous_as_of), 0) AS expired_points_before,
+       count(*) FILTER (WHERE unrecovered_points > 0 AND clawed_back_at <= :previous_as_of)
+                                                                                AS rewards_unrecovered_before,
+       coalesce(sum(unrecovered_points) FILTER (WHERE clawed_back_at <= :previous_as_of), 0)
+                                                                                AS unrecovered_points_before,
+       coalesce(sum(recovered_points) FILTER (WHERE clawed_back_at <= :previous_as_of), 0)
+                                                                                AS recovered_points_before
 FROM public.referral_rewards
 WHERE clawback_key IS NOT NULL  -- implied by clawed_back_at, but said so the partial index is used
-  AND clawed_back_at > coalesce(CAST(:previous_as_of AS timestamptz), '-infinity')
   AND clawed_back_at <= :as_of;
 
 -- name: insert_discrepancies --

@@ -5,13 +5,23 @@ Pure arithmetic, no database: `jobs/reconcile.py` reads the snapshot into a `Sna
 are the JSON file's keys: `Summary.as_dict()` keeps that order, and migration 018 stores the summary
 as `json` (its text as written), so the file, the table and `report --format json` all read in it.
 
-The roll-forward: opening + issued - spent - expired - clawed back + late-committed = closing. The
-period is (previous as-of, as-of]; movements count rows by `created_at` in it. Late-committed rows are
-those dated on or before the previous as-of that the previous run did not see (the app dates a row at
-its transaction's start, so a write in flight at that run lands here): since the ledger is append-only,
-they are exactly the rows and points by which the ledger dated up to the previous as-of now exceeds
-that run's closing. Anything else (fewer rows than that run saw, or the same rows with other points)
-is a gap, reported with its explanation.
+The roll-forward: opening + issued - spent - expired - clawed back - recovered + late-committed =
+closing. The period is (previous as-of, as-of]; movements count rows by `created_at` in it. Recoveries
+(`REFERRAL_CLAWBACK` rows keyed `recover:…`) are the line RECOVERY, never clawed back nor spent.
+Late-committed rows are those dated on or before the previous as-of that the previous run did not see
+(the app dates a row at its transaction's start, and a run for a past as-of dates its rows in the past):
+since the ledger is append-only, they are exactly the rows and points by which the ledger dated up to
+the previous as-of now exceeds that run's closing, and by type, by which each type's totals exceed the
+totals that run stored (`seen.ledger_by_type`). Anything else (fewer rows than that run saw, or the same
+rows with other points) is a gap, reported with its explanation.
+
+Exactly once. Every run stores what its snapshot saw, dated at or before its as-of: the ledger's rows,
+credits and debits by line type, and referral_rewards' clawed-back totals (clawbacks, points taken,
+expired before the clawback, unrecovered, recovered). The next run's movements are its own totals less
+those: the part dated after the previous as-of is the period's, the rest is late. So a ledger row, an
+unrecovered amount or a recovery is counted by the first reconcile (in as-of order) whose snapshot sees
+it dated at or before its as-of, and by no other: the sums over a chain of reports telescope to the
+totals of its last snapshot.
 """
 from __future__ import annotations
 
@@ -27,10 +37,12 @@ KINDS = ("MISSING_BALANCE", "ORPHAN_BALANCE", "BALANCE_MISMATCH", "EARNED_MISMAT
          "CACHE_INCONSISTENT", "NEGATIVE_BALANCE")
 EXPIRY = "EXPIRY"
 CLAWBACK = "REFERRAL_CLAWBACK"
-NOT_SPENDING = (EXPIRY, CLAWBACK)  # debits that finance reads on lines of their own, never as spending
+RECOVERY = "RECOVERY"  # the line of REFERRAL_CLAWBACK rows keyed recover:… (docs/rules.md "Recovery")
+NOT_SPENDING = (EXPIRY, CLAWBACK, RECOVERY)  # debits finance reads on lines of their own, never as spending
 MONTHS_CHARTED = 12
 MONTHLY_KEYS = ("issued", "spent", "expired", "clawed_back")
-IDENTITY = "opening + issued - spent - expired - clawed_back + late_committed = closing"
+IDENTITY = "opening + issued - spent - expired - clawed_back - recovered + late_committed = closing"
+UNRECOVERED_IDENTITY = "outstanding_opening + unrecovered_points - recovered_points = outstanding_points"
 
 
 # ── what the snapshot holds ──────────────────────────────────────────────────
@@ -65,6 +77,45 @@ class Movement:
     in_period: bool
     issued: int
     debited: int
+    rows: int = 0
+
+
+TypeTotals = dict[str, list[int]]  # line type -> [rows, issued, debited] (debited as a positive number)
+
+
+def add_totals(*parts: TypeTotals, sign: int = 1) -> TypeTotals:
+    """The first totals plus (sign 1) or less (sign -1) the others, line type by line type."""
+    total: dict[str, list[int]] = {}
+    for number, part in enumerate(parts):
+        factor = 1 if number == 0 else sign
+        for kind, values in part.items():
+            line = total.setdefault(kind, [0, 0, 0])
+            for index, value in enumerate(values):
+                line[index] += factor * int(value)
+    return {kind: values for kind, values in sorted(total.items()) if any(values)}
+
+
+@dataclass(frozen=True)
+class ClawbackTotals:
+    """referral_rewards' clawed-back rewards, summed (dated at or before some instant)."""
+
+    clawbacks: int = 0
+    clawed_back_points: int = 0
+    expired_points: int = 0
+    rewards_unrecovered: int = 0
+    unrecovered_points: int = 0
+    recovered_points: int = 0
+
+    def minus(self, other: ClawbackTotals) -> ClawbackTotals:
+        return ClawbackTotals(*(getattr(self, name) - getattr(other, name) for name in _CLAWBACK_FIELDS))
+
+    @classmethod
+    def stored(cls, values: dict[str, Any] | None) -> ClawbackTotals | None:
+        return None if values is None else cls(**{name: int(values.get(name, 0)) for name in _CLAWBACK_FIELDS})
+
+
+_CLAWBACK_FIELDS = ("clawbacks", "clawed_back_points", "expired_points", "rewards_unrecovered", "unrecovered_points",
+                    "recovered_points")
 
 
 @dataclass(frozen=True)
@@ -76,6 +127,9 @@ class PreviousReconcile:
     closing_balance: int
     closing_rows: int
     monthly: list[dict[str, Any]] | None = None  # its chart's lines; None in summaries older than the chart
+    # what its snapshot saw dated at or before its as-of (None in summaries older than exactly-once)
+    ledger_by_type: TypeTotals | None = None
+    clawbacks: ClawbackTotals | None = None
 
     def counted(self, rows: int, points: int) -> bool:
         """Are the rows dated up to its as-of now the rows it counted? The ledger is append-only, so the
@@ -85,12 +139,11 @@ class PreviousReconcile:
 
 @dataclass(frozen=True)
 class Unrecovered:
-    """Clawbacks written in the period (from `referral_rewards`, migration 016)."""
+    """referral_rewards' clawed-back totals in the snapshot: dated at or before the as-of (`seen`), and
+    at or before the previous as-of (None without a previous reconcile)."""
 
-    clawbacks: int
-    clawed_back_points: int
-    rewards_unrecovered: int
-    unrecovered_points: int
+    seen: ClawbackTotals
+    seen_up_to_previous: ClawbackTotals | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +159,9 @@ class Snapshot:
     unrecovered: Unrecovered | None  # None until migration 016's referral_rewards exists
     # the previous reconcile's chart lines, when the movements hold only the rows dated after its as-of
     monthly_carried: list[dict[str, Any]] | None = None
+    # the ledger by line type dated at or before the previous as-of, in this snapshot (None: none read)
+    ledger_by_type_up_to_previous: TypeTotals | None = None
+    findings: dict[str, int] | None = None  # the rules audit's findings by kind (None: not audited)
 
 
 @dataclass
@@ -140,7 +196,9 @@ class RollForward:
     spent_total: int
     expired: int
     clawed_back: int
+    recovered: int
     late_committed: dict[str, int]  # {"rows": …, "points": …}
+    late_by_type: dict[str, int] | None  # the late points by line type (None: the previous run stored none)
     expected_closing: int
     closing: int
     closing_rows: int
@@ -171,9 +229,12 @@ class Summary:
     repair_requested: bool
     repaired: int
     roll_forward: RollForward
-    unrecovered_clawbacks: dict[str, int] | None
+    unrecovered_clawbacks: dict[str, Any] | None
+    findings: dict[str, Any] | None
     monthly: list[dict[str, Any]]
     after_as_of: dict[str, int]
+    # what this snapshot saw dated at or before the as-of: the next reconcile's movements start from it
+    seen: dict[str, Any]
     files: dict[str, str] | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -205,11 +266,81 @@ def build_summary(run_id: int, as_of: datetime, snapshot: Snapshot, found: Found
         repair_requested=repair_requested,
         repaired=repaired,
         roll_forward=roll,
-        unrecovered_clawbacks=asdict(snapshot.unrecovered) if snapshot.unrecovered else None,
+        unrecovered_clawbacks=unrecovered_clawbacks(snapshot, points_per_usd),
+        findings=_findings(snapshot.findings),
         monthly=monthly_movements(snapshot),
         after_as_of={"rows": ledger.rows_after_as_of, "points": ledger.points_after_as_of},
+        seen={"ledger_by_type": closing_by_type(snapshot),
+              "clawbacks": asdict(snapshot.unrecovered.seen) if snapshot.unrecovered else None},
         files=files,
     )
+
+
+FINDING_KINDS = ("REWARD_INVARIANT", "RECOVERY_INVARIANT", "EXPIRY_INVARIANT")
+
+
+def _findings(by_kind: dict[str, int] | None) -> dict[str, Any] | None:
+    if by_kind is None:
+        return None
+    return {"total": sum(by_kind.values()), "by_kind": {kind: int(by_kind.get(kind, 0)) for kind in FINDING_KINDS}}
+
+
+def unrecovered_clawbacks(snapshot: Snapshot, points_per_usd: Decimal) -> dict[str, Any] | None:
+    """The clawbacks' unrecovered amounts newly recorded, recovered and outstanding at the as-of, in points
+    and money: this snapshot's totals less those the previous reconcile stored (exactly once)."""
+    unrecovered = snapshot.unrecovered
+    if unrecovered is None:
+        return None
+    previous = snapshot.previous
+    zero = ClawbackTotals()
+    up_to_previous = unrecovered.seen_up_to_previous or zero
+    # the previous run's totals; a summary older than exactly-once: what is dated up to its as-of now
+    before = (previous.clawbacks or up_to_previous) if previous else zero
+    new = unrecovered.seen.minus(before)
+    late = up_to_previous.minus(before) if previous else zero
+    opening = before.unrecovered_points - before.recovered_points
+    outstanding = unrecovered.seen.unrecovered_points - unrecovered.seen.recovered_points
+    return {
+        "clawbacks": new.clawbacks,
+        "clawed_back_points": new.clawed_back_points,
+        "expired_points": new.expired_points,
+        "rewards_unrecovered": new.rewards_unrecovered,
+        "unrecovered_points": new.unrecovered_points,
+        "late": {"clawbacks": late.clawbacks, "unrecovered_points": late.unrecovered_points},
+        "recovered_points": new.recovered_points,
+        "outstanding_opening": opening,
+        "outstanding_points": outstanding,
+        "identity": UNRECOVERED_IDENTITY,
+        "identity_holds": opening + new.unrecovered_points - new.recovered_points == outstanding,
+        "money": None if not points_per_usd else {
+            "unrecovered_usd": money(new.unrecovered_points, points_per_usd)["usd"],
+            "recovered_usd": money(new.recovered_points, points_per_usd)["usd"],
+            "outstanding_usd": money(outstanding, points_per_usd)["usd"],
+            "points_per_usd": str(points_per_usd)},
+    }
+
+
+def closing_by_type(snapshot: Snapshot) -> TypeTotals:
+    """The ledger by line type dated at or before the as-of: what the rows up to the previous as-of hold
+    (that run's stored totals when none came late) plus the period's."""
+    period = _by_type(movement for movement in snapshot.movements if movement.in_period)
+    previous = snapshot.previous
+    if previous is None:
+        return period
+    earlier = snapshot.ledger_by_type_up_to_previous
+    if earlier is None:
+        earlier = previous.ledger_by_type or {}
+    return add_totals(earlier, period)
+
+
+def _by_type(movements: Any) -> TypeTotals:
+    total: dict[str, list[int]] = {}
+    for movement in movements:
+        line = total.setdefault(movement.type, [0, 0, 0])
+        line[0] += movement.rows
+        line[1] += movement.issued
+        line[2] += movement.debited
+    return add_totals(total)
 
 
 def money(points: int, points_per_usd: Decimal) -> dict[str, str] | None:
@@ -237,8 +368,10 @@ def roll_forward(snapshot: Snapshot) -> RollForward:
     spent = {kind: debited for kind, (_issued, debited) in period.items() if debited and kind not in NOT_SPENDING}
     expired = period.get(EXPIRY, (0, 0))[1]
     clawed_back = period.get(CLAWBACK, (0, 0))[1]
+    recovered = period.get(RECOVERY, (0, 0))[1]
     late_rows, late_points = _late_committed(snapshot)
-    expected = opening + sum(issued.values()) - sum(spent.values()) - expired - clawed_back + late_points
+    expected = (opening + sum(issued.values()) - sum(spent.values()) - expired - clawed_back - recovered
+                + late_points)
     closing = snapshot.ledger.closing
     gap = closing - expected
     return RollForward(
@@ -251,7 +384,9 @@ def roll_forward(snapshot: Snapshot) -> RollForward:
         spent_total=sum(spent.values()),
         expired=expired,
         clawed_back=clawed_back,
+        recovered=recovered,
         late_committed={"rows": late_rows, "points": late_points},
+        late_by_type=_late_by_type(snapshot),
         expected_closing=expected,
         closing=closing,
         closing_rows=snapshot.ledger.rows - snapshot.ledger.rows_after_as_of,
@@ -282,6 +417,20 @@ def _late_committed(snapshot: Snapshot) -> tuple[int, int]:
     if rows <= 0:  # nothing was added: a difference in points is no late write but a gap
         return 0, 0
     return rows, points
+
+
+def _late_by_type(snapshot: Snapshot) -> dict[str, int] | None:
+    """The late points by line type: the ledger by type dated up to the previous as-of now, less what
+    that run stored. {} when nothing came late; None when that run stored no totals by type."""
+    previous = snapshot.previous
+    if previous is None:
+        return {}
+    if previous.ledger_by_type is None:
+        return None
+    if snapshot.ledger_by_type_up_to_previous is None:  # read only when rows came late
+        return {}
+    late = add_totals(snapshot.ledger_by_type_up_to_previous, previous.ledger_by_type, sign=-1)
+    return {kind: issued - debited for kind, (_rows, issued, debited) in late.items() if issued - debited}
 
 
 def _explain_gap(gap: int, previous: PreviousReconcile | None, snapshot: Snapshot) -> str | None:
@@ -316,7 +465,7 @@ def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
     for number in range(MONTHS_CHARTED):
         label = f"{_months_after(snapshot.months_from, number):%Y-%m}"
         months[label] = {"month": label, **{key: int(carried.get(label, {}).get(key, 0)) for key in MONTHLY_KEYS}}
-    debit_lines: dict[str, str] = {EXPIRY: "expired", CLAWBACK: "clawed_back"}
+    debit_lines: dict[str, str] = {EXPIRY: "expired", CLAWBACK: "clawed_back", RECOVERY: "clawed_back"}
     for movement in snapshot.movements:
         line = months.get(f"{movement.month:%Y-%m}") if movement.month is not None else None
         if line is None:

@@ -24,6 +24,7 @@ from jobs.reconcile_summary import KINDS, MONTHS_CHARTED
 _queries = Queries(__file__)
 LARGEST_SHOWN = 50
 RECENT_RECONCILES = 30
+FINDINGS_SHOWN = 200  # every finding is in the findings CSV and the workbook
 KIND_MEANINGS = {
     "MISSING_BALANCE": "ledger rows but no cache row",
     "ORPHAN_BALANCE": "a nonzero cache row without ledger rows",
@@ -39,7 +40,7 @@ KIND_MEANINGS = {
 class Line:
     """One roll-forward line: `value` carries the sign (None for a line of words only)."""
 
-    role: str  # opening | issued | spent | expired | clawed_back | late | expected | closing | gap
+    role: str  # opening | issued | spent | expired | clawed_back | recovered | late | expected | closing | gap
     label: str
     value: int | None
     key: str  # where the value is in the JSON summary, e.g. roll_forward.spent.REDEMPTION_QUOTA
@@ -61,6 +62,7 @@ class Document:
     run_status: str | None
     largest: list[Any]
     history: list[ReconcilePoint] = field(default_factory=list)
+    findings: list[Any] = field(default_factory=list)  # the rules audit's first FINDINGS_SHOWN findings
 
     @property
     def run_id(self) -> int:
@@ -88,7 +90,10 @@ def gather(conn: Connection, summary: dict[str, Any], *, run_status: str | None)
         "run_id": run_id, "as_of": as_of, "months": MONTHS_CHARTED, "recent": RECENT_RECONCILES - 1})
     history = [ReconcilePoint(row.run_id, row.as_of.astimezone(timezone.utc), int(row.closing_balance),
                               int(row.net_drift), int(row.discrepancies)) for row in earlier]
-    document = Document(summary=summary, run_status=run_status, largest=largest, history=history)
+    document = Document(summary=summary, run_status=run_status, largest=largest, history=history,
+                        findings=list(conn.execute(_queries["findings_shown"], {"run_id": run_id,
+                                                                               "limit": FINDINGS_SHOWN}))
+                        if summary.get("findings") and summary["findings"]["total"] else [])
     history.append(ReconcilePoint(run_id, document.as_of, int(summary["roll_forward"]["closing"]),
                                   int(summary["net_drift"]), int(summary["discrepancies"]["total"])))
     return document
@@ -119,9 +124,18 @@ def roll_forward_lines(roll: dict[str, Any]) -> list[Line]:
     lines.append(Line("expired", "Expired (EXPIRY)", -roll["expired"], "roll_forward.expired"))
     lines.append(Line("clawed_back", "Clawed back (REFERRAL_CLAWBACK)", -roll.get("clawed_back", 0),
                       "roll_forward.clawed_back"))
+    if "recovered" in roll:
+        lines.append(Line("recovered", "Recovered (REFERRAL_CLAWBACK, recover: keys)", -roll["recovered"],
+                          "roll_forward.recovered", "unrecovered clawback points taken back from a later balance"))
     late = roll.get("late_committed", {"rows": 0, "points": 0})
-    lines.append(Line("late", "Late-committed rows", late["points"], "roll_forward.late_committed.points",
-                      f"{late['rows']:,} rows dated on or before the previous as-of, committed after that run"))
+    by_type = roll.get("late_by_type")
+    if by_type:  # the late rows by line type: they add up to the late-committed points
+        lines += [Line("late", f"Late: {kind}", value, f"roll_forward.late_by_type.{kind}",
+                       "dated on or before the previous as-of, first seen now")
+                  for kind, value in by_type.items()]
+    else:
+        lines.append(Line("late", "Late-committed rows", late["points"], "roll_forward.late_committed.points",
+                          f"{late['rows']:,} rows dated on or before the previous as-of, committed after that run"))
     lines.append(Line("expected", "Expected closing", roll["expected_closing"], "roll_forward.expected_closing"))
     lines.append(Line("closing", "Closing liability", roll["closing"], "roll_forward.closing",
                       "ledger balance dated at or before the as-of"))
@@ -197,6 +211,7 @@ def render_html(document: Document) -> str:
         money=summary.get("outstanding_money"), kinds=KINDS, kind_meanings=KIND_MEANINGS,
         largest=document.largest, largest_shown=LARGEST_SHOWN, charts=charts, run_status=document.run_status,
         unrecovered=summary.get("unrecovered_clawbacks"), monthly=summary.get("monthly", []),
+        findings=summary.get("findings"), finding_rows=document.findings,
         history_count=len(document.history),
     )
 
@@ -206,4 +221,7 @@ def render_html(document: Document) -> str:
 def write_xlsx(conn: Connection, document: Document, path: Path) -> None:
     from jobs.reports import xlsx
 
-    xlsx.write(document, all_discrepancies(conn, document.run_id), path)
+    findings = (conn.execute(_queries["all_findings"], {"run_id": document.run_id},
+                             execution_options={"stream_results": True, "max_row_buffer": 1000})
+                if document.summary.get("findings") else ())
+    xlsx.write(document, all_discrepancies(conn, document.run_id), path, findings)

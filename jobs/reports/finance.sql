@@ -34,3 +34,17 @@ FROM earlier
 WHERE as_of > CAST(:as_of AS timestamptz) - make_interval(months => :months)
    OR run_id IN (SELECT run_id FROM recent)
 ORDER BY as_of, run_id;
+
+-- name: findings_shown --
+-- The rules audit's findings of the run (migration 024), the first :limit for the report's section.
+SELECT kind, user_id, referred_user_id, level, month, reward_key, points, detail
+FROM public.reconciliation_findings
+WHERE run_id = :run_id
+ORDER BY number
+LIMIT :limit;
+
+-- name: all_findings --
+SELECT kind, user_id, referred_user_id, level, month, reward_key, points, detail
+FROM public.reconciliation_findings
+WHERE run_id = :run_id
+ORDER BY number;

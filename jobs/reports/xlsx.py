@@ -17,7 +17,10 @@ USD = '"$"#,##0.00;-"$"#,##0.00'
 HEADER_ROW = 4  # rows 1-2: as-of and run; 3 empty; 4 the header
 
 
-def write(document: Document, discrepancies: Iterable[Any], path: Path) -> None:
+FINDINGS_HEADER = ("kind", "user_id", "referred_user_id", "level", "month", "reward_key", "points", "detail")
+
+
+def write(document: Document, discrepancies: Iterable[Any], path: Path, findings: Iterable[Any] = ()) -> None:
     from openpyxl import Workbook
 
     book = Workbook(write_only=True)
@@ -25,7 +28,23 @@ def write(document: Document, discrepancies: Iterable[Any], path: Path) -> None:
     _roll_forward_sheet(book, document)
     _discrepancies_sheet(book, document, discrepancies)
     _monthly_sheet(book, document)
+    if document.summary.get("findings") is not None:
+        _findings_sheet(book, document, findings)
     book.save(path)
+
+
+def _findings_sheet(book: Any, document: Document, findings: Iterable[Any]) -> None:
+    sheet = book.create_sheet("Findings")
+    sheet.freeze_panes = f"A{HEADER_ROW + 1}"
+    sheet.column_dimensions["A"].width = 22
+    sheet.column_dimensions["B"].width = 38
+    sheet.column_dimensions["H"].width = 90
+    _heading(sheet, document, "Rules audit: every finding (docs/rules.md, the invariant)")
+    _header(sheet, FINDINGS_HEADER)
+    for row in findings:
+        sheet.append([row.kind, str(row.user_id) if row.user_id else None,
+                      str(row.referred_user_id) if row.referred_user_id else None, row.level, row.month,
+                      row.reward_key, _cell(sheet, row.points, SIGNED) if row.points is not None else None, row.detail])
 
 
 def _cell(sheet: Any, value: Any, number_format: str | None = None, bold: bool = False) -> Any:
@@ -76,8 +95,27 @@ def _summary_sheet(book: Any, document: Document) -> None:
                  ("Points clawed back", unrecovered["clawed_back_points"], POINTS),
                  ("Rewards not fully recovered", unrecovered["rewards_unrecovered"], POINTS),
                  ("Points unrecovered", unrecovered["unrecovered_points"], POINTS)]
+        if "outstanding_points" in unrecovered:
+            cash = unrecovered.get("money") or {}
+            rows += [("Points unrecovered dated on or before the previous as-of",
+                      unrecovered["late"]["unrecovered_points"], POINTS),
+                     ("Points expired before their clawback", unrecovered["expired_points"], POINTS),
+                     ("Unrecovered outstanding at the previous reconcile", unrecovered["outstanding_opening"], POINTS),
+                     ("Points recovered", unrecovered["recovered_points"], POINTS),
+                     ("Unrecovered outstanding at the as-of", unrecovered["outstanding_points"], POINTS),
+                     ("Unrecovered newly recorded (US$)", _usd(cash.get("unrecovered_usd")), USD),
+                     ("Recovered (US$)", _usd(cash.get("recovered_usd")), USD),
+                     ("Unrecovered outstanding (US$)", _usd(cash.get("outstanding_usd")), USD)]
+    findings = s.get("findings")
+    if findings is not None:
+        rows += [("Rules audit findings", findings["total"], POINTS),
+                 *((f"  {kind}", count, POINTS) for kind, count in findings["by_kind"].items())]
     for label, value, number_format in rows:
         sheet.append([label, _cell(sheet, value, number_format)])
+
+
+def _usd(amount: str | None) -> Decimal | None:
+    return None if amount is None else Decimal(amount)
 
 
 def _roll_forward_sheet(book: Any, document: Document) -> None:

@@ -14,7 +14,7 @@ from jobs import reconcile
 from tests.builders import add_app_points, balance_of, new_id, utc
 
 AS_OF = utc(2026, 6, 1, 1)
-IDENTITY = "opening + issued - spent - expired - clawed_back + late_committed = closing"
+IDENTITY = "opening + issued - spent - expired - clawed_back - recovered + late_committed = closing"
 HEADER = ("user_id,kinds,cached_balance,ledger_balance,drift,cached_total_earned,ledger_total_earned,"
           "cached_total_spent,ledger_total_spent")
 
@@ -149,8 +149,8 @@ def test_the_summary_and_the_tables_hold_the_totals_finance_needs(engine, settin
     assert summary["roll_forward"] == {
         "previous_run_id": None, "period_after": None, "opening": 0,
         "issued": {"REFERRAL_L2": 100, "REFERRAL_RECURRING": 200, "REFERRAL_WELCOME": 40}, "issued_total": 340,
-        "spent": {"REDEMPTION_QUOTA": 50}, "spent_total": 50, "expired": 30, "clawed_back": 0,
-        "late_committed": {"rows": 0, "points": 0},
+        "spent": {"REDEMPTION_QUOTA": 50}, "spent_total": 50, "expired": 30, "clawed_back": 0, "recovered": 0,
+        "late_committed": {"rows": 0, "points": 0}, "late_by_type": {},
         "expected_closing": 260, "closing": 260, "closing_rows": 5, "identity": IDENTITY,
         "identity_holds": True, "gap": 0, "gap_explanation": None,
     }
@@ -315,7 +315,7 @@ def test_the_roll_forward_chains_runs_with_one_line_per_movement_kind(engine, se
         "previous_run_id": first.run_id, "period_after": first_as_of.isoformat(), "opening": 500,
         "issued": {"ADMIN_GRANT": 80, "REFERRAL_RECURRING": 200}, "issued_total": 280,
         "spent": {"ADMIN_GRANT": 20, "REDEMPTION_UNLOCK": 150}, "spent_total": 170, "expired": 100,
-        "clawed_back": 60, "late_committed": {"rows": 0, "points": 0},
+        "clawed_back": 60, "recovered": 0, "late_committed": {"rows": 0, "points": 0}, "late_by_type": {},
         "expected_closing": 450, "closing": 450, "closing_rows": 7, "identity": IDENTITY,
         "identity_holds": True, "gap": 0, "gap_explanation": None,
     }
@@ -336,6 +336,7 @@ def test_rows_committed_after_a_reconcile_but_dated_before_it_are_their_own_line
     assert (roll["previous_run_id"], roll["opening"], roll["issued"], roll["spent"]) == (
         first.run_id, 500, {"REFERRAL_L2": 30}, {})
     assert roll["late_committed"] == {"rows": 2, "points": 50}
+    assert roll["late_by_type"] == {"ADMIN_GRANT": 70, "REDEMPTION_QUOTA": -20}
     assert (roll["expected_closing"], roll["closing"], roll["identity_holds"], roll["gap"]) == (580, 580, True, 0)
     assert second.stats["late_committed_points"] == 50
 
