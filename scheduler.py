@@ -350,7 +350,7 @@ def cmd_explain(args: argparse.Namespace, settings: Any) -> int:
         raise UsageError(f"USER_ID: not a UUID: {args.user_id!r}") from None
     as_of = _as_of(args)
     engine = _engine(settings)
-    return explain_user(engine, settings, user_id, as_of)
+    return explain_user(engine, settings, user_id, as_of, as_json=args.json)
 
 
 def cmd_report(args: argparse.Namespace, settings: Any) -> int:
@@ -520,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("user_id", metavar="USER_ID", help="the user's id (a UUID)")
     explain.add_argument("--as-of", metavar="WHEN",
                          help="the instant to explain at, ISO-8601 in UTC (default now)")
+    explain.add_argument("--json", action="store_true", help="one JSON document, stable keys, for scripts")
     report = command("report", cmd_report, "a reconciliation report from the database")
     report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest",
                         help="the reconcile run (default: the latest)")

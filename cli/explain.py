@@ -1,6 +1,9 @@
-"""`explain USER_ID`: the answer to "where are my points?", rendered for a support person."""
+"""`explain USER_ID`: the answer to "where are my points?", rendered for a support person (or, with
+`--json`, as one JSON document of the same content for scripts)."""
 from __future__ import annotations
 
+import json
+import sys
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -10,8 +13,11 @@ from sqlalchemy import Engine
 from cli.tables import Column, print_table
 from cli.terminal import stdout_console
 from core.clock import when
-from jobs.explain import EXPIRIES_SHOWN, LEDGER_ROWS_SHOWN, explain
+from jobs.explain import EXPIRIES_SHOWN, LEDGER_ROWS_SHOWN, Explanation, MonthState, explain
 from jobs.settings import RuleSettings
+
+EXIT_OK, EXIT_NOT_FOUND = 0, 1
+LEVEL_NAMES = {1: "recurring", 2: "level-2"}
 
 
 def _relationship(row: Any) -> str:
@@ -23,17 +29,60 @@ def _relationship(row: Any) -> str:
     return f"{row.status} ({dates})"
 
 
-def explain_user(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: datetime) -> int:
+def explain_user(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: datetime, *,
+                 as_json: bool = False) -> int:
     found = explain(engine, settings, user_id, as_of)
+    if not found.exists:
+        print(f"no user {user_id}: no ledger row, balance row, referral or reward", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if as_json:
+        print(json.dumps(as_document(found), default=str, sort_keys=True))
+    else:
+        _print(found)
+    return EXIT_OK
+
+
+def _month(month: MonthState) -> dict[str, Any]:
+    return {"relationship_id": month.relationship_id, "referred_user_id": month.referred_user_id,
+            "level": month.reward_level, "month": month.month, "starts_at": month.starts_at,
+            "ends_at": month.ends_at, "state": month.state, "points": month.points, "why": month.why,
+            "key": month.key}
+
+
+def as_document(found: Explanation) -> dict[str, Any]:
+    """Everything `explain` shows, with stable keys."""
+    balance = found.balance
+    return {
+        "user_id": found.user_id, "as_of": found.as_of,
+        "balance": {"ledger": int(balance.ledger_balance), "ledger_rows": int(balance.ledger_rows),
+                    "cached": balance.cached_balance},
+        "referrer": None if found.referrer is None else {
+            "referrer_user_id": found.referrer.referrer_user_id, "relationship_id": found.referrer.id,
+            "level": found.referrer.level, "status": found.referrer.status},
+        "referrals": [{"relationship_id": r.id, "referred_user_id": r.referred_user_id, "level": r.reward_level,
+                       "via_user_id": r.via_user_id, "status": r.status, "rewarded_at": r.rewarded_at}
+                      for r in found.referrals],
+        "months": [_month(month) for month in found.months],
+        "to_be_written": [{"key": f.idempotency_key, "action": f.action, "referred_user_id": f.referred_user_id,
+                           "month": f.month, "points": None if f.points is None else int(f.points)}
+                          for f in found.to_write],
+        "outstanding_unrecovered": {LEVEL_NAMES[level]: points for level, points in found.outstanding.items()},
+        "ledger": [{"created_at": row.created_at, "type": row.type, "delta": row.delta,
+                    "key": row.idempotency_key, "run_id": row.run_id, "job": row.job} for row in found.ledger],
+        "expiring": [{"expires_at": row.expires_at, "points": int(row.points)} for row in found.expiring],
+    }
+
+
+def _print(found: Explanation) -> None:
     console = stdout_console()
     balance = found.balance
-    console.print(f"[bold]user {user_id}[/bold] as of {when(as_of)}")
-    if not balance.ledger_rows and balance.cached_balance is None and not balance.in_referrals:
-        console.print("no ledger rows, no balance row and no referral for this user id")
-        return 0
-    cached = "no balance row" if balance.cached_balance is None else f"{balance.cached_balance:,} cached"
-    console.print(f"balance {balance.ledger_balance:,} points in the ledger ({balance.ledger_rows:,} rows), "
-                  f"{cached}", markup=False)
+    console.print(f"[bold]user {found.user_id}[/bold] as of {when(found.as_of)}")
+    cached = "no balance row" if balance.cached_balance is None else f"{balance.cached_balance:,} cached now"
+    console.print(f"balance {balance.ledger_balance:,} points in the ledger at the as-of ({balance.ledger_rows:,}"
+                  f" rows), {cached}", markup=False)
+    for level, points in sorted(found.outstanding.items()):
+        console.print(f"{points:,} {LEVEL_NAMES[level]} points clawed back but not recovered yet: owed back from"
+                      f" the next credits", markup=False)
 
     chain = []
     if found.referrer:
@@ -46,27 +95,27 @@ def explain_user(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: d
     print_table([Column("who"), Column("user", shrink=True), Column("relationship", drop=1),
                  Column("status", flex=True)], chain or [["(none)", "", "", ""]], title="Referral chain")
 
-    months = [[f"{'recurring' if m.reward_level == 1 else 'level-2'} {m.relationship_id}".split(" ")[0]
-               + f" {str(m.relationship_id)[:8]}", m.month, m.state, m.points, m.why] for m in found.months]
-    print_table([Column("reward"), Column("month"), Column("state"), Column("points"),
+    months = [[f"{LEVEL_NAMES[m.reward_level]} {str(m.referred_user_id)[:8]}", m.month, m.state, m.points, m.why]
+              for m in found.months]
+    print_table([Column("reward (referred user)"), Column("month"), Column("state"), Column("points"),
                  Column("why", flex=True, wrap=True)],
-                months or [["(none: no REWARDED referral)", None, "", None, ""]],
-                title="Reward months (paid / due / on hold / unpaid / clawed back / not yet)")
+                months or [["(none: no rewarded referral)", None, "", None, ""]],
+                title="Reward months, as the reward jobs derive them at the as-of")
 
     ledger = [[when(row.created_at, seconds=False), row.type, row.delta, row.idempotency_key or "",
-               f"{row.run_id} {row.job}" if row.run_id else "app"] for row in found.ledger]
-    print_table([Column("created (UTC)"), Column("type"), Column("delta"), Column("key", shrink=True),
-                 Column("written by", flex=True)], ledger or [["(none)", "", None, "", ""]],
-                title=f"Ledger rows (newest {LEDGER_ROWS_SHOWN}, with the run that wrote each)")
+               f"{row.run_id} {row.job}" if row.run_id else ("app" if row.idempotency_key is None else "")]
+              for row in found.ledger]
+    print_table([Column("created (UTC)"), Column("type"), Column("delta"), Column("key", wrap=True),
+                 Column("written by", drop=1)], ledger or [["(none)", "", None, "", ""]],
+                title=f"Ledger rows dated up to the as-of (newest {LEDGER_ROWS_SHOWN}, with the run that wrote each)")
 
     if not found.expiry_months:
         console.print("Points never expire (REWARDS_POINTS_EXPIRY_MONTHS=0).")
-        return 0
+        return
     expiring = [[when(row.expires_at, seconds=False), row.points,
-                 "overdue: the next expire-points run expires them" if row.expires_at <= as_of else ""]
+                 "overdue: the next expire-points run expires them" if row.expires_at <= found.as_of else ""]
                 for row in found.expiring]
     print_table([Column("expires (UTC)"), Column("points"), Column("note", flex=True)],
                 expiring or [["(nothing to expire)", None, ""]],
-                title=f"Points expiring next (first {EXPIRIES_SHOWN}, FIFO, "
+                title=f"Points expiring next (first {EXPIRIES_SHOWN}, FIFO lots, "
                       f"{found.expiry_months} months after earning)")
-    return 0

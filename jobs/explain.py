@@ -1,22 +1,25 @@
 """`explain USER_ID`: a user's referral chain, the state of every reward month, their ledger rows
-with the run that wrote each, and the points expiring next, at an as-of instant.
+with the run that wrote each, the outstanding unrecovered points and the points expiring next, as the
+world stood at an as-of instant.
 
-Read-only. It restates the rules of SPEC.md ("Time", the reward jobs, holds and clawbacks,
-expire-points) for one user, so support can answer "where are my points?" without reading SQL.
-A month is, at the as-of instant:
-- `paid`: a reward stands for it (its basis payment is still PAID);
-- `clawed back`: its reward's basis payment stopped being PAID and the reward was taken back;
-- `on hold`: a PAID payment is in it, but paid less than REWARDS_REWARD_HOLD_DAYS ago;
-- `due`: it qualifies and no reward is written yet: the job's next run writes it;
-- `unpaid`: no PAID payment in it (refunded, failed, none, or paid after the as-of);
+Read-only. The month states come from the reward jobs' own derivation (`jobs.rewards.month_facts`,
+the statement their plan reads), run for this user's referred users at the as-of, so support and the
+jobs cannot disagree. A month is, at the as-of instant:
+- `to be written`: it is paid and no reward stands: the next run of its job writes it;
+- `to be clawed back`: its reward's basis no longer holds: the next run takes it back;
+- `paid`: a reward stands for it (to this user, or to the beneficiary it was written for);
+- `nothing to pay`: it is paid, but the reward setting gives 0 points;
+- `on hold`: its PAID payments are younger than REWARDS_REWARD_HOLD_DAYS;
+- `clawed back`: its reward was taken back and nothing is owed now (taken, expired, unrecovered,
+  recovered);
+- `unpaid`: no PAID payment in it at the as-of;
 - `not yet`: it starts after the as-of instant.
-The reward basis records (`referral_rewards`, migration 016) are read when that table exists;
-without it, paid months are found by their ledger keys.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -24,24 +27,30 @@ from sqlalchemy import Connection, Engine
 
 from core.clock import when
 from core.sql import Queries
+from jobs import level2_rewards, recurring_rewards
+from jobs.rewards import feed_sql, month_facts
 from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
 LEDGER_ROWS_SHOWN = 30
 EXPIRIES_SHOWN = 5
-REWARD_JOBS = {1: ("recurring", "recurring-rewards"), 2: ("l2", "level2-rewards")}
+RULES = {1: recurring_rewards.rule_for, 2: level2_rewards.rule_for}
+# When a month has several facts, the one a person needs first.
+_PRECEDENCE = ("to be clawed back", "to be written", "paid", "nothing to pay", "on hold")
 
 
 @dataclass
 class MonthState:
     relationship_id: UUID
+    referred_user_id: UUID
     reward_level: int
     month: int
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: datetime | None
+    ends_at: datetime | None
     state: str
     points: int | None
     why: str
+    key: str | None = None
 
 
 @dataclass
@@ -52,10 +61,16 @@ class Explanation:
     referrer: Any | None
     referrals: list[Any]
     months: list[MonthState] = field(default_factory=list)
+    to_write: list[Any] = field(default_factory=list)  # the rows the next runs write for this user
     ledger: list[Any] = field(default_factory=list)
+    outstanding: dict[int, int] = field(default_factory=dict)  # unrecovered points owed back, by level
     expiring: list[Any] = field(default_factory=list)
-    reward_records: bool = False
     expiry_months: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.balance.ledger_rows or self.balance.cached_balance is not None
+                    or self.balance.in_referrals or self.months)
 
 
 def money(cents: int) -> str:
@@ -63,101 +78,146 @@ def money(cents: int) -> str:
 
 
 def explain(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: datetime) -> Explanation:
+    params = {"user_id": user_id, "as_of": as_of}
     with engine.connect() as conn:
         found = Explanation(
             user_id=user_id, as_of=as_of,
-            balance=conn.execute(_queries["user_balance"], {"user_id": user_id}).one(),
-            referrer=conn.execute(_queries["referrer"], {"user_id": user_id}).one_or_none(),
-            referrals=list(conn.execute(_queries["referrals"], {"user_id": user_id})),
-            ledger=list(conn.execute(_queries["ledger_rows"], {"user_id": user_id, "limit": LEDGER_ROWS_SHOWN})),
-            reward_records=bool(conn.execute(_queries["has_reward_records"]).scalar()),
+            balance=conn.execute(_queries["user_balance"], params).one(),
+            referrer=conn.execute(_queries["referrer"], params).one_or_none(),
+            referrals=list(conn.execute(_queries["referrals"], params)),
+            ledger=_ledger_rows(conn, params),
+            outstanding={row.level: int(row.points) for row in conn.execute(_queries["outstanding"], params)},
             expiry_months=settings.points_expiry_months,
         )
         if settings.points_expiry_months:
             found.expiring = list(conn.execute(_queries["expiring_next"], {
-                "user_id": user_id, "months": settings.points_expiry_months, "limit": EXPIRIES_SHOWN}))
-        found.months = _reward_months(conn, settings, found)
+                **params, "months": settings.points_expiry_months, "limit": EXPIRIES_SHOWN}))
+        _reward_months(conn, settings, found)
     return found
 
 
-def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation) -> list[MonthState]:
-    rewarded = [r for r in found.referrals if r.status == "REWARDED" and r.rewarded_at is not None]
-    if not rewarded:
+_RECOVERY_LEVEL = re.compile(r"^recover:.*\+00:00:([12])(?::\d+)?$")  # recover:{user}:{as_of UTC}:{level}[:n]
+
+
+def _job_of(key: str | None) -> str | None:
+    """The job whose run wrote a row of this key, for the rows referral_rewards does not record."""
+    if key is None:
+        return None
+    if key.startswith("expiry:"):
+        return "expire-points"
+    recovery = _RECOVERY_LEVEL.match(key)
+    if recovery:
+        return "recurring-rewards" if recovery[1] == "1" else "level2-rewards"
+    return None
+
+
+def _ledger_rows(conn: Connection, params: dict[str, Any]) -> list[Any]:
+    """The newest ledger rows at the as-of, each with `run_id` and `job`: the run that wrote it."""
+    rows = [row._asdict() for row in conn.execute(_queries["ledger_rows"], {**params, "limit": LEDGER_ROWS_SHOWN})]
+    wanted = [row for row in rows if row["run_id"] is None and _job_of(row["idempotency_key"])]
+    if wanted:
+        first = {(run.job, run.as_of): run.id for run in conn.execute(
+            _queries["first_runs"], {"instants": sorted({row["created_at"] for row in wanted})})}
+        for row in wanted:
+            row["job"] = _job_of(row["idempotency_key"])
+            row["run_id"] = first.get((row["job"], row["created_at"]))
+            if row["run_id"] is None:
+                row["job"] = None
+    return [_Row(**row) for row in rows]
+
+
+class _Row(dict[str, Any]):
+    """A result row read by attribute, as SQLAlchemy's are, that can be filled in afterwards."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _facts(conn: Connection, settings: RuleSettings, level: int, as_of: datetime,
+           referred: list[UUID]) -> list[Any]:
+    """The jobs' derivation at `as_of` for these referred users, with every month state (:explain)."""
+    rule = RULES[level](settings)
+    if not referred or rule.last_month < rule.first_month:
         return []
-    payments: dict[UUID, list[Any]] = {}
-    for payment in conn.execute(_queries.render("payments", payments=settings.payments_table_sql),
-                                {"user_ids": [r.referred_user_id for r in rewarded]}):
-        payments.setdefault(payment.user_id, []).append(payment)
-    records: dict[tuple[UUID, int, int], list[Any]] = {}
-    if found.reward_records:
-        for record in conn.execute(_queries["recorded_rewards"], {"user_id": found.user_id}):
-            records.setdefault((record.relationship_id, record.level, record.month), []).append(record)
-    keys = {row.idempotency_key: row for row in conn.execute(_queries["reward_keys"], {"user_id": found.user_id})}
-    hold = timedelta(days=getattr(settings, "reward_hold_days", 0))
-    states = []
-    for relationship in rewarded:
-        first, last = ((1, settings.recurring_months) if relationship.reward_level == 1
-                       else (0, settings.l2_months - 1))
-        windows = conn.execute(_queries["reward_months"], {
-            "relationship_id": relationship.id, "rewarded_at": relationship.rewarded_at,
-            "first_month": first, "last_month": last})
+    params = {**rule.params(as_of), "explain": True, "seen_until": as_of,
+              "only_referred": [str(user) for user in referred]}
+    return list(conn.execute(month_facts(feed_sql(conn, settings)), params))
+
+
+def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation) -> None:
+    referred = sorted({r.referred_user_id for r in found.referrals}
+                      | {row.referred_user_id for row in conn.execute(_queries["rewarded_referred_users"],
+                                                                       {"user_id": found.user_id})
+                         if row.referred_user_id is not None}, key=str)
+    records: dict[tuple[Any, int, int], list[Any]] = {}
+    for record in conn.execute(_queries["recorded_rewards"], {"user_id": found.user_id, "as_of": found.as_of}):
+        records.setdefault((record.referred_user_id, record.level, record.month), []).append(record)
+    facts: dict[tuple[Any, int, int], list[Any]] = {}
+    for level in (1, 2):
+        for fact in _facts(conn, settings, level, found.as_of, referred):
+            facts.setdefault((fact.referred_user_id, level, fact.month), []).append(fact)
+            if fact.action is not None and fact.user_id == found.user_id:
+                found.to_write.append(fact)
+    shown: set[tuple[Any, int, int]] = set()
+    for relationship in found.referrals:
+        rule = RULES[relationship.reward_level](settings)
+        windows = [] if relationship.rewarded_at is None else conn.execute(_queries["reward_months"], {
+            "rewarded_at": relationship.rewarded_at, "first_month": rule.first_month, "last_month": rule.last_month})
         for window in windows:
-            month_payments = [p for p in payments.get(relationship.referred_user_id, [])
-                              if window.starts_at <= p.paid_at < window.ends_at]
-            states.append(_month_state(relationship, window, month_payments,
-                                       records.get((relationship.id, relationship.reward_level, window.month), []),
-                                       keys, found.as_of, hold))
-    return states
+            month = (relationship.referred_user_id, relationship.reward_level, window.month)
+            shown.add(month)
+            found.months.append(_month_state(found, relationship.id, month, window, facts.get(month, []),
+                                             records.get(month, [])))
+    # Months this user holds rewards of, outside their current chain (a parent or referrer changed since).
+    for month in sorted(set(records) - shown, key=lambda m: (str(m[0]), m[1], m[2])):
+        relationship_id = records[month][-1].relationship_id
+        found.months.append(_month_state(found, relationship_id, month, None, facts.get(month, []), records[month]))
 
 
-def _month_state(relationship: Any, window: Any, month_payments: list[Any], records: list[Any],
-                 keys: dict[str, Any], as_of: datetime, hold: timedelta) -> MonthState:
-    prefix, job = REWARD_JOBS[relationship.reward_level]
+def _month_state(found: Explanation, relationship_id: UUID, month: tuple[Any, int, int], window: Any,
+                 facts: list[Any], records: list[Any]) -> MonthState:
+    referred_user_id, level, k = month
 
-    def state(name: str, why: str, points: int | None = None) -> MonthState:
-        return MonthState(relationship.id, relationship.reward_level, window.month, window.starts_at,
-                          window.ends_at, name, points, why)
+    def state(name: str, why: str, points: int | None = None, key: str | None = None) -> MonthState:
+        return MonthState(relationship_id, referred_user_id, level, k, window.starts_at if window else None,
+                          window.ends_at if window else None, name, points, why, key)
 
-    if window.starts_at > as_of:
-        return state("not yet", f"the month starts {when(window.starts_at, seconds=False)}")
-    by_id = {p.id: p for p in month_payments}
-    standing = [r for r in records if r.clawback_key is None]
+    for name in _PRECEDENCE:
+        fact = next((f for f in facts if f.state == name), None)
+        if fact is not None:
+            return state(name, _why(found, fact), _points(fact), fact.idempotency_key)
     clawed = [r for r in records if r.clawback_key is not None]
-    if standing:
-        reward = standing[-1]
-        basis = by_id.get(reward.payment_id)
-        paid = f"{money(basis.amount_cents)} paid {when(basis.paid_at, seconds=False)}" if basis else "payment"
-        return state("paid", f"basis {paid} ({reward.payment_id}); written {when(reward.rewarded_at, seconds=False)}",
-                     reward.points)
-    key = f"{prefix}:{relationship.id}:{window.month}"
-    paid = [p for p in month_payments if p.status == "PAID" and p.paid_at <= as_of]
-    if not records and key in keys and f"clawback:{key}" not in keys:
-        basis = f"basis {money(paid[0].amount_cents)} paid {when(paid[0].paid_at, seconds=False)}; " if paid else ""
-        return state("paid", f"{basis}written {when(keys[key].created_at, seconds=False)}", keys[key].delta)
-    qualifying = [p for p in paid if p.paid_at <= as_of - hold]
     if clawed:
         last = clawed[-1]
-        basis = by_id.get(last.payment_id)
-        now = basis.status if basis else "gone from the feed"
-        why = (f"basis payment {last.payment_id} is {now}; {last.clawed_back_points:,} points taken back"
-               f" {when(last.clawed_back_at, seconds=False)}, {last.unrecovered_points:,} unrecovered")
-        if qualifying:
-            why += f"; earns again at the next {job} run (payment {qualifying[0].id})"
-        return state("clawed back", why, -last.points)
-    if qualifying:
-        first = qualifying[0]
-        return state("due", f"{money(first.amount_cents)} paid {when(first.paid_at, seconds=False)}: "
-                            f"the next {job} run writes it")
-    if paid:
-        first = paid[0]
-        return state("on hold", f"{money(first.amount_cents)} paid {when(first.paid_at, seconds=False)}; counts from "
-                                f"{when(first.paid_at + hold, seconds=False)} (REWARDS_REWARD_HOLD_DAYS={hold.days})")
-    return state("unpaid", _why_unpaid(month_payments, as_of))
+        return state("clawed back", f"{last.clawed_back_points:,} taken back {when(last.clawed_back_at, seconds=False)}"
+                                    f", {last.expired_points:,} already expired, {last.unrecovered_points:,} unrecovered"
+                                    f" ({last.recovered_points:,} recovered since)", -int(last.points),
+                     last.clawback_key)
+    if window is not None and window.starts_at > found.as_of:
+        return state("not yet", f"the month starts {when(window.starts_at, seconds=False)}")
+    return state("unpaid", "no PAID payment in the month at the as-of")
 
 
-def _why_unpaid(month_payments: list[Any], as_of: datetime) -> str:
-    if not month_payments:
-        return "no payment in the month"
-    notes = [f"{money(p.amount_cents)} {p.status if p.paid_at <= as_of else 'paid after the as-of'}"
-             f" {when(p.paid_at, seconds=False)}" for p in month_payments]
-    return "no PAID payment: " + ", ".join(notes)
+def _points(fact: Any) -> int | None:
+    if fact.state == "to be clawed back":
+        return -int(fact.points)
+    return None if fact.points is None else int(fact.points)
+
+
+def _why(found: Explanation, fact: Any) -> str:
+    basis = (f"basis {money(fact.basis_amount_cents)} payment {fact.payment_id}"
+             if fact.basis_amount_cents is not None else f"basis payment {fact.payment_id}")
+    if fact.state == "to be written":
+        return f"{basis} paid {when(fact.basis_paid_at, seconds=False)}: the next run writes {fact.idempotency_key}"
+    if fact.state == "to be clawed back":
+        return f"{fact.note.split(': ', 1)[-1]}: the next run writes {fact.idempotency_key}"
+    if fact.state == "paid":
+        to = "" if fact.user_id == found.user_id else f" to {fact.user_id}, the beneficiary when it was written"
+        later = f"; {fact.note}" if fact.note else ""
+        return f"{basis}; written {when(fact.written_at, seconds=False)}{to}{later}"
+    if fact.state == "on hold":
+        return f"{money(fact.basis_amount_cents)} paid {when(fact.basis_paid_at, seconds=False)}; {fact.note}"
+    return f"{basis}: {fact.note}"

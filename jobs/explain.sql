@@ -2,8 +2,11 @@
 -- is the bound :as_of, never NOW().
 
 -- name: user_balance --
-SELECT (SELECT count(*) FROM public.user_point_transactions WHERE user_id = :user_id) AS ledger_rows,
-       (SELECT COALESCE(sum(delta), 0) FROM public.user_point_transactions WHERE user_id = :user_id) AS ledger_balance,
+-- The ledger at the as-of (rows dated at or before it) and the balance cache now.
+SELECT (SELECT count(*) FROM public.user_point_transactions
+        WHERE user_id = :user_id AND created_at <= :as_of) AS ledger_rows,
+       (SELECT COALESCE(sum(delta), 0) FROM public.user_point_transactions
+        WHERE user_id = :user_id AND created_at <= :as_of) AS ledger_balance,
        b.balance AS cached_balance, b.total_earned AS cached_total_earned, b.total_spent AS cached_total_spent,
        EXISTS (SELECT 1 FROM public.user_referral_relationships
                WHERE referrer_user_id = :user_id OR referred_user_id = :user_id) AS in_referrals
@@ -40,77 +43,83 @@ ORDER BY 2, 8 NULLS LAST, 1;
 
 -- name: reward_months --
 -- Month k of a relationship: [rewarded_at + k months, rewarded_at + (k+1) months), in UTC.
-SELECT CAST(:relationship_id AS uuid) AS relationship_id, k AS month,
+SELECT k AS month,
        CAST(:rewarded_at AS timestamptz) + make_interval(months => k) AS starts_at,
        CAST(:rewarded_at AS timestamptz) + make_interval(months => k + 1) AS ends_at
 FROM generate_series(CAST(:first_month AS int), CAST(:last_month AS int)) AS k
 ORDER BY k;
 
--- name: payments --
--- Every payment of the referred users, whatever its status (support wants to see refunds too).
-SELECT id, user_id, amount_cents, status, paid_at
-FROM {payments}
-WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
-ORDER BY user_id, paid_at, id;
+-- name: rewarded_referred_users --
+-- The referred users of this user's rewards, wherever the chain stands now.
+SELECT DISTINCT referred_user_id FROM public.referral_rewards WHERE beneficiary_user_id = :user_id;
 
 -- name: recorded_rewards --
--- The reward jobs' basis records of this user's rewards (table of migration 016, when present).
-SELECT idempotency_key, relationship_id, level, month, payment_id, points, rewarded_at,
-       clawback_key, clawed_back_points, unrecovered_points, clawed_back_at
+-- The reward jobs' basis records of this user's rewards written at or before the as-of, as they stood
+-- then: a clawback dated after it is not shown.
+SELECT idempotency_key, relationship_id, referred_user_id, level, month, payment_id, points, rewarded_at,
+       CASE WHEN clawed_back_at <= :as_of THEN clawback_key END AS clawback_key,
+       clawed_back_points, expired_points, unrecovered_points, recovered_points, clawed_back_at
 FROM public.referral_rewards
-WHERE beneficiary_user_id = :user_id
-ORDER BY relationship_id, level, month, rewarded_at;
+WHERE beneficiary_user_id = :user_id AND rewarded_at <= :as_of
+ORDER BY referred_user_id, level, month, rewarded_at, idempotency_key;
 
--- name: has_reward_records --
-SELECT to_regclass('public.referral_rewards') IS NOT NULL;
+-- name: outstanding --
+-- Unrecovered points of this user's clawbacks dated at or before the as-of, not recovered since, by level.
+SELECT level, sum(unrecovered_points - recovered_points) AS points
+FROM public.referral_rewards
+WHERE beneficiary_user_id = :user_id AND clawed_back_at <= :as_of AND unrecovered_points > recovered_points
+GROUP BY level
+ORDER BY level;
 
 -- name: ledger_rows --
--- The user's newest ledger rows, each with the run that wrote it: a job writes its rows with
--- created_at = its as-of and keys of its own prefix, so the run is the latest real run of that job
--- for that as-of. Rows the app wrote (no such key) have no run.
-SELECT t.created_at, t.type, t.delta, t.idempotency_key, t.ref_id, t.note, run.id AS run_id, run.job
+-- The user's newest ledger rows dated at or before the as-of, with the run that wrote each reward or
+-- clawback, as recorded beside it in referral_rewards (other rows' runs: first_runs).
+SELECT t.created_at, t.type, t.delta, t.idempotency_key, t.ref_id, t.note,
+       coalesce(reward.run_id, clawback.clawback_run_id) AS run_id,
+       CASE coalesce(reward.level, clawback.level) WHEN 1 THEN 'recurring-rewards' WHEN 2 THEN 'level2-rewards' END
+         AS job
 FROM public.user_point_transactions t
-LEFT JOIN LATERAL (
-    SELECT j.id, j.job
-    FROM public.job_runs j
-    WHERE j.as_of = t.created_at AND NOT j.dry_run AND j.status <> 'SKIPPED'
-      AND j.job = CASE
-            WHEN t.idempotency_key LIKE 'recurring:%' OR t.idempotency_key LIKE 'clawback:recurring:%'
-                THEN 'recurring-rewards'
-            WHEN t.idempotency_key LIKE 'l2:%' OR t.idempotency_key LIKE 'clawback:l2:%'
-                THEN 'level2-rewards'
-            WHEN t.idempotency_key LIKE 'expiry:%' THEN 'expire-points'
-          END
-    ORDER BY j.started_at DESC, j.id DESC
-    LIMIT 1
-) run ON true
-WHERE t.user_id = :user_id
+LEFT JOIN public.referral_rewards reward ON reward.idempotency_key = t.idempotency_key
+LEFT JOIN public.referral_rewards clawback ON clawback.clawback_key = t.idempotency_key
+WHERE t.user_id = :user_id AND t.created_at <= :as_of
 ORDER BY t.created_at DESC, t.idempotency_key DESC NULLS LAST
 LIMIT :limit;
 
+-- name: first_runs --
+-- The first real run of each job at each of these as-ofs: the run that wrote an expiry or a recovery
+-- dated then (a re-run of the same as-of writes nothing again). Apart from the ledger: on Citus the
+-- runs table is the coordinator's own and is not joined with a distributed table.
+SELECT DISTINCT ON (job, as_of) job, as_of, id
+FROM public.job_runs
+WHERE as_of = ANY(CAST(:instants AS timestamptz[])) AND NOT dry_run AND status <> 'SKIPPED'
+ORDER BY job, as_of, started_at, id;
+
 -- name: expiring_next --
--- FIFO: debits (all of them, whatever their date) consume the oldest points first; what is left of
--- each earning expires `months` after it was earned. Rows already due are expired by the next run.
-WITH earned AS (
-    SELECT created_at, delta,
-           sum(delta) OVER (ORDER BY created_at, id) AS earned_through
-    FROM public.user_point_transactions
-    WHERE user_id = :user_id AND delta > 0
+-- The user's lots at the as-of (docs/rules.md "Expiry: lots"): each positive row dated at or before it,
+-- less its own clawback; the other debits consume the oldest lots first; what is left of each lot
+-- expires `months` after it was earned. Lots already due are expired by the next expire-points run.
+WITH ledger AS (
+    SELECT t.id, t.created_at, t.delta, t.idempotency_key
+    FROM public.user_point_transactions t
+    WHERE t.user_id = :user_id AND t.created_at <= :as_of
+), own_clawback AS (
+    SELECT rr.idempotency_key AS lot_key, rr.clawback_key, rr.clawed_back_points AS points
+    FROM public.referral_rewards rr
+    WHERE rr.beneficiary_user_id = :user_id AND rr.clawed_back_points > 0 AND rr.clawed_back_at <= :as_of
+), lot AS (
+    SELECT l.created_at, l.delta - coalesce(o.points, 0) AS size,
+           sum(l.delta - coalesce(o.points, 0)) OVER (ORDER BY l.created_at, l.id) AS earned_through
+    FROM ledger l
+    LEFT JOIN own_clawback o ON o.lot_key = l.idempotency_key
+    WHERE l.delta > 0
 ), spent AS (
-    SELECT COALESCE(-sum(delta), 0) AS total FROM public.user_point_transactions
-    WHERE user_id = :user_id AND delta < 0
+    SELECT COALESCE(-sum(delta), 0) AS total FROM ledger
+    WHERE delta < 0 AND NOT EXISTS (SELECT 1 FROM own_clawback o WHERE o.clawback_key = ledger.idempotency_key)
 )
 SELECT created_at + make_interval(months => CAST(:months AS int)) AS expires_at,
-       sum(LEAST(delta, earned_through - spent.total)) AS points
-FROM earned, spent
-WHERE earned_through - spent.total > 0
+       sum(LEAST(size, earned_through - spent.total)) AS points
+FROM lot, spent
+WHERE earned_through - spent.total > 0 AND size > 0
 GROUP BY 1
 ORDER BY 1
 LIMIT :limit;
-
--- name: reward_keys --
--- The user's reward and clawback rows by key (to tell paid months apart without migration 016).
-SELECT idempotency_key, delta, created_at
-FROM public.user_point_transactions
-WHERE user_id = :user_id
-  AND (idempotency_key LIKE 'recurring:%' OR idempotency_key LIKE 'l2:%' OR idempotency_key LIKE 'clawback:%');

@@ -104,13 +104,21 @@ def plan_statement(payments: str) -> TextClause:
 _LOGGED_SKIPPED_ROWS = 100
 
 
-def usable_feed(ctx: RunContext, conn: Connection) -> str:
+def feed_sql(conn: Connection, settings: Settings) -> str:
     """The SQL that reads the feed's usable rows: the table itself when its constraints make every row
-    usable, else a filtered read of it, after the rows it skips were counted and logged."""
-    feed = ctx.settings.payments_table_sql
+    usable, else a filtered read of it (rewards.sql's usable_feed)."""
+    feed = settings.payments_table_sql
     if conn.execute(_queries["feed_is_clean"], {"feed": feed}).scalar():
         return feed
-    skipped = conn.execute(_queries.render("skipped_feed_rows", feed=feed)).all()
+    return _queries.raw("usable_feed").format(feed=feed)
+
+
+def usable_feed(ctx: RunContext, conn: Connection) -> str:
+    """`feed_sql`, after the rows it skips were counted in the run's stats and logged."""
+    payments = feed_sql(conn, ctx.settings)
+    if payments == ctx.settings.payments_table_sql:
+        return payments
+    skipped = conn.execute(_queries.render("skipped_feed_rows", feed=ctx.settings.payments_table_sql)).all()
     ctx.stats["skipped_feed_rows"] = len(skipped)
     for row in skipped[:_LOGGED_SKIPPED_ROWS]:
         ctx.log.warning("a payments feed row cannot be used; skipped", action="feed_row_skipped",
@@ -118,7 +126,7 @@ def usable_feed(ctx: RunContext, conn: Connection) -> str:
     if len(skipped) > _LOGGED_SKIPPED_ROWS:
         ctx.log.warning("more payments feed rows skipped", action="feed_rows_skipped",
                         more=len(skipped) - _LOGGED_SKIPPED_ROWS)
-    return _queries.raw("usable_feed").format(feed=feed)
+    return payments
 
 
 @dataclass
