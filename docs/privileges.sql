@@ -67,7 +67,8 @@ GRANT UPDATE (status, heartbeat_at, finished_at, stats, error) ON public.job_run
 GRANT USAGE ON SEQUENCE public.job_runs_id_seq TO rewards_jobs;
 
 -- Reconciliation results: written once per reconcile run, read by `report`.
-GRANT SELECT, INSERT ON public.reconciliation_runs, public.reconciliation_discrepancies TO rewards_jobs;
+GRANT SELECT, INSERT ON public.reconciliation_runs, public.reconciliation_discrepancies,
+                        public.reconciliation_findings TO rewards_jobs;
 -- reconcile records its repairs on its own run's row once the report that lists them is recorded
 GRANT UPDATE (repaired, summary) ON public.reconciliation_runs TO rewards_jobs;
 

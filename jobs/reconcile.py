@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterator, NamedTuple, Sequence, TextIO
 
@@ -50,6 +51,7 @@ from core.stream import copy_rows
 from jobs.reconcile_summary import (MONTHS_CHARTED, RECOVERY, CacheTotals, ClawbackTotals, Found, LedgerTotals,
                                     Movement, PreviousReconcile, Snapshot, Summary, TypeTotals, Unrecovered,
                                     add_totals, build_summary, month_starts)
+from jobs import rules_audit
 from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, summary_json
 
 _queries = Queries(__file__)
@@ -79,14 +81,19 @@ def run(ctx: RunContext) -> None:
         with _read_only_snapshot(ctx.engine) as conn:
             if files:
                 with staged.text(files.csv) as csv_out:
-                    snapshot, found = _audit(ctx, conn, csv_out)
+                    snapshot, found, findings = _audit(ctx, conn, csv_out)
             else:
-                snapshot, found = _audit(ctx, conn, None)
+                snapshot, found, findings = _audit(ctx, conn, None)
         summary = build_summary(ctx.run_id, ctx.as_of, snapshot, found, repaired=0,
                                 repair_requested=ctx.repair, files=files.names() if files else None,
                                 points_per_usd=ctx.settings.points_per_usd)
         _record_stats(ctx, summary, files)
         if files:
+            with staged.text(files.findings) as findings_out:
+                rules_audit.write_csv(findings_out, findings)
+            with ctx.engine.begin() as conn:  # like the discrepancies: recorded before the run's row
+                ctx.heartbeat(conn)
+                rules_audit.insert(conn, ctx.run_id, findings)
             _stage_documents(ctx, summary, files, staged)
             _insert_run(ctx, snapshot, summary, files)
             staged.publish()
@@ -155,8 +162,9 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[Snapshot, Found]:
-    """The cache's totals, the discrepant users streamed, then the movements: one snapshot."""
+def _audit(ctx: RunContext, conn: Connection,
+           csv_out: TextIO | None) -> tuple[Snapshot, Found, list[rules_audit.Finding]]:
+    """The cache's totals, the discrepant users streamed, the movements, then the rules audit: one snapshot."""
     previous = _previous_reconcile(conn, ctx)
     window = {"as_of": ctx.as_of, "previous_as_of": previous.as_of if previous else None}
     months_from = conn.execute(_queries["months_charted_from"], {"as_of": ctx.as_of,
@@ -181,7 +189,9 @@ def _audit(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> tuple[S
                         movements=_charted(lines, starts), months_from=months_from,
                         unrecovered=_unrecovered(conn, window), monthly_carried=carried,
                         ledger_by_type_up_to_previous=by_type_up_to_previous)
-    return snapshot, found
+    findings = rules_audit.audit(conn, ctx.settings)
+    _renew_lease(ctx)
+    return replace(snapshot, findings=rules_audit.by_kind(findings)), found, findings
 
 
 def _line_type(line: Any) -> str:
@@ -352,6 +362,9 @@ def _record_stats(ctx: RunContext, summary: Summary, files: ReportFiles | None) 
         outstanding_points=summary.outstanding_points,
         roll_forward_gap=summary.roll_forward.gap,
         late_committed_points=summary.roll_forward.late_committed["points"],
+        findings=summary.findings["total"] if summary.findings else 0,
+        # exported by the daemon's /metrics as rewards_invariant_violations{kind} (core/metrics.py)
+        invariant_violations=summary.findings["by_kind"] if summary.findings else {},
     )
     if files:
         ctx.stats["report"] = str(files.csv)

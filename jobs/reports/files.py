@@ -1,7 +1,8 @@
 """The files of a reconcile run: their names, the CSV of discrepant users and the JSON summary's text.
 
-`reconciliation-{as_of:%Y%m%dT%H%M%SZ}-{run}.{csv,json,html,xlsx}` under `REWARDS_REPORTS_DIR`. The
-CSV's header is fixed by SPEC.md; the JSON is the summary as built, keys in its order.
+`reconciliation-{as_of:%Y%m%dT%H%M%SZ}-{run}.{csv,json,html,xlsx}` under `REWARDS_REPORTS_DIR`, and the
+rules audit's `…-findings.csv` beside them. The CSV's header is fixed by SPEC.md; the JSON is the summary
+as built, keys in its order.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class ReportFiles:
     json: Path
     html: Path
     xlsx: Path
+    findings: Path
 
     # What a killed run leaves aside (core.reports.FileSet's `.NAME.part`), for the next run to remove.
     LEFTOVERS = ".reconciliation-*.part"
@@ -31,10 +33,12 @@ class ReportFiles:
     def for_run(cls, reports_dir: Path, as_of: datetime, run_id: int) -> ReportFiles:
         stem = f"reconciliation-{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id}"
         directory = reports_dir.resolve()
-        return cls(*(directory / f"{stem}.{suffix}" for suffix in ("csv", "json", "html", "xlsx")))
+        return cls(*(directory / f"{stem}.{suffix}" for suffix in ("csv", "json", "html", "xlsx")),
+                   directory / f"{stem}-findings.csv")
 
     def names(self) -> dict[str, str]:
-        return {"csv": self.csv.name, "json": self.json.name, "html": self.html.name, "xlsx": self.xlsx.name}
+        return {"csv": self.csv.name, "json": self.json.name, "html": self.html.name, "xlsx": self.xlsx.name,
+                "findings": self.findings.name}
 
 
 def csv_row(row: Any) -> list[str]:

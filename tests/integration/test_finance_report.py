@@ -120,7 +120,7 @@ def test_the_workbook_holds_the_summary_in_numeric_cells_on_every_sheet(engine, 
 
     book = load_workbook(_paths(settings, run_id).xlsx)
 
-    assert book.sheetnames == ["Summary", "Roll-forward", "Discrepancies", "Monthly"]
+    assert book.sheetnames == ["Summary", "Roll-forward", "Discrepancies", "Monthly", "Findings"]
     for sheet in book.worksheets:
         assert (sheet["A2"].value, sheet["C2"].value, sheet["D2"].value) == ("As of", "Run", run_id)
         assert sheet["B2"].value == "2026-06-01 01:00:00 UTC"
