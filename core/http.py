@@ -4,7 +4,8 @@
   else 503; the body is a small JSON object saying which part is unwell.
 - `/metrics`: Prometheus exposition (prometheus-client) of the runs of this process
   (`rewards_job_runs_total`, `rewards_job_duration_seconds`, `rewards_points_written_total`) and
-  `rewards_job_last_success_timestamp_seconds`, read from `job_runs` at scrape time.
+  `rewards_job_last_success_timestamp_seconds` and `rewards_invariant_violations{kind}` (the latest
+  rules audit's findings), read from `job_runs` at scrape time.
 """
 from __future__ import annotations
 

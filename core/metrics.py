@@ -39,6 +39,7 @@ class LastSuccessCollector(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(self.NAME, self.HELP, labels=["job"])
+        yield GaugeMetricFamily(VIOLATIONS_NAME, VIOLATIONS_HELP, labels=["kind"])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from core import runs
@@ -54,3 +55,25 @@ class LastSuccessCollector(Collector):
             success = successes.get(job)
             family.add_metric([job], success.finished_at.timestamp() if success else 0.0)
         yield family
+        yield from _invariant_violations(self.engine)
+
+
+VIOLATIONS_NAME = "rewards_invariant_violations"
+VIOLATIONS_HELP = "Findings of the latest rules audit (reconcile), by kind of invariant"
+
+
+def _invariant_violations(engine: Engine) -> Iterator[GaugeMetricFamily]:
+    """`rewards_invariant_violations{kind}`: what the latest successful run that audits the rules counted
+    (its stats' `invariant_violations`); absent until one ran."""
+    from core import runs
+
+    try:
+        by_kind = runs.last_invariant_violations(engine)
+    except SQLAlchemyError:
+        return
+    if by_kind is None:
+        return
+    family = GaugeMetricFamily(VIOLATIONS_NAME, VIOLATIONS_HELP, labels=["kind"])
+    for kind, count in sorted(by_kind.items()):
+        family.add_metric([kind], float(count))
+    yield family

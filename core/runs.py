@@ -190,6 +190,13 @@ def last_successes(engine: Engine) -> dict[str, Any]:
         return {row.job: row for row in conn.execute(_queries["last_success_per_job"])}
 
 
+def last_invariant_violations(engine: Engine) -> dict[str, int] | None:
+    """The latest successful run's `invariant_violations` stats (by kind), None when no run counted any."""
+    with engine.connect() as conn:
+        row = conn.execute(_queries["last_invariant_violations"]).first()
+    return None if row is None else {str(kind): int(count) for kind, count in (row.by_kind or {}).items()}
+
+
 def recent_runs(engine: Engine, *, job: str | None = None, limit: int = 20) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(_queries["recent_runs"], {"job": job, "limit": limit}))

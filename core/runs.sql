@@ -113,3 +113,12 @@ FROM public.job_runs
 WHERE (CAST(:job AS text) IS NULL OR job = CAST(:job AS text))
 ORDER BY started_at DESC, id DESC
 LIMIT :limit;
+
+-- name: last_invariant_violations --
+-- The invariant violations by kind that the latest successful real run reporting them counted (a run's
+-- stats key `invariant_violations`: reconcile's rules audit), for /metrics.
+SELECT stats -> 'invariant_violations' AS by_kind
+FROM public.job_runs
+WHERE status = 'SUCCEEDED' AND NOT dry_run AND stats ? 'invariant_violations'
+ORDER BY finished_at DESC, id DESC
+LIMIT 1;
