@@ -59,7 +59,7 @@ class LastSuccessCollector(Collector):
 
 
 VIOLATIONS_NAME = "rewards_invariant_violations"
-VIOLATIONS_HELP = "Findings of the latest rules audit (reconcile), by kind of invariant"
+VIOLATIONS_HELP = "Findings of the latest rules audit, by kind of invariant"
 
 
 def _invariant_violations(engine: Engine) -> Iterator[GaugeMetricFamily]:

@@ -116,7 +116,7 @@ LIMIT :limit;
 
 -- name: last_invariant_violations --
 -- The invariant violations by kind that the latest successful real run reporting them counted (a run's
--- stats key `invariant_violations`: reconcile's rules audit), for /metrics.
+-- stats key `invariant_violations`: the rules audit), for /metrics.
 SELECT stats -> 'invariant_violations' AS by_kind
 FROM public.job_runs
 WHERE status = 'SUCCEEDED' AND NOT dry_run AND stats ? 'invariant_violations'

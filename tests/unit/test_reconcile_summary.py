@@ -130,8 +130,9 @@ def discrepancy(user: int, kinds: list[str], cached: int | None, ledger_balance:
 def test_the_files_of_a_run_are_named_by_its_as_of_in_utc_and_its_id(tmp_path):
     files = ReportFiles.for_run(tmp_path, AS_OF, 3)
 
-    assert files.names() == {suffix: f"reconciliation-20260601T010000Z-3.{suffix}"
-                             for suffix in ("csv", "json", "html", "xlsx")}
+    assert files.names() == {**{suffix: f"reconciliation-20260601T010000Z-3.{suffix}"
+                                for suffix in ("csv", "json", "html", "xlsx")},
+                             "findings": "reconciliation-20260601T010000Z-3-findings.csv"}
     assert files.csv.parent == tmp_path.resolve()
 
 
