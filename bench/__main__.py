@@ -101,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
     world_options(profile, many=False)
     profile.add_argument("--keep", action="store_true", help="keep the profiled clone database (…_prof)")
 
+    audit = commands.add_parser("audit", help="reconcile with the rules audit against its bound (issue 24)")
+    world_options(audit, many=False)
+
     startup = commands.add_parser("startup", help="CPU and wall time of `--help`, `health` and `jobs`, "
                                                   "each run as its own process")
     startup.add_argument("--runs", type=_positive, default=11, help="timed runs of each command (default 11)")
@@ -201,6 +204,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0 if result.status == "SUCCEEDED" else 1
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bench import audit
+
+    server = server_url(args.database_url)
+    world = World(args.users, args.seed, _as_of(args.as_of), args.years, args.shape)
+    dataset = ensure_dataset(server, world, prefix=args.prefix, progress=_progress)
+    print(json.dumps(audit.measure(server, dataset, progress=_progress), indent=2))
+    return 0
+
+
 def cmd_startup(args: argparse.Namespace) -> int:
     from bench import startup
 
@@ -208,7 +221,8 @@ def cmd_startup(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "run": cmd_run, "profile": cmd_profile, "startup": cmd_startup}
+COMMANDS = {"generate": cmd_generate, "run": cmd_run, "profile": cmd_profile, "audit": cmd_audit,
+            "startup": cmd_startup}
 
 
 def main(argv: list[str] | None = None) -> int:

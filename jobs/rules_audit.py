@@ -71,7 +71,20 @@ class _Run:
 
 
 def audit(conn: Connection, settings: Any) -> list[Finding]:
-    """Every finding in this snapshot, in kind order (REWARD, RECOVERY, EXPIRY)."""
+    """Every finding in this snapshot, in kind order (REWARD, RECOVERY, EXPIRY).
+
+    Over the whole history hash and merge joins are right at any size; the statements' CTEs, read
+    several times, are materialized without statistics, and a nested loop over them is quadratic (4.2 s
+    instead of 0.18 s for the level-1 statement at 2,000 users). So nested loops are off while the audit
+    runs, and back as they were for the rest of reconcile's transaction."""
+    previous = conn.execute(_queries["nested_loops_off"]).scalar_one()
+    try:
+        return _audit(conn, settings)
+    finally:
+        conn.execute(_queries["nested_loops_back"], {"previous": previous})
+
+
+def _audit(conn: Connection, settings: Any) -> list[Finding]:
     runs = {row.job: _Run(row.job, row.as_of, dict(row.settings or {}), row.finished_at)
             for row in conn.execute(_queries["last_runs"])}
     found: list[Finding] = []

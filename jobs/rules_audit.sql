@@ -245,3 +245,10 @@ FROM unnest(CAST(:numbers AS int[]), CAST(:kinds AS text[]), CAST(:user_ids AS u
             CAST(:referred_user_ids AS uuid[]), CAST(:levels AS int[]), CAST(:months AS int[]),
             CAST(:reward_keys AS text[]), CAST(:points AS bigint[]), CAST(:details AS text[]))
      AS f(number, kind, user_id, referred_user_id, level, month, reward_key, points, detail);
+
+-- name: nested_loops_off --
+-- For the audit's statements only (see audit()): returns the setting it replaces.
+SELECT current_setting('enable_nestloop') AS previous, set_config('enable_nestloop', 'off', true);
+
+-- name: nested_loops_back --
+SELECT set_config('enable_nestloop', :previous, true);
