@@ -133,14 +133,18 @@ lot AS (
     LEFT JOIN clawback_ledger o ON o.user_id = l.user_id AND o.idempotency_key = 'clawback:' || l.idempotency_key
     WHERE l.delta > 0
 ),
+own_clawback AS (
+    SELECT c.user_id, c.idempotency_key
+    FROM clawback_ledger c
+    JOIN clawback_ledger r ON r.user_id = c.user_id AND c.idempotency_key = 'clawback:' || r.idempotency_key
+    WHERE c.delta < 0 AND r.delta > 0
+),
 debit AS (
     SELECT d.user_id, d.type, -d.delta AS size,
            sum(-d.delta) OVER (PARTITION BY d.user_id ORDER BY d.created_at, d.id) AS debit_end
     FROM clawback_ledger d
-    WHERE d.delta < 0
-      AND NOT (starts_with(d.idempotency_key, 'clawback:')
-               AND EXISTS (SELECT 1 FROM clawback_ledger r
-                           WHERE r.user_id = d.user_id AND 'clawback:' || r.idempotency_key = d.idempotency_key))
+    LEFT JOIN own_clawback o ON o.user_id = d.user_id AND o.idempotency_key = d.idempotency_key
+    WHERE d.delta < 0 AND o.user_id IS NULL
 ),
 expired AS (
     SELECT c.idempotency_key,
