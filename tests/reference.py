@@ -615,8 +615,9 @@ def expire_run_violations(*, as_of: datetime, months: int, before: list[LedgerRo
 def clawback_pricing_violations(*, level: int, as_of: datetime, ledger_before: list[LedgerRow],
                                 before: list[Reward], after: list[Reward]) -> list[str]:
     """A run in one batch: each clawback it made took min(points − expired, the balance less the earlier
-    clawbacks of the run for the same beneficiary, in key order), and, for a beneficiary with one clawback
-    in the run, `expired` is the overlap of the reward's lot with the EXPIRY rows of the ledger it saw."""
+    clawbacks of the run for the same beneficiary, in key order), and `expired` is the overlap of the
+    reward's lot with the EXPIRY rows of the ledger it saw (however many clawbacks the beneficiary has in the
+    run: the batch's clawbacks are priced before any is written, so none moves another's lot)."""
     was = {reward.key: reward for reward in before}
     clawed = sorted((reward for reward in after if not reward.standing and reward.key in was
                      and was[reward.key].standing), key=lambda reward: reward.key)
@@ -624,7 +625,6 @@ def clawback_pricing_violations(*, level: int, as_of: datetime, ledger_before: l
     for row in ledger_before:
         rows_of[row.user].append(row)
     left = {user: sum(row.delta for row in rows) for user, rows in rows_of.items()}
-    count = Counter(reward.beneficiary for reward in clawed)
     out = []
     for reward in clawed:
         balance = left.get(reward.beneficiary, 0)
@@ -633,11 +633,10 @@ def clawback_pricing_violations(*, level: int, as_of: datetime, ledger_before: l
             out.append(f"clawback of {reward.key} ({reward.points} points, {reward.expired_points} expired) took"
                        f" {reward.clawed_back_points} from a balance of {balance}; owed {taken}")
         left[reward.beneficiary] = balance - reward.clawed_back_points
-        if count[reward.beneficiary] == 1:
-            expired = expired_points_of(rows_of[reward.beneficiary], reward.key)
-            if reward.expired_points != expired:
-                out.append(f"clawback of {reward.key} counted {reward.expired_points} points expired; the stack of"
-                           f" {reward.beneficiary}'s ledger says {expired}")
+        expired = min(reward.points, expired_points_of(rows_of[reward.beneficiary], reward.key))
+        if reward.expired_points != expired:
+            out.append(f"clawback of {reward.key} counted {reward.expired_points} points expired; the stack of"
+                       f" {reward.beneficiary}'s ledger says {expired}")
     return out
 
 

@@ -16,7 +16,10 @@ A history is a seeded list of events, replayed against the database:
 - settings changed between runs (reward amounts, hold 0/3 days, recovery on/off, batch size 1/2/5000,
   months, expiry months);
 - runs of any subset of recurring-rewards, level2-rewards, expire-points and expiring-soon, in any
-  order, at any as-of (past ones, the same one twice).
+  order, at any as-of (past ones, the same one twice);
+- in half the histories (`expiry_focus`: expiry of 1-3 months, mostly one batch), two scripted episodes
+  among the random events: a reward expired (in full, or in part after a redemption) and then clawed back;
+  and a young reward clawed back while the beneficiary's older lots pass their expiry.
 
 Then a final run of the four jobs in pipeline order at an as-of at or after every earlier one, and
 the checks: the reward invariant of every (referred user, level, month) over the relationships and feed
@@ -27,7 +30,7 @@ pipeline run that writes no reward, clawback or expiry.
 
 A failure prints the seed, the settings and the event list. `REWARDS_ANY_HISTORY_SEED=N` replays one
 seed (`-k replay`) and shrinks its event list to a minimal failing one. `REWARDS_ANY_HISTORY_EXAMPLES`
-sets how many seeds the default run tries; `pytest -m soak` runs `REWARDS_SOAK_HISTORIES` (10,000).
+sets how many seeds the default run tries (from `REWARDS_ANY_HISTORY_FIRST_SEED`, 0 unless set); `pytest -m soak` runs `REWARDS_SOAK_HISTORIES` (10,000).
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from tests import reference as ref
 from tests.builders import add_app_points, utc
 
 EXAMPLES = int(os.environ.get("REWARDS_ANY_HISTORY_EXAMPLES", "40"))
+FIRST_SEED = int(os.environ.get("REWARDS_ANY_HISTORY_FIRST_SEED", "0"))
 SOAK_HISTORIES = int(os.environ.get("REWARDS_SOAK_HISTORIES", "10000"))
 CHUNK = 4  # histories per test (and per database)
 SOAK_CHUNK = 50
@@ -85,10 +89,13 @@ def _instant(rng: random.Random) -> datetime:
 
 
 def generate(seed: int) -> tuple[dict[str, Any], list[tuple]]:
-    """(config, events) of one history: its settings at the start and every event, the final run last."""
+    """(config, events) of one history: its settings at the start and every event, the final run last.
+    Half the histories focus on expiry (`expiry_focus`): short expiry, mostly one batch, fewer random
+    events, and scripted episodes (`_expiry_episode`) of the coincidences the expiry rules turn on."""
     rng = random.Random(seed)
+    focus = rng.random() < 0.5
     users = rng.randint(6, 8)
-    recurring, l2 = rng.choice(REWARD_PAIRS)
+    recurring, l2 = rng.choice(REWARD_PAIRS[:4] if focus else REWARD_PAIRS)
     config = {
         "users": users, "user_tags": [_tag(rng) for _ in range(users)],
         "recurring_months": rng.choice([12, 12, 12, 3, 1]), "l2_months": rng.choice([6, 6, 2, 1]),
@@ -99,7 +106,11 @@ def generate(seed: int) -> tuple[dict[str, Any], list[tuple]]:
         "points_expiry_months": rng.choice([12, 3, 3, 2]),
         "expiry_notice_days": rng.choice([30, 30, 7, 0]),
         "feed_view": rng.random() < 0.3,
+        "expiry_focus": focus,
     }
+    if focus:
+        config["points_expiry_months"] = rng.choice([1, 2, 3])
+        config["batch_size"] = rng.choice([5000, 5000, 5000, 2])
     setup: list[tuple] = []
     for c in range(users):
         if rng.random() < 0.85:
@@ -141,11 +152,73 @@ def generate(seed: int) -> tuple[dict[str, Any], list[tuple]]:
     if config["feed_view"]:
         makers += [(4, lambda: _bad_event(rng, with_relationship)), (1, lambda: ("unbad", rng.randrange(16)))]
     weights = [weight for weight, _ in makers]
-    for _ in range(rng.randint(15, 40)):
+    for _ in range(rng.randint(8, 25) if focus else rng.randint(15, 40)):
         events.append(rng.choices(makers, weights)[0][1]())
+    if focus:
+        paid_months_of = defaultdict(set)
+        for event in setup + events:
+            if event[0] == "pay":
+                paid_months_of[event[1]].add(event[2])
+        for kind in rng.sample(["expired", "young"], 2):
+            at = rng.randint(0, len(events))
+            events[at:at] = _expiry_episode(rng, kind, config, paid_months_of)
     run_as_ofs = [event[1] for event in events if event[0] == "run"]
     events.append(("final", max([rng.choice(LATE_AS_OFS), *run_as_ofs])))
     return config, setup + events
+
+
+def _expiry_episode(rng: random.Random, kind: str, config: dict[str, Any],
+                    paid_months_of: dict[int, set[int]]) -> list[tuple]:
+    """A scripted run of events in which a level-1 reward of referred user c for B meets the expiry rules
+    (docs/rules.md "What a clawback takes", "Expiry: lots"), N = 1-3 expiry months:
+    - "expired": B earns the reward at T1, maybe spends part of it, expire-points runs past its expiry
+      (T1 + N months), maybe B is granted points, then the reward's basis is refunded, corrected, moved or
+      removed and the reward jobs run again: the clawback of an expired or partly expired reward;
+    - "young": B holds an older lot (a grant at T0 < T1), maybe spends part, the reward earned at T1 is
+      clawed back (points taken), then expire-points runs after T0 + N months but before T1 + N months:
+      the old lot expires, the clawback of the young reward must not count as a debit of it."""
+    users = config["users"]
+    c = rng.randrange(users)
+    offset = rng.choice([1, 2, 3])
+    b = (c + offset) % users
+    months = rng.choice([1, 2, 3])
+    free = [k for k in (1, 2, 3) if k <= min(config["recurring_months"], 3) and k not in paid_months_of[c]]
+    k = rng.choice(free or [1])
+    paid_months_of[c].add(k)
+    tag = _tag(rng)
+    t1 = ref.add_months(FIRST[c], k + 1) + timedelta(days=3, hours=12)
+    rewards = ("recurring-rewards", "level2-rewards")
+    amend = ("amend", tag, *rng.choice([("status", "REFUNDED"), ("status", "REFUNDED"), ("amount", 777),
+                                        ("months", 1), ("seconds", -40 * 86_400), ("remove", 0)]))
+    out: list[tuple] = [("settings", (("points_expiry_months", months),)),
+                        ("reinsert", c, offset, 1, "REWARDED", 0, _tag(rng))]
+    if kind == "expired":
+        if rng.random() < 0.4:  # an older lot too
+            out.append(("grant", b, rng.choice([50, 300]), t1 - timedelta(days=rng.choice([2, 40]))))
+        out += [("pay", c, k, rng.choice([0, 1, 86_400, 12 * 86_400]), "PAID", rng.choice([2000, 12345, 100_000]), tag),
+                ("run", t1, rewards)]
+        if rng.random() < 0.5:  # a redemption consumes part of the reward before it expires
+            out.append(("spend", b, rng.choice([0.3, 0.5, 0.8]), t1 + timedelta(days=1)))
+        t2 = ref.add_months(t1, months) + timedelta(seconds=rng.choice([1, 86_400, 5 * 86_400, 20 * 86_400]))
+        out.append(("run", t2, rng.choice([("expire-points",), ("expire-points", "expiring-soon")])))
+        if rng.random() < 0.7:  # points to take back from
+            out.append(("grant", b, rng.choice([50, 300, 3000]), t2 + timedelta(hours=1)))
+        out += [amend, ("run", t2 + timedelta(days=rng.choice([0, 0, 2])), rewards)]
+        if rng.random() < 0.5:
+            out.append(("run", ref.add_months(t2, months) + timedelta(days=1), ("expire-points",)))
+    else:
+        t0 = t1 - timedelta(days=rng.choice([10, 20, 45, 80]))
+        out += [("grant", b, rng.choice([300, 500, 3000]), t0),
+                ("pay", c, k, rng.choice([0, 1, 86_400, 12 * 86_400]), "PAID", rng.choice([2000, 12345, 100_000]), tag),
+                ("run", t1, rewards)]
+        if rng.random() < 0.4:
+            out.append(("spend", b, rng.choice([0.1, 0.3]), t1 + timedelta(hours=2)))
+        t2 = ref.add_months(t1, months) - timedelta(days=rng.choice([1, 3, 8]))
+        out += [amend, ("run", t1 + timedelta(days=rng.choice([1, 5])), rewards)]
+        if rng.random() < 0.3:
+            out.append(("spend", b, 0.1, t1 + timedelta(days=6)))
+        out.append(("run", t2, rng.choice([("expire-points",), ("expire-points", "expiring-soon"), PIPELINE])))
+    return out
 
 
 def _relate_event(rng: random.Random, kind: str, c: int, users: int) -> tuple:
@@ -374,6 +447,26 @@ class World:
         if payment is not None:
             self._sql("DELETE FROM public.user_subscription_payments WHERE id = :id", {"id": payment.id})
 
+    def _amend(self, tag: int, how: str, value: Any) -> None:
+        """A change to the payment of tag `tag` (a scripted episode's basis), if it is still there."""
+        payment = self._sql("SELECT id, paid_at FROM public.user_subscription_payments WHERE id = :id",
+                            {"id": self._id(tag)})
+        if not payment:
+            return
+        if how == "remove":
+            self._sql("DELETE FROM public.user_subscription_payments WHERE id = :id", {"id": payment[0].id})
+            return
+        if how == "status":
+            column, new = "status", value
+        elif how == "amount":
+            column, new = "amount_cents", value
+        elif how == "months":
+            column, new = "paid_at", ref.add_months(payment[0].paid_at, value)
+        else:
+            column, new = "paid_at", payment[0].paid_at + timedelta(seconds=value)
+        self._sql(f"UPDATE public.user_subscription_payments SET {column} = :v WHERE id = :id",
+                  {"v": new, "id": payment[0].id})
+
     def _bad(self, kind: str, c: int, k: int, index: int, same: bool, tag: int) -> None:
         row = {"id": self._id(tag), "user_id": self.users[c], "amount_cents": 2000, "status": "PAID",
                "paid_at": ref.add_months(FIRST[c], k)}  # a month's first instant: the basis, were it used
@@ -411,7 +504,10 @@ class World:
         holders = [u for u in holders if sum(row.delta for row in ledger if row.user == self.users[u]) > 0]
         if not holders:
             return
-        u = holders[index % len(holders)]
+        self._spend(holders[index % len(holders)], share, instant, type)
+
+    def _spend(self, u: int, share: float, instant: datetime, type: str = "REDEMPTION_QUOTA") -> None:
+        """The app spends part of user u's balance, under the lock of the balance row (never below zero)."""
         with self.engine.begin() as conn:
             conn.execute(text("SELECT 1 FROM public.user_point_balances WHERE user_id = :u FOR UPDATE"),
                          {"u": self.users[u]})
@@ -704,7 +800,7 @@ def _chunks(first: int, count: int, size: int) -> list[Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seeds", _chunks(0, EXAMPLES, CHUNK))
+@pytest.mark.parametrize("seeds", _chunks(FIRST_SEED, EXAMPLES, CHUNK))
 def test_any_history_ends_exact_after_a_final_run(engine, make_settings, tmp_path, seeds):
     run_histories(engine, make_settings, tmp_path / "reports", seeds)
 
