@@ -6,7 +6,6 @@ agrees, a dry run first reports exactly that, and a rerun writes nothing.
 """
 from __future__ import annotations
 
-import calendar
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,25 +19,9 @@ from core.runner import run_job
 from jobs import level2_rewards, recurring_rewards
 from jobs.settings import RewardAmount
 from tests.builders import add_relationship, balance_of, utc
+from tests.reference import Relationship, add_months
 
 # ── the reference ───────────────────────────────────────────────────────────
-
-
-def add_months(instant: datetime, months: int) -> datetime:
-    """PostgreSQL's `timestamptz + n months` in UTC: the day is clamped to the month's last day."""
-    month_index = instant.month - 1 + months
-    year, month = instant.year + month_index // 12, month_index % 12 + 1
-    return instant.replace(year=year, month=month, day=min(instant.day, calendar.monthrange(year, month)[1]))
-
-
-@dataclass(frozen=True)
-class Relationship:
-    id: uuid.UUID
-    referrer: uuid.UUID
-    referred: uuid.UUID
-    level: int
-    status: str
-    rewarded_at: datetime | None
 
 
 @dataclass(frozen=True)
