@@ -20,6 +20,7 @@ _COUNTS: tuple[tuple[str, str], ...] = (
     ("skipped_unstorable", "rows too large for the ledger, skipped"),
     ("too_large", "rewards too large to write"),
     ("discrepancies", "discrepancies"),
+    ("findings", "rules audit findings"),
     ("repaired", "cache rows repaired"),
     ("net_drift", "points net drift"),
     ("roll_forward_gap", "points roll-forward gap"),
@@ -35,7 +36,7 @@ _LEDGER = ("rows_written", "points_written")
 BOOKKEEPING = frozenset({
     "batches", "items", "cutoff", "dry_run", "max_batch_seconds", "scan", "scan_from", "scan_floor",
     "high_water_as_of", "since", "report", "files", "discrepancies_by_kind", "earned_rows_before_cutoff",
-    "disabled",
+    "disabled", "invariant_violations",
 })
 _KNOWN = {key for key, _label in _COUNTS} | set(_LEDGER) | BOOKKEEPING
 
