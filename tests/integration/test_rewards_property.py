@@ -19,7 +19,7 @@ from core.runner import run_job
 from jobs import level2_rewards, recurring_rewards
 from jobs.settings import RewardAmount
 from tests.builders import add_relationship, balance_of, utc
-from tests.reference import Relationship, add_months
+from tests.reference import Relationship, add_months, earning_beneficiary
 
 # ── the reference ───────────────────────────────────────────────────────────
 
@@ -46,19 +46,6 @@ def basis_payment(payments: list[Payment], user: uuid.UUID, start: datetime, end
     return min(paid, key=lambda p: (p.paid_at, p.id), default=None)
 
 
-def level2_beneficiary(r: Relationship, by_referred: dict[uuid.UUID, Relationship]) -> uuid.UUID | None:
-    if r.level == 2:
-        beneficiary = r.referrer
-    else:
-        parent = by_referred.get(r.referrer)
-        if parent is None or parent.level != 1 or parent.status not in ("ACTIVE", "REWARDED"):
-            return None
-        beneficiary = parent.referrer
-    if beneficiary == r.referred or (r.level == 1 and beneficiary == r.referrer):
-        return None
-    return beneficiary
-
-
 def expected_ledger(relationships: list[Relationship], payments: list[Payment], config, as_of: datetime) -> dict:
     """{idempotency key: (user, delta, type, ref_id)} of one clean run of both jobs at `as_of`."""
     by_referred = {r.referred: r for r in relationships}
@@ -78,7 +65,7 @@ def expected_ledger(relationships: list[Relationship], payments: list[Payment], 
         if r.level == 1 and r.referrer != r.referred:
             reward(r, r.referrer, range(1, config.recurring_months + 1), config.recurring_reward,
                    "recurring", "REFERRAL_RECURRING")
-        beneficiary = level2_beneficiary(r, by_referred)
+        beneficiary = earning_beneficiary(r, 2, by_referred)
         if beneficiary is not None:
             reward(r, beneficiary, range(0, config.l2_months), config.l2_reward, "l2", "REFERRAL_L2")
     return rows
