@@ -18,6 +18,7 @@ _COUNTS: tuple[tuple[str, str], ...] = (
     ("recovered_points", "unrecovered points recovered"),
     ("skipped_feed_rows", "payments feed rows skipped"),
     ("skipped_unstorable", "rows too large for the ledger, skipped"),
+    ("conflicting_keys", "reward keys held in the ledger with another amount"),
     ("too_large", "rewards too large to write"),
     ("discrepancies", "discrepancies"),
     ("findings", "rules audit findings"),

@@ -171,13 +171,24 @@ class _RewardRun:
         written = write_points(conn, _queries.raw("planned_rows"), {}, as_of=self.ctx.as_of)
         self.ctx.record_points(written)
         clawed = conn.execute(_queries["record_clawbacks"], self.params).one()  # first: a re-earned month's
-        conn.execute(_queries["record_rewards"], self.params)                   # new reward then stands alone
+        rewards = conn.execute(_queries["record_rewards"], self.params).one()   # new reward then stands alone
+        unstorable_rewards = sum(1 for key in written.unstorable if not key.startswith("clawback:"))
+        if rewards.recorded + unstorable_rewards < rewards.planned:
+            self._report_conflicting_keys(conn)
         self.ctx.count("clawbacks", clawed.clawbacks)
         self.ctx.count("clawed_back_points", int(clawed.clawed_back_points))
         self.ctx.count("expired_before_clawback_points", int(clawed.expired_points))
         self.ctx.count("unrecovered_points", int(clawed.unrecovered_points))
         if written.unstorable:
             self._report_unstorable(conn, written.unstorable)
+
+    def _report_conflicting_keys(self, conn: Connection) -> None:
+        for row in conn.execute(_queries["conflicting_keys"]):
+            self.ctx.count("conflicting_keys")
+            self.ctx.log.warning("the ledger holds this reward's key with another amount; the month is not taken "
+                                 "as paid", action="reward_key_conflict", key=row.idempotency_key,
+                                 relationship_id=str(row.relationship_id), month=row.month, points=str(row.points),
+                                 ledger_points=row.ledger_points, ledger_type=row.ledger_type)
 
     def _report_unstorable(self, conn: Connection, keys: list[str]) -> None:
         for row in conn.execute(_queries["unstorable"], {"keys": keys}):
@@ -211,7 +222,8 @@ class _RewardRun:
 def run_reward_job(ctx: RunContext, rule: RewardRule) -> None:
     """Plan what the whole history owes now, write it batch by batch, then recover what is owed back."""
     ctx.stats.update(clawbacks=0, clawed_back_points=0, expired_before_clawback_points=0, unrecovered_points=0,
-                     recoveries=0, recovered_points=0, skipped_unstorable=0, skipped_feed_rows=0)
+                     recoveries=0, recovered_points=0, skipped_unstorable=0, skipped_feed_rows=0,
+                     conflicting_keys=0)
     if rule.last_month < rule.first_month:
         ctx.stats["scan"] = "none: no reward months configured"
         return

@@ -358,16 +358,34 @@ WHERE p.idempotency_key = taken.idempotency_key;
 SELECT user_id, delta, type, relationship_id AS ref_id, idempotency_key, note FROM planned_rows
 
 -- name: record_rewards --
--- Each reward now in the ledger, with its basis (points as the ledger row holds them).
-INSERT INTO public.referral_rewards
-       (idempotency_key, relationship_id, referred_user_id, level, month, payment_id, basis_paid_at,
-        basis_amount_cents, beneficiary_user_id, points, rewarded_at, run_id)
-SELECT p.idempotency_key, p.relationship_id, p.referred_user_id, :level, p.month, p.payment_id, p.basis_paid_at,
-       p.basis_amount_cents, p.user_id, t.delta, :as_of, :run_id
+-- Each reward now in the ledger as the rule gives it (same user, type and points), with its basis. A
+-- ledger row that holds the key with anything else was not written by this rule: the month is not
+-- taken as paid (conflicting_keys reports it, and the rules audit finds it).
+WITH recorded AS (
+    INSERT INTO public.referral_rewards
+           (idempotency_key, relationship_id, referred_user_id, level, month, payment_id, basis_paid_at,
+            basis_amount_cents, beneficiary_user_id, points, rewarded_at, run_id)
+    SELECT p.idempotency_key, p.relationship_id, p.referred_user_id, :level, p.month, p.payment_id,
+           p.basis_paid_at, p.basis_amount_cents, p.user_id, t.delta, :as_of, :run_id
+    FROM planned_rows AS p
+    JOIN public.user_point_transactions AS t ON t.idempotency_key = p.idempotency_key
+    WHERE p.action = 'reward'
+      AND t.user_id = p.user_id AND t.type = p.type AND t.delta = p.delta
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM recorded) AS recorded,
+       (SELECT count(*) FROM planned_rows WHERE action = 'reward') AS planned;
+
+-- name: conflicting_keys --
+-- The batch's rewards whose key the ledger already holds with another user, type or amount.
+SELECT p.idempotency_key, p.relationship_id, p.month, p.delta AS points, t.delta AS ledger_points,
+       t.type AS ledger_type
 FROM planned_rows AS p
 JOIN public.user_point_transactions AS t ON t.idempotency_key = p.idempotency_key
 WHERE p.action = 'reward'
-ON CONFLICT (idempotency_key) DO NOTHING;
+  AND NOT (t.user_id = p.user_id AND t.type = p.type AND t.delta = p.delta)
+ORDER BY p.idempotency_key;
 
 -- name: record_clawbacks --
 -- Each clawback now in the ledger (or taking 0 points: nothing to write; the reward's points were

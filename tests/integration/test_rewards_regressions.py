@@ -985,3 +985,25 @@ def test_a_relationship_re_inserted_with_another_rewarded_at_moves_the_standing_
     assert rewards_of(engine, c)[f"recurring:{new}:1"].payment_id == march
     assert ledger_balance(engine, b) == 200
     assert_cache_is_the_ledger(engine, b)
+
+
+# ── issue 28: a reward key the ledger already holds with another amount ─────
+
+def test_a_reward_key_pre_inserted_with_another_amount_is_never_taken_as_paid(engine, settings, capsys):
+    b, c = new_id(), new_id()
+    relationship = relate(engine, b, c, rewarded_at=utc(2026, 1, 1))
+    pay(engine, c, utc(2026, 2, 2))                                # month 1: 200 points owed
+    forged = f"recurring:{relationship}:1"
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key, created_at)"
+            " VALUES (:user, 1, 'REFERRAL_RECURRING', :key, :at)"), {"user": b, "key": forged, "at": utc(2026, 2, 3)})
+
+    first = run_job(recurring_rewards.JOB, settings=settings, engine=engine, as_of=utc(2026, 6, 1))
+    again = run_job(recurring_rewards.JOB, settings=settings, engine=engine, as_of=utc(2026, 6, 2))
+
+    assert (first.stats["conflicting_keys"], again.stats["conflicting_keys"]) == (1, 1)  # said on every run
+    assert rewards_of(engine, c) == {}                             # no basis record: the month is not paid
+    assert job_rows(engine, b) == {forged: 1}                      # and nothing else was written over it
+    logged = capsys.readouterr().out
+    assert forged in logged and "another amount" in logged
