@@ -99,6 +99,8 @@ class RunContext:
     stop: threading.Event = field(default_factory=threading.Event)
     progress: ProgressReporter = no_progress
     stats: dict[str, Any] = field(default_factory=dict)
+    # True once the run recorded its own end (`recording`): the runner then has nothing to finish.
+    recorded: bool = False
 
     @property
     def log(self) -> Any:
@@ -118,6 +120,19 @@ class RunContext:
 
     def heartbeat(self, conn: Connection) -> None:
         runs.heartbeat(conn, self.run_id, self.stats)
+
+    @contextmanager
+    def recording(self) -> Iterator[Connection]:
+        """One transaction that commits what the block writes together with the run's end (SUCCEEDED,
+        with its stats): for a job that must be all-or-nothing, whose outcome (a report, a repair) may
+        not be committed by a run that is not recorded, nor a run recorded without it. Raises LeaseLost
+        (and commits nothing) when the run was taken over."""
+        with self.engine.begin() as conn:
+            self.heartbeat(conn)
+            yield conn
+            if not runs.finish_in(conn, self.run_id, status="SUCCEEDED", stats=self.stats, error=None):
+                raise runs.LeaseLost(f"run {self.run_id} lost its lease and was taken over")
+        self.recorded = True
 
     def check_stop(self) -> None:
         if self.stop.is_set():

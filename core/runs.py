@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -26,6 +27,11 @@ _queries = Queries(__file__)
 
 HOST = socket.gethostname()
 _claimed_here: set[tuple[str, int]] = set()  # (database, run id) this very process claimed
+# The claim token of each run this process claimed: a secret only the claimer knows (the row keeps its
+# hash). Migration 025 lets a non-owner role renew or finish a run only in a transaction that proves it
+# (the transaction-local setting rewards.claim_token), so no other session can mark a run it did not
+# claim SUCCEEDED, rewrite its stats, or write its reconcile rows.
+_claim_tokens: dict[tuple[str, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,12 @@ def claim(
         with engine.begin() as conn:
             _abandon_dead_runs_here(conn, params)
             conn.execute(_queries["abandon_stale_run"], params)
+            token = secrets.token_hex(32)
+            _prove_claim(conn, token)
             run_id = conn.execute(_queries["claim_run"], params).scalar()
             if run_id is not None:
                 _claimed_here.add((_database_of(engine), int(run_id)))
+                _claim_tokens[(_database_of(engine), int(run_id))] = token
                 return int(run_id)
             tick_taken = scheduled_for is not None and conn.execute(_queries["tick_taken"], params).scalar()
             holder = conn.execute(_queries["running_run"], params).one_or_none()
@@ -154,14 +163,26 @@ def record_skipped(
         }).scalar_one())
 
 
+def _prove_claim(conn: Connection, token: str | None) -> None:
+    """Show the claim token to the database for the rest of this transaction (migration 025)."""
+    if token is not None:
+        conn.execute(_queries["prove_claim"], {"token": token})
+
+
+def _prove_own_run(conn: Connection, run_id: int) -> None:
+    _prove_claim(conn, _claim_tokens.get((_database_of(conn.engine), run_id)))
+
+
 def heartbeat(conn: Connection, run_id: int, stats: dict[str, Any]) -> None:
     """Renew the lease inside the caller's transaction; raise LeaseLost if the run was taken over."""
+    _prove_own_run(conn, run_id)
     if conn.execute(_queries["heartbeat"], {"run_id": run_id, "stats": _json(stats)}).first() is None:
         raise LeaseLost(f"run {run_id} lost its lease and was taken over")
 
 
 def record_progress(conn: Connection, run_id: int, stats: dict[str, Any]) -> None:
     """Store the stats at the end of a batch, in its transaction; raise LeaseLost if taken over."""
+    _prove_own_run(conn, run_id)
     if conn.execute(_queries["record_progress"], {"run_id": run_id, "stats": _json(stats)}).first() is None:
         raise LeaseLost(f"run {run_id} lost its lease and was taken over")
 
@@ -169,6 +190,7 @@ def record_progress(conn: Connection, run_id: int, stats: dict[str, Any]) -> Non
 def finish(engine: Engine, run_id: int, *, status: str, stats: dict[str, Any], error: str | None) -> bool:
     """Record the run's end; False when the run had already been taken over."""
     with engine.begin() as conn:
+        _prove_own_run(conn, run_id)
         row = conn.execute(_queries["finish_run"], {
             "run_id": run_id, "status": status, "stats": _json(stats), "error": error,
         }).first()

@@ -40,6 +40,10 @@ VALUES (:job, :trigger, :as_of, :scheduled_for, 'RUNNING', :dry_run, CAST(:setti
 ON CONFLICT DO NOTHING
 RETURNING id;
 
+-- name: prove_claim --
+-- The claim token of this process's run, for the rest of the transaction (migration 025's job_runs rule).
+SELECT set_config('rewards.claim_token', :token, true);
+
 -- name: running_run --
 SELECT id, host, pid, started_at, heartbeat_at, trigger, lease_seconds
 FROM public.job_runs

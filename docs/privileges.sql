@@ -17,13 +17,16 @@
 -- When REWARDS_PAYMENTS_TABLE names a view, grant SELECT on that view instead of the table below.
 -- Re-running the file is harmless. tests/test_privileges.py runs every job as this role.
 --
--- Grants alone cannot say which rows a role may write, so two triggers (BEFORE INSERT/UPDATE, for
--- members of rewards_jobs only, superusers and the owner excepted) narrow them to what the jobs write:
---   * job_runs: a run is inserted RUNNING (or SKIPPED), never finished; only a RUNNING run changes;
---     so no fake SUCCEEDED row, and no FAILED run flipped to SUCCEEDED;
---   * the ledger: every row this role appends carries an idempotency key in a job's own namespace,
---     of that job's type (recurring: REFERRAL_RECURRING, l2: REFERRAL_L2, clawback: REFERRAL_CLAWBACK,
---     expiry: EXPIRY), so it cannot take a key of the app's or pass one kind of points off as another.
+-- Grants alone cannot say which rows a role may write. Migration 025's triggers bind every role but
+-- the owner (and superusers) to the recorded facts' rules: a run is claimed RUNNING with a claim token
+-- (or SKIPPED) and only its claimer renews or finishes it, a finished run never changes; reconcile rows
+-- are written only by their own running reconcile; a reward's basis never changes and its clawback is
+-- recorded once; a ledger row under a job's key has that job's type and sign. Two more triggers
+-- (BEFORE INSERT/UPDATE, for members of rewards_jobs only) narrow this role to what the jobs write:
+--   * the ledger: every row this role appends carries an idempotency key in a job's own namespace
+--     (recurring:, l2:, clawback:, recover:, expiry:), so it cannot take a key of the app's (migration
+--     025 then holds it to that job's type and sign);
+--   * the relationships: this role only expires them (PENDING -> EXPIRED, with expired_at).
 -- Only one role per database is guarded this way (the functions name it); re-run the file for it.
 
 DO $$
@@ -61,22 +64,30 @@ GRANT SELECT, INSERT ON public.user_point_balances TO rewards_jobs;
 GRANT UPDATE (balance, total_earned, total_spent, updated_at) ON public.user_point_balances TO rewards_jobs;
 
 -- Run records: claimed (INSERT), renewed and finished (UPDATE of the columns a run's end changes);
--- what a run was (job, trigger, as-of, settings, host) cannot be rewritten.
+-- what a run was (job, trigger, as-of, settings, host) cannot be rewritten; no DELETE (migration 025:
+-- only the claimer, with its token, renews or finishes a run, and a finished run never changes).
 GRANT SELECT, INSERT ON public.job_runs TO rewards_jobs;
 GRANT UPDATE (status, heartbeat_at, finished_at, stats, error) ON public.job_runs TO rewards_jobs;
 GRANT USAGE ON SEQUENCE public.job_runs_id_seq TO rewards_jobs;
 
--- Reconciliation results: written once per reconcile run, read by `report`.
+-- Reconciliation results: written by the reconcile run they belong to while it runs (migration 025),
+-- read by `report`; no UPDATE of discrepancies or findings, no DELETE.
 GRANT SELECT, INSERT ON public.reconciliation_runs, public.reconciliation_discrepancies,
                         public.reconciliation_findings TO rewards_jobs;
 -- reconcile records its repairs on its own run's row once the report that lists them is recorded
 GRANT UPDATE (repaired, summary) ON public.reconciliation_runs TO rewards_jobs;
 
--- The basis record of every reward (migration 016): written and updated (clawbacks) by the reward jobs.
+-- The basis record of every reward (migrations 016, 023): inserted by the reward jobs, which then update
+-- only what became of a reward: its clawback (record_clawbacks) and the points recovered since
+-- (attribute_recoveries), never its basis (migration 025 also holds the direction: clawed back once,
+-- recovered only upwards). No DELETE.
 DO $$
 BEGIN
     IF to_regclass('public.referral_rewards') IS NOT NULL THEN
-        GRANT SELECT, INSERT, UPDATE ON public.referral_rewards TO rewards_jobs;
+        REVOKE UPDATE, DELETE, TRUNCATE ON public.referral_rewards FROM rewards_jobs;
+        GRANT SELECT, INSERT ON public.referral_rewards TO rewards_jobs;
+        GRANT UPDATE (clawback_key, clawed_back_points, expired_points, unrecovered_points, clawed_back_at,
+                      clawback_run_id, recovered_points) ON public.referral_rewards TO rewards_jobs;
     END IF;
 END
 $$;
@@ -89,47 +100,55 @@ LANGUAGE sql STABLE AS $$
                      AND NOT me.rolsuper AND pg_catalog.pg_has_role(me.oid, guarded.oid, 'MEMBER'))
 $$;
 
-CREATE OR REPLACE FUNCTION public.rewards_jobs_guard_job_runs() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT public.rewards_jobs_role_is_guarded() THEN
-        RETURN NEW;
-    END IF;
-    IF TG_OP = 'INSERT' AND NEW.status NOT IN ('RUNNING', 'SKIPPED') THEN
-        RAISE EXCEPTION 'job_runs: % may insert a run only as RUNNING or SKIPPED, not %', current_user, NEW.status
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF TG_OP = 'UPDATE' AND OLD.status <> 'RUNNING' THEN
-        RAISE EXCEPTION 'job_runs: run % is %; a finished run does not change', OLD.id, OLD.status
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN NEW;
-END
-$$;
-
+-- (Before migration 025 this file guarded job_runs itself; the migration's trigger binds every role now.)
 DROP TRIGGER IF EXISTS rewards_jobs_guard ON public.job_runs;
-CREATE TRIGGER rewards_jobs_guard BEFORE INSERT OR UPDATE ON public.job_runs
-    FOR EACH ROW EXECUTE FUNCTION public.rewards_jobs_guard_job_runs();
+DROP FUNCTION IF EXISTS public.rewards_jobs_guard_job_runs();
 
 CREATE OR REPLACE FUNCTION public.rewards_jobs_guard_ledger() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    expected text := CASE split_part(COALESCE(NEW.idempotency_key, ''), ':', 1)
-                         WHEN 'recurring' THEN 'REFERRAL_RECURRING'
-                         WHEN 'l2' THEN 'REFERRAL_L2'
-                         WHEN 'clawback' THEN 'REFERRAL_CLAWBACK'
-                         WHEN 'expiry' THEN 'EXPIRY'
-                     END;
 BEGIN
-    IF public.rewards_jobs_role_is_guarded() AND (expected IS NULL OR NEW.type IS DISTINCT FROM expected) THEN
+    IF public.rewards_jobs_role_is_guarded() THEN
         RAISE EXCEPTION 'user_point_transactions: % may write only the jobs'' keys (recurring:, l2:, clawback:, '
-                        'expiry:) with their types; not key % of type %', current_user, NEW.idempotency_key, NEW.type
+                        'recover:, expiry:) with their types; not key % of type %', current_user, NEW.idempotency_key, NEW.type
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
 END
 $$;
 
-DROP TRIGGER IF EXISTS rewards_jobs_guard ON public.user_point_transactions;
-CREATE TRIGGER rewards_jobs_guard BEFORE INSERT ON public.user_point_transactions
-    FOR EACH ROW EXECUTE FUNCTION public.rewards_jobs_guard_ledger();
+CREATE OR REPLACE FUNCTION public.rewards_jobs_guard_relationships() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF public.rewards_jobs_role_is_guarded()
+       AND NOT (OLD.status = 'PENDING' AND NEW.status = 'EXPIRED' AND NEW.expired_at IS NOT NULL) THEN
+        RAISE EXCEPTION 'user_referral_relationships: % may only expire a PENDING relationship (status EXPIRED with '
+                        'expired_at), not move % from % to %', current_user, OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Triggers on distributed and reference tables need Citus's leave (they read no other table).
+-- The ledger's fires only for a key outside the jobs' namespaces, where the role is checked.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        SET LOCAL citus.enable_unsafe_triggers = on;
+    END IF;
+    EXECUTE 'DROP TRIGGER IF EXISTS rewards_jobs_guard ON public.user_point_transactions';
+    EXECUTE $trigger$
+        CREATE TRIGGER rewards_jobs_guard BEFORE INSERT ON public.user_point_transactions
+            FOR EACH ROW
+            WHEN (coalesce(split_part(NEW.idempotency_key, ':', 1), '') NOT IN ('recurring', 'l2', 'clawback', 'recover', 'expiry'))
+            EXECUTE FUNCTION public.rewards_jobs_guard_ledger()
+    $trigger$;
+    EXECUTE 'DROP TRIGGER IF EXISTS rewards_jobs_guard ON public.user_referral_relationships';
+    EXECUTE $trigger$
+        CREATE TRIGGER rewards_jobs_guard BEFORE UPDATE ON public.user_referral_relationships
+            FOR EACH ROW
+            WHEN ((OLD.status, OLD.expired_at) IS DISTINCT FROM (NEW.status, NEW.expired_at))
+            EXECUTE FUNCTION public.rewards_jobs_guard_relationships()
+    $trigger$;
+END
+$$;

@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, NamedTuple, TextIO
 
+from core import runs
 from core.job import Job, RunContext
-from core.reports import FileSet, remove_leftovers
+from core.reports import CannotWrite, FileSet, settle_leftovers
 from core.sql import Queries
 from core.stream import copy_rows
 
 _queries = Queries(__file__)
 CSV_HEADER = ("user_id", "points", "expires_on", "balance")
+LEFTOVERS = ".expiring-*.part"  # what a run that stopped before publishing leaves aside (core/reports.py)
+_FILE_NAME = re.compile(r"expiring-\d{8}T\d{6}Z-(\d+)\.csv")
 
 
 def file_for_run(reports_dir: Path, as_of: datetime, run_id: int) -> Path:
@@ -49,21 +53,52 @@ def run(ctx: RunContext) -> None:
         return
     window_end = ctx.as_of + timedelta(days=settings.expiry_notice_days)
     ctx.stats.update(window_end=window_end.isoformat(), users=0, points=0, rows=0)
-    target = None if ctx.dry_run else file_for_run(settings.reports_dir, ctx.as_of, ctx.run_id)
-    staged = FileSet()
-    try:
-        if target:
-            remove_leftovers(target.parent, ".expiring-*.part")
-            with staged.text(target) as out:
-                _write_rows(ctx, window_end, out)
-            staged.publish()
-            ctx.stats["file"] = str(target)
-        else:
-            _write_rows(ctx, window_end, None)
-    finally:
-        staged.discard()
+    if ctx.dry_run:
+        _write_rows(ctx, window_end, None)
+    else:
+        _write_and_record(ctx, window_end, file_for_run(settings.reports_dir, ctx.as_of, ctx.run_id))
     ctx.log.info("expiring-soon done", action="expiring_soon_done", users=ctx.stats["users"],
                  points=ctx.stats["points"], file=ctx.stats.get("file"))
+
+
+def _write_and_record(ctx: RunContext, window_end: datetime, target: Path) -> None:
+    """The CSV written aside and sealed, the run recorded (SUCCEEDED), then the file renamed into place:
+    a run that is not recorded never leaves a file under a final name, so a killed run and the run that
+    takes over never leave two files for one as-of. A kill after the record leaves the file aside, and
+    the next run publishes it."""
+    _settle_leftovers(ctx, target.parent)
+    staged = FileSet()
+    try:
+        with staged.text(target) as out:
+            _write_rows(ctx, window_end, out)
+        staged.seal()
+        ctx.stats["file"] = str(target)
+        with ctx.recording():
+            pass
+    except BaseException:
+        staged.discard()
+        raise
+    try:
+        staged.publish()
+    except CannotWrite as failure:
+        ctx.log.error("the run is recorded but its file could not be published; the next run publishes it",
+                      action="expiring_soon_publish_failed", error=str(failure))
+
+
+def _settle_leftovers(ctx: RunContext, directory: Path) -> None:
+    """Files aside are what earlier runs left (one runs at a time): a recorded run's is published, the
+    others removed."""
+    settled = settle_leftovers(directory, LEFTOVERS, _run_of,
+                               lambda run_ids: runs.succeeded_runs(ctx.engine, JOB.name, run_ids))
+    if settled.published or settled.removed:
+        ctx.stats.update(leftovers_published=len(settled.published), leftovers_removed=len(settled.removed))
+        ctx.log.warning("settled the files earlier runs left aside", action="expiring_soon_leftovers",
+                        published=settled.published, removed=settled.removed)
+
+
+def _run_of(name: str) -> int | None:
+    matched = _FILE_NAME.fullmatch(name)
+    return int(matched.group(1)) if matched else None
 
 
 def _write_rows(ctx: RunContext, window_end: datetime, out: TextIO | None) -> None:

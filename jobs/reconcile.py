@@ -24,13 +24,20 @@ holds every figure to a from-scratch recomputation over random ledgers, chains o
 
 From these, `jobs/reconcile_summary.py` builds the summary and its roll-forward: `opening` (the closing
 of the latest successful reconcile for an earlier as-of) + issued by type - spent by type - expired -
-clawed back + late-committed = `closing`. Then `reconciliation_runs` gets one row and the JSON summary, the HTML
-report and the workbook (`jobs/reports/`) are written beside the CSV; all four files are renamed into
-place together.
+clawed back + late-committed = `closing`.
 
-With repair (`--repair` or `REWARDS_RECONCILE_REPAIR`), the discrepant users' cache rows are then set
-to the ledger's sums, batch by batch, under row locks and recomputed inside them. A dry run computes and
-reports (stats) but writes no table, no file, and repairs nothing.
+All-or-nothing (SPEC "reconcile"). Every file (the CSV, the findings' CSV, the JSON summary, the HTML
+report and the workbook, `jobs/reports/`) is written aside and flushed to disk first, so a full disk or a
+read-only folder fails the run before anything is recorded, naming the file. Then ONE transaction
+(`RunContext.recording`) commits the repairs (`--repair` or `REWARDS_RECONCILE_REPAIR`: each discrepant
+user's cache row set to the ledger's sums, batch by batch under row locks held to the commit, recomputed
+inside them), the `reconciliation_runs` row that counts them and the run's end, SUCCEEDED. Only then are
+the files renamed into place. A run killed before that commit repaired nothing and recorded nothing;
+one killed after it left its files aside, and the next reconcile publishes them (`_settle_leftovers`,
+which also removes what runs that were not recorded left). The documents state the repairs before they
+are made (the users whose cache row differs from the ledger in the snapshot); should the repair change
+another number, they are written again inside the transaction. A dry run computes and reports (stats)
+but writes no table, no file, and repairs nothing.
 """
 from __future__ import annotations
 
@@ -43,9 +50,10 @@ from typing import Any, Iterator, NamedTuple, Sequence, TextIO
 
 from sqlalchemy import Connection, Engine
 
-from core.job import BEFORE_ALL_IDS, Batch, Job, RunContext
+from core import runs
+from core.job import BEFORE_ALL_IDS, Job, RunContext
 from core.ledger import lock_balances
-from core.reports import FileSet, remove_leftovers
+from core.reports import CannotWrite, FileSet, settle_leftovers
 from core.sql import Queries
 from core.stream import copy_rows
 from jobs.reconcile_summary import (MONTHS_CHARTED, RECOVERY, CacheTotals, ClawbackTotals, Found, LedgerTotals,
@@ -64,44 +72,79 @@ LEDGER_WRITERS = ("recurring-rewards", "level2-rewards", "expire-points")
 
 
 def run(ctx: RunContext) -> None:
-    """Read the snapshot; write every file aside; record the run; publish the files; then repair.
+    """Read the snapshot; write every file aside; record the run with its repairs; publish the files.
 
-    All-or-nothing (SPEC): the files appear under their final names together and only once the run
-    and its discrepancies are recorded; a repair is committed only after that, and the files are then
-    published again with the count of repairs.
+    All-or-nothing (SPEC): the files appear under their final names only once the run, its
+    discrepancies and its repairs are recorded, and a repair commits in the transaction that records
+    the run (SUCCEEDED) and the report that counts it. Every file is written and flushed to disk aside
+    before that transaction, so a full disk or a read-only folder fails the run before anything is
+    recorded; a kill before the commit leaves nothing, one after it leaves files aside that the next
+    reconcile publishes.
     """
     ctx.wait_for_jobs(LEDGER_WRITERS, timeout_seconds=ctx.settings.reconcile_wait_seconds)
-    files = None if ctx.dry_run else ReportFiles.for_run(ctx.settings.reports_dir, ctx.as_of, ctx.run_id)
-    if files:
-        _warm_up_reports()
+    if ctx.dry_run:
+        with _read_only_snapshot(ctx.engine) as conn:
+            snapshot, found, _findings = _audit(ctx, conn, None)
+        summary = build_summary(ctx.run_id, ctx.as_of, snapshot, found, repaired=0, repair_requested=ctx.repair,
+                                files=None, points_per_usd=ctx.settings.points_per_usd)
+        _record_stats(ctx, summary, None)
+        _say_done(ctx, summary)
+        return
+    files = ReportFiles.for_run(ctx.settings.reports_dir, ctx.as_of, ctx.run_id)
+    _warm_up_reports()
+    _settle_leftovers(ctx, files)
     staged = FileSet()
     try:
-        if files:
-            _clean_leftovers(ctx, files)
-        with _read_only_snapshot(ctx.engine) as conn:
-            if files:
-                with staged.text(files.csv) as csv_out:
-                    snapshot, found, findings = _audit(ctx, conn, csv_out)
-            else:
-                snapshot, found, findings = _audit(ctx, conn, None)
-        summary = build_summary(ctx.run_id, ctx.as_of, snapshot, found, repaired=0,
-                                repair_requested=ctx.repair, files=files.names() if files else None,
-                                points_per_usd=ctx.settings.points_per_usd)
-        _record_stats(ctx, summary, files)
-        if files:
-            with staged.text(files.findings) as findings_out:
-                rules_audit.write_csv(findings_out, findings)
-            with ctx.engine.begin() as conn:  # like the discrepancies: recorded before the run's row
-                ctx.heartbeat(conn)
-                rules_audit.insert(conn, ctx.run_id, findings)
-            _stage_documents(ctx, summary, files, staged)
-            _insert_run(ctx, snapshot, summary, files)
-            staged.publish()
-    finally:
+        summary = _record(ctx, files, staged)
+    except BaseException:
         staged.discard()
-    if ctx.repair and files:
-        summary = summary.with_repaired(_repair(ctx))
-        _record_repairs(ctx, summary, files)
+        raise
+    _publish(ctx, staged)
+    _say_done(ctx, summary)
+
+
+def _record(ctx: RunContext, files: ReportFiles, staged: FileSet) -> Summary:
+    """Everything but the publication: the files written aside and sealed, then in one transaction the
+    repairs, the run's row and its end. Returns the summary recorded."""
+    with _read_only_snapshot(ctx.engine) as conn, staged.text(files.csv) as csv_out:
+        snapshot, found, findings = _audit(ctx, conn, csv_out)
+    with staged.text(files.findings) as findings_out:
+        rules_audit.write_csv(findings_out, findings)
+    with ctx.engine.begin() as conn:  # like the discrepancies: rows of this run, counted once it is recorded
+        ctx.heartbeat(conn)
+        rules_audit.insert(conn, ctx.run_id, findings)
+    # The documents show the repairs before they are made: the users whose cache row differs from the
+    # ledger in the snapshot. Should the repair change another number (someone set a row meanwhile),
+    # the documents are written again inside the transaction, before it commits.
+    repairs_expected = found.repairable if ctx.repair else 0
+    summary = build_summary(ctx.run_id, ctx.as_of, snapshot, found, repaired=repairs_expected,
+                            repair_requested=ctx.repair, files=files.names(),
+                            points_per_usd=ctx.settings.points_per_usd)
+    _record_stats(ctx, summary, files)
+    _stage_documents(ctx, summary, files, staged)
+    staged.seal()
+    with ctx.recording() as conn:
+        if ctx.repair:
+            repaired = _repair(ctx, conn)
+            if repaired != repairs_expected:
+                summary = summary.with_repaired(repaired)
+                _stage_documents(ctx, summary, files, staged, conn=conn)
+                staged.seal()
+        _insert_run(ctx, conn, snapshot, summary, files)
+    return summary
+
+
+def _publish(ctx: RunContext, staged: FileSet) -> None:
+    """The recorded run's files renamed into place. Should a rename fail (the folder turned read-only),
+    the run stays recorded and the files wait aside for the next reconcile to publish them."""
+    try:
+        staged.publish()
+    except CannotWrite as failure:
+        ctx.log.error("the run is recorded but its files could not be published; the next reconcile publishes "
+                      "them", action="reconcile_publish_failed", error=str(failure))
+
+
+def _say_done(ctx: RunContext, summary: Summary) -> None:
     ctx.log.info("reconciliation done", action="reconcile_done", discrepancies=summary.discrepancies["total"],
                  net_drift=summary.net_drift, gap=summary.roll_forward.gap,
                  late_committed=summary.roll_forward.late_committed["points"],
@@ -115,41 +158,46 @@ def _warm_up_reports() -> None:
     threading.Thread(target=finance.warm_up, name="reports-warm-up", daemon=True).start()
 
 
-def _clean_leftovers(ctx: RunContext, files: ReportFiles) -> None:
-    """Only one reconcile runs at a time, so files aside in the directory are a killed run's leftovers."""
-    removed = remove_leftovers(files.csv.parent, ReportFiles.LEFTOVERS)
-    if removed:
-        ctx.stats["leftovers_removed"] = len(removed)
-        ctx.log.warning("removed files a killed run left aside", action="reconcile_leftovers", files=removed)
+def _settle_leftovers(ctx: RunContext, files: ReportFiles) -> None:
+    """Only one reconcile runs at a time, so files aside in the directory are what an earlier run left
+    when it was killed or failed: those of a recorded run are published, the others removed."""
+    settled = settle_leftovers(files.csv.parent, ReportFiles.LEFTOVERS, ReportFiles.run_of,
+                               lambda run_ids: runs.succeeded_runs(ctx.engine, JOB.name, run_ids))
+    if settled.published:
+        ctx.stats["leftovers_published"] = len(settled.published)
+        ctx.log.warning("published the files of a recorded run that stopped before publishing them",
+                        action="reconcile_leftovers_published", files=settled.published)
+    if settled.removed:
+        ctx.stats["leftovers_removed"] = len(settled.removed)
+        ctx.log.warning("removed files a run that was not recorded left aside", action="reconcile_leftovers",
+                        files=settled.removed)
 
 
-def _stage_documents(ctx: RunContext, summary: Summary, files: ReportFiles, staged: FileSet) -> None:
-    """The JSON summary, the HTML report and the workbook, written aside."""
+def _stage_documents(ctx: RunContext, summary: Summary, files: ReportFiles, staged: FileSet, *,
+                     conn: Connection | None = None) -> None:
+    """The JSON summary, the HTML report and the workbook, written aside (read on `conn` when given:
+    inside the recording transaction, whose lease is renewed by its own commit)."""
     from jobs.reports import finance
 
     data = summary.as_dict()
     staged.write_text(files.json, summary_json(data))
-    with ctx.engine.connect() as conn:
-        document = finance.gather(conn, data, run_status=None)
-        _renew_lease(ctx)
+    with _connection(ctx, conn) as reading:
+        document = finance.gather(reading, data, run_status=None)
+        _renew_lease(ctx, conn)
         staged.write_text(files.html, finance.render_html(document))
-        _renew_lease(ctx)
-        finance.write_xlsx(conn, document, staged.path_for(files.xlsx))
-    _renew_lease(ctx)
+        _renew_lease(ctx, conn)
+        with staged.writing(files.xlsx) as aside:
+            finance.write_xlsx(reading, document, aside)
+    _renew_lease(ctx, conn)
 
 
-def _record_repairs(ctx: RunContext, summary: Summary, files: ReportFiles) -> None:
-    """The count of repairs into the run's row, its files published again with it."""
-    staged = FileSet()
-    try:
-        _stage_documents(ctx, summary, files, staged)
-        with ctx.engine.begin() as conn:
-            ctx.heartbeat(conn)
-            conn.execute(_queries["record_repairs"], {"run_id": ctx.run_id, "repaired": summary.repaired,
-                                                      "summary": summary_json(summary.as_dict())})
-        staged.publish()
-    finally:
-        staged.discard()
+@contextmanager
+def _connection(ctx: RunContext, conn: Connection | None) -> Iterator[Connection]:
+    if conn is not None:
+        yield conn
+        return
+    with ctx.engine.connect() as own:
+        yield own
 
 
 @contextmanager
@@ -269,9 +317,13 @@ def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:
             if not line.after_as_of and (line.in_period or month(line.month) is not None)]
 
 
-def _renew_lease(ctx: RunContext) -> None:
-    with ctx.engine.begin() as conn:
-        ctx.heartbeat(conn)
+def _renew_lease(ctx: RunContext, conn: Connection | None = None) -> None:
+    """A heartbeat in a transaction of its own (none inside the recording transaction: it holds the
+    run's row until it commits)."""
+    if conn is not None:
+        return
+    with ctx.engine.begin() as own:
+        ctx.heartbeat(own)
 
 
 class _Discrepancy(NamedTuple):
@@ -285,6 +337,12 @@ class _Discrepancy(NamedTuple):
     ledger_total_earned: int
     cached_total_spent: int | None
     ledger_total_spent: int
+
+    @property
+    def cache_true(self) -> bool:
+        """The cache row equals the ledger's sums (a repair leaves it as it is)."""
+        return (self.cached_balance, self.cached_total_earned, self.cached_total_spent) == (
+            self.ledger_balance, self.ledger_total_earned, self.ledger_total_spent)
 
     @classmethod
     def parsed(cls, values: Sequence[str | None]) -> _Discrepancy:
@@ -305,7 +363,7 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
         for row in chunk:
             found.add(row.kinds, balance=row.drift,
                       earned=(row.cached_total_earned or 0) - row.ledger_total_earned,
-                      spent=(row.cached_total_spent or 0) - row.ledger_total_spent)
+                      spent=(row.cached_total_spent or 0) - row.ledger_total_spent, cache_true=row.cache_true)
         if writer:
             writer.writerows(csv_row(row) for row in chunk)
         _store_chunk(ctx, chunk)
@@ -331,26 +389,32 @@ def _store_chunk(ctx: RunContext, chunk: Sequence[Any]) -> None:
             })
 
 
-def _repair(ctx: RunContext) -> int:
-    """Set each discrepant user's cache row to the ledger's sums, under a row lock; return how many changed."""
-    ctx.stats["repaired"] = 0
-
-    def repair_batch(conn: Connection, after: Any) -> Batch:
+def _repair(ctx: RunContext, conn: Connection) -> int:
+    """Set each discrepant user's cache row to the ledger's sums, under a row lock, in the caller's
+    transaction (the one that records the run); return how many rows changed. The users are taken in
+    batches, in user_id order, their locks held until that transaction ends."""
+    repaired, after = 0, BEFORE_ALL_IDS
+    while True:
         user_ids = [str(row.user_id) for row in conn.execute(_queries["repair_batch"], {
-            "run_id": ctx.run_id, "after": after or BEFORE_ALL_IDS, "batch_size": ctx.settings.batch_size,
+            "run_id": ctx.run_id, "after": after, "batch_size": ctx.settings.batch_size,
         })]
         if not user_ids:
-            return Batch(next_after=None)
-        params = {"user_ids": user_ids, "as_of": ctx.as_of}
-        created = {row.user_id for row in conn.execute(_queries["create_missing_balances"], params)}
-        lock_balances(conn, user_ids)
-        updated = {row.user_id for row in conn.execute(_queries["repair_balances"], params)}
-        ctx.count("repaired", len(created | updated))
-        done = len(user_ids) < ctx.settings.batch_size
-        return Batch(next_after=None if done else user_ids[-1], items=len(user_ids))
+            break
+        repaired += _repair_batch(ctx, conn, user_ids)
+        ctx.stats["repaired"] = repaired
+        if len(user_ids) < ctx.settings.batch_size:
+            break
+        after = user_ids[-1]
+    ctx.stats["repaired"] = repaired
+    return repaired
 
-    ctx.batches(repair_batch)
-    return int(ctx.stats["repaired"])
+
+def _repair_batch(ctx: RunContext, conn: Connection, user_ids: list[str]) -> int:
+    params = {"user_ids": user_ids, "as_of": ctx.as_of}
+    created = {row.user_id for row in conn.execute(_queries["create_missing_balances"], params)}
+    lock_balances(conn, user_ids)
+    updated = {row.user_id for row in conn.execute(_queries["repair_balances"], params)}
+    return len(created | updated)
 
 
 def _record_stats(ctx: RunContext, summary: Summary, files: ReportFiles | None) -> None:
@@ -371,20 +435,18 @@ def _record_stats(ctx: RunContext, summary: Summary, files: ReportFiles | None) 
         ctx.stats["html_report"] = str(files.html)
 
 
-def _insert_run(ctx: RunContext, snapshot: Snapshot, summary: Summary, files: ReportFiles) -> None:
-    with ctx.engine.begin() as conn:
-        ctx.heartbeat(conn)
-        conn.execute(_queries["insert_run"], {
-            "run_id": ctx.run_id, "as_of": ctx.as_of,
-            "users_checked": summary.users_checked, "ledger_rows": summary.ledger_rows,
-            "discrepancies": summary.discrepancies["total"],
-            "ledger_balance": snapshot.ledger.balance, "ledger_earned": snapshot.ledger.earned,
-            "ledger_spent": snapshot.ledger.spent, "cache_balance": snapshot.cache.balance,
-            "cache_earned": snapshot.cache.earned, "cache_spent": snapshot.cache.spent,
-            "net_drift": summary.net_drift, "closing_balance": summary.roll_forward.closing,
-            "repaired": summary.repaired, "csv_file": str(files.csv), "json_file": str(files.json),
-            "summary": summary_json(summary.as_dict()),
-        })
+def _insert_run(ctx: RunContext, conn: Connection, snapshot: Snapshot, summary: Summary, files: ReportFiles) -> None:
+    conn.execute(_queries["insert_run"], {
+        "run_id": ctx.run_id, "as_of": ctx.as_of,
+        "users_checked": summary.users_checked, "ledger_rows": summary.ledger_rows,
+        "discrepancies": summary.discrepancies["total"],
+        "ledger_balance": snapshot.ledger.balance, "ledger_earned": snapshot.ledger.earned,
+        "ledger_spent": snapshot.ledger.spent, "cache_balance": snapshot.cache.balance,
+        "cache_earned": snapshot.cache.earned, "cache_spent": snapshot.cache.spent,
+        "net_drift": summary.net_drift, "closing_balance": summary.roll_forward.closing,
+        "repaired": summary.repaired, "csv_file": str(files.csv), "json_file": str(files.json),
+        "summary": summary_json(summary.as_dict()),
+    })
 
 
 JOB = Job(

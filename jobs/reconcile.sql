@@ -1,5 +1,6 @@
 -- reconcile: the balance cache against the ledger, in one REPEATABLE READ READ ONLY snapshot,
--- then (with --repair) the discrepant cache rows set to the ledger under a row lock.
+-- then (with --repair) the discrepant cache rows set to the ledger under a row lock, in the transaction
+-- that records the run (`insert_run`).
 
 -- name: one_snapshot_per_node --
 -- On Citus every connection to a worker takes its own snapshot; with one connection per worker, every
@@ -186,11 +187,6 @@ INSERT INTO public.reconciliation_runs
 VALUES (:run_id, :as_of, :users_checked, :ledger_rows, :discrepancies, :ledger_balance, :ledger_earned,
         :ledger_spent, :cache_balance, :cache_earned, :cache_spent, :net_drift, :closing_balance, :repaired,
         :csv_file, :json_file, CAST(:summary AS json));
-
--- name: record_repairs --
-UPDATE public.reconciliation_runs
-   SET repaired = :repaired, summary = CAST(:summary AS json)
- WHERE run_id = :run_id;
 
 -- name: repair_batch --
 -- The next discrepant users of this run to repair, in user_id order.

@@ -173,11 +173,15 @@ class Found:
     total: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
     drift: Counter[str] = field(default_factory=Counter)
+    # users whose cache row a repair changes (created or set to the ledger's sums): every discrepant
+    # user but those whose cache row equals the ledger (a negative ledger balance, true to the cache)
+    repairable: int = 0
 
-    def add(self, kinds: Sequence[str], *, balance: int, earned: int, spent: int) -> None:
+    def add(self, kinds: Sequence[str], *, balance: int, earned: int, spent: int, cache_true: bool = False) -> None:
         self.total += 1
         self.by_kind.update(kinds)
         self.drift.update(balance=balance, earned=earned, spent=spent)
+        self.repairable += not cache_true
 
     def users_checked(self, cache: CacheTotals) -> int:
         return cache.rows + self.by_kind["MISSING_BALANCE"]
@@ -276,7 +280,7 @@ def build_summary(run_id: int, as_of: datetime, snapshot: Snapshot, found: Found
     )
 
 
-FINDING_KINDS = ("REWARD_INVARIANT", "RECOVERY_INVARIANT", "EXPIRY_INVARIANT")
+FINDING_KINDS = ("REWARD_INVARIANT", "REWARD_KEY_MISMATCH", "RECOVERY_INVARIANT", "EXPIRY_INVARIANT")
 
 
 def _findings(by_kind: dict[str, int] | None) -> dict[str, Any] | None:

@@ -6,9 +6,12 @@ check:
 
 - REWARD_INVARIANT, per level after its last successful run (its as-of and the settings it recorded;
   today's settings when it recorded none): at most one standing reward per (referred user, level,
-  month); a standing reward's basis holds; a paid month with a price above 0 has a standing reward; a
-  reward written at that as-of has the points its basis gives; every reward credit of the ledger has
-  its record, for the same beneficiary and amount, and every record its credit.
+  month); a standing reward's basis holds; a paid month with a price above 0 has a standing reward;
+  every recorded reward has its credit in the ledger.
+- REWARD_KEY_MISMATCH: every reward key of the ledger (recurring:, l2:, whatever the row's type) has its
+  record, of the level's type, for the same beneficiary and amount, and that amount is what the rule
+  gives for the reward's basis under the settings of the run that wrote it: a key that exists with
+  another amount (e.g. one inserted before the job ran) is reported, never counted as the month paid.
 - RECOVERY_INVARIANT: taken + expired + unrecovered = points and 0 <= recovered <= unrecovered for every
   clawed-back reward; the recover: rows of a beneficiary add up to what the clawbacks record as
   recovered; with recovery on, outstanding points per beneficiary and level only where the balance (at
@@ -22,6 +25,7 @@ A finding is reported (the run's table, the findings CSV, the report's section, 
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -102,7 +106,8 @@ def _audit(conn: Connection, settings: Any) -> list[Finding]:
             "fixed_points": amount.points, "percent": amount.percent,
             "points_per_usd": Decimal(run.setting("points_per_usd", settings.points_per_usd))}))
         found += _findings(conn.execute(_queries["reward_ledger_findings"], {
-            "level": level, "ledger_type": ledger_type, "prefix": prefix}))
+            "level": level, "ledger_type": ledger_type, "prefix": prefix,
+            "prices": json.dumps(_prices(conn, level, reward_setting, settings))}))
     found += _recovery(conn, runs, settings)
     expiry = runs.get("expire-points")
     if expiry is not None:
@@ -112,6 +117,24 @@ def _audit(conn: Connection, settings: Any) -> list[Finding]:
             found += _findings(conn.execute(_queries["expiry_findings"], {"as_of": expiry.as_of, "cutoff": cutoff}))
     return sorted(found, key=lambda f: (FINDING_KINDS.index(f.kind), str(f.user_id or ""), f.level or 0,
                                         f.month or 0, f.reward_key or "", f.detail))
+
+
+def _prices(conn: Connection, level: int, reward_setting: str, settings: Any) -> list[dict[str, Any]]:
+    """The price rule of every run that wrote rewards of `level`, from the settings it recorded (today's
+    for a setting it did not record): [{run_id, fixed_points, percent, points_per_usd}]."""
+    run_ids = list(conn.execute(_queries["reward_runs"], {"level": level}).scalars())
+    prices = []
+    for row in conn.execute(_queries["run_settings"], {"run_ids": run_ids}) if run_ids else ():
+        run = _Run("", datetime.min, dict(row.settings or {}), None)
+        try:
+            amount = RewardAmount.parse(run.setting(reward_setting, getattr(settings, reward_setting)))
+            points_per_usd = Decimal(run.setting("points_per_usd", settings.points_per_usd))
+        except (ArithmeticError, ValueError):  # a setting this version cannot read: that run is not priced
+            continue
+        prices.append({"run_id": int(row.id), "fixed_points": amount.points,
+                       "percent": None if amount.percent is None else str(amount.percent),
+                       "points_per_usd": str(points_per_usd)})
+    return prices
 
 
 def _recovery(conn: Connection, runs: dict[str, _Run], settings: Any) -> list[Finding]:

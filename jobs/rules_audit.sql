@@ -102,45 +102,61 @@ LEFT JOIN public.user_referral_relationships r ON r.referred_user_id = s.referre
 WHERE p.id IS NULL OR p.status <> 'PAID' OR p.amount_cents IS DISTINCT FROM s.basis_amount_cents
    OR (r.rewarded_at IS NOT NULL
        AND NOT (p.paid_at >= r.rewarded_at + make_interval(months => s.month)
-                AND p.paid_at < r.rewarded_at + make_interval(months => s.month + 1)))
-UNION ALL
--- a reward written at the last run's as-of for another amount than its basis gives under that run's settings
-SELECT 'REWARD_INVARIANT', s.beneficiary_user_id, s.referred_user_id, :level, s.month, s.idempotency_key, s.points,
-       format('%s points where the rule gives %s for a basis of %s cents', s.points,
-              CASE WHEN CAST(:fixed_points AS bigint) IS NOT NULL THEN CAST(:fixed_points AS bigint)
-                   ELSE CAST(floor(s.basis_amount_cents * CAST(:percent AS numeric)
-                                   * CAST(:points_per_usd AS numeric) / 10000) AS bigint) END,
-              s.basis_amount_cents)
-FROM rewards s
-WHERE s.rewarded_at = :as_of AND s.basis_amount_cents IS NOT NULL
-  AND s.points <> CASE WHEN CAST(:fixed_points AS bigint) IS NOT NULL THEN CAST(:fixed_points AS bigint)
-                       ELSE CAST(floor(s.basis_amount_cents * CAST(:percent AS numeric)
-                                       * CAST(:points_per_usd AS numeric) / 10000) AS bigint) END;
+                AND p.paid_at < r.rewarded_at + make_interval(months => s.month + 1)));
 
 -- name: reward_ledger_findings --
--- Every reward credit of the ledger (type :ledger_type, key :prefix:…) against its record: a key with no
--- referral_rewards row, another beneficiary, or another amount; and a recorded reward with no credit.
+-- Every reward key of the ledger (key :prefix:…, whatever its type) against its record and the rule:
+-- REWARD_KEY_MISMATCH when the key has no referral_rewards record, holds another type, credits another
+-- user or another amount than the record, or when the record's points are not what the rule gives for
+-- its basis under the settings of the run that wrote it (:prices, one row per run: its fixed points or
+-- percent and points per USD); a key that exists with another amount is never a month paid. And
+-- REWARD_INVARIANT for a recorded reward with no credit in the ledger.
 WITH credits AS (
-    SELECT user_id, idempotency_key, delta
+    SELECT user_id, idempotency_key, delta, type
     FROM public.user_point_transactions
-    WHERE type = :ledger_type AND idempotency_key LIKE :prefix || ':%'
+    WHERE idempotency_key LIKE :prefix || ':%'
 ),
 records AS (
-    SELECT idempotency_key, beneficiary_user_id, referred_user_id, month, points
+    SELECT idempotency_key, beneficiary_user_id, referred_user_id, month, points, basis_amount_cents, run_id
     FROM public.referral_rewards
     WHERE level = :level
+),
+prices AS (
+    SELECT run_id, fixed_points, percent, points_per_usd
+    FROM jsonb_to_recordset(CAST(:prices AS jsonb))
+         AS p(run_id bigint, fixed_points bigint, percent numeric, points_per_usd numeric)
+),
+priced AS (
+    SELECT r.*,
+           CASE WHEN p.run_id IS NULL OR r.basis_amount_cents IS NULL THEN NULL
+                WHEN p.fixed_points IS NOT NULL THEN p.fixed_points
+                ELSE CAST(floor(r.basis_amount_cents * p.percent * p.points_per_usd / 10000) AS bigint) END AS price
+    FROM records r
+    LEFT JOIN prices p ON p.run_id = r.run_id
 )
-SELECT 'REWARD_INVARIANT' AS kind, coalesce(c.user_id, r.beneficiary_user_id) AS user_id,
+SELECT CASE WHEN c.idempotency_key IS NULL THEN 'REWARD_INVARIANT' ELSE 'REWARD_KEY_MISMATCH' END AS kind,
+       coalesce(c.user_id, r.beneficiary_user_id) AS user_id,
        r.referred_user_id, :level AS level, r.month, coalesce(c.idempotency_key, r.idempotency_key) AS reward_key,
        coalesce(c.delta, r.points) AS points,
-       CASE WHEN r.idempotency_key IS NULL THEN 'a reward credit in the ledger with no referral_rewards record'
-            WHEN c.idempotency_key IS NULL THEN 'a recorded reward with no credit in the ledger'
+       CASE WHEN c.idempotency_key IS NULL THEN 'a recorded reward with no credit in the ledger'
+            WHEN r.idempotency_key IS NULL
+                THEN format('a %s row of %s points under a reward key, with no referral_rewards record', c.type, c.delta)
+            WHEN c.type <> :ledger_type THEN format('the reward key holds a %s row, not %s', c.type, :ledger_type)
             WHEN c.user_id <> r.beneficiary_user_id THEN 'the ledger credits another user than the record'
-            ELSE format('the ledger credits %s points, the record says %s', c.delta, r.points) END AS detail
+            WHEN c.delta <> r.points THEN format('the ledger credits %s points, the record says %s', c.delta, r.points)
+            ELSE format('the key holds %s points where the rule gives %s for a basis of %s cents (settings of run %s)',
+                        r.points, r.price, r.basis_amount_cents, r.run_id) END AS detail
 FROM credits c
-FULL JOIN records r ON r.idempotency_key = c.idempotency_key
-WHERE r.idempotency_key IS NULL OR c.idempotency_key IS NULL
-   OR c.user_id <> r.beneficiary_user_id OR c.delta <> r.points;
+FULL JOIN priced r ON r.idempotency_key = c.idempotency_key
+WHERE r.idempotency_key IS NULL OR c.idempotency_key IS NULL OR c.type <> :ledger_type
+   OR c.user_id <> r.beneficiary_user_id OR c.delta <> r.points OR r.points <> r.price;
+
+-- name: reward_runs --
+-- The runs that wrote this level's rewards (their settings price each reward).
+SELECT DISTINCT run_id FROM public.referral_rewards WHERE level = :level AND run_id IS NOT NULL;
+
+-- name: run_settings --
+SELECT id, settings FROM public.job_runs WHERE id = ANY(CAST(:run_ids AS bigint[]));
 
 -- name: recovery_findings --
 -- docs/rules.md "Recovery": per clawed-back reward, taken + expired + unrecovered = points and

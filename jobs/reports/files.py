@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ class ReportFiles:
     xlsx: Path
     findings: Path
 
-    # What a killed run leaves aside (core.reports.FileSet's `.NAME.part`), for the next run to remove.
+    # What a killed run leaves aside (core.reports.FileSet's `.NAME.part`), for the next run to settle.
     LEFTOVERS = ".reconciliation-*.part"
 
     @classmethod
@@ -36,9 +37,18 @@ class ReportFiles:
         return cls(*(directory / f"{stem}.{suffix}" for suffix in ("csv", "json", "html", "xlsx")),
                    directory / f"{stem}-findings.csv")
 
+    @staticmethod
+    def run_of(name: str) -> int | None:
+        """The run whose file `name` is (None: not a reconcile's file)."""
+        matched = _FILE_NAME.fullmatch(name)
+        return int(matched.group(1)) if matched else None
+
     def names(self) -> dict[str, str]:
         return {"csv": self.csv.name, "json": self.json.name, "html": self.html.name, "xlsx": self.xlsx.name,
                 "findings": self.findings.name}
+
+
+_FILE_NAME = re.compile(r"reconciliation-\d{8}T\d{6}Z-(\d+)(?:\.csv|\.json|\.html|\.xlsx|-findings\.csv)")
 
 
 def csv_row(row: Any) -> list[str]:

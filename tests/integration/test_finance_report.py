@@ -148,7 +148,7 @@ def test_the_workbook_holds_the_summary_in_numeric_cells_on_every_sheet(engine, 
 
 
 @pytest.mark.parametrize("failing_step", ["_stream_discrepancies", "render_html", "write_xlsx", "_insert_run",
-                                          "publish"])
+                                          "seal"])
 def test_a_failure_at_any_step_leaves_no_file_under_a_final_name_and_no_repair(engine, make_settings, monkeypatch,
                                                                               failing_step):
     settings = make_settings()
@@ -157,7 +157,7 @@ def test_a_failure_at_any_step_leaves_no_file_under_a_final_name_and_no_repair(e
     def fail(*args, **kwargs):
         raise OSError(f"injected failure in {failing_step}")
 
-    target = {"render_html": finance_report, "write_xlsx": finance_report, "publish": FileSet}.get(failing_step, reconcile)
+    target = {"render_html": finance_report, "write_xlsx": finance_report, "seal": FileSet}.get(failing_step, reconcile)
     monkeypatch.setattr(target, failing_step, fail)
 
     result = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=AS_OF, repair=True)

@@ -151,7 +151,7 @@ FINISHED_RUN = ("INSERT INTO public.job_runs (job, trigger, as_of, status, finis
 def test_the_role_writes_only_rows_the_jobs_write(service_url, statement):
     service = make_engine(service_url, pool_size=1)
     try:
-        with pytest.raises(ProgrammingError, match="may (insert a run only|write only the jobs' keys)"), \
+        with pytest.raises(ProgrammingError, match="may (insert a run only|write only the jobs' keys)|is a job's"), \
                 service.begin() as conn:
             conn.execute(text(statement))
     finally:
@@ -174,15 +174,17 @@ def test_the_role_cannot_change_a_finished_run(service_url, engine, ended):
 def test_the_role_claims_renews_and_finishes_its_own_runs_and_writes_job_keys(service_url):
     service = make_engine(service_url, pool_size=1)
     try:
-        with service.begin() as conn:
+        with service.begin() as conn:  # as core/runs.py claims: with a claim token, proven again to finish
+            conn.execute(text("SELECT set_config('rewards.claim_token', 'the claimer''s secret', true)"))
             run_id = conn.execute(text(
                 "INSERT INTO public.job_runs (job, trigger, as_of, status, host, pid)"
                 " VALUES ('expire-points', 'manual', now(), 'RUNNING', 'h', 1) RETURNING id")).scalar()
             conn.execute(text("UPDATE public.job_runs SET heartbeat_at = clock_timestamp() WHERE id = :id"), {"id": run_id})
             conn.execute(text("UPDATE public.job_runs SET status = 'SUCCEEDED', finished_at = now() WHERE id = :id"),
                          {"id": run_id})
+            user = uuid.uuid4()  # an expiry: key names its own user (migration 025)
             conn.execute(text("INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key)"
-                              " VALUES (gen_random_uuid(), -5, 'EXPIRY', 'expiry:x:2026-06-01T00:00:00+00:00')"))
+                              " VALUES (:u, -5, 'EXPIRY', :key)"), {"u": user, "key": f"expiry:{user}:2026-06-01"})
     finally:
         service.dispose()
 
@@ -198,11 +200,17 @@ def test_the_role_may_write_the_reward_basis_table_when_it_exists(service_url, e
     exists = _as_owner(engine, "SELECT to_regclass('public.referral_rewards') IS NOT NULL")
     if not exists:
         pytest.skip("migration 016 (referral_rewards) is not in this branch yet")
+    role = make_url(service_url).username
     granted = _as_owner(engine, "SELECT array_agg(CAST(privilege_type AS text) ORDER BY privilege_type)"
                                 " FROM information_schema.role_table_grants"
-                                " WHERE table_name = 'referral_rewards' AND grantee = :role",
-                        role=make_url(service_url).username)
-    assert granted == ["INSERT", "SELECT", "UPDATE"]
+                                " WHERE table_name = 'referral_rewards' AND grantee = :role", role=role)
+    assert granted == ["INSERT", "SELECT"]
+    updatable = _as_owner(engine, "SELECT array_agg(CAST(column_name AS text) ORDER BY column_name)"
+                                  " FROM information_schema.column_privileges WHERE table_name = 'referral_rewards'"
+                                  " AND grantee = :role AND privilege_type = 'UPDATE'", role=role)
+    # what became of a reward (jobs/rewards.sql record_clawbacks, attribute_recoveries), never its basis
+    assert updatable == ["clawback_key", "clawback_run_id", "clawed_back_at", "clawed_back_points", "expired_points",
+                         "recovered_points", "unrecovered_points"]
 
 
 @pytest.mark.slow

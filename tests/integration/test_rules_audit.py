@@ -67,7 +67,8 @@ def test_normal_pipeline_runs_leave_nothing_to_find(engine, settings):
 
     assert _findings(engine, result.run_id) == []
     assert result.stats["findings"] == 0
-    assert _violations_metric(engine) == {"REWARD_INVARIANT": 0.0, "RECOVERY_INVARIANT": 0.0, "EXPIRY_INVARIANT": 0.0}
+    assert _violations_metric(engine) == {"REWARD_INVARIANT": 0.0, "REWARD_KEY_MISMATCH": 0.0,
+                                          "RECOVERY_INVARIANT": 0.0, "EXPIRY_INVARIANT": 0.0}
 
 
 def test_each_planted_violation_is_found_by_kind_and_the_ledger_is_left_alone(engine, settings):
@@ -115,7 +116,8 @@ def test_each_planted_violation_is_found_by_kind_and_the_ledger_is_left_alone(en
     assert kinds["REWARD_INVARIANT"] == len(reward) >= 2
     summary = json.loads(open(result.stats["report"].replace(".csv", ".json"), encoding="utf-8").read())
     assert summary["findings"] == {"total": len(found), "by_kind": {
-        "REWARD_INVARIANT": kinds["REWARD_INVARIANT"], "RECOVERY_INVARIANT": 1, "EXPIRY_INVARIANT": 1}}
+        "REWARD_INVARIANT": kinds["REWARD_INVARIANT"], "REWARD_KEY_MISMATCH": 0, "RECOVERY_INVARIANT": 1,
+        "EXPIRY_INVARIANT": 1}}
     assert result.stats["invariant_violations"] == summary["findings"]["by_kind"]
     assert _violations_metric(engine) == {kind: float(n) for kind, n in summary["findings"]["by_kind"].items()}
     findings_csv = settings.reports_dir / summary["files"]["findings"]
@@ -143,6 +145,74 @@ def test_a_reward_credit_with_another_amount_or_no_record_is_a_finding(engine, s
 
     found = _findings(engine, _reconcile(engine, settings).run_id)
 
-    details = [row.detail for row in found if row.kind == "REWARD_INVARIANT"]
+    details = [row.detail for row in found if row.kind == "REWARD_KEY_MISMATCH"]
     assert any("the record says" in detail for detail in details)
     assert any("no referral_rewards record" in detail for detail in details)
+
+
+def _month_key(engine, prefix: str, referred: UUID, month: int) -> tuple[str, UUID]:
+    """The key the reward job will write for `referred`'s month, and its beneficiary."""
+    with engine.connect() as conn:
+        relationship, referrer = conn.execute(text(
+            "SELECT id, referrer_user_id FROM public.user_referral_relationships WHERE referred_user_id = :u"),
+            {"u": referred}).one()
+    return f"{prefix}:{relationship}:{month}", referrer
+
+
+def test_a_reward_key_inserted_before_the_job_with_another_amount_is_reported_never_paid_silently(engine, settings):
+    """Issue 28: a 1-point recurring: key pre-inserted where the rule gives 200 (10 % of $20.00)."""
+    _world(engine)
+    key, referrer = _month_key(engine, "recurring", B, 1)
+    relationship = key.split(":")[1]
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, idempotency_key, created_at)"
+            " VALUES (:u, 1, 'REFERRAL_RECURRING', :r, :key, :at)"), {"u": referrer, "r": relationship, "key": key,
+                                                                     "at": utc(2026, 2, 25)})
+    _pipeline(engine, settings)
+
+    result = _reconcile(engine, settings)
+
+    mismatches = [row for row in _findings(engine, result.run_id) if row.kind == "REWARD_KEY_MISMATCH"]
+    assert [(row.reward_key, row.points) for row in mismatches] == [(key, 1)], mismatches
+    # recorded as the month's reward by today's job (its record priced against the rule), or left
+    # unrecorded by a job that pays the month apart: reported either way
+    assert "where the rule gives 200" in mismatches[0].detail or "no referral_rewards record" in mismatches[0].detail
+    assert result.stats["invariant_violations"]["REWARD_KEY_MISMATCH"] == 1
+    assert _violations_metric(engine)["REWARD_KEY_MISMATCH"] == 1.0
+    summary = json.loads(open(result.stats["report"].replace(".csv", ".json"), encoding="utf-8").read())
+    assert summary["findings"]["by_kind"]["REWARD_KEY_MISMATCH"] == 1
+    with (settings.reports_dir / summary["files"]["findings"]).open(encoding="utf-8") as handle:
+        assert [row["reward_key"] for row in csv.DictReader(handle) if row["kind"] == "REWARD_KEY_MISMATCH"] == [key]
+    html = (settings.reports_dir / summary["files"]["html"]).read_text(encoding="utf-8")
+    assert 'data-key="findings.by_kind.REWARD_KEY_MISMATCH" data-value="1"' in html
+    # and it stays reported on the days after, not only at the as-of of the run that met it
+    _pipeline(engine, settings, utc(2026, 6, 2))
+    later = _reconcile(engine, settings, utc(2026, 6, 2))
+    assert [row.reward_key for row in _findings(engine, later.run_id) if row.kind == "REWARD_KEY_MISMATCH"] == [key]
+
+
+def test_a_reward_key_of_another_type_is_a_mismatch(engine, settings):
+    _world(engine)
+    _pipeline(engine, settings)
+    key = "l2:00000000-0000-0000-0000-00000000000a:0"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key, created_at)"
+                          " VALUES (:a, 40, 'ADMIN_GRANT', :key, :at)"), {"a": A, "key": key, "at": AS_OF})
+
+    found = _findings(engine, _reconcile(engine, settings).run_id)
+
+    assert [(row.kind, row.reward_key) for row in found] == [("REWARD_KEY_MISMATCH", key)]
+    assert "ADMIN_GRANT" in found[0].detail
+
+
+def test_rewards_written_under_settings_since_changed_are_no_mismatch(engine, make_settings):
+    """A reward is priced by the settings of the run that wrote it, not by today's."""
+    _world(engine)
+    _pipeline(engine, make_settings(recurring_reward="150", l2_reward="2%"), utc(2026, 3, 15))
+    settings = make_settings()
+    _pipeline(engine, settings)
+
+    found = _findings(engine, _reconcile(engine, settings).run_id)
+
+    assert found == []
