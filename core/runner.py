@@ -86,7 +86,12 @@ def run_job(
             status, error = "FAILED", one_line(failure)
             log.exception("run failed", action="run_failed", error=error)
         seconds = time.monotonic() - started
-        if status != "ABANDONED":
+        if ctx.recorded:  # the run recorded its end itself, with its work (RunContext.recording)
+            if status != "SUCCEEDED":  # a step after the record failed: the run stays recorded
+                log.error("a step after the run was recorded failed", action="run_after_record_failed",
+                          error=error)
+            status = "SUCCEEDED"
+        elif status != "ABANDONED":
             try:
                 if not runs.finish(engine, run_id, status=status, stats=ctx.stats, error=error):
                     # Taken over meanwhile: whatever it did, this run must not say it succeeded.

@@ -190,11 +190,25 @@ def record_progress(conn: Connection, run_id: int, stats: dict[str, Any]) -> Non
 def finish(engine: Engine, run_id: int, *, status: str, stats: dict[str, Any], error: str | None) -> bool:
     """Record the run's end; False when the run had already been taken over."""
     with engine.begin() as conn:
-        _prove_own_run(conn, run_id)
-        row = conn.execute(_queries["finish_run"], {
-            "run_id": run_id, "status": status, "stats": _json(stats), "error": error,
-        }).first()
+        return finish_in(conn, run_id, status=status, stats=stats, error=error)
+
+
+def finish_in(conn: Connection, run_id: int, *, status: str, stats: dict[str, Any], error: str | None) -> bool:
+    """Record the run's end inside the caller's transaction; False when the run had been taken over."""
+    _prove_own_run(conn, run_id)
+    row = conn.execute(_queries["finish_run"], {
+        "run_id": run_id, "status": status, "stats": _json(stats), "error": error,
+    }).first()
     return row is not None
+
+
+def succeeded_runs(engine: Engine, job: str, run_ids: set[int]) -> set[int]:
+    """Which of `run_ids` are runs of `job` that ended SUCCEEDED."""
+    if not run_ids:
+        return set()
+    with engine.connect() as conn:
+        return {int(row.id) for row in conn.execute(_queries["succeeded_runs"],
+                                                    {"job": job, "run_ids": sorted(run_ids)})}
 
 
 def last_runs(engine: Engine) -> dict[str, Any]:

@@ -97,6 +97,10 @@ UPDATE public.job_runs
  WHERE id = :run_id AND status = 'RUNNING'
 RETURNING id;
 
+-- name: succeeded_runs --
+SELECT id FROM public.job_runs
+WHERE id = ANY(CAST(:run_ids AS bigint[])) AND job = :job AND status = 'SUCCEEDED';
+
 -- name: last_run_per_job --
 -- The latest run of each job that really ran (a SKIPPED row is a refusal, not a run); dry runs included.
 SELECT DISTINCT ON (job) job, id, trigger, as_of, status, dry_run, started_at, finished_at
