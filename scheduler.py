@@ -9,6 +9,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -576,19 +577,65 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:
-        reason = _database_failure(error)
-        if reason is not None:  # unreachable, timed out, permission denied, …: one line, exit 1
-            print(f"error: database: {reason}", file=sys.stderr)
-            return EXIT_FAILED
-        # a bug: one line for the operator, the traceback at DEBUG
+        return _failed(error, args, settings)
+
+
+def _failed(error: Exception, args: argparse.Namespace, settings: Any) -> int:
+    refused = _url_refused(error)
+    if refused is not None:
+        print(f"error: DATABASE_URL: {_without_password(refused, settings)}", file=sys.stderr)
+        return EXIT_USAGE
+    reason = _database_failure(error)
+    if reason is not None:  # unreachable, timed out, permission denied, …: one line, exit 1
+        print(f"error: database: {_without_password(reason, settings)}", file=sys.stderr)
+        return EXIT_FAILED
+    return _unexpected(error, args, settings)
+
+
+# libpq's refusal of a connection option's value, before any server saw it (`core.connect.check_url`
+# refuses the usual ones at start; this is for the others).
+_URL_REFUSED = re.compile(r"(?:connection to server .*? failed: )?((?:invalid|could not match|could not parse "
+                          r"network address) .*)")
+
+
+def _url_refused(error: Exception) -> str | None:
+    if _engine_refused_url(error):
+        return str(error).strip()
+    reason = _database_failure(error)
+    if reason is None or getattr(getattr(error, "orig", None), "pgcode", None) is not None or "FATAL:" in reason:
+        return None  # a server's answer (it has a SQLSTATE, or a FATAL), not libpq's
+    match = _URL_REFUSED.fullmatch(reason)
+    return match.group(1) if match else None
+
+
+def _engine_refused_url(error: Exception) -> bool:
+    """SQLAlchemy's ArgumentError while it created the engine: its own reading of DATABASE_URL (several
+    hosts and ports that do not pair, …); it quotes no part of the URL."""
+    import traceback
+
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")
+    return (sqlalchemy_errors is not None and isinstance(error, sqlalchemy_errors.ArgumentError)
+            and any(frame.f_code.co_name == "create_engine" for frame, _ in traceback.walk_tb(error.__traceback__)))
+
+
+def _unexpected(error: Exception, args: argparse.Namespace, settings: Any) -> int:
+    """A bug: one line for the operator, the traceback at DEBUG once logging is set up (never before:
+    structlog's default prints every local variable, the settings' password among them)."""
+    if settings is not None:
         import structlog
 
-        if settings is not None and args.command in _QUIET_COMMANDS:
+        if args.command in _QUIET_COMMANDS:
             _configure_logging(settings)
         structlog.get_logger("rewards.cli").debug("unexpected error", exc_info=True)
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        print(f"error: {type(error).__name__}: {first_line}", file=sys.stderr)
-        return EXIT_FAILED
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    print(f"error: {type(error).__name__}: {_without_password(first_line, settings)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _without_password(text: str, settings: Any) -> str:
+    from core.connect import without_password
+
+    return without_password(text, settings.database_url if settings is not None else os.environ.get("DATABASE_URL"))
 
 
 def _configure_logging(settings: Any) -> None:

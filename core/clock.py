@@ -4,7 +4,10 @@ from __future__ import annotations
 from datetime import date, datetime, time, timezone
 
 
+# Jobs look back up to a century from an as-of and forward a few months (expiring-soon, reports): an
+# instant near datetime's limits (year 1 or 9999) would overflow, and no real run needs one.
 EARLIEST_AS_OF = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LATEST_AS_OF_YEAR = 2200
 
 
 def utc_now() -> datetime:
@@ -20,11 +23,15 @@ def parse_as_of(text: str) -> datetime:
             parsed = datetime.combine(date.fromisoformat(value), time(0), tzinfo=timezone.utc)
         else:
             parsed = datetime.fromisoformat(value)
-        instant = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise ValueError(f"not an ISO-8601 date or date-time: {text!r} (like 2026-06-01 or 2026-06-01T00:00:00Z)") from None
-    if instant < EARLIEST_AS_OF:  # jobs look back up to a century from it
-        raise ValueError(f"{text!r} is before {EARLIEST_AS_OF.date().isoformat()}")
+    outside = ValueError(f"{text!r} is outside the years {EARLIEST_AS_OF.year} to {LATEST_AS_OF_YEAR}")
+    try:
+        instant = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except OverflowError:  # an offset that moves it past year 1 or 9999
+        raise outside from None
+    if instant < EARLIEST_AS_OF or instant.year > LATEST_AS_OF_YEAR:
+        raise outside
     return instant
 
 

@@ -74,6 +74,98 @@ def parse_url(text: str) -> DatabaseURL:
                        int(parts["port"]) if parts["port"] is not None else None, database, query)
 
 
+# The options whose values libpq checks only when it connects (fe-connect.c, libpq 17): checked at
+# start instead, so a typo is refused naming DATABASE_URL and the daemon does not wait on it forever.
+_OPTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "ssl_min_protocol_version": ("", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),  # without case
+    "ssl_max_protocol_version": ("", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+}
+_WITHOUT_CASE = ("ssl_min_protocol_version", "ssl_max_protocol_version")
+_AUTH_METHODS = ("password", "md5", "gss", "sspi", "scram-sha-256", "none")  # require_auth: a list, each may be !negated
+_INTEGER_OPTIONS = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                    "tcp_user_timeout")
+_INTEGER = re.compile(r"\s*[+-]?\d{1,9}\s*")  # libpq's strtol into an int, blanks around it allowed
+_SURROGATE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8 in the environment (surrogateescape)
+
+
+def check_url(text: str) -> DatabaseURL:
+    """`text` as a PostgreSQL URL libpq will accept, or ValueError with a message that never quotes
+    the user, password or host (a piece of the password may sit in any of them when it is mistyped)."""
+    if _SURROGATE.search(text):
+        raise ValueError("is not UTF-8 text (it has a byte that is not UTF-8)")
+    try:
+        url = parse_url(text)
+    except ValueError:
+        raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
+    if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg2"):
+        raise ValueError("must be a postgresql:// URL (its scheme is not postgresql)")
+    if url.host and "@" in url.host:  # the rest of the password would show up as a host name
+        raise ValueError("has an unescaped '@' in its user or password (write it as %40)")
+    _check_escapes(_URL.match(text).groupdict())  # type: ignore[union-attr]  (parse_url matched it)
+    _check_port(url.port)
+    _check_options(url.query)
+    return url
+
+
+def _check_escapes(parts: dict[str, str | None]) -> None:
+    """A %-escape must decode to UTF-8: SQLAlchemy would turn `%FF` into U+FFFD, a different password."""
+    for part, label in (("username", "user name"), ("password", "password"), ("database", "database name")):
+        try:
+            unquote(parts[part] or "", errors="strict")
+        except UnicodeDecodeError:
+            raise ValueError(f"its {label} has a %-escape that is not UTF-8 text (like %FF)") from None
+
+
+def _check_port(port: int | str | None) -> None:
+    for item in str(port).split(",") if port is not None else ():
+        if item.strip() and not (item.strip().isdigit() and 1 <= int(item) <= 65535):
+            shown = f" {item.strip()}" if item.strip().isdigit() else ""
+            raise ValueError(f"port{shown} is out of range (1 to 65535)")
+
+
+def _check_options(query: Mapping[str, str | tuple[str, ...]]) -> None:
+    """Refuse a query option libpq does not know, or a value it would refuse (only the option's name
+    and its value from a fixed list are shown: an unknown option's value might be a password)."""
+    import psycopg2.extensions
+
+    for name, given in query.items():
+        try:
+            psycopg2.extensions.parse_dsn(f"{name}=x")
+        except psycopg2.ProgrammingError:
+            raise ValueError(f"unknown connection option {name!r} in its query string") from None
+        for value in given if isinstance(given, tuple) else (given,):
+            _check_option_value(name, value)
+
+
+def _check_option_value(name: str, value: str) -> None:
+    choices = _OPTION_CHOICES.get(name)
+    if choices is not None and not any(value == choice or name in _WITHOUT_CASE and value.lower() == choice.lower()
+                                       for choice in choices):
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(choice for choice in choices if choice)}")
+    if name == "require_auth" and any(method.removeprefix("!") not in _AUTH_METHODS for method in value.split(",")):
+        raise ValueError(f"require_auth={value!r} is not a list of {', '.join(_AUTH_METHODS)} (each may be !negated)")
+    if name in _INTEGER_OPTIONS and not _INTEGER.fullmatch(value):
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    if name == "port":
+        _check_port(value)
+
+
+def without_password(text: str, url: str | None) -> str:
+    """`text` with the password of `url` (as written in it, and decoded) blanked out."""
+    match = _URL.match(url or "")
+    written = match.group("password") if match else None
+    for form in sorted({written, unquote(written or "")} - {None, ""}, key=len, reverse=True):
+        text = text.replace(form, "***")  # type: ignore[arg-type]
+    return text
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds; 0 turns one off (PostgreSQL's own meaning of 0)."""

@@ -10,8 +10,11 @@ Secrets (the database password) are never echoed back.
 """
 from __future__ import annotations
 
+import codecs
+import difflib
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -20,6 +23,16 @@ from pydantic import AfterValidator, Field, ValidationError, create_model, field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "REWARDS_"
+ENV_FILE = ".env"
+
+# REWARDS_ variables that are not settings of the program but knobs of its own test suite and CI
+# (.ci/run, tests/integration/citus/, tests/integration/test_rewards_any_history.py): a command started
+# from a shell that set them must not be refused. tests/unit/test_settings.py keeps this list complete.
+NOT_SETTINGS = frozenset({
+    "REWARDS_CI_CITUS", "REWARDS_TEST_CITUS", "REWARDS_CITUS_PORT",
+    "REWARDS_ANY_HISTORY_SEED", "REWARDS_ANY_HISTORY_FIRST_SEED", "REWARDS_ANY_HISTORY_EXAMPLES",
+    "REWARDS_ANY_HISTORY_CITUS_EXAMPLES", "REWARDS_ANY_HISTORY_STATS", "REWARDS_SOAK_HISTORIES",
+})
 
 
 class ConfigError(Exception):
@@ -81,11 +94,16 @@ def _validate_cron(expression: str) -> str:
 
 
 Schedule = Annotated[str, AfterValidator(_validate_cron)]
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 class CoreSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+        # extra="ignore": a .env shared with other programs (docker compose's POSTGRES_PASSWORD, …) is
+        # fine; a REWARDS_ name that is not a setting is refused by `load_settings` (from .env and the
+        # environment alike, which extra="forbid" would not see). utf-8-sig: a BOM would hide the first name.
+        env_prefix=ENV_PREFIX, env_file=ENV_FILE, env_file_encoding="utf-8-sig", extra="ignore", frozen=True,
+        populate_by_name=True,
     )
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
@@ -124,17 +142,9 @@ class CoreSettings(BaseSettings):
     def _database_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from core.connect import parse_url
+        from core.connect import check_url
 
-        try:
-            url = parse_url(value.strip())  # as SQLAlchemy reads it, without importing SQLAlchemy
-        except ValueError:  # never echo a piece of the URL: it may be the password
-            raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
-        if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg2"):
-            raise ValueError("must be a postgresql:// URL (its scheme is not postgresql)")
-        _check_connection_options(url)
-        if url.host and "@" in url.host:  # the rest of the password would show up as a host name
-            raise ValueError("has an unescaped '@' in its user or password (write it as %40)")
+        check_url(value.strip())  # as SQLAlchemy and libpq read it, without importing SQLAlchemy
         return value.strip()
 
     @field_validator("data_dir", "reports_dir", mode="before")
@@ -142,6 +152,18 @@ class CoreSettings(BaseSettings):
     def _directory(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be a directory path, not empty")
+        return value
+
+    @field_validator("http_host")
+    @classmethod
+    def _http_host(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(value):
+                raise ValueError("must be an IP address or a host name (like 127.0.0.1 or 0.0.0.0)") from None
         return value
 
     @field_validator("log_format")
@@ -184,17 +206,6 @@ def with_schedules(base: type[AnySettings], defaults: Mapping[str, str], *,
     return create_model(name, __base__=base, __module__=base.__module__, **fields)
 
 
-def _check_connection_options(url: Any) -> None:
-    """Refuse a URL query option libpq does not know (only the option's name is shown, never its value)."""
-    import psycopg2.extensions
-
-    for name in url.query:
-        try:
-            psycopg2.extensions.parse_dsn(f"{name}=x")
-        except psycopg2.ProgrammingError:
-            raise ValueError(f"unknown connection option {name!r} in its query string") from None
-
-
 def env_name(field: str) -> str:
     """The environment variable that sets a settings field (of `CoreSettings` or a subclass)."""
     known = CoreSettings.model_fields.get(field)
@@ -207,15 +218,99 @@ _SECRET_VARIABLES = {"DATABASE_URL"}
 
 def load_settings(settings_class: type[AnySettings], **overrides: Any) -> AnySettings:
     """Read and validate the settings; raise `ConfigError` naming the first bad variable."""
+    dot_env = read_env_file(Path(ENV_FILE))
+    refuse_unknown_names(settings_class, {"the environment": os.environ, ENV_FILE: dot_env})
     try:
         return settings_class(**overrides)
     except ValidationError as error:
-        first = error.errors()[0]
-        if not first["loc"]:  # a check across several variables names them itself
-            raise ConfigError(first["msg"].removeprefix("Value error, ")) from None
-        location = str(first["loc"][0])
-        name = env_name(location) if location in settings_class.model_fields else location
-        message = first["msg"].removeprefix("Value error, ")
-        if name in _SECRET_VARIABLES:
-            raise ConfigError(f"{name}: {message}") from None
-        raise ConfigError(f"{name}: {message} (got {first.get('input')!r})") from None
+        raise ConfigError(_first_problem(error, settings_class)) from None
+
+
+def _first_problem(error: ValidationError, settings_class: type[CoreSettings]) -> str:
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across several variables names them itself
+        return message
+    location = str(first["loc"][0])
+    name = env_name(location) if location in settings_class.model_fields else location
+    if name in _SECRET_VARIABLES:
+        return f"{name}: {message}"
+    return f"{name}: {message} (got {first.get('input')!r})"
+
+
+def known_names(settings_class: type[CoreSettings]) -> set[str]:
+    """The environment variables of every field: DATABASE_URL, REWARDS_BATCH_SIZE, REWARDS_SCHEDULE_<JOB>, …"""
+    names = set()
+    for field, info in settings_class.model_fields.items():
+        alias = info.validation_alias
+        names.add(alias if isinstance(alias, str) else ENV_PREFIX + field.upper())
+    return names
+
+
+def refuse_unknown_names(settings_class: type[CoreSettings], sources: Mapping[str, Iterable[str]]) -> None:
+    """A REWARDS_ name that is no setting is a typo whose value would be silently ignored: refuse it,
+    naming the closest setting. Names are matched without case, as pydantic-settings reads them."""
+    known = known_names(settings_class)
+    for source, names in sources.items():
+        for name in sorted(names):
+            upper = name.upper()
+            if upper.startswith(ENV_PREFIX) and upper not in known and upper not in NOT_SETTINGS:
+                raise ConfigError(_not_a_setting(name, source, known))
+
+
+_SCHEDULE_PREFIX = ENV_PREFIX + "SCHEDULE_"
+
+
+def _not_a_setting(name: str, source: str, known: set[str]) -> str:
+    where = "" if source == "the environment" else f" (in {source})"
+    return f"{name}{where} is not a setting; {_closest_setting(name.upper(), known)}"
+
+
+def _closest_setting(name: str, known: set[str]) -> str:
+    """`did you mean …?`; a schedule is compared with the schedules only, as one for a job that is not
+    registered is not a setting at all."""
+    prefix = _SCHEDULE_PREFIX if name.startswith(_SCHEDULE_PREFIX) else ENV_PREFIX
+    # Compared without the prefix they share, which would make any two names look alike.
+    by_suffix = {candidate.removeprefix(prefix): candidate for candidate in sorted(known)
+                 if prefix == ENV_PREFIX or candidate.startswith(prefix)}
+    closest = difflib.get_close_matches(name.removeprefix(prefix), by_suffix, n=1, cutoff=0.6)
+    if closest:
+        return f"did you mean {by_suffix[closest[0]]}?"
+    if prefix == _SCHEDULE_PREFIX:
+        jobs = ", ".join(suffix.lower().replace("_", "-") for suffix in by_suffix)
+        return f"there is no job {name.removeprefix(prefix).lower().replace('_', '-')} (the jobs: {jobs})"
+    return "no setting has a similar name (see README.md, Configuration)"
+
+
+def read_env_file(path: Path) -> dict[str, str | None]:
+    """The variables of `.env` (none when there is no such file), read as pydantic-settings reads them;
+    ConfigError when it cannot be read or is not UTF-8 text (it would fail deep in python-dotenv)."""
+    if not path.is_file():
+        return {}
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(_not_utf8(path, raw, error.start)) from None
+    from dotenv import dotenv_values
+
+    return dotenv_values(path, encoding="utf-8-sig")
+
+
+def _not_utf8(path: Path, raw: bytes, position: int) -> str:
+    """Which line (and variable) of a file is not UTF-8; never a byte of it: the value may be a password."""
+    for encoding, marks in (("UTF-32", (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)),
+                            ("UTF-16", (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))):
+        if raw.startswith(marks):
+            return f"{path}: is {encoding} text; save it as UTF-8"
+    line_number = raw.count(b"\n", 0, position) + 1
+    line = raw.split(b"\n")[line_number - 1]
+    name = _ENV_NAME.match(line)
+    variable = f"{name.group(1).decode()} ({path} line {line_number})" if name else f"{path} line {line_number}"
+    return f"{variable}: not UTF-8 text; save {path} as UTF-8"
+
+
+_ENV_NAME = re.compile(rb"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")

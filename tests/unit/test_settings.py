@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -250,3 +251,198 @@ def test_bad_reward_setting_exits_2_with_one_line_naming_it(main_in_process, var
     lines = err.strip().splitlines()
     assert len(lines) == 1
     assert variable in lines[0]
+
+
+# ── DATABASE_URL as libpq will read it: refused at start, naming the variable, never quoting the password ──
+
+@pytest.mark.parametrize("url, message", [
+    (f"postgresql://rewards:{PASSWORD}@db:99999/rewards", "port 99999 is out of range (1 to 65535)"),
+    (f"postgresql://rewards:{PASSWORD}@db:0/rewards", "port 0 is out of range (1 to 65535)"),
+    (f"postgresql://rewards:{PASSWORD}@db:-5/rewards", "port is out of range (1 to 65535)"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?port=70000", "port 70000 is out of range (1 to 65535)"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?sslmode=bogus",
+     "sslmode='bogus' is not one of disable, allow, prefer, require, verify-ca, verify-full"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?sslmode=REQUIRE", "sslmode='REQUIRE' is not one of"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?target_session_attrs=primary-ish",
+     "target_session_attrs='primary-ish' is not one of"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?connect_timeout=abc", "connect_timeout must be a whole number"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?connect_timeout=1_0", "connect_timeout must be a whole number"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?keepalives_idle=1.5", "keepalives_idle must be a whole number"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?require_auth=sometimes", "require_auth='sometimes' is not a list"),
+    (f"postgresql://rewards:{PASSWORD}@db/rewards?ssl_min_protocol_version=TLSv9",
+     "ssl_min_protocol_version='TLSv9' is not one of TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"),
+    (f"postgresql://rewards:{PASSWORD}%FF@db/rewards", "its password has a %-escape that is not UTF-8 text"),
+    (f"postgresql://rew%C3ards:{PASSWORD}@db/rewards", "its user name has a %-escape that is not UTF-8 text"),
+    (f"postgresql://rewards:{PASSWORD}\udcff@db/rewards", "is not UTF-8 text"),  # a raw 0xFF byte in the environment
+    (f"postgresql+asyncpg://rewards:{PASSWORD}@db/rewards", "must be a postgresql:// URL"),
+])
+def test_a_database_url_libpq_would_refuse_is_refused_at_start(clean_env, url, message):
+    with pytest.raises(ConfigError) as refused:
+        load_settings(database_url=url)
+
+    assert str(refused.value).startswith(f"DATABASE_URL: {message}")
+    assert PASSWORD not in str(refused.value)
+
+
+@pytest.mark.parametrize("query", ["sslmode=verify-full", "connect_timeout=5", "connect_timeout=%205%20",
+                                   "require_auth=!password,!md5", "ssl_min_protocol_version=tlsv1.2",
+                                   "target_session_attrs=read-write&keepalives=1", "port=5432,5433&host=a,b"])
+def test_a_database_url_with_good_options_is_accepted(clean_env, query):
+    assert load_settings(database_url=f"postgresql://rewards:{PASSWORD}@db/rewards?{query}").database_url
+
+
+def test_a_value_libpq_refuses_when_it_connects_exits_2_naming_database_url(main_in_process, monkeypatch):
+    """For an option whose values the start check does not list (libpq's message names it, not the password)."""
+    import psycopg2
+
+    def refuse(*args, **kwargs):
+        raise psycopg2.OperationalError('could not parse network address "999.1.1.1": Name or service not known\n')
+
+    monkeypatch.setattr(psycopg2, "connect", refuse)
+
+    code, out, err = main_in_process(
+        "health", env={"DATABASE_URL": f"postgresql://rewards:{PASSWORD}@db/rewards?hostaddr=999.1.1.1"})
+
+    assert (code, out) == (2, "")
+    assert err == 'error: DATABASE_URL: could not parse network address "999.1.1.1": Name or service not known\n'
+
+
+def test_a_server_that_refuses_the_connection_is_a_failed_run_not_a_bad_setting(main_in_process, monkeypatch):
+    import psycopg2
+
+    def refuse(*args, **kwargs):
+        raise psycopg2.OperationalError('connection to server at "db" (10.0.0.1), port 5432 failed: '
+                                        'FATAL:  invalid value for parameter "TimeZone": "x"\n')
+
+    monkeypatch.setattr(psycopg2, "connect", refuse)
+
+    code, _, err = main_in_process("health", env={"DATABASE_URL": f"postgresql://rewards:{PASSWORD}@db/rewards"})
+
+    assert code == 1
+    assert err.startswith("error: database: connection to server") and err.count("\n") == 1
+
+
+# ── .env in any encoding: one line naming the variable and the line, never a byte of the file ──
+
+def test_a_dot_env_that_is_not_utf8_is_refused_naming_the_line_and_its_variable(clean_env, capsys):
+    (clean_env / ".env").write_bytes(b"REWARDS_BATCH_SIZE=10\nDATABASE_URL=postgresql://rewards:"
+                                     + "Sup3rS3cr\xe9tPw".encode("latin-1") + b"@db/rewards\n")
+
+    code, out, err = _cli_in_process(capsys, "run", "expire-pending")
+
+    assert (code, out) == (2, "")
+    assert err == "error: DATABASE_URL (.env line 2): not UTF-8 text; save .env as UTF-8\n"
+
+
+def test_a_dot_env_in_utf16_is_refused_in_one_line(clean_env, capsys):
+    (clean_env / ".env").write_text("REWARDS_BATCH_SIZE=10\n", encoding="utf-16")
+
+    code, _, err = _cli_in_process(capsys, "run", "expire-pending")
+
+    assert code == 2
+    assert err == "error: .env: is UTF-16 text; save it as UTF-8\n"
+
+
+def test_a_dot_env_with_a_byte_order_mark_is_read_from_its_first_line(clean_env):
+    (clean_env / ".env").write_text("REWARDS_BATCH_SIZE=7\n", encoding="utf-8-sig")
+
+    assert load_settings().batch_size == 7
+
+
+def test_a_dot_env_that_cannot_be_read_is_refused_in_one_line(clean_env, capsys, monkeypatch):
+    (clean_env / ".env").write_text("REWARDS_BATCH_SIZE=7\n")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)  # chmod 000 does not stop root
+    code, _, err = _cli_in_process(capsys, "health")
+
+    assert code == 2
+    assert err == "error: .env: cannot be read (Permission denied)\n"
+
+
+def test_an_unexpected_error_before_logging_is_one_line_without_the_password(clean_env, monkeypatch, capsys):
+    """structlog's default output (before logging is set up) prints a traceback with every local variable."""
+    url = f"postgresql://rewards:{PASSWORD}@db/rewards"
+    monkeypatch.setenv("DATABASE_URL", url)
+
+    def broken(**overrides):
+        raise RuntimeError(f"cannot read {url}")
+
+    monkeypatch.setattr("jobs.load_settings", broken)
+    code, out, err = _cli_in_process(capsys, "run", "expire-pending")
+
+    assert (code, out) == (1, "")
+    assert err == "error: RuntimeError: cannot read postgresql://rewards:***@db/rewards\n"
+
+
+# ── a REWARDS_ name that is not a setting ──
+
+@pytest.mark.parametrize("name, suggestion", [
+    ("REWARDS_BATCHSIZE", "did you mean REWARDS_BATCH_SIZE?"),
+    ("rewards_batch_sise", "did you mean REWARDS_BATCH_SIZE?"),
+    ("REWARDS_DATABASE_URL", "did you mean DATABASE_URL?"),
+    ("REWARDS_RECURRING_REWARDS", "did you mean REWARDS_RECURRING_REWARD?"),
+    ("REWARDS_SCHEDULE_EXPIRE_SOON", "did you mean REWARDS_SCHEDULE_EXPIRING_SOON?"),
+    ("REWARDS_SCHEDULE_PAYOUTS", "there is no job payouts (the jobs: expire-pending, expire-points, "
+                                 "expiring-soon, level2-rewards, reconcile, recurring-rewards)"),
+    ("REWARDS_COLOUR", "no setting has a similar name (see README.md, Configuration)"),
+])
+def test_a_rewards_variable_that_is_not_a_setting_is_refused_naming_the_closest(
+        clean_env, monkeypatch, capsys, name, suggestion):
+    monkeypatch.setenv(name, "abc")
+
+    code, out, err = _cli_in_process(capsys, "health")
+
+    assert (code, out) == (2, "")
+    assert err == f"error: {name} is not a setting; {suggestion}\n"
+
+
+def test_a_misspelt_setting_in_dot_env_is_refused_saying_where(clean_env, capsys):
+    (clean_env / ".env").write_text("DATABASE_URL=postgresql://rewards@db/rewards\nREWARDS_BATCHSIZE=abc\n")
+
+    code, _, err = _cli_in_process(capsys, "run", "expire-pending")
+
+    assert code == 2
+    assert err == "error: REWARDS_BATCHSIZE (in .env) is not a setting; did you mean REWARDS_BATCH_SIZE?\n"
+
+
+def test_other_programs_variables_in_dot_env_are_left_alone(clean_env):
+    (clean_env / ".env").write_text("POSTGRES_PASSWORD=x\nREWARDSX=1\nREWARDS_BATCH_SIZE=9\n")
+
+    assert load_settings().batch_size == 9
+
+
+def test_every_schedule_of_a_registered_job_and_every_tooling_knob_is_accepted(clean_env, monkeypatch):
+    from core.settings import NOT_SETTINGS
+    from jobs import NAMES
+
+    for job in NAMES:
+        monkeypatch.setenv(f"REWARDS_SCHEDULE_{job.upper().replace('-', '_')}", "off")
+    for name in NOT_SETTINGS:
+        monkeypatch.setenv(name, "1")
+
+    assert all(load_settings().schedule_for(job) is None for job in NAMES)
+
+
+REPO = Path(__file__).resolve().parents[2]
+# How the project's own tooling reads a variable: os.environ.get("X"), os.environ["X"], ${X…}, export X=.
+_READ_FROM_ENVIRONMENT = re.compile(r"""environ(?:\.get\(|\[)\s*["'](REWARDS_\w+)|\$\{?(REWARDS_\w+)|export (REWARDS_\w+)""")
+
+
+def test_the_rewards_variables_the_tooling_reads_are_settings_or_known_knobs():
+    """A knob added to the tests, CI, bench or image with the REWARDS_ prefix would make every command
+    refuse to start where it is set: it must be listed in NOT_SETTINGS (or named otherwise)."""
+    from core.settings import NOT_SETTINGS, known_names
+    from jobs import Settings
+
+    files = [path for folder in ("tests", "bench", ".ci", "cli", "core", "jobs") for path in (REPO / folder).rglob("*")
+             if path.is_file() and path.suffix in ("", ".py", ".sh", ".yml", ".yaml", ".toml")]
+    read = {name for path in files + [REPO / "Dockerfile"]
+            for match in _READ_FROM_ENVIRONMENT.finditer(path.read_text(errors="replace")) for name in match.groups()
+            if name}
+
+    assert {"REWARDS_TEST_CITUS", "REWARDS_CI_CITUS", "REWARDS_ANY_HISTORY_SEED"} <= read  # the scan finds them
+    assert read - known_names(Settings) - NOT_SETTINGS == set()
+    assert NOT_SETTINGS - read == set()  # no stale entry
