@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, TextClause, text
 
 from core.job import Batch, RunContext, session_tables
-from core.ledger import lock_balances, undone_when, write_points
+from core.ledger import WrittenPoints, lock_balances, undone_when, write_points
 from core.settings import ConfigError, Settings
 from core.sql import Queries
 from jobs.settings import RewardAmount
@@ -102,6 +102,8 @@ def plan_statement(payments: str) -> TextClause:
 
 # How many skipped feed rows a run logs one by one; past that, one line says how many more.
 _LOGGED_SKIPPED_ROWS = 100
+# How many times one batch moves a reward past keys the ledger holds with another row (each a forgery).
+_REKEYS = 3
 
 
 def feed_sql(conn: Connection, settings: Settings) -> str:
@@ -171,24 +173,45 @@ class _RewardRun:
         written = write_points(conn, _queries.raw("planned_rows"), {}, as_of=self.ctx.as_of)
         self.ctx.record_points(written)
         clawed = conn.execute(_queries["record_clawbacks"], self.params).one()  # first: a re-earned month's
-        rewards = conn.execute(_queries["record_rewards"], self.params).one()   # new reward then stands alone
-        unstorable_rewards = sum(1 for key in written.unstorable if not key.startswith("clawback:"))
-        if rewards.recorded + unstorable_rewards < rewards.planned:
-            self._report_conflicting_keys(conn)
+        self._record_rewards(conn, written)                                     # new reward then stands alone
         self.ctx.count("clawbacks", clawed.clawbacks)
         self.ctx.count("clawed_back_points", int(clawed.clawed_back_points))
         self.ctx.count("expired_before_clawback_points", int(clawed.expired_points))
         self.ctx.count("unrecovered_points", int(clawed.unrecovered_points))
+
+    def _record_rewards(self, conn: Connection, written: WrittenPoints) -> None:
+        """Record the batch's rewards now in the ledger. A key the ledger already held with another user,
+        type or amount (not this rule's row) is never taken as paid: the month is written under its next
+        key, and the foreign row is left to the rules audit."""
+        unstorable = [key for key in written.unstorable if not key.startswith("clawback:")]
+        rewards = conn.execute(_queries["record_rewards"], self.params).one()
+        recorded = rewards.recorded
+        for _attempt in range(_REKEYS):
+            if recorded + len(unstorable) >= rewards.planned:
+                break
+            conflicting = self._report_conflicting_keys(conn)
+            if not conflicting:
+                break
+            new_keys = conn.execute(_queries["rekey_conflicting"], {**self.params, "keys": conflicting}).scalars().all()
+            rewritten = write_points(conn, _queries.raw("planned_rows_among"), {"keys": new_keys},
+                                     as_of=self.ctx.as_of)
+            self.ctx.record_points(rewritten)
+            unstorable += rewritten.unstorable
+            written.unstorable += rewritten.unstorable
+            recorded += conn.execute(_queries["record_rewards"], self.params).one().recorded
         if written.unstorable:
             self._report_unstorable(conn, written.unstorable)
 
-    def _report_conflicting_keys(self, conn: Connection) -> None:
+    def _report_conflicting_keys(self, conn: Connection) -> list[str]:
+        keys = []
         for row in conn.execute(_queries["conflicting_keys"]):
+            keys.append(row.idempotency_key)
             self.ctx.count("conflicting_keys")
-            self.ctx.log.warning("the ledger holds this reward's key with another amount; the month is not taken "
-                                 "as paid", action="reward_key_conflict", key=row.idempotency_key,
-                                 relationship_id=str(row.relationship_id), month=row.month, points=str(row.points),
-                                 ledger_points=row.ledger_points, ledger_type=row.ledger_type)
+            self.ctx.log.warning("the ledger holds this reward's key with another user, type or amount; the month "
+                                 "is written under its next key", action="reward_key_conflict",
+                                 key=row.idempotency_key, relationship_id=str(row.relationship_id), month=row.month,
+                                 points=str(row.points), ledger_points=row.ledger_points, ledger_type=row.ledger_type)
+        return keys
 
     def _report_unstorable(self, conn: Connection, keys: list[str]) -> None:
         for row in conn.execute(_queries["unstorable"], {"keys": keys}):

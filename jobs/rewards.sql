@@ -377,6 +377,12 @@ WITH recorded AS (
 SELECT (SELECT count(*) FROM recorded) AS recorded,
        (SELECT count(*) FROM planned_rows WHERE action = 'reward') AS planned;
 
+-- name: planned_rows_among --
+-- (A fragment: the candidates of the ledger writer, among the given keys.)
+SELECT user_id, delta, type, relationship_id AS ref_id, idempotency_key, note
+FROM planned_rows
+WHERE idempotency_key = ANY(CAST(:keys AS text[]))
+
 -- name: conflicting_keys --
 -- The batch's rewards whose key the ledger already holds with another user, type or amount.
 SELECT p.idempotency_key, p.relationship_id, p.month, p.delta AS points, t.delta AS ledger_points,
@@ -386,6 +392,27 @@ JOIN public.user_point_transactions AS t ON t.idempotency_key = p.idempotency_ke
 WHERE p.action = 'reward'
   AND NOT (t.user_id = p.user_id AND t.type = p.type AND t.delta = p.delta)
 ORDER BY p.idempotency_key;
+
+-- name: rekey_conflicting --
+-- Those rewards take the next key of their month's sequence, as a re-earned month would: after the first
+-- key F comes F:{payment}, then F:{payment} numbered 2, 3, … (as in month_facts); returns the new keys.
+WITH conflicting AS (
+    SELECT idempotency_key, payment_id,
+           format('%s:%s:%s', CAST(:key_prefix AS text), relationship_id, month) AS first_key
+    FROM planned_rows
+    WHERE idempotency_key = ANY(CAST(:keys AS text[]))
+)
+UPDATE planned_rows AS p
+SET idempotency_key = CASE
+        WHEN c.idempotency_key = c.first_key THEN format('%s:%s', c.first_key, c.payment_id)
+        WHEN c.idempotency_key = format('%s:%s', c.first_key, c.payment_id)
+             THEN format('%s:%s:%s', c.first_key, c.payment_id, 2)
+        ELSE format('%s:%s:%s', c.first_key, c.payment_id,
+                    CAST(substr(c.idempotency_key, length(format('%s:%s:', c.first_key, c.payment_id)) + 1) AS int) + 1)
+    END
+FROM conflicting AS c
+WHERE p.idempotency_key = c.idempotency_key
+RETURNING p.idempotency_key;
 
 -- name: record_clawbacks --
 -- Each clawback now in the ledger (or taking 0 points: nothing to write; the reward's points were

@@ -989,21 +989,29 @@ def test_a_relationship_re_inserted_with_another_rewarded_at_moves_the_standing_
 
 # ── issue 28: a reward key the ledger already holds with another amount ─────
 
-def test_a_reward_key_pre_inserted_with_another_amount_is_never_taken_as_paid(engine, settings, capsys):
+@pytest.mark.parametrize("forged_keys", [1, 2])
+def test_a_reward_key_pre_inserted_with_another_amount_is_never_taken_as_paid(engine, settings, capsys, forged_keys):
     b, c = new_id(), new_id()
     relationship = relate(engine, b, c, rewarded_at=utc(2026, 1, 1))
-    pay(engine, c, utc(2026, 2, 2))                                # month 1: 200 points owed
-    forged = f"recurring:{relationship}:1"
+    payment = pay(engine, c, utc(2026, 2, 2))                      # month 1: 200 points owed
+    first_key = f"recurring:{relationship}:1"
+    forged = [first_key, f"{first_key}:{payment}"][:forged_keys]
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO public.user_point_transactions (user_id, delta, type, idempotency_key, created_at)"
-            " VALUES (:user, 1, 'REFERRAL_RECURRING', :key, :at)"), {"user": b, "key": forged, "at": utc(2026, 2, 3)})
+        for key in forged:
+            conn.execute(text(
+                "INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, idempotency_key, created_at)"
+                " VALUES (:user, 1, 'REFERRAL_RECURRING', :ref, :key, :at)"),
+                {"user": b, "ref": relationship, "key": key, "at": utc(2026, 2, 3)})
+        conn.execute(text("INSERT INTO public.user_point_balances (user_id, balance, total_earned, total_spent)"
+                          " VALUES (:user, :n, :n, 0)"), {"user": b, "n": forged_keys})
 
     first = run_job(recurring_rewards.JOB, settings=settings, engine=engine, as_of=utc(2026, 6, 1))
     again = run_job(recurring_rewards.JOB, settings=settings, engine=engine, as_of=utc(2026, 6, 2))
 
-    assert (first.stats["conflicting_keys"], again.stats["conflicting_keys"]) == (1, 1)  # said on every run
-    assert rewards_of(engine, c) == {}                             # no basis record: the month is not paid
-    assert job_rows(engine, b) == {forged: 1}                      # and nothing else was written over it
+    paid_under = [first_key, f"{first_key}:{payment}", f"{first_key}:{payment}:2"][forged_keys]
+    assert (first.stats["conflicting_keys"], again.stats["conflicting_keys"]) == (forged_keys, 0)
+    assert set(rewards_of(engine, c)) == {paid_under}              # the month is paid once, under its next key
+    assert job_rows(engine, b) == {**{key: 1 for key in forged}, paid_under: 200}
+    assert_cache_is_the_ledger(engine, b)
     logged = capsys.readouterr().out
-    assert forged in logged and "another amount" in logged
+    assert all(key in logged for key in forged) and "another user, type or amount" in logged
