@@ -86,10 +86,6 @@ class FileSet:
 
     _staged: dict[Path, Path] = field(default_factory=dict)
 
-    @property
-    def finals(self) -> list[Path]:
-        return list(self._staged)
-
     def path_for(self, final: Path) -> Path:
         """Where to write `final` aside; the file is published with the others."""
         with naming_the_file(final):

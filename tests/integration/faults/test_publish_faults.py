@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from core import sample_data
 from core.db import make_engine
@@ -203,7 +204,7 @@ def fork_job(job: str, url: str, reports: Path, log: Path, *, as_of: datetime, r
                 before()
             settings = Settings(_env_file=None, database_url=url, reports_dir=reports, batch_size=BATCH_SIZE)
             # the server is never killed here, so waiting for its WAL flush on every commit buys nothing
-            engine = make_engine(url + "?options=-c%20synchronous_commit%3Doff", pool_size=2)
+            engine = make_engine(make_url(url).update_query_dict({"options": "-c synchronous_commit=off"}), pool_size=2)
             result = run_job(JOBS[job], settings=settings, engine=engine, as_of=as_of, repair=repair)
             print(f"{result.status} {result.error or ''}")
             code = 0 if result.status == "SUCCEEDED" else 1
@@ -521,7 +522,7 @@ def test_a_reports_disk_that_fills_up_at_any_file_fails_the_reconcile_naming_it_
     before = _cache(engine)
     named: list[str] = []
     for free in ([0, 4096, 8192, 16384, 65536, 98304, 196608, 1048576] if disk.tmpfs
-                 else [0, 700, 3000, 12000, 30000]):
+                 else [0, 2000, 8000, 40000, 150000, 4_000_000]):
         limit = None
         if disk.tmpfs:
             disk.leave_free(free)
