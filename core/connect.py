@@ -88,7 +88,8 @@ _OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "ssl_max_protocol_version": ("", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
 }
 _WITHOUT_CASE = ("ssl_min_protocol_version", "ssl_max_protocol_version")
-_AUTH_METHODS = ("password", "md5", "gss", "sspi", "scram-sha-256", "none")  # require_auth: a list, each may be !negated
+# require_auth: a comma-separated list of these, each may be negated (`!password`)
+_AUTH_METHODS = ("password", "md5", "gss", "sspi", "scram-sha-256", "none")
 _INTEGER_OPTIONS = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
                     "tcp_user_timeout")
 _INTEGER = re.compile(r"\s*[+-]?\d{1,9}\s*")  # libpq's strtol into an int, blanks around it allowed

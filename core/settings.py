@@ -6,6 +6,7 @@ subclass in `jobs/settings.py`, and one `REWARDS_SCHEDULE_<JOB>` per registered 
 `with_schedules` (`jobs/__init__.py`), so core code is typed against this class and reads only its fields.
 
 A bad value raises `ConfigError` with one line naming the variable; the CLI turns it into exit code 2.
+So do a `.env` that is not UTF-8 and a `REWARDS_` name that is no setting (a typo would be ignored).
 Secrets (the database password) are never echoed back.
 """
 from __future__ import annotations

@@ -428,7 +428,8 @@ def test_every_schedule_of_a_registered_job_and_every_tooling_knob_is_accepted(c
 
 REPO = Path(__file__).resolve().parents[2]
 # How the project's own tooling reads a variable: os.environ.get("X"), os.environ["X"], ${X…}, export X=.
-_READ_FROM_ENVIRONMENT = re.compile(r"""environ(?:\.get\(|\[)\s*["'](REWARDS_\w+)|\$\{?(REWARDS_\w+)|export (REWARDS_\w+)""")
+_READ_FROM_ENVIRONMENT = re.compile(
+    r"""environ(?:\.get\(|\[)\s*["'](REWARDS_\w+)|\$\{?(REWARDS_\w+)|export (REWARDS_\w+)""")
 
 
 def test_the_rewards_variables_the_tooling_reads_are_settings_or_known_knobs():

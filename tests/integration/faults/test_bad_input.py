@@ -273,7 +273,8 @@ def log_format(index: int) -> dict[str, str]:
                                                                   "REWARDS_LOG_LEVEL": "DEBUG"}
 
 
-def run_cli(args: tuple[str, ...], env: dict[str, Any], cwd: Path, timeout: float = 60) -> tuple[int | None, bytes, bytes]:
+def run_cli(args: tuple[str, ...], env: dict[str, Any], cwd: Path,
+            timeout: float = 60) -> tuple[int | None, bytes, bytes]:
     """`scheduler.py ARGS`; a daemon that is not refused is stopped after `timeout` (exit None)."""
     process = subprocess.Popen([sys.executable, str(REPO / "scheduler.py"), *args], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
