@@ -10,13 +10,15 @@
   periodic check leaves alone a job running here or elsewhere, one waiting for a retry, and one
   whose last run FAILED (the retry policy, then the next tick, take care of those).
 - A frequent internal job beats a heartbeat; `/healthz` fails when it is older than
-  `LOOP_STALL_SECONDS` (the scheduler loop is stuck), not only when the database is down.
+  `LOOP_STALL_SECONDS` (the scheduler loop is stuck), not only when the database is down. Whether the
+  database answers is asked in the background (`core/probe.py`): a health check never waits on it.
 - A run that fails (database down, a bug) is retried with exponential backoff and jitter, at most
   `REWARDS_RETRY_ATTEMPTS` times and never past the job's next tick. The daemon itself never dies of
   a database outage: it waits for the database at start and every run catches its errors.
 - A stop is a flag (the face sets it on SIGTERM/SIGINT: `cli/process.py`). The scheduler then stops
-  starting runs, a running job stops after its current batch, and `run_until_stopped` returns within
-  `SHUTDOWN_SECONDS`, saying whether every run ended (the face decides how the process ends).
+  starting runs, a running job stops after its current batch (or its statement in flight is cancelled:
+  `core/stopping.py`), and `run_until_stopped` returns within `SHUTDOWN_SECONDS`, saying whether every
+  run ended (the face decides how the process ends).
 """
 from __future__ import annotations
 
@@ -36,19 +38,21 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_J
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from core import metrics, migrations, runs, startup
 from core.clock import utc_now
 from core.job import Job
+from core.probe import OK, DatabaseProbe
 from core.runner import RunResult, run_job
 from core.settings import CoreSettings, cron_trigger
+from core.stopping import STOP_DEADLINE_SECONDS
 from core.text import one_line
 
 log = structlog.get_logger("rewards.daemon")
 
-SHUTDOWN_SECONDS = 25  # within Kubernetes' default 30 s grace; give `docker stop` `-t 30`
+SHUTDOWN_SECONDS = STOP_DEADLINE_SECONDS - 0.5  # runs stop (or are cancelled) before the stop deadline
 LOOP_BEAT_SECONDS = 5
 LOOP_STALL_SECONDS = 60  # /healthz fails when the scheduler loop has not beaten for this long
 _INTERNAL_JOBS = ("catch-up", "catch-up-check", "loop-beat")
@@ -145,6 +149,7 @@ class Daemon:
         self._last_beat = time.monotonic()
         self._active = 0
         self._idle = threading.Condition()
+        self.database = DatabaseProbe(engine)
         self.scheduler = BlockingScheduler(
             timezone=timezone.utc,
             executors={"default": _TickRecordingExecutor(self._ticks, max_workers=2 * len(jobs) + 1)},
@@ -178,8 +183,10 @@ class Daemon:
                  next_fire={name: str(trigger.get_next_fire_time(None, utc_now()))
                             for name, trigger in self.triggers.items()})
         self.scheduler.start()  # blocks until the stop watcher shuts it down
+        log.info("stopping: no new runs; a running job ends after its current batch", action="daemon_stopping")
         with self._idle:
             finished = self._idle.wait_for(lambda: self._active == 0, timeout=SHUTDOWN_SECONDS)
+        self.database.close()
         if finished:
             log.info("daemon stopped", action="daemon_stopped")
         else:
@@ -192,9 +199,8 @@ class Daemon:
 
     def _shutdown_when_stopped(self) -> None:
         self.stop.wait()
-        log.info("stopping: no new runs; a running job ends after its current batch", action="daemon_stopping")
         try:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.shutdown(wait=False)  # nothing before it (a log line the pipe does not take) may hold it
         except SchedulerNotRunningError:
             pass
 
@@ -205,17 +211,13 @@ class Daemon:
         return time.monotonic() - self._last_beat
 
     def health(self) -> tuple[bool, dict[str, str]]:
-        """Healthy when the scheduler loop runs and beats (and is not stopping) and the database answers."""
+        """Healthy when the scheduler loop runs and beats (and is not stopping) and the database answered
+        the background probe lately; never waits."""
         scheduler = "stopping" if self.stop.is_set() else ("running" if self.scheduler.running else "not started")
         if scheduler == "running" and self.loop_beat_age() > LOOP_STALL_SECONDS:
             scheduler = f"stuck: no heartbeat of the scheduler loop for {self.loop_beat_age():.0f} s"
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            database = "ok"
-        except SQLAlchemyError as error:
-            database = "unreachable: " + one_line(error, driver_message=True)
-        return scheduler == "running" and database == "ok", {"scheduler": scheduler, "database": database}
+        database = self.database.start().state()
+        return scheduler == "running" and database == OK, {"scheduler": scheduler, "database": database}
 
     # runs
 
@@ -390,8 +392,11 @@ def run_until_stopped(settings: CoreSettings, jobs: tuple[Job, ...], stop: threa
         startup.check_reports_dir(settings.reports_dir)
     server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs],
                         host=settings.http_host)
+    if server is not None:
+        daemon.database.start()
     try:
         return daemon.serve() if prepare_database(engine, settings, stop, daemon.jobs) else True
     finally:
         if server is not None:
             server.close()
+        daemon.database.close()

@@ -17,13 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 
 from core.connect import Timeouts, session_arguments, session_options  # noqa: F401 (Timeouts, session_options: known here too)
 from core.settings import ConfigError, CoreSettings
 
-_busy: set[Any] = set()
+_busy: dict[Any, tuple[Engine, int]] = {}  # a checked-out DB-API connection: its engine, its server process
 _busy_lock = threading.Lock()
 
 
@@ -33,14 +33,23 @@ def connect_arguments(url: URL, timeouts: Timeouts | None) -> tuple[URL, dict[st
 
 
 def cancel_busy_connections() -> int:
-    """Cancel the statement in flight on every checked-out connection (thread- and signal-safe
-    enough: psycopg2's cancel opens its own connection); return how many were asked."""
+    """Cancel the statement in flight on every checked-out connection; return how many were asked.
+
+    With `pg_cancel_backend` on a connection of the same engine, not psycopg2's `cancel()`: that one
+    holds the GIL while it waits for the server, so a server that hangs would freeze every thread of
+    the process, the stop deadline's included. Blocks as long as the database does (call it from a
+    thread of its own)."""
     with _busy_lock:
-        busy = list(_busy)
-    for dbapi_connection in busy:
+        busy = list(_busy.values())
+    by_engine: dict[Engine, list[int]] = {}
+    for engine, backend_pid in busy:
+        by_engine.setdefault(engine, []).append(backend_pid)
+    for engine, backend_pids in by_engine.items():
         try:
-            dbapi_connection.cancel()
-        except Exception:  # closed meanwhile: nothing to cancel
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_cancel_backend(pid) FROM unnest(CAST(:pids AS int[])) AS pid"),
+                             {"pids": backend_pids})
+        except Exception:  # the database is gone or hangs: nothing left to cancel from here
             pass
     return len(busy)
 
@@ -48,13 +57,14 @@ def cancel_busy_connections() -> int:
 def _track_busy_connections(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def checked_out(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        backend_pid = dbapi_connection.get_backend_pid()  # libpq's copy: no round trip
         with _busy_lock:
-            _busy.add(dbapi_connection)
+            _busy[dbapi_connection] = (engine, backend_pid)
 
     @event.listens_for(engine, "checkin")
     def checked_in(dbapi_connection: Any, _record: Any) -> None:
         with _busy_lock:
-            _busy.discard(dbapi_connection)
+            _busy.pop(dbapi_connection, None)
 
 
 def sqlalchemy_url(url: str) -> URL:

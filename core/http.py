@@ -1,7 +1,8 @@
 """The daemon's HTTP endpoints on `REWARDS_HTTP_PORT` (0 turns them off).
 
 - `/healthz`: 200 when the scheduler loop runs (its heartbeat is fresh) and the database answers,
-  else 503; the body is a small JSON object saying which part is unwell.
+  else 503; the body is a small JSON object saying which part is unwell. It never waits on the
+  database: the health check reads what a background probe last heard (`core/probe.py`).
 - `/metrics`: Prometheus exposition (prometheus-client) of the runs of this process
   (`rewards_job_runs_total`, `rewards_job_duration_seconds`, `rewards_points_written_total`) and
   `rewards_job_last_success_timestamp_seconds` and `rewards_invariant_violations{kind}` (the latest

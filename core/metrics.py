@@ -2,6 +2,7 @@
 last success of each job, read from `job_runs` at scrape time so that every replica reports the same."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 
 import structlog
@@ -29,19 +30,29 @@ def observe_run(job: str, status: str, seconds: float, stats: dict, *, dry_run: 
 
 class LastSuccessCollector(Collector):
     """`rewards_job_last_success_timestamp_seconds{job}`: when the job's last non-dry run succeeded
-    (0 if it never did). Left out of a scrape while the database does not answer."""
+    (0 if it never did). Left out of a scrape while the database does not answer, and while an earlier
+    scrape still waits for it (a database that hangs holds one scrape's thread, never one per scrape)."""
 
     NAME = "rewards_job_last_success_timestamp_seconds"
     HELP = "Unix time the job last finished a successful (non-dry) run, 0 if never"
 
     def __init__(self, engine: Engine, jobs: Sequence[str]) -> None:
         self.engine, self.jobs = engine, tuple(jobs)
+        self._reading = threading.Lock()
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(self.NAME, self.HELP, labels=["job"])
         yield GaugeMetricFamily(VIOLATIONS_NAME, VIOLATIONS_HELP, labels=["kind"])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not self._reading.acquire(blocking=False):
+            return
+        try:
+            yield from self._read()
+        finally:
+            self._reading.release()
+
+    def _read(self) -> Iterator[GaugeMetricFamily]:
         from core import runs
 
         try:

@@ -20,6 +20,8 @@ from core.text import one_line
 
 log = structlog.get_logger("rewards.runner")
 
+QUERY_CANCELED = "57014"  # SQLSTATE of a statement cancelled (by a stop request, or its timeout)
+
 
 @dataclass
 class RunResult:
@@ -83,8 +85,14 @@ def run_job(
             status, error = "FAILED", str(stopped)
             log.warning("run stopped", action="run_stopped", error=error)
         except Exception as failure:
-            status, error = "FAILED", one_line(failure)
-            log.exception("run failed", action="run_failed", error=error)
+            status = "FAILED"
+            if ctx.stop.is_set() and _cancelled(failure):  # the stop cancelled its statement in flight
+                error = (f"stopped on request after {ctx.stats.get('batches', 0)} batches (the statement in flight "
+                         "was cancelled); the next run finishes the work")
+                log.warning("run stopped", action="run_stopped", error=error)
+            else:
+                error = one_line(failure)
+                log.exception("run failed", action="run_failed", error=error)
         seconds = time.monotonic() - started
         if ctx.recorded:  # the run recorded its end itself, with its work (RunContext.recording)
             if status != "SUCCEEDED":  # a step after the record failed: the run stays recorded
@@ -104,3 +112,9 @@ def run_job(
         log.info("run finished", action="run_finished", status=status, seconds=round(seconds, 3),
                  stats=ctx.stats, error=error)
     return RunResult(job.name, run_id, status, as_of, ctx.stats, error, seconds)
+
+
+def _cancelled(failure: BaseException) -> bool:
+    """Whether the database cancelled the statement (the driver's error, bare or wrapped by SQLAlchemy)."""
+    driver_error = getattr(failure, "orig", None) or failure
+    return getattr(driver_error, "pgcode", None) == QUERY_CANCELED

@@ -1,13 +1,20 @@
-"""What a stop request does: a flag at once, then statements in flight cancelled.
+"""What a stop request does: a flag at once, statements in flight cancelled soon after, and the process
+ended at a deadline, whatever still holds it.
 
 Runs end after their current batch (they check `StopRequests.flag` between batches). A statement
 still in flight `grace_seconds` after the first request, or at a second request, is cancelled, so
-its batch rolls back and the run ends as stopped. Who asks (SIGTERM/SIGINT, heard by the face:
-`cli/process.py`) is not this module's business.
+its batch rolls back and the run ends as stopped. What nothing can interrupt from here (a database
+that hangs and never hears the cancel, a log pipe nobody reads) does not hold the process past
+`deadline_seconds` after the first request: `at_deadline` ends it then. With the defaults a stopped
+process is gone within 5 s, well inside Docker's 10 s between SIGTERM and SIGKILL. Who asks
+(SIGTERM/SIGINT, heard by the face: `cli/process.py`) and how the process ends are not this module's
+business.
 """
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -15,31 +22,53 @@ from core.db import cancel_busy_connections
 
 log = structlog.get_logger("rewards.stop")
 
-STOP_GRACE_SECONDS = 10.0
+STOP_GRACE_SECONDS = 2.0
+STOP_DEADLINE_SECONDS = 3.5
+_LAST_WORDS_SECONDS = 0.3  # how long the deadline waits for its log line (a full log pipe never takes it)
 
 
 class StopRequests:
     """The stop flag of a process, and the escalation of the requests that set it."""
 
-    def __init__(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+    def __init__(self, grace_seconds: float = STOP_GRACE_SECONDS, deadline_seconds: float = STOP_DEADLINE_SECONDS,
+                 at_deadline: Callable[[], None] | None = None) -> None:
         self.flag = threading.Event()
         self.grace_seconds = grace_seconds
+        self.deadline_seconds = deadline_seconds
+        self.at_deadline = at_deadline
         self._received = 0
 
     def received(self, count: int = 1) -> None:
         """`count` requests arrived together: set the flag; the first ones give the batch in flight its
-        grace, a later one cancels it at once. Called from one thread (the face's signal watcher)."""
+        grace and start the deadline, a later one cancels it at once. Called from one thread (the
+        face's signal watcher), which never waits here: a cancel can hang as long as the database."""
         first = self._received == 0
         self._received += count
         self.flag.set()
         if first:
-            threading.Thread(target=self._cancel_after_grace, name="stop-grace", daemon=True).start()
+            _in_background("stop-grace", self._cancel_after_grace)
+            if self.at_deadline is not None:
+                _in_background("stop-deadline", self._end_at_deadline)
         else:
-            _cancel("a second stop signal")
+            _in_background("stop-cancel", lambda: _cancel("a second stop signal"))
 
     def _cancel_after_grace(self) -> None:
-        threading.Event().wait(self.grace_seconds)
+        time.sleep(self.grace_seconds)
         _cancel(f"still busy {self.grace_seconds:g} s after the stop signal")
+
+    def _end_at_deadline(self) -> None:
+        time.sleep(self.deadline_seconds)
+        said = _in_background("stop-last-words", lambda: log.error(
+            "still not stopped after the stop signal; ending the process (a run left RUNNING is taken over "
+            "by the next one)", action="stop_deadline", seconds=self.deadline_seconds))
+        said.join(_LAST_WORDS_SECONDS)
+        self.at_deadline()  # type: ignore[misc]  (set when this thread was started)
+
+
+def _in_background(name: str, target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def _cancel(reason: str) -> None:

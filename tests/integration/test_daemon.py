@@ -52,9 +52,11 @@ def wait_until(condition: Callable[[], Any], *, timeout: float = 20, what: str =
 
 
 class DaemonProcess:
-    """`python scheduler.py daemon` against a database, its JSON log lines in a file."""
+    """`python scheduler.py daemon` against a database, its JSON log lines in a file (or, given
+    `output`, written to that file descriptor instead)."""
 
-    def __init__(self, database_url: str, workdir: Path, env: dict[str, str] | None = None, name: str = "daemon"):
+    def __init__(self, database_url: str, workdir: Path, env: dict[str, str] | None = None, name: str = "daemon",
+                 output: int | None = None):
         self.port = free_port()
         self.log_path = workdir / f"{name}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDS_")}
@@ -64,7 +66,8 @@ class DaemonProcess:
         full_env.update(env or {})
         with open(self.log_path, "w") as log_file:
             self.process = subprocess.Popen([sys.executable, str(REPO / "scheduler.py"), "daemon"], cwd=workdir,
-                                            env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+                                            env=full_env, stdout=log_file if output is None else output,
+                                            stderr=subprocess.STDOUT)
 
     def events(self) -> list[dict[str, Any]]:
         found = []
@@ -94,6 +97,14 @@ class DaemonProcess:
                 return False
         wait_until(answers, what="the HTTP endpoint")
 
+    def health_once(self, status: int, *, timeout: float = 5) -> dict[str, Any]:
+        """The body of /healthz once it answers `status`: the database is probed in the background
+        every second, so its latest answer may be a second older than a change of the database."""
+        def answer() -> dict[str, Any] | None:
+            got, body = self.get("/healthz")
+            return json.loads(body) if got == status else None
+        return wait_until(answer, timeout=timeout, what=f"/healthz answering {status}")
+
     def terminate(self, *, timeout: float = 15) -> tuple[int, float]:
         """SIGTERM; the exit code and the seconds it took to exit."""
         started = time.monotonic()
@@ -112,8 +123,8 @@ def daemons(tmp_path: Path):
     """Start daemons with `start(database_url, **env)`; every one is killed at the end if still alive."""
     started: list[DaemonProcess] = []
 
-    def start(database_url: str, name: str = "daemon", **env: str) -> DaemonProcess:
-        daemon = DaemonProcess(database_url, tmp_path, env, name)
+    def start(database_url: str, name: str = "daemon", output: int | None = None, **env: str) -> DaemonProcess:
+        daemon = DaemonProcess(database_url, tmp_path, env, name, output)
         started.append(daemon)
         return daemon
 
@@ -336,8 +347,7 @@ def test_a_database_outage_fails_the_run_and_a_retry_finishes_it_after_the_resta
     engine.dispose()
     wait_until(lambda: len(daemon.actions("run_not_started")) >= 2, what="retries failing while the database is down")
     daemon.wait_for_http()
-    status, body = daemon.get("/healthz")
-    assert status == 503 and json.loads(body)["database"].startswith("unreachable")
+    assert daemon.health_once(503)["database"].startswith("unreachable")
     assert daemon.process.poll() is None
 
     own_server.start()
@@ -350,7 +360,7 @@ def test_a_database_outage_fails_the_run_and_a_retry_finishes_it_after_the_resta
     assert succeeded.stats["relationships_expired"] == 60
     assert status_counts(engine) == {"EXPIRED": 100}
     assert daemon.actions("run_end_recorded")[0]["failed_run_id"] == failed.id
-    assert daemon.get("/healthz")[0] == 200
+    daemon.health_once(200)
     assert daemon.terminate()[0] == 0
     engine.dispose()
 

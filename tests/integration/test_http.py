@@ -45,10 +45,25 @@ def test_metrics_report_each_jobs_last_non_dry_success_from_job_runs(serve, engi
     assert last_success(body, "recurring-rewards") == 0.0  # never succeeded
 
 
+def health_after_one_answer(daemon: Daemon) -> tuple[bool, dict[str, str]]:
+    daemon.database.ask()
+    try:
+        return daemon.health()
+    finally:
+        daemon.database.close()
+
+
 def test_daemon_health_needs_a_running_scheduler_and_an_answering_database(make_settings, engine):
     settings = make_settings()
-    assert Daemon(settings, engine, jobs=PIPELINE).health() == (False, {"scheduler": "not started", "database": "ok"})
+    assert health_after_one_answer(Daemon(settings, engine, jobs=PIPELINE)) == (
+        False, {"scheduler": "not started", "database": "ok"})
     unreachable = make_engine(UNREACHABLE)
-    healthy, detail = Daemon(settings, unreachable, jobs=PIPELINE).health()
+    healthy, detail = health_after_one_answer(Daemon(settings, unreachable, jobs=PIPELINE))
     assert not healthy and detail["database"].startswith("unreachable: OperationalError")
     unreachable.dispose()
+
+
+def test_daemon_health_before_the_first_answer_of_the_database_is_unhealthy(make_settings, engine):
+    daemon = Daemon(make_settings(), engine, jobs=PIPELINE)
+    assert daemon.health() == (False, {"scheduler": "not started", "database": "not checked yet"})
+    daemon.database.close()
