@@ -277,10 +277,8 @@ def cmd_run_all(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
-    from cli.summary import status_label
-    from cli.tables import Column, print_table
     from core import migrations, runs as core_runs
-    from core.clock import utc_now, when
+    from core.clock import utc_now
     from core.settings import cron_trigger
     from jobs import NAMES
 
@@ -288,55 +286,41 @@ def cmd_jobs(args: argparse.Namespace, settings: Any) -> int:
         migrations.refuse_pending(migrations.pending_among(migrations.read_applied(fetch)))
         last, succeeded = core_runs.read_last_runs(fetch), runs.latest_successes(fetch)
     now = utc_now()
-    rows = []
+    lines = []
     for name in NAMES:
         schedule = settings.schedule_for(name)
         next_fire = cron_trigger(schedule).get_next_fire_time(None, now) if schedule else None
-        run, success = last.get(name), succeeded.get(name)
-        rows.append([
-            name, schedule or "off", when(next_fire, seconds=False),
-                f"{when(success.finished_at, seconds=False)} run {success.id}" if success else "never",
-            f"run {run.id} {status_label(run.status, run.dry_run)} {run.trigger}, as of "
-            f"{when(run.as_of, seconds=False)}" if run else "never run",
-        ])
-    print_table([Column("job"), Column("schedule (UTC)", shrink=True), Column("next fire (UTC)"),
-                 Column("last success (UTC)"), Column("last run", flex=True)], rows)
+        lines.append(runs.JobLine(name, schedule, next_fire, succeeded.get(name), last.get(name)))
+    runs.print_jobs(lines, as_json=args.json)
     return EXIT_OK
 
 
 def cmd_history(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
-    from cli.summary import status_label, took
-    from cli.tables import Column, print_table
-    from core.clock import when
-    from core.summary import describe_stats
 
     if args.limit < 1:
         raise UsageError("--limit: must be at least 1")
     since = _instant(args.since, "--since") if args.since else None
     engine = _engine(settings)
     found = runs.history(engine, job=args.job, status=args.status, since=since, limit=args.limit)
-    rows = [[
-        run.id, run.job, status_label(run.status, run.dry_run), run.trigger, when(run.as_of, seconds=False),
-        when(run.started_at, seconds=False), took(run.duration), f"{run.host}:{run.pid}",
-        f"error: {run.error}" if run.error else describe_stats(run.stats, brief=True),
-    ] for run in found]
-    print_table([Column("run"), Column("job"), Column("status"), Column("trigger", drop=1), Column("as of"),
-                 Column("started", drop=2), Column("took"), Column("host:pid", shrink=True),
-                 Column("outcome", flex=True)], rows)
+    runs.print_history(found, as_json=args.json)
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace, settings: Any) -> int:
     from cli import runs
     from cli.show import print_run
+    from cli.terminal import print_json
 
     engine = _engine(settings)
     run = runs.one_run(engine, args.run_id)
     if run is None:
         print(f"no run {args.run_id}", file=sys.stderr)
         return EXIT_FAILED
-    print_run(run)
+    if args.json:
+        print_json(runs.run_document(run))
+    else:
+        print_run(run)
     return EXIT_OK
 
 
@@ -357,6 +341,10 @@ def cmd_explain(args: argparse.Namespace, settings: Any) -> int:
 def cmd_report(args: argparse.Namespace, settings: Any) -> int:
     from cli.report import NotAReport
 
+    if args.json:
+        if args.format not in ("table", "json"):
+            raise UsageError(f"--json: the same as --format json, not --format {args.format}")
+        args.format = "json"
     run_id: int | None = None
     if args.run != "latest":
         if not args.run.isdigit():
@@ -506,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     as_of(run_all)
     run_all.add_argument("--json", action="store_true", help="print a JSON line per job, no progress bar")
     command("daemon", cmd_daemon, "run the scheduler until SIGTERM or SIGINT")
-    command("jobs", cmd_jobs, "each job: schedule, next fire, last success, last run")
+    listing_json = "one JSON document, stable keys, for scripts"
+    jobs = command("jobs", cmd_jobs, "each job: schedule, next fire, last success, last run")
+    jobs.add_argument("--json", action="store_true", help=listing_json)
     history = command("history", cmd_history, "recent runs, newest first, one line each")
     history.add_argument("--job", metavar="JOB", choices=_JobNames(), help="only this job's runs: %(choices)s")
     history.add_argument("--status", metavar="S", type=str.upper, choices=RUN_STATUSES,
@@ -514,20 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--since", metavar="WHEN",
                          help="only runs started at or after this instant (ISO-8601, a bare date is 00:00 UTC)")
     history.add_argument("--limit", type=_bounded_int(1), default=20, metavar="N", help="at most N runs (default 20)")
+    history.add_argument("--json", action="store_true", help=listing_json)
     show = command("show", cmd_show, "one run whole: trigger, as-of, settings, stats, error, host, pid, files")
     show.add_argument("run_id", metavar="RUN_ID", type=_run_id, help="the run's id (see history)")
+    show.add_argument("--json", action="store_true", help=listing_json)
     explain = command("explain", cmd_explain, "for support: a user's referrals, rewards, ledger rows "
                                               "and next expiries")
     explain.add_argument("user_id", metavar="USER_ID", help="the user's id (a UUID)")
     explain.add_argument("--as-of", metavar="WHEN",
                          help="the instant to explain at, ISO-8601 in UTC (default now)")
-    explain.add_argument("--json", action="store_true", help="one JSON document, stable keys, for scripts")
+    explain.add_argument("--json", action="store_true", help=listing_json)
     report = command("report", cmd_report, "a reconciliation report from the database")
     report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest",
                         help="the reconcile run (default: the latest)")
     report.add_argument("--format", choices=("table", "csv", "json", "html", "xlsx"), default="table",
                         help="table (default), csv, json, html or xlsx")
     report.add_argument("--output", metavar="FILE", help="write the report to FILE (whole) instead of stdout")
+    report.add_argument("--json", action="store_true", help="the same as --format json")
     command("health", cmd_health, "exit 0 when the database answers and no migration is pending")
     demo = command("demo", cmd_demo, "sample data on an embedded database, the whole pipeline, a summary")
     demo.add_argument("--users", type=int, default=3000, metavar="N", help="users in the sample (default 3000)")

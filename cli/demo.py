@@ -16,6 +16,7 @@ command line hands it.
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -131,23 +132,46 @@ def what_changed(stats: dict[str, object]) -> str:
     return describe_stats(stats, brief=True)
 
 
-def explore_hint(data_dir: Path, reports_dir: Path | None) -> list[str]:
+def this_command() -> str:
+    """The command line that started this process, as a person types it again from here: `rewards-jobs`
+    when installed, else this interpreter (the virtualenv's, which has the dependencies) and the script."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("scheduler.py")
+    if script.name == "rewards-jobs":
+        return "rewards-jobs"
+    return f"{_from_here(Path(sys.executable))} {_from_here(script.resolve())}"
+
+
+def _from_here(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def explore_hint(data_dir: Path, reports_dir: Path | None, command: str = "python scheduler.py") -> list[str]:
     """How to look at the demo's data with the other commands: the exact environment to set."""
     env = f"DATABASE_URL= REWARDS_DATA_DIR={demo_data_dir(data_dir).resolve()}"
     if reports_dir is not None:
         env += f" REWARDS_REPORTS_DIR={reports_dir.resolve()}"
     return [
         "Explore the demo's data with the other commands, on the same embedded database:",
+        "schedules (jobs), runs (history, show), a user (explain), the report (report).",
         f"  export {env}",
-        "  python scheduler.py jobs            # schedules, last success, last run",
-        "  python scheduler.py history         # every run; then: python scheduler.py show RUN_ID",
-        "  python scheduler.py explain USER_ID # a user's referrals, rewards, ledger rows, next expiries",
-        "  python scheduler.py report          # the reconciliation report",
-        "Run the demo again for a fresh database; `--users N` for a bigger (or smaller) world.",
+        *(f"  {command} {arguments}" for arguments in ("jobs", "history", "show RUN_ID", "explain USER_ID",
+                                                        "report")),
+        "Each takes --json for scripts. Run the demo again for a fresh database;",
+        "`--users N` for a bigger (or smaller) world.",
     ]
 
 
-def format_summary(outcome: DemoOutcome) -> str:
+def _indented(text: str, width: int) -> list[str]:
+    """A run's details under its line, wrapped to the terminal's width (paths are never broken)."""
+    indent = " " * 21
+    return textwrap.wrap(text, width=max(width, 40), initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def format_summary(outcome: DemoOutcome, *, width: int = 80) -> str:
     """The readable end of the demo: the sample, what each job changed, the reconciliation."""
     lines = [
         "",
@@ -161,16 +185,16 @@ def format_summary(outcome: DemoOutcome) -> str:
         lines.append(f"  {result.job:<18} {result.status} in {result.seconds:.2f}s (run {result.run_id})")
         details = what_changed(result.stats)
         if details:
-            lines.append(f"  {'':<18} {details}")
+            lines += _indented(details, width)
         if result.error:
-            lines.append(f"  {'':<18} error: {result.error}")
+            lines += _indented(f"error: {result.error}", width)
     if outcome.reconciliation:
         lines += ["", outcome.reconciliation.rstrip("\n")]
     if outcome.html_report:
         lines += ["", f"Finance report (open in a browser): {outcome.html_report}"]
     lines += ["", f"Reports: {outcome.reports_dir.resolve() if outcome.reports_dir else ''}", ""]
     if outcome.data_dir is not None:
-        lines += explore_hint(outcome.data_dir, outcome.reports_dir)
+        lines += explore_hint(outcome.data_dir, outcome.reports_dir, this_command())
     return "\n".join(lines) + "\n"
 
 
@@ -184,5 +208,7 @@ def run_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int = 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     outcome = build_demo(settings, users=users, seed=seed, say=say, progress_for=progress_for)
     say("Done.")
-    print(format_summary(outcome), end="")
+    from cli.terminal import stdout_console
+
+    print(format_summary(outcome, width=stdout_console().width), end="")
     return 0 if outcome.succeeded else 1

@@ -2,7 +2,6 @@
 `--json`, as one JSON document of the same content for scripts)."""
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime
 from typing import Any
@@ -11,7 +10,7 @@ from uuid import UUID
 from sqlalchemy import Engine
 
 from cli.tables import Column, print_table
-from cli.terminal import stdout_console
+from cli.terminal import print_json, stdout_console
 from core.clock import when
 from jobs.explain import EXPIRIES_SHOWN, LEDGER_ROWS_SHOWN, Explanation, MonthState, explain
 from jobs.settings import RuleSettings
@@ -36,7 +35,7 @@ def explain_user(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: d
         print(f"no user {user_id}: no ledger row, balance row, referral or reward", file=sys.stderr)
         return EXIT_NOT_FOUND
     if as_json:
-        print(json.dumps(as_document(found), default=str, sort_keys=True))
+        print_json(as_document(found))
     else:
         _print(found)
     return EXIT_OK
@@ -84,38 +83,55 @@ def _print(found: Explanation) -> None:
         console.print(f"{points:,} {LEVEL_NAMES[level]} points clawed back but not recovered yet: owed back from"
                       f" the next credits", markup=False)
 
+    _print_chain(found)
+    _print_months(found.months)
+    _print_ledger(found)
+    if not found.expiry_months:
+        console.print("Points never expire (REWARDS_POINTS_EXPIRY_MONTHS=0).")
+        return
+    expiring = [[when(row.expires_at, seconds=False), int(row.points),
+                 "overdue: the next expire-points run expires them" if row.expires_at <= found.as_of else ""]
+                for row in found.expiring]
+    print_table([Column("expires (UTC)"), Column("points"), Column("note", flex=True, wrap=True)],
+                expiring or [["(nothing to expire)", None, ""]],
+                title=f"Points expiring next (first {EXPIRIES_SHOWN}, FIFO lots, "
+                      f"{found.expiry_months} months after earning)")
+
+
+def _print_chain(found: Explanation) -> None:
     chain = []
     if found.referrer:
         chain.append(["referred by", str(found.referrer.referrer_user_id),
                       f"level {found.referrer.level}", _relationship(found.referrer)])
     for row in found.referrals:
         label = "level-1 referral" if row.reward_level == 1 else "level-2 referral"
-        via = f" via {row.via_user_id}" if row.reward_level == 2 and row.via_user_id else ""
+        via = f"\nvia {row.via_user_id}" if row.reward_level == 2 and row.via_user_id else ""
         chain.append([label, f"{row.referred_user_id}{via}", f"rel {row.id}", _relationship(row)])
-    print_table([Column("who"), Column("user", shrink=True), Column("relationship", drop=1),
-                 Column("status", flex=True)], chain or [["(none)", "", "", ""]], title="Referral chain")
+    print_table([Column("who"), Column("user"), Column("relationship", drop=1),
+                 Column("status", flex=True, wrap=True)], chain or [["(none)", "", "", ""]], title="Referral chain")
 
-    months = [[f"{LEVEL_NAMES[m.reward_level]} {str(m.referred_user_id)[:8]}", m.month, m.state, m.points, m.why]
-              for m in found.months]
-    print_table([Column("reward (referred user)"), Column("month"), Column("state"), Column("points"),
-                 Column("why", flex=True, wrap=True)],
-                months or [["(none: no rewarded referral)", None, "", None, ""]],
-                title="Reward months, as the reward jobs derive them at the as-of")
 
+def _print_months(months: list[MonthState]) -> None:
+    """One table per rewarded referral, headed by the referred user's whole id."""
+    title = "Reward months, as the reward jobs derive them at the as-of"
+    if not months:
+        stdout_console().print(f"{title}: none (no rewarded referral)", markup=False, style="bold")
+        return
+    stdout_console().print(title, markup=False, style="bold")
+    groups: dict[tuple[int, UUID, UUID], list[MonthState]] = {}
+    for month in months:
+        groups.setdefault((month.reward_level, month.referred_user_id, month.relationship_id), []).append(month)
+    for (level, referred, _relationship), group in groups.items():
+        print_table([Column("month"), Column("state"), Column("points"), Column("why", flex=True, wrap=True)],
+                    [[m.month, m.state, m.points, m.why] for m in sorted(group, key=lambda m: m.month)],
+                    title=f"{LEVEL_NAMES[level]} reward for referred user {referred}")
+
+
+def _print_ledger(found: Explanation) -> None:
     ledger = [[when(row.created_at, seconds=False), row.type, row.delta, row.idempotency_key or "",
                f"{row.run_id} {row.job}" if row.run_id else ("app" if row.idempotency_key is None else "")]
               for row in found.ledger]
-    print_table([Column("created (UTC)"), Column("type"), Column("delta"), Column("key", wrap=True),
+    # At 80 columns the key (a month's whole key) is kept before the date and the writing run.
+    print_table([Column("created (UTC)", drop=2), Column("type"), Column("delta"), Column("key"),
                  Column("written by", drop=1)], ledger or [["(none)", "", None, "", ""]],
                 title=f"Ledger rows dated up to the as-of (newest {LEDGER_ROWS_SHOWN}, with the run that wrote each)")
-
-    if not found.expiry_months:
-        console.print("Points never expire (REWARDS_POINTS_EXPIRY_MONTHS=0).")
-        return
-    expiring = [[when(row.expires_at, seconds=False), row.points,
-                 "overdue: the next expire-points run expires them" if row.expires_at <= found.as_of else ""]
-                for row in found.expiring]
-    print_table([Column("expires (UTC)"), Column("points"), Column("note", flex=True)],
-                expiring or [["(nothing to expire)", None, ""]],
-                title=f"Points expiring next (first {EXPIRIES_SHOWN}, FIFO lots, "
-                      f"{found.expiry_months} months after earning)")

@@ -9,7 +9,7 @@ from cli.tables import Column, print_table
 from cli.terminal import stdout_console
 from core.clock import when
 from core.logs import flatten
-from core.summary import describe_stats
+from core.summary import as_words, describe_stats
 
 REPORT_SUFFIXES = (".csv", ".json", ".html", ".xlsx")
 
@@ -43,13 +43,14 @@ def print_run(run: Any) -> None:
         ["finished", f"{when(run.finished_at)} (took {took(run.duration)})" if run.finished_at else "-"],
         ["host, pid", f"{run.host}, pid {run.pid}"],
         ["error", run.error or "-"],
-        ["summary", describe_stats(stats)],
+        ["summary", describe_stats(stats, brief=True)],
     ])
-    settings = sorted((run.settings or {}).items())
+    settings = [[name, as_words(value)] for name, value in sorted((run.settings or {}).items())]
     print_table([Column("setting"), Column("value", wrap=True, flex=True)], settings or [["(none)", ""]],
                 title="Settings it ran with")
-    print_table([Column("stat"), Column("value", wrap=True, flex=True)],
-                sorted(flatten(stats).items()) or [["(none)", ""]], title="Stats")
+    counts = [[name, value if isinstance(value, int) and not isinstance(value, bool) else as_words(value)]
+              for name, value in sorted(flatten(stats).items())]
+    print_table([Column("stat"), Column("value", wrap=True, flex=True)], counts or [["(none)", ""]], title="Stats")
     files = files_written(stats)
     print_table([Column("file", wrap=True, flex=True), Column("now")],
                 [[str(path), "present" if path.exists() else "missing"] for path in files] or [["(none)", ""]],

@@ -46,6 +46,26 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
+def as_words(value: Any) -> str:
+    """A stat's value as a person reads it, never a Python repr: a list as `a, b`, a mapping as
+    `name value, …`, a mapping of runs (`{"run_id": 4, …}`) as `name run 4`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{name} {_entry(entry)}" for name, entry in sorted(value.items())) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(as_words(item) for item in value) or "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _number(value)
+
+
+def _entry(value: Any) -> str:
+    if isinstance(value, dict) and "run_id" in value:
+        return f"run {value['run_id']}"
+    if isinstance(value, (dict, list, tuple)):
+        return f"({as_words(value)})"
+    return as_words(value)
+
+
 def describe_ledger(stats: dict[str, Any]) -> str:
     """`wrote 3 EXPIRY rows (-1,200 points)`, or `would write …` in a dry run; '' when nothing."""
     rows: dict[str, int] = stats.get("rows_written") or {}
@@ -74,7 +94,8 @@ def describe_stats(stats: dict[str, Any] | None, *, brief: bool = False) -> str:
     for key in sorted(set(stats) - _KNOWN):
         value = stats[key]
         if not (brief and value in (0, None, {}, "")):
-            parts.append(f"{key.replace('_', ' ')} {_number(value)}")
+            separator = ": " if isinstance(value, (dict, list, tuple)) else " "
+            parts.append(f"{key.replace('_', ' ')}{separator}{as_words(value)}")
     if stats.get("dry_run"):
         parts.insert(0, "dry run, nothing changed")
     return "; ".join(parts) if parts else "nothing to do"

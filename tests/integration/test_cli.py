@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def main_in_process(monkeypatch, tmp_path, database_url, capsys):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("REWARDS_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("COLUMNS", "200")  # every column shown (80, the default when piped: test_terminal.py)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("core.logs.configure_logging", lambda *args, **kwargs: None)
 
@@ -87,15 +89,65 @@ def test_jobs_lists_every_job_with_schedule_next_fire_last_success_and_last_run(
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["job", "schedule", "(UTC)", "next", "fire", "(UTC)", "last", "success", "(UTC)",
-                                "last", "run"]
+                                "last", "run", "status", "trigger", "as", "of", "(UTC)"]
     rows = {line.split()[0]: line for line in lines[2:]}
     assert list(rows) == [job.name for job in PIPELINE]
     assert "5 0 * * *" in rows["expire-pending"]
     assert f"run {succeeded} " in rows["expire-pending"]  # the last success is the real run ...
-    assert f"run {dry} SUCCEEDED (dry run) manual, as of 2026-06-01 00:00" in rows["expire-pending"]  # ... not the dry one
-    assert rows["reconcile"].split()[1:] == ["off", "never", "never", "run"]
+    assert re.search(rf"run {dry} +SUCCEEDED \(dry run\) +manual +2026-06-01 00:00$", rows["expire-pending"])  # ... not the dry one
+    assert rows["reconcile"].split()[1:] == ["off", "never", "never", "never", "run"]
     for name in ("recurring-rewards", "level2-rewards", "expire-points"):
         assert rows[name].endswith("never                   never run")
+
+
+def test_jobs_and_history_with_json_give_one_document_with_stable_keys(main_in_process, engine):
+    finished = runs.claim(engine, job="expire-pending", trigger="manual", as_of=AS_OF, scheduled_for=None,
+                          dry_run=False, settings={"REWARDS_BATCH_SIZE": 10}, lease_seconds=300)
+    runs.finish(engine, finished, status="SUCCEEDED", stats={"relationships_expired": 2}, error=None)
+
+    jobs_code, jobs_out, _ = main_in_process("jobs", "--json")
+    history_code, history_out, _ = main_in_process("history", "--json")
+    show_code, show_out, _ = main_in_process("show", str(finished), "--json")
+
+    assert (jobs_code, history_code, show_code) == (0, 0, 0)
+    jobs = json.loads(jobs_out)["jobs"]
+    assert [job["job"] for job in jobs] == [job.name for job in PIPELINE]
+    assert set(jobs[0]) == {"job", "schedule", "next_fire", "last_success", "last_run"}
+    assert jobs[0]["last_run"]["run_id"] == finished and jobs[0]["last_success"]["run_id"] == finished
+    assert jobs[0]["last_run"]["as_of"] == "2026-06-01T00:00:00+00:00" and jobs[1]["last_run"] is None
+    (run,) = json.loads(history_out)["runs"]
+    assert set(run) == {"run_id", "job", "status", "dry_run", "trigger", "as_of", "scheduled_for", "started_at",
+                        "finished_at", "duration_seconds", "host", "pid", "error", "stats"}
+    assert (run["run_id"], run["status"], run["stats"]) == (finished, "SUCCEEDED", {"relationships_expired": 2})
+    shown = json.loads(show_out)
+    assert shown == run | {"heartbeat_at": shown["heartbeat_at"], "settings": {"REWARDS_BATCH_SIZE": 10}}
+
+
+@pytest.mark.slow
+def test_piped_listings_take_COLUMNS_or_80(cli, engine, monkeypatch):
+    finished = runs.claim(engine, job="recurring-rewards", trigger="manual", as_of=AS_OF, scheduled_for=None,
+                          dry_run=True, settings={}, lease_seconds=300)
+    runs.finish(engine, finished, status="SUCCEEDED", stats={"dry_run": True, "relationships_scanned": 12}, error=None)
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+    for command in (["jobs"], ["history"]):
+        narrow, wide = cli(*command), cli(*command, env={"COLUMNS": "200"})
+
+        assert narrow.returncode == wide.returncode == 0, narrow.stderr + wide.stderr
+        assert max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
+        assert max(len(line) for line in wide.stdout.splitlines()) > 80, wide.stdout
+        for result in (narrow, wide):
+            assert "recurring-rewards" in result.stdout and "SUCCEEDED (dry run)" in result.stdout
+            assert "…" not in result.stdout.replace("…\n", "\n")  # only a last, free-text column is cut
+
+
+def test_a_run_or_user_that_does_not_exist_exits_1_with_one_line(main_in_process):
+    for command in (["show", "999"], ["show", "999", "--json"], ["explain", str(new_id())],
+                    ["explain", str(new_id()), "--json"], ["report", "999"]):
+        code, out, err = main_in_process(*command)
+
+        assert code == 1, (command, err)
+        assert out == "" and err.count("\n") == 1 and err.startswith("no "), (command, err)
 
 
 def test_history_lists_recent_runs_newest_first_one_line_each_with_host_and_pid(main_in_process, engine, settings):
@@ -113,13 +165,14 @@ def test_history_lists_recent_runs_newest_first_one_line_each_with_host_and_pid(
 
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["run", "job", "status", "trigger", "as", "of", "started", "took", "host:pid", "outcome"]
+    assert lines[0].split() == ["run", "job", "status", "trigger", "as", "of", "(UTC)", "started", "(UTC)", "took",
+                                "host:pid", "outcome"]
     assert [line.split()[0] for line in lines[2:]] == [str(other), str(second.run_id), str(first.run_id)]
     assert "1 relationships expired" in lines[4] and f"{runs.HOST}:{os.getpid()}" in lines[4]
     assert "SUCCEEDED (dry run)" in lines[3] and "dry run, nothing changed" in lines[3]
     assert "would" not in lines[4] and "batches" not in out and "cutoff" not in out  # no bookkeeping
     assert "RUNNING" in lines[2]
-    assert all(len(line) <= 160 for line in lines)  # piped: at most COLUMNS (default 160) wide
+    assert all(len(line) <= 200 for line in lines)  # piped: at most COLUMNS wide
 
 
 def test_history_filters_by_job_status_since_and_limit(main_in_process, engine):
