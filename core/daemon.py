@@ -2,7 +2,12 @@
 
 - Every replica registers the same schedule; `job_runs` decides which one runs a tick (a replica
   that finds the tick claimed logs `tick_taken` and moves on). A scheduled run's as-of instant is its
-  scheduled fire time.
+  scheduled fire time: the latest fire time of its cron trigger when the run starts (APScheduler does
+  not hand the fire time to the job; with coalescing and one instance per job, the latest due fire
+  time is the one it runs for).
+- Only APScheduler's public API: `add_job` with a cron trigger, coalescing, one instance and an
+  explicit misfire grace per job; a listener for ticks missed or skipped. The daemon only schedules:
+  a run's status, metrics and run lines are `core/runner.py`'s.
 - At start, and again every `REWARDS_CATCH_UP_CHECK_SECONDS` (default 60), a job whose last success
   is older than its previous fire time runs once, as trigger `catch-up`, as of now, claiming that previous tick (so
   replicas starting together run it once). A dead run's row does not stop it: the claim takes it over
@@ -34,14 +39,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_SCHEDULER_START
+from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_SCHEDULER_START,
+                                JobExecutionEvent, JobSubmissionEvent, SchedulerEvent)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core import metrics, migrations, runs, startup
+from core import migrations, runs, startup
 from core.clock import utc_now
 from core.job import Job
 from core.probe import OK, DatabaseProbe
@@ -55,7 +61,6 @@ log = structlog.get_logger("rewards.daemon")
 SHUTDOWN_SECONDS = STOP_DEADLINE_SECONDS - 0.5  # runs stop (or are cancelled) before the stop deadline
 LOOP_BEAT_SECONDS = 5
 LOOP_STALL_SECONDS = 60  # /healthz fails when the scheduler loop has not beaten for this long
-_INTERNAL_JOBS = ("catch-up", "catch-up-check", "loop-beat")
 _LOOKBACKS = (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timedelta(days=32),
               timedelta(days=367), timedelta(days=8 * 366))
 
@@ -116,23 +121,6 @@ class RetryPolicy:
 
 # ── the scheduler ────────────────────────────────────────────────────────────
 
-class _TickRecordingExecutor(ThreadPoolExecutor):
-    """A thread pool that remembers the scheduled fire time of each run it is handed.
-
-    APScheduler 3 does not pass the fire time to the job, and its EVENT_JOB_SUBMITTED is dispatched
-    only after the job may have started; here it is recorded under the executor's lock, before the
-    job reaches a thread (with max_instances=1 the entry cannot be overwritten while it runs).
-    """
-
-    def __init__(self, ticks: dict[str, datetime], max_workers: int) -> None:
-        super().__init__(max_workers)
-        self._ticks = ticks
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        self._ticks[job.id] = run_times[-1].astimezone(timezone.utc)  # coalesced: the latest
-        super()._do_submit_job(job, run_times)
-
-
 class Daemon:
     """The scheduler of one replica; `serve()` blocks until `stop` is set."""
 
@@ -144,7 +132,6 @@ class Daemon:
         self.rng = rng
         self.triggers = {job.name: cron_trigger(expression) for job in jobs
                          if (expression := settings.schedule_for(job.name))}
-        self._ticks: dict[str, datetime] = {}
         self._in_flight: set[str] = set()
         self._last_beat = time.monotonic()
         self._active = 0
@@ -152,7 +139,7 @@ class Daemon:
         self.database = DatabaseProbe(engine)
         self.scheduler = BlockingScheduler(
             timezone=timezone.utc,
-            executors={"default": _TickRecordingExecutor(self._ticks, max_workers=2 * len(jobs) + 1)},
+            executors={"default": ThreadPoolExecutor(max_workers=2 * len(jobs) + 1)},
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": settings.misfire_grace_seconds},
         )
@@ -172,9 +159,7 @@ class Daemon:
                                        name=job.name)
         self.scheduler.add_job(self._catch_up, "date", run_date=utc_now(), id="catch-up",
                                misfire_grace_time=None)
-        self.scheduler.add_job(self._catch_up, "interval", seconds=self.settings.catch_up_check_seconds,
-                               id="catch-up-check",
-                               kwargs={"periodic": True}, misfire_grace_time=None)
+        self._schedule_catch_up_check()
         self.scheduler.add_job(self._beat, "interval", seconds=LOOP_BEAT_SECONDS, id="loop-beat",
                                misfire_grace_time=None)
         self._beat()
@@ -194,7 +179,7 @@ class Daemon:
                       "takes over)", action="daemon_stop_timeout", seconds=SHUTDOWN_SECONDS)
         return finished
 
-    def _on_scheduler_start(self, _event: Any) -> None:
+    def _on_scheduler_start(self, _event: SchedulerEvent) -> None:
         threading.Thread(target=self._shutdown_when_stopped, name="stop-watcher", daemon=True).start()
 
     def _shutdown_when_stopped(self) -> None:
@@ -222,8 +207,22 @@ class Daemon:
     # runs
 
     def _on_tick(self, job: Job) -> None:
-        tick = self._ticks.pop(job.name, None) or previous_fire_time(self.triggers[job.name], utc_now())
-        self._attempt(job, "schedule", tick, tick, 1)
+        tick = previous_fire_time(self.triggers[job.name], utc_now())
+        if tick is not None:
+            self._attempt(job, "schedule", tick, tick, 1)
+
+    def _schedule_catch_up_check(self) -> None:
+        """The next periodic check, counted from the end of this one (so two never overlap)."""
+        when = utc_now() + timedelta(seconds=self.settings.catch_up_check_seconds)
+        self.scheduler.add_job(self._periodic_catch_up, "date", run_date=when, id="catch-up-check",
+                               replace_existing=True, misfire_grace_time=None)
+
+    def _periodic_catch_up(self) -> None:
+        try:
+            self._catch_up(periodic=True)
+        finally:
+            if not self.stop.is_set():
+                self._schedule_catch_up_check()
 
     def _catch_up(self, periodic: bool = False) -> None:
         """Run each job (in pipeline order) whose last success is older than its previous tick."""
@@ -268,39 +267,27 @@ class Daemon:
 
     def _attempt(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime, attempt: int,
                  failed_before: RunResult | None = None) -> None:
-        """One try of a run; a failure schedules the next try (which first makes sure this one is
-        recorded FAILED: when the database died mid-run, the runner could not record its end)."""
+        """One try of a run; a failure schedules the next try (which hands this one to the runner, so
+        it is recorded FAILED even when the database died mid-run and the run could not say so)."""
         if self.stop.is_set():
             return
         with self._running(job.name), structlog.contextvars.bound_contextvars(
                 job=job.name, trigger=trigger, scheduled_for=scheduled_for.isoformat(), attempt=attempt):
             try:
-                self._record_failed_end(failed_before)
-                result = run_job(job, settings=self.settings, engine=self.engine, as_of=as_of,
-                                 trigger=trigger, scheduled_for=scheduled_for, stop=self.stop)
+                result = run_job(job, settings=self.settings, engine=self.engine, as_of=as_of, trigger=trigger,
+                                 scheduled_for=scheduled_for, stop=self.stop, retrying=failed_before)
             except runs.TickTaken:
                 log.info("tick already claimed by another replica", action="tick_taken")
                 return
             except runs.AlreadyRunning as busy:
                 log.info("job already running elsewhere; tick skipped", action="already_running", holder=str(busy))
                 return
-            except Exception as error:  # the claim itself failed: database down, …
-                metrics.JOB_RUNS.labels(job=job.name, status="FAILED").inc()
-                log.error("run could not start", action="run_not_started", error=one_line(error, driver_message=True))
-                failed, failed_run = True, failed_before
-            else:
-                failed, failed_run = result.status == "FAILED", result
-            if not failed and attempt > 1:
-                log.info("retry succeeded", action="retry_succeeded", status=result.status)
-            if failed and not self.stop.is_set():
-                self._schedule_retry(job, trigger, as_of, scheduled_for, attempt, failed_run)
-
-    def _record_failed_end(self, failed: RunResult | None) -> None:
-        """Record a failed run's end if the database missed it (a no-op when it did not)."""
-        if failed is not None and failed.run_id is not None and runs.finish(
-                self.engine, failed.run_id, status="FAILED", stats=failed.stats, error=failed.error):
-            log.warning("recorded the failure of a run whose end the database missed", action="run_end_recorded",
-                        failed_run_id=failed.run_id)
+            if result.status != "FAILED":
+                if attempt > 1:
+                    log.info("retry succeeded", action="retry_succeeded", status=result.status)
+            elif not self.stop.is_set():
+                started = result.run_id is not None  # else it never started: the earlier try is still unrecorded
+                self._schedule_retry(job, trigger, as_of, scheduled_for, attempt, result if started else failed_before)
 
     def _schedule_retry(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime,
                         attempt: int, failed_run: RunResult | None) -> None:
@@ -330,9 +317,7 @@ class Daemon:
                 self._in_flight.discard(job)
                 self._idle.notify_all()
 
-    def _on_scheduler_event(self, event: Any) -> None:
-        if event.job_id in _INTERNAL_JOBS and event.code != EVENT_JOB_ERROR:
-            return  # a long catch-up overlapping the next check is expected
+    def _on_scheduler_event(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
             log.warning("tick missed: later than the misfire grace", action="tick_missed", job=event.job_id,
                         scheduled_for=event.scheduled_run_time.isoformat())

@@ -1,9 +1,10 @@
 """structlog set-up: JSON lines in a container, console output on a terminal.
 
 Every line of a run carries job, run_id, as_of and trigger, bound once with contextvars. On a
-console each event is one readable line of `key=value` pairs: nested values (a run's stats or
-settings) are flattened to `stats.rows_written.EXPIRY=3`, never printed as a dict. JSON lines keep
-their nesting. Lines go to the process's *current* stderr, so a progress display that takes stderr
+console each event is one short readable line of `key=value` pairs, never a Python repr: a nested
+value reads as words (`jobs=expire-pending, reconcile`, `points=EXPIRY -30, REWARD 50`), and a run's
+settings and stats are left out (they are details: `show RUN_ID` prints them whole; the run's
+summary line says so). JSON lines keep everything, nested. Lines go to the process's *current* stderr, so a progress display that takes stderr
 over while it is live (rich) prints them above its bar instead of tangling with it.
 
 Logging never stops the process it reports on: a line the stream cannot take (its pipe's reader is
@@ -17,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -81,11 +83,36 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _flatten_nested(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in event_dict.items():
-        flat.update(flatten(value, key) if isinstance(value, dict) and value else {key: value})
-    return flat
+# A run's details: on a console they would make a reconcile's line a screenful; `show RUN_ID` has them.
+_DETAILS = ("settings", "stats")
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def as_words(value: Any) -> Any:
+    """A value as a person reads it on one line: `{"a": 1, "b": {"c": 2}}` → `a 1, b (c 2)`,
+    `["x", "y"]` → `x, y`, an instant in ISO-8601; a plain value as it is."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key} {_inner_words(inner)}" for key, inner in value.items()) or "none"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(str(_inner_words(item)) for item in value) or "none"
+    return str(value)
+
+
+def _inner_words(value: Any) -> Any:
+    words = as_words(value)
+    return f"({words})" if isinstance(value, (Mapping, list, tuple, set, frozenset)) and value else words
+
+
+def _compact_for_console(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    compact = {key: value if key == "exc_info" else as_words(value)
+               for key, value in event_dict.items() if key not in _DETAILS and value is not None}
+    if "stats" in event_dict and event_dict.get("run_id") is not None:
+        compact["details"] = f"show {event_dict['run_id']}"
+    return compact
 
 
 def _drop_hidden_actions(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +126,32 @@ def hide_actions(*actions: str) -> None:
     _hidden_actions.update(actions)
 
 
+def _console_value(value: Any) -> str:
+    """A value of a console line: as it is, in double quotes when it has spaces (never a repr)."""
+    text = str(value)
+    return f'"{text}"' if any(space in text for space in " \t\n") else text
+
+
+def _console_renderer(*, colors: bool) -> structlog.dev.ConsoleRenderer:
+    """structlog's console lines (time, level, event, then `key=value`), with values as words."""
+    dev = structlog.dev
+    styles = dev.ConsoleRenderer.get_default_column_styles(colors)
+    plain = {"key_style": None, "reset_style": styles.reset, "value_repr": str}
+    columns = [
+        dev.Column("timestamp", dev.KeyValueColumnFormatter(value_style=styles.timestamp, **plain)),
+        dev.Column("level", dev.LogLevelColumnFormatter(
+            {level: style + styles.bright for level, style in dev.ConsoleRenderer.get_default_level_styles(
+                colors).items()}, reset_style=styles.reset)),
+        dev.Column("event", dev.KeyValueColumnFormatter(value_style=styles.bright, width=30, **plain)),
+        dev.Column("logger", dev.KeyValueColumnFormatter(value_style=styles.bright + styles.logger_name,
+                                                         prefix="[", postfix="]", **plain)),
+        dev.Column("", dev.KeyValueColumnFormatter(styles.kv_key, styles.kv_value, styles.reset,
+                                                   value_repr=_console_value)),
+    ]
+    # rich's pretty tracebacks print local variables: settings, URLs
+    return dev.ConsoleRenderer(columns=columns, exception_formatter=dev.plain_traceback)
+
+
 def configure_logging(log_format: str = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
     given = stream
     output = _NeverFailing((lambda: given) if given is not None else _current_stderr)
@@ -106,11 +159,7 @@ def configure_logging(log_format: str = "auto", level: str = "INFO", stream: Tex
         log_format = "console" if output.isatty() else "json"
     console = log_format == "console"
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=output.isatty(),
-                                      # rich's pretty tracebacks print local variables: settings, URLs
-                                      exception_formatter=structlog.dev.plain_traceback)
-        if console
-        else structlog.processors.JSONRenderer()
+        _console_renderer(colors=output.isatty()) if console else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
@@ -119,7 +168,7 @@ def configure_logging(log_format: str = "auto", level: str = "INFO", stream: Tex
             *([_drop_hidden_actions] if console else []),
             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%SZ" if console else "iso", utc=True),
             structlog.processors.StackInfoRenderer() if console else structlog.processors.format_exc_info,
-            *([_flatten_nested] if console else []),
+            *([_compact_for_console] if console else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),

@@ -1,6 +1,8 @@
 """Runs one job once: claim the run, bind the log context, run it, record how it ended.
 
-The CLI and the daemon both come through `run_job`, so a run is the same whoever starts it.
+The CLI and the daemon both come through `run_job`, so a run is the same whoever starts it: this
+module is the one place that records a run's status, counts it in the metrics and logs its start and
+end (the daemon only decides when to call it, and whether to try again).
 """
 from __future__ import annotations
 
@@ -50,18 +52,26 @@ def run_job(
     repair: bool = False,
     stop: threading.Event | None = None,
     progress: ProgressReporter = no_progress,
+    retrying: RunResult | None = None,
 ) -> RunResult:
     """Run `job` for `as_of` (its `check` was made at start). Raises AlreadyRunning (after recording a
-    SKIPPED row) or TickTaken."""
+    SKIPPED row) or TickTaken. A run that cannot even start (the database is down) is FAILED with no
+    run id. `retrying`: the failed try this one repeats, whose end is recorded first if the database
+    missed it (it died mid-run)."""
     rule_settings = job.rule_settings(settings)
     claim = dict(job=job.name, trigger=trigger, as_of=as_of, scheduled_for=scheduled_for,
                  dry_run=dry_run, settings=rule_settings)
     try:
+        _record_missed_failure(engine, retrying)
         run_id = runs.claim(engine, **claim, lease_seconds=settings.run_lease_seconds)
     except runs.AlreadyRunning as busy:
         runs.record_skipped(engine, **claim, reason=str(busy))
         metrics.JOB_RUNS.labels(job=job.name, status="SKIPPED").inc()
         raise
+    except runs.TickTaken:
+        raise
+    except Exception as unclaimed:  # the database is down, …: nothing was recorded
+        return _not_started(job, as_of, unclaimed)
 
     ctx = RunContext(job=job.name, run_id=run_id, as_of=as_of, settings=settings, engine=engine,
                      dry_run=dry_run, repair=repair, stop=stop or threading.Event(), progress=progress)
@@ -112,6 +122,22 @@ def run_job(
         log.info("run finished", action="run_finished", status=status, seconds=round(seconds, 3),
                  stats=ctx.stats, error=error)
     return RunResult(job.name, run_id, status, as_of, ctx.stats, error, seconds)
+
+
+def _not_started(job: Job, as_of: datetime, error: Exception) -> RunResult:
+    """A run whose claim failed: counted FAILED, with no run id (nothing was recorded)."""
+    message = one_line(error, driver_message=True)
+    metrics.JOB_RUNS.labels(job=job.name, status="FAILED").inc()
+    log.error("run could not start", action="run_not_started", job=job.name, error=message)
+    return RunResult(job.name, None, "FAILED", as_of, error=message)
+
+
+def _record_missed_failure(engine: Engine, failed: RunResult | None) -> None:
+    """Record a failed run's end if the database missed it (a no-op when it did not)."""
+    if failed is not None and failed.run_id is not None and runs.finish(
+            engine, failed.run_id, status="FAILED", stats=failed.stats, error=failed.error):
+        log.warning("recorded the failure of a run whose end the database missed", action="run_end_recorded",
+                    job=failed.job, failed_run_id=failed.run_id)
 
 
 def _cancelled(failure: BaseException) -> bool:

@@ -41,3 +41,40 @@ def test_a_process_whose_log_reader_is_gone_logs_on_and_ends_with_its_own_exit_c
     assert run_with_its_log_reader_gone(0).returncode == 0
     assert run_with_its_log_reader_gone(3).returncode == 3
 
+
+
+def lines_of_a_run(log_format: str) -> str:
+    import io
+
+    import structlog
+
+    from core.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging(log_format, stream=out)
+    with structlog.contextvars.bound_contextvars(job="reconcile", run_id=12, trigger="schedule"):
+        structlog.get_logger("test").info(
+            "run finished", action="run_finished", status="SUCCEEDED", error=None,
+            stats={"balances_checked": 3000, "upstream_runs": {"expire-points": {"run_id": 11}}},
+            jobs=["expire-points", "reconcile"], points={"EXPIRY": -30, "REWARD": 50})
+    return out.getvalue()
+
+
+def test_a_console_line_reads_as_words_without_a_repr_and_leaves_the_details_to_show():
+    line = lines_of_a_run("console").strip()
+
+    assert "\n" not in line and len(line) < 300
+    assert 'jobs="expire-points, reconcile"' in line and 'points="EXPIRY -30, REWARD 50"' in line
+    assert 'details="show 12"' in line
+    assert "balances_checked" not in line and "upstream_runs" not in line  # the stats are `show`'s
+    pairs = line.split("run finished", 1)[1]
+    assert not any(mark in pairs for mark in ("{", "[", "'", "None"))
+
+
+def test_a_json_line_keeps_the_run_details_nested():
+    import json
+
+    event = json.loads(lines_of_a_run("json"))
+
+    assert event["stats"]["upstream_runs"] == {"expire-points": {"run_id": 11}}
+    assert event["jobs"] == ["expire-points", "reconcile"] and "details" not in event
