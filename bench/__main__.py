@@ -150,7 +150,7 @@ def _machine(server: str, citus: Citus | None = None) -> dict[str, Any]:
     from sqlalchemy import text
 
     from core.db import make_engine
-    from core.settings import Settings
+    from core.settings import CoreSettings
 
     engine = make_engine(server, pool_size=1)
     try:
@@ -161,7 +161,7 @@ def _machine(server: str, citus: Citus | None = None) -> dict[str, Any]:
         engine.dispose()
     return {"cpus": os.cpu_count(), "server": f"PostgreSQL {version} (shared_buffers {shared_buffers})",
             "engine": citus.describe() if citus else "PostgreSQL (one server)",
-            "python": platform.python_version(), "batch_size": Settings(_env_file=None).batch_size}
+            "python": platform.python_version(), "batch_size": CoreSettings(_env_file=None).batch_size}
 
 
 def cmd_run(args: argparse.Namespace) -> int:

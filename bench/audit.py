@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.datasets import Dataset, create_database, drop_database, migrated_engine
 from bench.run import Progress, run_bound, run_cli
-from jobs import Settings
+from jobs import PipelineSettings
 from jobs import rules_audit
 
 WRITERS = ("expire-pending", "recurring-rewards", "level2-rewards", "expire-points")
@@ -29,7 +29,7 @@ def measure(server: str, dataset: Dataset, *, progress: Progress) -> dict[str, A
     progress(f"cloning {dataset.name}")
     url = create_database(server, measured, template=dataset.name)
     engine = migrated_engine(url)
-    settings = Settings(_env_file=None)
+    settings = PipelineSettings(_env_file=None)
     try:
         with tempfile.TemporaryDirectory(prefix="rewards-bench-audit-") as tmp:
             workdir = Path(tmp)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, event
 
 from bench.datasets import Dataset, create_database, drop_database, migrated_engine
 from core.runner import run_job
-from jobs import Settings
+from jobs import PipelineSettings
 
 
 @dataclass
@@ -69,7 +69,7 @@ def profile_job(server: str, dataset: Dataset, job_name: str, *, keep: bool = Fa
     progress(f"cloning {dataset.name}")
     url = create_database(server, clone, template=dataset.name)
     engine = migrated_engine(url)
-    settings = Settings(_env_file=None, database_url=url)
+    settings = PipelineSettings(_env_file=None, database_url=url)
     try:
         for job in PIPELINE:
             if job.name == job_name:

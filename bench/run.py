@@ -39,7 +39,8 @@ from sqlalchemy import Engine, text
 
 from bench.datasets import Dataset, World, create_database, drop_database, forget_dataset, migrated_engine
 from core import sample_data
-from jobs import Settings
+from jobs import PipelineSettings
+from jobs.settings import RuleSettings
 from core.sql import Queries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +146,7 @@ def _round(value: float | None) -> float | None:
 
 # ── the bound ────────────────────────────────────────────────────────────────
 
-def bound_params(settings: Settings, as_of: datetime, job: str | None = None) -> dict[str, Any]:
+def bound_params(settings: RuleSettings, as_of: datetime, job: str | None = None) -> dict[str, Any]:
     """The rule settings each bound statement needs, from the same Settings the jobs read."""
     params = {"as_of": as_of, "as_of_key": as_of.isoformat(), "pending_expiry_days": settings.pending_expiry_days,
               "points_per_usd": settings.points_per_usd, "expiry_months": settings.points_expiry_months,
@@ -176,7 +177,7 @@ def has_bound(job: str) -> bool:
     return True
 
 
-def run_bound(engine: Engine, job: str, settings: Settings, as_of: datetime) -> BoundRun:
+def run_bound(engine: Engine, job: str, settings: RuleSettings, as_of: datetime) -> BoundRun:
     """Time the job's single-statement bound in one transaction, then roll it back."""
     statement = _bounds.render(_bound_block(job), payments=settings.payments_table_sql)
     with engine.connect() as conn:
@@ -248,7 +249,7 @@ def _run_seconds(engine: Engine, run_id: int | None) -> float | None:
 # ── one size ─────────────────────────────────────────────────────────────────
 
 def measure_jobs(engine: Engine, url: str, jobs: list[str], as_of: datetime, workdir: Path,
-                 settings: Settings, progress: Progress, *, bound: bool = True,
+                 settings: RuleSettings, progress: Progress, *, bound: bool = True,
                  rerun: bool = True) -> list[JobMeasure]:
     """Bound, job and rerun of each job in pipeline order, on the database behind `engine`."""
     measures = []
@@ -284,7 +285,7 @@ def measure_size(server: str, dataset: Dataset, jobs: list[str], *, daily: bool 
         progress(f"cloning {dataset.name}")
         url = create_database(server, measured, template=dataset.name)
     engine = migrated_engine(url)
-    settings = Settings(_env_file=None)
+    settings = PipelineSettings(_env_file=None)
     load_before = round(os.getloadavg()[0], 2)
     try:
         with tempfile.TemporaryDirectory(prefix="rewards-bench-") as tmp:
@@ -334,7 +335,7 @@ def _citus_sample_statements(citus: bool) -> Iterator[None]:
         sample_data._queries = original
 
 
-def measure_daily(engine: Engine, url: str, jobs: list[str], world: World, workdir: Path, settings: Settings,
+def measure_daily(engine: Engine, url: str, jobs: list[str], world: World, workdir: Path, settings: RuleSettings,
                   first_runs: list[JobMeasure], progress: Progress) -> dict[str, Any]:
     """Add one day of the world's activity and of changes to history, then run every job at as_of + 1
     day against its exact daily bound."""

@@ -14,15 +14,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 from uuid import UUID
 
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Row
+from structlog.typing import FilteringBoundLogger
 
 from core import runs
 from core.ledger import WrittenPoints
-from core.settings import Settings, env_name
+from core.settings import AnySettings, env_name
 
 
 @contextmanager
@@ -52,17 +53,26 @@ class StopRequested(Exception):
 BEFORE_ALL_IDS = UUID(int=0)
 
 
+# What a job's batches walk by: a keyset cursor (the last id done) or the number of a planned batch.
+Cursor = TypeVar("Cursor")
+
+
 @dataclass(frozen=True)
-class Batch:
+class Batch(Generic[Cursor]):
     """One batch's outcome: the keyset cursor to continue after (None when done) and items handled."""
 
-    next_after: Any | None
+    next_after: Cursor | None
     items: int = 0
 
-    @classmethod
-    def numbered(cls, number: int, of: int, items: int) -> Batch:
+    @staticmethod
+    def numbered(number: int, of: int, items: int) -> Batch[int]:
         """Batch `number` (from 0) of a plan numbered in `of` batches: the next number, None after the last."""
-        return cls(next_after=number + 1 if number + 1 < of else None, items=items)
+        return Batch(next_after=number + 1 if number + 1 < of else None, items=items)
+
+
+# A run's stats, stored as JSON in job_runs.stats. Any: each job writes keys of its own (counts it adds to
+# with `+=`, strings, nested counts by kind) that only it and the face's labels know.
+Stats = dict[str, Any]
 
 
 class ProgressReporter(Protocol):
@@ -74,37 +84,41 @@ def no_progress(*, job: str, batches: int, items: int, total: int | None) -> Non
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(Generic[AnySettings]):
+    """A job of the pipeline, typed by the settings class its run reads (`Job[RuleSettings]` in jobs/):
+    core hands it the settings it is given, of that class, and reads only the fields of `CoreSettings`."""
+
     name: str
-    run: Callable[[RunContext], None]
+    run: Callable[[RunContext[AnySettings]], None]
     # Checks what the job needs of the database before a run is claimed; raises ConfigError (exit 2).
-    check: Callable[[Engine, Settings], None] | None = None
+    check: Callable[[Engine, AnySettings], None] | None = None
     settings_used: tuple[str, ...] = ()
     description: str = ""
 
-    def rule_settings(self, settings: Settings) -> dict[str, str]:
+    def rule_settings(self, settings: AnySettings) -> dict[str, str]:
         """The settings this job's rules read, as `{ENV_NAME: value}` for job_runs.settings."""
         return {env_name(name): str(getattr(settings, name)) for name in self.settings_used}
 
 
 @dataclass
-class RunContext:
+class RunContext(Generic[AnySettings]):
     job: str
     run_id: int
     as_of: datetime
-    settings: Settings
+    settings: AnySettings
     engine: Engine
     dry_run: bool = False
     repair: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     progress: ProgressReporter = no_progress
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: Stats = field(default_factory=dict)
     # True once the run recorded its own end (`recording`): the runner then has nothing to finish.
     recorded: bool = False
 
     @property
-    def log(self) -> Any:
-        return structlog.get_logger("rewards.job")
+    def log(self) -> FilteringBoundLogger:
+        logger: FilteringBoundLogger = structlog.get_logger("rewards.job")  # the class core/logs.py configures
+        return logger
 
     def count(self, key: str, amount: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + amount
@@ -147,7 +161,7 @@ class RunContext:
     def wait_for_jobs(self, jobs: tuple[str, ...], *, timeout_seconds: float) -> None:
         """Wait while a run of `jobs` is RUNNING (bounded; raises runs.StillRunning), then record in the
         stats the latest run of each (`upstream_runs`): what this run saw upstream."""
-        def say_waiting(holder: Any) -> None:
+        def say_waiting(holder: Row[Any]) -> None:
             self.log.info("waiting for a running job to finish", action="waiting_for_job", waiting_for=holder.job,
                           holder_run_id=holder.id, host=holder.host, pid=holder.pid, limit_seconds=timeout_seconds)
 
@@ -170,14 +184,14 @@ class RunContext:
             with connection.begin():
                 yield connection
 
-    def batches(self, step: Callable[[Connection, Any], Batch], *, total: int | None = None,
+    def batches(self, step: Callable[[Connection, Cursor | None], Batch[Cursor]], *, total: int | None = None,
                 connection: Connection | None = None) -> None:
         """Run `step(conn, after)` batch after batch, each in its own transaction, until it is done:
         on `connection` when given (a job that keeps session state, e.g. a temporary table), else on
         a connection of the pool.
 
         The batch's stats are stored in its transaction; if it rolls back, so do they (here too)."""
-        after: Any = None
+        after: Cursor | None = None
         while True:
             self.check_stop()
             started = time.monotonic()

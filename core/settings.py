@@ -18,10 +18,13 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, Field, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 ENV_PREFIX = "REWARDS_"
 ENV_FILE = ".env"
@@ -63,7 +66,7 @@ def _crontab_weekdays(field: str) -> str:
     return ",".join(dict.fromkeys(names))
 
 
-def cron_trigger(expression: str) -> Any:
+def cron_trigger(expression: str) -> CronTrigger:
     """An APScheduler CronTrigger in UTC from a crontab expression with standard meaning.
 
     Five fields (minute hour day month weekday), or six with seconds first (`*/5 * * * * *`,
@@ -150,7 +153,7 @@ class CoreSettings(BaseSettings):
 
     @field_validator("data_dir", "reports_dir", mode="before")
     @classmethod
-    def _directory(cls, value: Any) -> Any:
+    def _directory(cls, value: object) -> object:  # the raw input, before pydantic reads it as a Path
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be a directory path, not empty")
         return value
@@ -190,8 +193,8 @@ class CoreSettings(BaseSettings):
         return None if expression == "off" else expression
 
 
-# The name core/job.py and the reward jobs import for their type hints (the same class).
-Settings = CoreSettings
+# The settings class a generic piece of core is handed: `CoreSettings` or a subclass (the rules' `RuleSettings`,
+# and the face's `PipelineSettings` with one schedule per job), whose fields core never reads beyond its own.
 AnySettings = TypeVar("AnySettings", bound=CoreSettings)
 
 
@@ -200,9 +203,10 @@ def schedule_field(job: str) -> str:
     return "schedule_" + job.replace("-", "_")
 
 
-def with_schedules(base: type[AnySettings], defaults: Mapping[str, str], *,
-                   name: str = "Settings") -> type[AnySettings]:
-    """`base` with one validated cron field per job, `REWARDS_SCHEDULE_<JOB>`, defaulting to `defaults[job]`."""
+def with_schedules(base: type[AnySettings], defaults: Mapping[str, str], *, name: str) -> type[AnySettings]:
+    """`base` with one validated cron field per job, `REWARDS_SCHEDULE_<JOB>`, defaulting to `defaults[job]`:
+    a subclass called `name`, built at run time (the jobs are known only then), so typed as `base`."""
+    # (type, default) by field name; Any: pydantic's keywords mix these with `__base__` and the like
     fields: dict[str, Any] = {schedule_field(job): (Schedule, default) for job, default in defaults.items()}
     return create_model(name, __base__=base, __module__=base.__module__, **fields)
 
@@ -218,7 +222,9 @@ _SECRET_VARIABLES = {"DATABASE_URL"}
 
 
 def load_settings(settings_class: type[AnySettings], **overrides: Any) -> AnySettings:
-    """Read and validate the settings; raise `ConfigError` naming the first bad variable."""
+    """Read and validate the settings; raise `ConfigError` naming the first bad variable.
+
+    `overrides` are raw values of any field (Any: pydantic validates them here, at run time)."""
     dot_env = read_env_file(Path(ENV_FILE))
     refuse_unknown_names(settings_class, {"the environment": os.environ, ENV_FILE: dot_env})
     try:

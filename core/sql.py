@@ -8,16 +8,17 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, TextClause
+    from sqlalchemy import TextClause
 
 _BLOCK_START = re.compile(r"^-- name: ([a-z0-9_]+) --\s*$", re.MULTILINE)
 
 # Runs one read-only statement (its text, no parameters) and returns its rows, read by attribute:
-# `fetch_on(conn)` on an engine's connection, or `core.connect.fetcher` on a bare psycopg2 one.
-Fetch = Callable[[str], list[Any]]
+# `core.connect.fetcher` over a DB-API connection, a bare psycopg2 one or an engine's (`core.connect.reading`).
+# Any: a row's columns are named by the SQL text, unknown to the checker.
+Fetch = Callable[[str], Sequence[Any]]
 
 
 @cache
@@ -47,10 +48,3 @@ class Queries:
         from sqlalchemy import text
 
         return text(self.raw(name).format(**identifiers))
-
-
-def fetch_on(conn: Connection) -> Fetch:
-    """A `Fetch` on a SQLAlchemy connection (its errors stay SQLAlchemy's)."""
-    from sqlalchemy import text
-
-    return lambda statement: conn.execute(text(statement)).all()

@@ -62,7 +62,9 @@ class StopRequests:
             "still not stopped after the stop signal; ending the process (a run left RUNNING is taken over "
             "by the next one)", action="stop_deadline", seconds=self.deadline_seconds))
         said.join(_LAST_WORDS_SECONDS)
-        self.at_deadline()  # type: ignore[misc]  (set when this thread was started)
+        at_deadline = self.at_deadline
+        assert at_deadline is not None  # this thread is started only when it is set
+        at_deadline()
 
 
 def _in_background(name: str, target: Callable[[], None]) -> threading.Thread:

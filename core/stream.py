@@ -9,9 +9,12 @@ quotes the values into the text (`mogrify`, what its `execute` does anyway). Val
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from sqlalchemy import Connection, TextClause
+
+if TYPE_CHECKING:
+    import psycopg2.extensions
 
 # What COPY's text format escapes (it never writes octal or hex sequences).
 _ESCAPED = re.compile(r"\\(.)")
@@ -26,7 +29,8 @@ def copy_rows(conn: Connection, statement: TextClause, params: dict[str, Any],
     usable, and the error is raised."""
     compiled = statement.compile(dialect=conn.dialect)
     sink = _ChunkedRows(on_chunk, chunk_size)
-    with conn.connection.dbapi_connection.cursor() as cursor:
+    dbapi_connection = cast("psycopg2.extensions.connection", conn.connection.dbapi_connection)  # the driver
+    with dbapi_connection.cursor() as cursor:
         query = cursor.mogrify(str(compiled).strip().rstrip(";"), compiled.construct_params(params)).decode()
         cursor.copy_expert(f"COPY ({query}) TO STDOUT", sink)
     sink.finish()

@@ -7,24 +7,25 @@ Every relationship with `status = 'PENDING'` and `created_at <= as_of - N days` 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from uuid import UUID
 
 from sqlalchemy import Connection
 
 from core.job import BEFORE_ALL_IDS, Batch, Job, RunContext
 from core.sql import Queries
+from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[RuleSettings]) -> None:
     cutoff = ctx.as_of - timedelta(days=ctx.settings.pending_expiry_days)
     ctx.stats["cutoff"] = cutoff.isoformat()
     ctx.stats.setdefault("relationships_expired", 0)
     with ctx.engine.connect() as conn:
         total = conn.execute(_queries["count_due"], {"cutoff": cutoff}).scalar_one()
 
-    def expire_batch(conn: Connection, after: Any) -> Batch:
+    def expire_batch(conn: Connection, after: UUID | None) -> Batch[UUID]:
         row = conn.execute(_queries["expire_batch"], {
             "cutoff": cutoff, "as_of": ctx.as_of, "after": after or BEFORE_ALL_IDS,
             "batch_size": ctx.settings.batch_size, "dry_run": ctx.dry_run,

@@ -23,11 +23,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
 from core.job import Batch, Job, RunContext, session_tables
 from core.ledger import lock_balances, undone_when, write_points
 from core.sql import Queries
+from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
 
@@ -37,7 +38,7 @@ def expiry_key_instant(as_of: datetime) -> str:
     return as_of.astimezone(timezone.utc).isoformat()
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[RuleSettings]) -> None:
     months = ctx.settings.points_expiry_months
     if months == 0:
         ctx.stats["disabled"] = True
@@ -54,7 +55,7 @@ def run(ctx: RunContext) -> None:
                         total=plan.users_due, connection=conn)
 
 
-def _plan(ctx: RunContext, conn: Connection, cutoff: datetime) -> Any:
+def _plan(ctx: RunContext[RuleSettings], conn: Connection, cutoff: datetime) -> Row[Any]:
     """One pass over the ledger: the users with something due, in the session's expiry_plan."""
     conn.execute(_queries["plan_run"], {"cutoff": cutoff, "as_of": ctx.as_of,
                                         "batch_size": ctx.settings.batch_size})
@@ -65,7 +66,8 @@ def _plan(ctx: RunContext, conn: Connection, cutoff: datetime) -> Any:
     return plan
 
 
-def _expire_batch(ctx: RunContext, conn: Connection, number: int, batches: int, keys: dict[str, Any]) -> Batch:
+def _expire_batch(ctx: RunContext[RuleSettings], conn: Connection, number: int, batches: int,
+                  keys: dict[str, object]) -> Batch[int]:
     """One batch of the users with something due: lock their balance rows, then write what is due,
     read again from the ledger under the lock."""
     users = conn.execute(_queries["batch_users"], {"batch": number}).all()
@@ -86,7 +88,7 @@ def _expire_batch(ctx: RunContext, conn: Connection, number: int, batches: int, 
     return Batch.numbered(number, of=batches, items=len(user_ids))
 
 
-def _users(user_ids: list[str]) -> dict[str, Any]:
+def _users(user_ids: list[str]) -> dict[str, object]:
     """A batch's users as the statements take them: the list, and the same as a range."""
     return {"user_ids": user_ids, "first_user_id": user_ids[0], "last_user_id": user_ids[-1]}
 

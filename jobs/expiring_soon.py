@@ -33,6 +33,7 @@ from core.job import Job, RunContext
 from core.reports import CannotWrite, FileSet, settle_leftovers
 from core.sql import Queries
 from core.stream import copy_rows
+from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
 CSV_HEADER = ("user_id", "points", "expires_on", "balance")
@@ -44,7 +45,7 @@ def file_for_run(reports_dir: Path, as_of: datetime, run_id: int) -> Path:
     return reports_dir.resolve() / f"expiring-{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id}.csv"
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[RuleSettings]) -> None:
     settings = ctx.settings
     if settings.expiry_notice_days == 0 or settings.points_expiry_months == 0:
         reason = "REWARDS_EXPIRY_NOTICE_DAYS" if settings.expiry_notice_days == 0 else "REWARDS_POINTS_EXPIRY_MONTHS"
@@ -61,7 +62,7 @@ def run(ctx: RunContext) -> None:
                  points=ctx.stats["points"], file=ctx.stats.get("file"))
 
 
-def _write_and_record(ctx: RunContext, window_end: datetime, target: Path) -> None:
+def _write_and_record(ctx: RunContext[RuleSettings], window_end: datetime, target: Path) -> None:
     """The CSV written aside and sealed, the run recorded (SUCCEEDED), then the file renamed into place:
     a run that is not recorded never leaves a file under a final name, so a killed run and the run that
     takes over never leave two files for one as-of. A kill after the record leaves the file aside, and
@@ -85,7 +86,7 @@ def _write_and_record(ctx: RunContext, window_end: datetime, target: Path) -> No
                       action="expiring_soon_publish_failed", error=str(failure))
 
 
-def _settle_leftovers(ctx: RunContext, directory: Path) -> None:
+def _settle_leftovers(ctx: RunContext[RuleSettings], directory: Path) -> None:
     """Files aside are what earlier runs left (one runs at a time): a recorded run's is published, the
     others removed."""
     settled = settle_leftovers(directory, LEFTOVERS, _run_of,
@@ -101,14 +102,14 @@ def _run_of(name: str) -> int | None:
     return int(matched.group(1)) if matched else None
 
 
-def _write_rows(ctx: RunContext, window_end: datetime, out: TextIO | None) -> None:
+def _write_rows(ctx: RunContext[RuleSettings], window_end: datetime, out: TextIO | None) -> None:
     writer = csv.writer(out, lineterminator="\n") if out else None
     if writer:
         writer.writerow(CSV_HEADER)
     chunk_numbers = itertools.count(1)
 
     def take(values: list[tuple[str | None, ...]]) -> None:
-        chunk = [_Expiring(*row) for row in values]
+        chunk = [_Expiring._make(row) for row in values]  # `expiring` selects no NULL
         _count(ctx, chunk)
         if writer:
             writer.writerows(_csv_row(row) for row in chunk)
@@ -130,7 +131,7 @@ class _Expiring(NamedTuple):
     first_of_user: str
 
 
-def _count(ctx: RunContext, chunk: Iterable[_Expiring]) -> None:
+def _count(ctx: RunContext[RuleSettings], chunk: Iterable[_Expiring]) -> None:
     for row in chunk:
         ctx.stats["rows"] += 1
         ctx.stats["points"] += int(row.points)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Row
 
 from core.clock import when
 from core.sql import Queries
@@ -164,7 +164,7 @@ def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation)
     shown: set[tuple[Any, int, int]] = set()
     for relationship in found.referrals:
         rule = RULES[relationship.reward_level](settings)
-        windows = [] if relationship.rewarded_at is None else conn.execute(_queries["reward_months"], {
+        windows: Iterable[Row[Any]] = [] if relationship.rewarded_at is None else conn.execute(_queries["reward_months"], {
             "rewarded_at": relationship.rewarded_at, "first_month": rule.first_month, "last_month": rule.last_month})
         for window in windows:
             month = (relationship.referred_user_id, relationship.reward_level, window.month)

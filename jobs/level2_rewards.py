@@ -13,11 +13,11 @@ holds, refunds and re-earning: jobs/rewards.py; the statements: jobs/rewards.sql
 from __future__ import annotations
 
 from core.job import Job, RunContext
-from core.settings import Settings
 from jobs.rewards import RewardRule, check_payments_feed, run_reward_job
+from jobs.settings import RuleSettings
 
 
-def rule_for(settings: Settings) -> RewardRule:
+def rule_for(settings: RuleSettings) -> RewardRule:
     return RewardRule(
         level=2, ledger_type="REFERRAL_L2", key_prefix="l2", note_label="level-2",
         first_month=0, last_month=settings.l2_months - 1, amount=settings.l2_reward,
@@ -25,7 +25,7 @@ def rule_for(settings: Settings) -> RewardRule:
     )
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[RuleSettings]) -> None:
     run_reward_job(ctx, rule_for(ctx.settings))
 
 

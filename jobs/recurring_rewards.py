@@ -10,11 +10,11 @@ jobs/rewards.py; the statements: jobs/rewards.sql.
 from __future__ import annotations
 
 from core.job import Job, RunContext
-from core.settings import Settings
 from jobs.rewards import RewardRule, check_payments_feed, run_reward_job
+from jobs.settings import RuleSettings
 
 
-def rule_for(settings: Settings) -> RewardRule:
+def rule_for(settings: RuleSettings) -> RewardRule:
     return RewardRule(
         level=1, ledger_type="REFERRAL_RECURRING", key_prefix="recurring", note_label="recurring",
         first_month=1, last_month=settings.recurring_months, amount=settings.recurring_reward,
@@ -22,7 +22,7 @@ def rule_for(settings: Settings) -> RewardRule:
     )
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[RuleSettings]) -> None:
     run_reward_job(ctx, rule_for(ctx.settings))
 
 

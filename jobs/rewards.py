@@ -43,9 +43,9 @@ from sqlalchemy import Connection, Engine, TextClause, text
 
 from core.job import Batch, RunContext, session_tables
 from core.ledger import WrittenPoints, lock_balances, undone_when, write_points
-from core.settings import ConfigError, Settings
+from core.settings import ConfigError
 from core.sql import Queries
-from jobs.settings import RewardAmount
+from jobs.settings import RewardAmount, RuleSettings
 
 _queries = Queries(__file__)
 
@@ -66,7 +66,7 @@ class RewardRule:
     points_per_usd: Decimal
     hold_days: int
 
-    def params(self, as_of: datetime) -> dict[str, Any]:
+    def params(self, as_of: datetime) -> dict[str, object]:
         fixed, percent = (self.amount.points, Decimal(0)) if self.amount.points is not None \
             else (0, self.amount.percent)
         counts_until = as_of - timedelta(days=self.hold_days)
@@ -77,7 +77,7 @@ class RewardRule:
                 "ledger_type": self.ledger_type, "key_prefix": self.key_prefix, "note_label": self.note_label}
 
 
-def check_payments_feed(engine: Engine, settings: Settings) -> None:
+def check_payments_feed(engine: Engine, settings: RuleSettings) -> None:
     """Refuse (exit 2) a payments feed that is missing or lacks a column the reward jobs read."""
     with engine.connect() as conn:
         columns = {row.attname for row in conn.execute(_queries["payments_columns"],
@@ -106,7 +106,7 @@ _LOGGED_SKIPPED_ROWS = 100
 _REKEYS = 3
 
 
-def feed_sql(conn: Connection, settings: Settings) -> str:
+def feed_sql(conn: Connection, settings: RuleSettings) -> str:
     """The SQL that reads the feed's usable rows: the table itself when its constraints make every row
     usable, else a filtered read of it (rewards.sql's usable_feed)."""
     feed = settings.payments_table_sql
@@ -115,7 +115,7 @@ def feed_sql(conn: Connection, settings: Settings) -> str:
     return _queries.raw("usable_feed").format(feed=feed)
 
 
-def usable_feed(ctx: RunContext, conn: Connection) -> str:
+def usable_feed(ctx: RunContext[RuleSettings], conn: Connection) -> str:
     """`feed_sql`, after the rows it skips were counted in the run's stats and logged."""
     payments = feed_sql(conn, ctx.settings)
     if payments == ctx.settings.payments_table_sql:
@@ -133,7 +133,7 @@ def usable_feed(ctx: RunContext, conn: Connection) -> str:
 
 @dataclass
 class _RewardRun:
-    ctx: RunContext
+    ctx: RunContext[RuleSettings]
     rule: RewardRule
     batches: int = 0
 
@@ -152,9 +152,9 @@ class _RewardRun:
         size = conn.execute(_queries["plan_size"]).one()
         conn.commit()
         self.batches = size.batches
-        return size.referred_users
+        return int(size.referred_users)
 
-    def batch(self, conn: Connection, after: int | None) -> Batch:
+    def batch(self, conn: Connection, after: int | None) -> Batch[int]:
         number = 0 if after is None else after
         conn.execute(_queries["batch_rows"], {"batch": number})
         referred_users = conn.execute(_queries["batch_referred_users"]).scalar_one()
@@ -226,9 +226,9 @@ class _RewardRun:
         size = conn.execute(_queries["recovery_plan_size"]).one()
         conn.commit()
         self.batches = size.batches
-        return size.beneficiaries
+        return int(size.beneficiaries)
 
-    def recovery_batch(self, conn: Connection, after: int | None) -> Batch:
+    def recovery_batch(self, conn: Connection, after: int | None) -> Batch[int]:
         number = 0 if after is None else after
         users = conn.execute(_queries["recovery_batch_users"], {"batch": number}).scalars().all()
         with undone_when(conn, dry_run=self.ctx.dry_run):
@@ -242,7 +242,7 @@ class _RewardRun:
         return Batch.numbered(number, of=self.batches, items=len(users))
 
 
-def run_reward_job(ctx: RunContext, rule: RewardRule) -> None:
+def run_reward_job(ctx: RunContext[RuleSettings], rule: RewardRule) -> None:
     """Plan what the whole history owes now, write it batch by batch, then recover what is owed back."""
     ctx.stats.update(clawbacks=0, clawed_back_points=0, expired_before_clawback_points=0, unrecovered_points=0,
                      recoveries=0, recovered_points=0, skipped_unstorable=0, skipped_feed_rows=0,

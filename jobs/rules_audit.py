@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Iterable, TextIO
+from uuid import UUID
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
 from core.settings import env_name
 from core.sql import Queries
 from jobs.reconcile_summary import FINDING_KINDS
-from jobs.settings import RewardAmount, quote_table_name
+from jobs.settings import RewardAmount, RuleSettings, quote_table_name
 
 _queries = Queries(__file__)
 
@@ -48,8 +49,8 @@ _LEVELS = {1: ("recurring-rewards", "REFERRAL_RECURRING", "recurring", "recurrin
 @dataclass(frozen=True)
 class Finding:
     kind: str
-    user_id: Any
-    referred_user_id: Any
+    user_id: UUID | None
+    referred_user_id: UUID | None
     level: int | None
     month: int | None
     reward_key: str | None
@@ -69,12 +70,12 @@ class _Run:
     settings: dict[str, str]
     finished_at: datetime | None
 
-    def setting(self, name: str, default: Any) -> str:
+    def setting(self, name: str, default: object) -> str:
         value = self.settings.get(env_name(name))
         return str(default) if value is None else str(value)
 
 
-def audit(conn: Connection, settings: Any) -> list[Finding]:
+def audit(conn: Connection, settings: RuleSettings) -> list[Finding]:
     """Every finding in this snapshot, in kind order (REWARD, RECOVERY, EXPIRY).
 
     Over the whole history hash and merge joins are right at any size; the statements' CTEs, read
@@ -88,7 +89,7 @@ def audit(conn: Connection, settings: Any) -> list[Finding]:
         conn.execute(_queries["nested_loops_back"], {"previous": previous})
 
 
-def _audit(conn: Connection, settings: Any) -> list[Finding]:
+def _audit(conn: Connection, settings: RuleSettings) -> list[Finding]:
     runs = {row.job: _Run(row.job, row.as_of, dict(row.settings or {}), row.finished_at)
             for row in conn.execute(_queries["last_runs"])}
     found: list[Finding] = []
@@ -119,11 +120,11 @@ def _audit(conn: Connection, settings: Any) -> list[Finding]:
                                         f.month or 0, f.reward_key or "", f.detail))
 
 
-def _prices(conn: Connection, level: int, reward_setting: str, settings: Any) -> list[dict[str, Any]]:
+def _prices(conn: Connection, level: int, reward_setting: str, settings: RuleSettings) -> list[dict[str, object]]:
     """The price rule of every run that wrote rewards of `level`, from the settings it recorded (today's
     for a setting it did not record): [{run_id, fixed_points, percent, points_per_usd}]."""
     run_ids = list(conn.execute(_queries["reward_runs"], {"level": level}).scalars())
-    prices = []
+    prices: list[dict[str, object]] = []
     for row in conn.execute(_queries["run_settings"], {"run_ids": run_ids}) if run_ids else ():
         run = _Run("", datetime.min, dict(row.settings or {}), None)
         try:
@@ -137,7 +138,7 @@ def _prices(conn: Connection, level: int, reward_setting: str, settings: Any) ->
     return prices
 
 
-def _recovery(conn: Connection, runs: dict[str, _Run], settings: Any) -> list[Finding]:
+def _recovery(conn: Connection, runs: dict[str, _Run], settings: RuleSettings) -> list[Finding]:
     one, two = runs.get("recurring-rewards"), runs.get("level2-rewards")
     recovery = any(run.setting("recovery", settings.recovery).lower() in ("true", "on")
                    for run in (one, two) if run is not None)
@@ -152,7 +153,7 @@ def _recovery(conn: Connection, runs: dict[str, _Run], settings: Any) -> list[Fi
         "level_2_after": later(two, one), "level_1_after": later(one, two)}))
 
 
-def _findings(rows: Iterable[Any]) -> list[Finding]:
+def _findings(rows: Iterable[Row[Any]]) -> list[Finding]:
     return [Finding(row.kind, row.user_id, row.referred_user_id, row.level, row.month, row.reward_key,
                     None if row.points is None else int(row.points), row.detail) for row in rows]
 

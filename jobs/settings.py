@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -77,8 +77,8 @@ class RuleSettings(CoreSettings):
 
     @field_validator("recurring_reward", "l2_reward", mode="before")
     @classmethod
-    def _reward(cls, value: Any) -> RewardAmount:
-        return value if isinstance(value, RewardAmount) else RewardAmount.parse(value)
+    def _reward(cls, value: object) -> RewardAmount:
+        return value if isinstance(value, RewardAmount) else RewardAmount.parse(str(value))
 
     @model_validator(mode="after")
     def _rewards_can_be_stored(self) -> RuleSettings:
@@ -92,7 +92,7 @@ class RuleSettings(CoreSettings):
 
     @field_validator("recovery", mode="before")
     @classmethod
-    def _on_or_off(cls, value: Any) -> Any:
+    def _on_or_off(cls, value: object) -> object:
         """REWARDS_RECOVERY is `on` or `off` (true/false are accepted too)."""
         if isinstance(value, str) and value.strip().lower() not in ("on", "off", "true", "false"):
             raise ValueError("must be on or off")

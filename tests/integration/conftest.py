@@ -25,7 +25,8 @@ from sqlalchemy.engine import make_url
 
 from core import migrations
 from core.db import make_engine, start_embedded_server
-from jobs import Settings
+from jobs import PipelineSettings
+from jobs.settings import RuleSettings
 from tests.conftest import REPO, embedded_directory
 
 _clone_numbers = itertools.count(1)
@@ -236,17 +237,17 @@ def engine(database_url: str) -> Iterator[Engine]:
 def make_settings(database_url: str, tmp_path: Path) -> Any:
     """Settings for this test's database; keyword arguments override fields by name."""
 
-    def make(**overrides: Any) -> Settings:
+    def make(**overrides: Any) -> RuleSettings:
         values: dict[str, Any] = {"database_url": database_url, "reports_dir": tmp_path / "reports",
                                   "data_dir": tmp_path / "data"}
         values.update(overrides)
-        return Settings(_env_file=None, **values)
+        return PipelineSettings(_env_file=None, **values)
 
     return make
 
 
 @pytest.fixture
-def settings(make_settings: Any) -> Settings:
+def settings(make_settings: Any) -> RuleSettings:
     return make_settings()
 
 

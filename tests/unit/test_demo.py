@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cli.demo import DemoOutcome, demo_settings, format_summary
 from core.runner import RunResult
-from jobs import Settings
+from jobs import PipelineSettings
 
 AS_OF = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
@@ -18,7 +18,7 @@ def test_demo_rejects_a_sample_without_users(main_in_process):
 
 
 def test_demo_settings_use_the_demo_database_and_keep_reports_under_the_demo_directory(tmp_path):
-    settings = Settings(_env_file=None, database_url="postgresql://app@db/production", data_dir=tmp_path)
+    settings = PipelineSettings(_env_file=None, database_url="postgresql://app@db/production", data_dir=tmp_path)
     demo = demo_settings(settings, "postgresql://postgres@/rewards_demo")
     assert demo.database_url == "postgresql://postgres@/rewards_demo"
     assert demo.reports_dir == tmp_path / "demo" / "reports"
@@ -26,7 +26,7 @@ def test_demo_settings_use_the_demo_database_and_keep_reports_under_the_demo_dir
 
 def test_demo_settings_keep_reports_where_REWARDS_REPORTS_DIR_says(tmp_path, monkeypatch):
     monkeypatch.setenv("REWARDS_REPORTS_DIR", str(tmp_path / "finance"))
-    demo = demo_settings(Settings(_env_file=None, data_dir=tmp_path), "postgresql://postgres@/rewards_demo")
+    demo = demo_settings(PipelineSettings(_env_file=None, data_dir=tmp_path), "postgresql://postgres@/rewards_demo")
     assert demo.reports_dir == tmp_path / "finance"
 
 

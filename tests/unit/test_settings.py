@@ -436,7 +436,7 @@ def test_the_rewards_variables_the_tooling_reads_are_settings_or_known_knobs():
     """A knob added to the tests, CI, bench or image with the REWARDS_ prefix would make every command
     refuse to start where it is set: it must be listed in NOT_SETTINGS (or named otherwise)."""
     from core.settings import NOT_SETTINGS, known_names
-    from jobs import Settings
+    from jobs import PipelineSettings
 
     files = [path for folder in ("tests", "bench", ".ci", "cli", "core", "jobs") for path in (REPO / folder).rglob("*")
              if path.is_file() and path.suffix in ("", ".py", ".sh", ".yml", ".yaml", ".toml")]
@@ -445,5 +445,5 @@ def test_the_rewards_variables_the_tooling_reads_are_settings_or_known_knobs():
             if name}
 
     assert {"REWARDS_TEST_CITUS", "REWARDS_CI_CITUS", "REWARDS_ANY_HISTORY_SEED"} <= read  # the scan finds them
-    assert read - known_names(Settings) - NOT_SETTINGS == set()
+    assert read - known_names(PipelineSettings) - NOT_SETTINGS == set()
     assert NOT_SETTINGS - read == set()  # no stale entry

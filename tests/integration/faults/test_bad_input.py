@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from core import sample_data
 from core.db import make_engine
-from jobs import NAMES, Settings
+from jobs import NAMES, PipelineSettings
 from tests.integration.faults.conftest import WORLD_AS_OF
 
 pytestmark = pytest.mark.slow
@@ -180,7 +180,7 @@ def setting_inputs(url: str) -> list[BadInput]:
     """A bad value for every setting (in the environment, or in `.env` for every fourth), the canary URL
     to the test database beside it; the commands taken in turn."""
     inputs = []
-    for name, info in Settings.model_fields.items():
+    for name, info in PipelineSettings.model_fields.items():
         variable = "REWARDS_" + name.upper()
         for value in bad_values(name, info):
             command = COMMANDS[len(inputs) % len(COMMANDS)]

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from core.db import make_engine
 from core.runner import run_job
-from jobs import JOBS, Settings
+from jobs import JOBS, PipelineSettings
 from tests.integration.faults.conftest import (AS_OF, WORLD_AS_OF, books, cache_disagreements, cli_env, fork_cli,
                                                running_row_of, runs_of)
 from tests.integration.test_daemon import (DaemonProcess, add_pending_relationships,  # noqa: F401 (fixtures)
@@ -39,7 +39,7 @@ FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 def _reference_run(reference_url: str, job: str, tmp_path: Path) -> float:
     """Run `job` once without faults on the reference; return how long its work took."""
     engine = make_engine(reference_url)
-    settings = Settings(_env_file=None, database_url=reference_url, reports_dir=tmp_path / "ref-reports",
+    settings = PipelineSettings(_env_file=None, database_url=reference_url, reports_dir=tmp_path / "ref-reports",
                         batch_size=int(BATCH_SIZE))
     from core.clock import parse_as_of
 

@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from core import sample_data
 from core.db import make_engine
 from core.runner import run_job
-from jobs import JOBS, Settings
+from jobs import JOBS, PipelineSettings
 from jobs.reports import finance
 from tests.integration.faults.conftest import Forked, _copy_to_file, cli_env, fork_cli
 
@@ -202,7 +202,7 @@ def fork_job(job: str, url: str, reports: Path, log: Path, *, as_of: datetime, r
             sys.stderr = open(2, "w", buffering=1, closefd=False)
             if before:
                 before()
-            settings = Settings(_env_file=None, database_url=url, reports_dir=reports, batch_size=BATCH_SIZE)
+            settings = PipelineSettings(_env_file=None, database_url=url, reports_dir=reports, batch_size=BATCH_SIZE)
             # the server is never killed here, so waiting for its WAL flush on every commit buys nothing
             engine = make_engine(make_url(url).update_query_dict({"options": "-c synchronous_commit=off"}), pool_size=2)
             result = run_job(JOBS[job], settings=settings, engine=engine, as_of=as_of, repair=repair)
