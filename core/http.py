@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import structlog
 from prometheus_client import REGISTRY, make_wsgi_app
@@ -39,11 +40,11 @@ class _QuietHandler(WSGIRequestHandler):
         return None  # one access line per probe would drown the run logs
 
 
-def make_app(health: HealthCheck, registry: CollectorRegistry = REGISTRY) -> Callable[..., Iterable[bytes]]:
+def make_app(health: HealthCheck, registry: CollectorRegistry = REGISTRY) -> WSGIApplication:
     """The WSGI application serving /healthz and /metrics."""
-    metrics_app = make_wsgi_app(registry)
+    metrics_app: WSGIApplication = make_wsgi_app(registry)
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return metrics_app(environ, start_response)
@@ -56,7 +57,7 @@ def make_app(health: HealthCheck, registry: CollectorRegistry = REGISTRY) -> Cal
     return app
 
 
-def _reply(start_response: Callable[..., Any], status: str, body: dict[str, str]) -> list[bytes]:
+def _reply(start_response: StartResponse, status: str, body: dict[str, str]) -> list[bytes]:
     payload = (json.dumps(body) + "\n").encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
                             ("Cache-Control", "no-store")])

@@ -20,9 +20,10 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 _hidden_actions: set[str] = set()
 
@@ -73,11 +74,11 @@ def _current_stderr() -> TextIO:
     return sys.stderr
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: object, prefix: str = "") -> dict[str, object]:
     """`{"a": {"b": 1}}` → `{"a.b": 1}`; an empty dict stays a (short) value."""
     if not isinstance(value, dict) or not value:
         return {prefix: value}
-    flat: dict[str, Any] = {}
+    flat: dict[str, object] = {}
     for key, inner in value.items():
         flat.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
     return flat
@@ -86,9 +87,10 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 # A run's details: on a console they would make a reconcile's line a screenful; `show RUN_ID` has them.
 _DETAILS = ("settings", "stats")
 _PLAIN = (str, int, float, bool, type(None))
+Plain = str | int | float | bool | None
 
 
-def as_words(value: Any) -> Any:
+def as_words(value: object) -> Plain:
     """A value as a person reads it on one line: `{"a": 1, "b": {"c": 2}}` → `a 1, b (c 2)`,
     `["x", "y"]` → `x, y`, an instant in ISO-8601; a plain value as it is."""
     if isinstance(value, _PLAIN):
@@ -102,12 +104,12 @@ def as_words(value: Any) -> Any:
     return str(value)
 
 
-def _inner_words(value: Any) -> Any:
+def _inner_words(value: object) -> Plain:
     words = as_words(value)
     return f"({words})" if isinstance(value, (Mapping, list, tuple, set, frozenset)) and value else words
 
 
-def _compact_for_console(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _compact_for_console(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     compact = {key: value if key == "exc_info" else as_words(value)
                for key, value in event_dict.items() if key not in _DETAILS and value is not None}
     if "stats" in event_dict and event_dict.get("run_id") is not None:
@@ -115,7 +117,7 @@ def _compact_for_console(_logger: Any, _method: str, event_dict: dict[str, Any])
     return compact
 
 
-def _drop_hidden_actions(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _drop_hidden_actions(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     if event_dict.get("action") in _hidden_actions and event_dict.get("level") == "info":
         raise structlog.DropEvent
     return event_dict
@@ -126,7 +128,7 @@ def hide_actions(*actions: str) -> None:
     _hidden_actions.update(actions)
 
 
-def _console_value(value: Any) -> str:
+def _console_value(value: object) -> str:
     """A value of a console line: as it is, in double quotes when it has spaces (never a repr)."""
     text = str(value)
     return f'"{text}"' if any(space in text for space in " \t\n") else text
@@ -136,15 +138,18 @@ def _console_renderer(*, colors: bool) -> structlog.dev.ConsoleRenderer:
     """structlog's console lines (time, level, event, then `key=value`), with values as words."""
     dev = structlog.dev
     styles = dev.ConsoleRenderer.get_default_column_styles(colors)
-    plain = {"key_style": None, "reset_style": styles.reset, "value_repr": str}
+    def plain(value_style: str, *, width: int = 0, prefix: str = "", postfix: str = "") -> dev.KeyValueColumnFormatter:
+        """A column of the value alone, as words."""
+        return dev.KeyValueColumnFormatter(key_style=None, value_style=value_style, reset_style=styles.reset,
+                                           value_repr=str, width=width, prefix=prefix, postfix=postfix)
+
     columns = [
-        dev.Column("timestamp", dev.KeyValueColumnFormatter(value_style=styles.timestamp, **plain)),
+        dev.Column("timestamp", plain(styles.timestamp)),
         dev.Column("level", dev.LogLevelColumnFormatter(
             {level: style + styles.bright for level, style in dev.ConsoleRenderer.get_default_level_styles(
                 colors).items()}, reset_style=styles.reset)),
-        dev.Column("event", dev.KeyValueColumnFormatter(value_style=styles.bright, width=30, **plain)),
-        dev.Column("logger", dev.KeyValueColumnFormatter(value_style=styles.bright + styles.logger_name,
-                                                         prefix="[", postfix="]", **plain)),
+        dev.Column("event", plain(styles.bright, width=30)),
+        dev.Column("logger", plain(styles.bright + styles.logger_name, prefix="[", postfix="]")),
         dev.Column("", dev.KeyValueColumnFormatter(styles.kv_key, styles.kv_value, styles.reset,
                                                    value_repr=_console_value)),
     ]

@@ -3,6 +3,7 @@ last success of each job, read from `job_runs` at scrape time so that every repl
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 from collections.abc import Iterator, Sequence
 
 import structlog
@@ -12,6 +13,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+if TYPE_CHECKING:
+    from core.job import Stats
+
 JOB_RUNS = Counter("rewards_job_runs_total", "Job runs by final status", ["job", "status"])
 JOB_DURATION = Histogram(
     "rewards_job_duration_seconds", "Wall time of a job run", ["job"],
@@ -20,7 +24,7 @@ JOB_DURATION = Histogram(
 POINTS_WRITTEN = Counter("rewards_points_written_total", "Points written to the ledger", ["job", "type"])
 
 
-def observe_run(job: str, status: str, seconds: float, stats: dict, *, dry_run: bool) -> None:
+def observe_run(job: str, status: str, seconds: float, stats: Stats, *, dry_run: bool) -> None:
     JOB_RUNS.labels(job=job, status=status).inc()
     JOB_DURATION.labels(job=job).observe(seconds)
     if not dry_run:

@@ -10,14 +10,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 
 import structlog
 from sqlalchemy import Engine
 
 from core import metrics, runs
-from core.job import Job, ProgressReporter, RunContext, StopRequested, no_progress
-from core.settings import CoreSettings
+from core.job import Job, ProgressReporter, RunContext, Stats, StopRequested, no_progress
+from core.settings import AnySettings
 from core.text import one_line
 
 log = structlog.get_logger("rewards.runner")
@@ -31,19 +31,30 @@ class RunResult:
     run_id: int | None
     status: str
     as_of: datetime
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: Stats = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"job": self.job, "run_id": self.run_id, "status": self.status,
                 "as_of": self.as_of.isoformat(), "stats": self.stats}
 
 
+class _Claim(TypedDict):
+    """What a claimed run and a skipped one record alike."""
+
+    job: str
+    trigger: str
+    as_of: datetime
+    scheduled_for: datetime | None
+    dry_run: bool
+    settings: dict[str, str]
+
+
 def run_job(
-    job: Job,
+    job: Job[AnySettings],
     *,
-    settings: CoreSettings,
+    settings: AnySettings,
     engine: Engine,
     as_of: datetime,
     trigger: str = "manual",
@@ -59,8 +70,8 @@ def run_job(
     run id. `retrying`: the failed try this one repeats, whose end is recorded first if the database
     missed it (it died mid-run)."""
     rule_settings = job.rule_settings(settings)
-    claim = dict(job=job.name, trigger=trigger, as_of=as_of, scheduled_for=scheduled_for,
-                 dry_run=dry_run, settings=rule_settings)
+    claim = _Claim(job=job.name, trigger=trigger, as_of=as_of, scheduled_for=scheduled_for,
+                   dry_run=dry_run, settings=rule_settings)
     try:
         _record_missed_failure(engine, retrying)
         run_id = runs.claim(engine, **claim, lease_seconds=settings.run_lease_seconds)
@@ -124,7 +135,7 @@ def run_job(
     return RunResult(job.name, run_id, status, as_of, ctx.stats, error, seconds)
 
 
-def _not_started(job: Job, as_of: datetime, error: Exception) -> RunResult:
+def _not_started(job: Job[AnySettings], as_of: datetime, error: Exception) -> RunResult:
     """A run whose claim failed: counted FAILED, with no run id (nothing was recorded)."""
     message = one_line(error, driver_message=True)
     metrics.JOB_RUNS.labels(job=job.name, status="FAILED").inc()
