@@ -45,10 +45,10 @@ import itertools
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
-from typing import Any, Iterator, NamedTuple, Sequence, TextIO
+from datetime import date, datetime
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, TextIO
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Row
 
 from core import runs
 from core.job import BEFORE_ALL_IDS, Job, RunContext
@@ -61,6 +61,7 @@ from jobs.reconcile_summary import (MONTHS_CHARTED, RECOVERY, CacheTotals, Clawb
                                     add_totals, build_summary, month_starts)
 from jobs import rules_audit
 from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, summary_json
+from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
 
@@ -71,7 +72,7 @@ AUDIT_WORK_MEM = "256MB"
 LEDGER_WRITERS = ("recurring-rewards", "level2-rewards", "expire-points")
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext[RuleSettings]) -> None:
     """Read the snapshot; write every file aside; record the run with its repairs; publish the files.
 
     All-or-nothing (SPEC): the files appear under their final names only once the run, its
@@ -103,7 +104,7 @@ def run(ctx: RunContext) -> None:
     _say_done(ctx, summary)
 
 
-def _record(ctx: RunContext, files: ReportFiles, staged: FileSet) -> Summary:
+def _record(ctx: RunContext[RuleSettings], files: ReportFiles, staged: FileSet) -> Summary:
     """Everything but the publication: the files written aside and sealed, then in one transaction the
     repairs, the run's row and its end. Returns the summary recorded."""
     with _read_only_snapshot(ctx.engine) as conn, staged.text(files.csv) as csv_out:
@@ -134,7 +135,7 @@ def _record(ctx: RunContext, files: ReportFiles, staged: FileSet) -> Summary:
     return summary
 
 
-def _publish(ctx: RunContext, staged: FileSet) -> None:
+def _publish(ctx: RunContext[RuleSettings], staged: FileSet) -> None:
     """The recorded run's files renamed into place. Should a rename fail (the folder turned read-only),
     the run stays recorded and the files wait aside for the next reconcile to publish them."""
     try:
@@ -144,7 +145,7 @@ def _publish(ctx: RunContext, staged: FileSet) -> None:
                       "them", action="reconcile_publish_failed", error=str(failure))
 
 
-def _say_done(ctx: RunContext, summary: Summary) -> None:
+def _say_done(ctx: RunContext[RuleSettings], summary: Summary) -> None:
     ctx.log.info("reconciliation done", action="reconcile_done", discrepancies=summary.discrepancies["total"],
                  net_drift=summary.net_drift, gap=summary.roll_forward.gap,
                  late_committed=summary.roll_forward.late_committed["points"],
@@ -158,7 +159,7 @@ def _warm_up_reports() -> None:
     threading.Thread(target=finance.warm_up, name="reports-warm-up", daemon=True).start()
 
 
-def _settle_leftovers(ctx: RunContext, files: ReportFiles) -> None:
+def _settle_leftovers(ctx: RunContext[RuleSettings], files: ReportFiles) -> None:
     """Only one reconcile runs at a time, so files aside in the directory are what an earlier run left
     when it was killed or failed: those of a recorded run are published, the others removed."""
     settled = settle_leftovers(files.csv.parent, ReportFiles.LEFTOVERS, ReportFiles.run_of,
@@ -173,7 +174,7 @@ def _settle_leftovers(ctx: RunContext, files: ReportFiles) -> None:
                         files=settled.removed)
 
 
-def _stage_documents(ctx: RunContext, summary: Summary, files: ReportFiles, staged: FileSet, *,
+def _stage_documents(ctx: RunContext[RuleSettings], summary: Summary, files: ReportFiles, staged: FileSet, *,
                      conn: Connection | None = None) -> None:
     """The JSON summary, the HTML report and the workbook, written aside (read on `conn` when given:
     inside the recording transaction, whose lease is renewed by its own commit)."""
@@ -192,7 +193,7 @@ def _stage_documents(ctx: RunContext, summary: Summary, files: ReportFiles, stag
 
 
 @contextmanager
-def _connection(ctx: RunContext, conn: Connection | None) -> Iterator[Connection]:
+def _connection(ctx: RunContext[RuleSettings], conn: Connection | None) -> Iterator[Connection]:
     if conn is not None:
         yield conn
         return
@@ -210,7 +211,7 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _audit(ctx: RunContext, conn: Connection,
+def _audit(ctx: RunContext[RuleSettings], conn: Connection,
            csv_out: TextIO | None) -> tuple[Snapshot, Found, list[rules_audit.Finding]]:
     """The cache's totals, the discrepant users streamed, the movements, then the rules audit: one snapshot."""
     previous = _previous_reconcile(conn, ctx)
@@ -224,7 +225,7 @@ def _audit(ctx: RunContext, conn: Connection,
     lines = _movements(conn, window, starts, after=window["previous_as_of"])  # every row on a first reconcile
     ledger = _ledger_totals(cache, found, _rows_up_to(conn, previous), lines)
     counted = previous is not None and previous.counted(ledger.rows_up_to_previous, ledger.dated_up_to_previous)
-    carried = previous.monthly if counted else None
+    carried = previous.monthly if previous is not None and counted else None
     by_type_up_to_previous = None
     if previous and (not counted or previous.ledger_by_type is None):
         # rows came late (or an old summary): the ledger by type up to the previous as-of, read once,
@@ -242,17 +243,17 @@ def _audit(ctx: RunContext, conn: Connection,
     return replace(snapshot, findings=rules_audit.by_kind(findings)), found, findings
 
 
-def _line_type(line: Any) -> str:
+def _line_type(line: Row[Any]) -> str:
     """The roll-forward's line of a movement: its ledger type, recoveries (recover: keys) apart."""
     return RECOVERY if line.recovery else line.type
 
 
-def _by_type(lines: list[Any]) -> TypeTotals:
+def _by_type(lines: Sequence[Row[Any]]) -> TypeTotals:
     return add_totals({}, *({_line_type(line): [int(line.rows), int(line.earned), -int(line.spent)]}
                            for line in lines))
 
 
-def _previous_reconcile(conn: Connection, ctx: RunContext) -> PreviousReconcile | None:
+def _previous_reconcile(conn: Connection, ctx: RunContext[RuleSettings]) -> PreviousReconcile | None:
     row = conn.execute(_queries["previous_reconcile"], {"as_of": ctx.as_of, "run_id": ctx.run_id}).first()
     if row is None:
         return None
@@ -260,10 +261,11 @@ def _previous_reconcile(conn: Connection, ctx: RunContext) -> PreviousReconcile 
                              ledger_by_type=row.ledger_by_type, clawbacks=ClawbackTotals.stored(row.clawbacks))
 
 
-def _movements(conn: Connection, window: dict[str, Any], starts: list[datetime], *, from_: datetime | None = None,
-               after: datetime | None = None, up_to: datetime | None = None) -> list[Any]:
-    return conn.execute(_queries["movements"], {**window, "month_starts": starts, "from": from_, "after": after,
-                                                "up_to": up_to}).all()
+def _movements(conn: Connection, window: dict[str, datetime | None], starts: list[datetime], *,
+               from_: datetime | None = None, after: datetime | None = None,
+               up_to: datetime | None = None) -> list[Row[Any]]:
+    return list(conn.execute(_queries["movements"], {**window, "month_starts": starts, "from": from_, "after": after,
+                                                     "up_to": up_to}))
 
 
 def _rows_up_to(conn: Connection, previous: PreviousReconcile | None) -> int:
@@ -273,7 +275,7 @@ def _rows_up_to(conn: Connection, previous: PreviousReconcile | None) -> int:
     return int(conn.execute(_queries["rows_up_to"], {"up_to": previous.as_of}).scalar_one())
 
 
-def _unrecovered(conn: Connection, window: dict[str, Any]) -> Unrecovered | None:
+def _unrecovered(conn: Connection, window: dict[str, datetime | None]) -> Unrecovered | None:
     """Clawbacks of the period (None until migration 016's referral_rewards exists)."""
     if not conn.execute(_queries["referral_rewards_exists"]).scalar_one():
         return None
@@ -290,10 +292,11 @@ def _cache_totals(conn: Connection) -> CacheTotals:
     return CacheTotals(int(row.rows), int(row.balance), int(row.earned), int(row.spent))
 
 
-def _ledger_totals(cache: CacheTotals, found: Found, rows_up_to_previous: int, lines: list[Any]) -> LedgerTotals:
+def _ledger_totals(cache: CacheTotals, found: Found, rows_up_to_previous: int,
+                   lines: list[Row[Any]]) -> LedgerTotals:
     """The ledger's totals: the cache's less the discrepant users' drift; the splits by date from the
     movement lines, which hold every row dated after the previous as-of (all rows without one)."""
-    def window(column: str, wanted: Any = lambda line: True) -> int:
+    def window(column: str, wanted: Callable[[Row[Any]], bool] = lambda line: True) -> int:
         return sum(int(getattr(line, column)) for line in lines if wanted(line))
 
     balance = cache.balance - found.drift["balance"]
@@ -305,10 +308,10 @@ def _ledger_totals(cache: CacheTotals, found: Found, rows_up_to_previous: int, l
         dated_up_to_previous=balance - window("balance"), rows_up_to_previous=rows_up_to_previous)
 
 
-def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:
+def _charted(lines: list[Row[Any]], month_starts: list[datetime]) -> list[Movement]:
     """The movements the summary reads: dated at or before the as-of, in the period or the charted
     months (month None: before them)."""
-    def month(bucket: int) -> Any:
+    def month(bucket: int) -> date | None:
         return month_starts[bucket - 1].date() if 1 <= bucket <= MONTHS_CHARTED else None
 
     return [Movement(_line_type(line), month(line.month), line.in_period, int(line.earned), -int(line.spent),
@@ -317,7 +320,7 @@ def _charted(lines: list[Any], month_starts: list[datetime]) -> list[Movement]:
             if not line.after_as_of and (line.in_period or month(line.month) is not None)]
 
 
-def _renew_lease(ctx: RunContext, conn: Connection | None = None) -> None:
+def _renew_lease(ctx: RunContext[RuleSettings], conn: Connection | None = None) -> None:
     """A heartbeat in a transaction of its own (none inside the recording transaction: it holds the
     run's row until it commits)."""
     if conn is not None:
@@ -346,12 +349,24 @@ class _Discrepancy(NamedTuple):
 
     @classmethod
     def parsed(cls, values: Sequence[str | None]) -> _Discrepancy:
-        user_id, kinds, *numbers = values
-        return cls(str(user_id), tuple(kinds.split("|")) if kinds else (),
-                   *(None if number is None else int(number) for number in numbers))
+        (user_id, kinds, cached_balance, ledger_balance, drift, cached_earned, ledger_earned, cached_spent,
+         ledger_spent) = values
+        return cls(str(user_id), tuple(kinds.split("|")) if kinds else (), _int_or_none(cached_balance),
+                   _int(ledger_balance), _int(drift), _int_or_none(cached_earned), _int(ledger_earned),
+                   _int_or_none(cached_spent), _int(ledger_spent))
 
 
-def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | None) -> Found:
+def _int_or_none(text: str | None) -> int | None:
+    return None if text is None else int(text)
+
+
+def _int(text: str | None) -> int:
+    """A number `discrepancies` never leaves NULL (the ledger's sums and the drift are coalesced)."""
+    assert text is not None
+    return int(text)
+
+
+def _stream_discrepancies(ctx: RunContext[RuleSettings], conn: Connection, csv_out: TextIO | None) -> Found:
     """Stream the discrepant users into the CSV and, chunk by chunk, the table."""
     conn.execute(_queries["group_users_in_index_order"])
     found = Found()
@@ -376,7 +391,7 @@ def _stream_discrepancies(ctx: RunContext, conn: Connection, csv_out: TextIO | N
     return found
 
 
-def _store_chunk(ctx: RunContext, chunk: Sequence[Any]) -> None:
+def _store_chunk(ctx: RunContext[RuleSettings], chunk: Sequence[_Discrepancy]) -> None:
     """One short transaction of its own: renew the lease, insert the chunk (not in a dry run)."""
     with ctx.engine.begin() as conn:
         ctx.heartbeat(conn)
@@ -389,11 +404,11 @@ def _store_chunk(ctx: RunContext, chunk: Sequence[Any]) -> None:
             })
 
 
-def _repair(ctx: RunContext, conn: Connection) -> int:
+def _repair(ctx: RunContext[RuleSettings], conn: Connection) -> int:
     """Set each discrepant user's cache row to the ledger's sums, under a row lock, in the caller's
     transaction (the one that records the run); return how many rows changed. The users are taken in
     batches, in user_id order, their locks held until that transaction ends."""
-    repaired, after = 0, BEFORE_ALL_IDS
+    repaired, after = 0, str(BEFORE_ALL_IDS)
     while True:
         user_ids = [str(row.user_id) for row in conn.execute(_queries["repair_batch"], {
             "run_id": ctx.run_id, "after": after, "batch_size": ctx.settings.batch_size,
@@ -409,7 +424,7 @@ def _repair(ctx: RunContext, conn: Connection) -> int:
     return repaired
 
 
-def _repair_batch(ctx: RunContext, conn: Connection, user_ids: list[str]) -> int:
+def _repair_batch(ctx: RunContext[RuleSettings], conn: Connection, user_ids: list[str]) -> int:
     params = {"user_ids": user_ids, "as_of": ctx.as_of}
     created = {row.user_id for row in conn.execute(_queries["create_missing_balances"], params)}
     lock_balances(conn, user_ids)
@@ -417,7 +432,7 @@ def _repair_batch(ctx: RunContext, conn: Connection, user_ids: list[str]) -> int
     return len(created | updated)
 
 
-def _record_stats(ctx: RunContext, summary: Summary, files: ReportFiles | None) -> None:
+def _record_stats(ctx: RunContext[RuleSettings], summary: Summary, files: ReportFiles | None) -> None:
     ctx.stats.update(
         users_checked=summary.users_checked,
         discrepancies=summary.discrepancies["total"],
@@ -435,7 +450,7 @@ def _record_stats(ctx: RunContext, summary: Summary, files: ReportFiles | None) 
         ctx.stats["html_report"] = str(files.html)
 
 
-def _insert_run(ctx: RunContext, conn: Connection, snapshot: Snapshot, summary: Summary, files: ReportFiles) -> None:
+def _insert_run(ctx: RunContext[RuleSettings], conn: Connection, snapshot: Snapshot, summary: Summary, files: ReportFiles) -> None:
     conn.execute(_queries["insert_run"], {
         "run_id": ctx.run_id, "as_of": ctx.as_of,
         "users_checked": summary.users_checked, "ledger_rows": summary.ledger_rows,
