@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from jobs.reconcile_summary import month_starts
-from jobs.reports.finance import MINUS, MONTHS_CHARTED, Document, ReconcilePoint, _months_before
+from jobs.reconcile_summary import MONTHS_CHARTED, month_starts
+from jobs.reports.document import MINUS, Document, ReconcilePoint, months_before
 
 INK, GRID = "#1f2933", "#d9dee3"
 COLOURS = {"issued": "#2f6f9f", "spent": "#d08c2b", "expired": "#7b8794", "clawed_back": "#b03a2e"}
@@ -21,7 +21,7 @@ FONT = '-apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "DejaVu Sans
 MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 # One look for every chart: pygal's Style (colours and fonts) and chart options.
-STYLE = {
+STYLE: dict[str, Any] = {
     "background": "transparent", "plot_background": "transparent", "foreground": INK,
     "foreground_strong": INK, "foreground_subtle": GRID, "guide_stroke_color": GRID,
     "major_guide_stroke_color": GRID, "guide_stroke_dasharray": "none", "major_guide_stroke_dasharray": "none",
@@ -30,7 +30,7 @@ STYLE = {
     "stroke_opacity": "1", "stroke_opacity_hover": "1", "stroke_width": "2", "stroke_width_hover": "2",
     "transition": "0s",
 }
-OPTIONS = {
+OPTIONS: dict[str, Any] = {
     "width": WIDTH, "margin": 12, "spacing": 8, "show_legend": False, "truncate_label": -1,
     "truncate_legend": -1, "js": [], "disable_xml_declaration": True, "explicit_size": False,
     "no_data_text": "No data", "show_x_guides": False, "show_y_guides": True, "max_scale": 7,
@@ -47,7 +47,7 @@ def liability_chart(document: Document) -> str:
     """Outstanding liability (points) at each successful reconcile of the last 12 months, on a time
     axis of the whole 12 months up to the as-of (one label a month), so one point is not a lonely dot."""
     points = document.last_12_months
-    first = _months_before(document.as_of, MONTHS_CHARTED)
+    first = months_before(document.as_of, MONTHS_CHARTED)
     chart = _chart("XY", "liability", [COLOURS["issued"]] * 2, height=260, y_title="points", include_x_axis=True,
                    dots_size=3, opacity=".08", css=_css("liability", ".serie-0 .line { stroke: none }"),
                    xrange=(first.timestamp(), (document.as_of + timedelta(days=3)).timestamp()),
@@ -121,7 +121,7 @@ def _svg(chart: Any, title: str, **placed: float) -> str:
         return root
 
     chart.add_xml_filter(static)
-    return chart.render(is_unicode=True)
+    return str(chart.render(is_unicode=True))
 
 
 def _stacked(name: str, title: str, top: Any, bottom: Any) -> str:

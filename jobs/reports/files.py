@@ -34,8 +34,8 @@ class ReportFiles:
     def for_run(cls, reports_dir: Path, as_of: datetime, run_id: int) -> ReportFiles:
         stem = f"reconciliation-{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id}"
         directory = reports_dir.resolve()
-        return cls(*(directory / f"{stem}.{suffix}" for suffix in ("csv", "json", "html", "xlsx")),
-                   directory / f"{stem}-findings.csv")
+        return cls(csv=directory / f"{stem}.csv", json=directory / f"{stem}.json", html=directory / f"{stem}.html",
+                   xlsx=directory / f"{stem}.xlsx", findings=directory / f"{stem}-findings.csv")
 
     @staticmethod
     def run_of(name: str) -> int | None:

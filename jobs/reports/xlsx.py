@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from jobs.reconcile_summary import KINDS
 from jobs.reports.files import CSV_HEADER as DISCREPANCY_HEADER
-from jobs.reports.finance import Document, roll_forward_lines, when
+from jobs.reports.document import Document, roll_forward_lines, when
 
 POINTS = "#,##0;-#,##0"
 SIGNED = "+#,##0;-#,##0;0"

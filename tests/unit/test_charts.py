@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobs.reports import charts
-from jobs.reports.finance import Document, ReconcilePoint
+from jobs.reports.document import Document, ReconcilePoint
 from tests.builders import utc
 
 REPO = Path(__file__).resolve().parents[2]

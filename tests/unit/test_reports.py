@@ -41,3 +41,28 @@ def test_a_full_disk_names_the_file(tmp_path):
     assert done.returncode == 1
     assert str(target) in done.stderr.strip().splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # nothing under the final name, no .part left behind
+
+
+def _imports_of(path: Path) -> set[str]:
+    """The modules `path` imports, also inside functions (`from jobs.reports import charts` names charts)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_report_modules_import_one_another_without_a_circle():
+    folder = REPO / "jobs" / "reports"
+    modules = {f"jobs.reports.{path.stem}": path for path in folder.glob("*.py") if path.stem != "__init__"}
+    edges = {name: _imports_of(path) & modules.keys() - {name} for name, path in modules.items()}
+
+    def reaches(start: str, goal: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(step == goal or (step not in seen and reaches(step, goal, seen | {step}))
+                   for step in edges[start])
+
+    assert [name for name in modules if reaches(name, name)] == []
