@@ -164,8 +164,9 @@ def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation)
     shown: set[tuple[Any, int, int]] = set()
     for relationship in found.referrals:
         rule = RULES[relationship.reward_level](settings)
-        windows: Iterable[Row[Any]] = [] if relationship.rewarded_at is None else conn.execute(_queries["reward_months"], {
-            "rewarded_at": relationship.rewarded_at, "first_month": rule.first_month, "last_month": rule.last_month})
+        windows: Iterable[Row[Any]] = [] if relationship.rewarded_at is None else conn.execute(
+            _queries["reward_months"], {"rewarded_at": relationship.rewarded_at, "first_month": rule.first_month,
+                                        "last_month": rule.last_month})
         for window in windows:
             month = (relationship.referred_user_id, relationship.reward_level, window.month)
             shown.add(month)

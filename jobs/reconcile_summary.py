@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from core.clock import utc_iso
 
@@ -317,9 +317,9 @@ def unrecovered_clawbacks(snapshot: Snapshot, points_per_usd: Decimal) -> dict[s
         "identity": UNRECOVERED_IDENTITY,
         "identity_holds": opening + new.unrecovered_points - new.recovered_points == outstanding,
         "money": None if not points_per_usd else {
-            "unrecovered_usd": money(new.unrecovered_points, points_per_usd)["usd"],
-            "recovered_usd": money(new.recovered_points, points_per_usd)["usd"],
-            "outstanding_usd": money(outstanding, points_per_usd)["usd"],
+            "unrecovered_usd": usd(new.unrecovered_points, points_per_usd),
+            "recovered_usd": usd(new.recovered_points, points_per_usd),
+            "outstanding_usd": usd(outstanding, points_per_usd),
             "points_per_usd": str(points_per_usd)},
     }
 
@@ -337,7 +337,7 @@ def closing_by_type(snapshot: Snapshot) -> TypeTotals:
     return add_totals(earlier, period)
 
 
-def _by_type(movements: Any) -> TypeTotals:
+def _by_type(movements: Iterable[Movement]) -> TypeTotals:
     total: dict[str, list[int]] = {}
     for movement in movements:
         line = total.setdefault(movement.type, [0, 0, 0])
@@ -351,8 +351,12 @@ def money(points: int, points_per_usd: Decimal) -> dict[str, str] | None:
     """Points in US dollars (`points / REWARDS_POINTS_PER_USD`, to the cent); None when points have no price."""
     if not points_per_usd:
         return None
-    usd = (Decimal(points) / Decimal(points_per_usd)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-    return {"usd": str(usd), "points_per_usd": str(points_per_usd)}
+    return {"usd": usd(points, points_per_usd), "points_per_usd": str(points_per_usd)}
+
+
+def usd(points: int, points_per_usd: Decimal) -> str:
+    """Points in US dollars, to the cent, for a price that is not 0."""
+    return str((Decimal(points) / Decimal(points_per_usd)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 def verdict(discrepancies: int, roll: RollForward) -> str:
