@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -23,7 +23,10 @@ from sqlalchemy.engine import URL, make_url
 from core.connect import Timeouts, session_arguments, session_options  # noqa: F401 (Timeouts, session_options: known here too)
 from core.settings import ConfigError, CoreSettings
 
-_busy: dict[Any, tuple[Engine, int]] = {}  # a checked-out DB-API connection: its engine, its server process
+if TYPE_CHECKING:
+    import psycopg2.extensions
+
+_busy: dict[psycopg2.extensions.connection, tuple[Engine, int]] = {}  # a checked-out DB-API connection: its engine, its server process
 _busy_lock = threading.Lock()
 
 
@@ -56,13 +59,13 @@ def cancel_busy_connections() -> int:
 
 def _track_busy_connections(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
-    def checked_out(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def checked_out(dbapi_connection: psycopg2.extensions.connection, _record: object, _proxy: object) -> None:
         backend_pid = dbapi_connection.get_backend_pid()  # libpq's copy: no round trip
         with _busy_lock:
             _busy[dbapi_connection] = (engine, backend_pid)
 
     @event.listens_for(engine, "checkin")
-    def checked_in(dbapi_connection: Any, _record: Any) -> None:
+    def checked_in(dbapi_connection: psycopg2.extensions.connection, _record: object) -> None:
         with _busy_lock:
             _busy.pop(dbapi_connection, None)
 

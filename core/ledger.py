@@ -12,7 +12,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
+from uuid import UUID
 
 from sqlalchemy import Connection
 
@@ -35,7 +36,7 @@ class WrittenPoints:
         return sum(self.rows.values())
 
 
-def write_points(conn: Connection, candidates_sql: str, params: Mapping[str, Any], *,
+def write_points(conn: Connection, candidates_sql: str, params: Mapping[str, object], *,
                  as_of: datetime) -> WrittenPoints:
     """Write the candidate rows selected by `candidates_sql` (bound with `params`).
 
@@ -54,7 +55,7 @@ def write_points(conn: Connection, candidates_sql: str, params: Mapping[str, Any
     return result
 
 
-def lock_balances(conn: Connection, user_ids: Sequence[Any]) -> None:
+def lock_balances(conn: Connection, user_ids: Sequence[UUID | str]) -> None:
     """Lock these users' balance rows (user_id order) before reading their ledger sums."""
     conn.execute(_queries["lock_balances"], {"user_ids": [str(user_id) for user_id in user_ids]})
 
