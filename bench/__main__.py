@@ -28,7 +28,7 @@ from bench import report
 from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_YEARS, NAME_PREFIX, BenchError,
                             Citus, World, dataset_name, ensure_dataset, generate_dataset, server_url)
 from bench.run import measure_size
-from core.sample_data import SHAPES
+from cli.sample_data import SHAPES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

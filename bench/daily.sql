@@ -1,4 +1,4 @@
--- The daily scenario's changes beyond the app's own day (core/sample_data.advance): what billing and
+-- The daily scenario's changes beyond the app's own day (cli/sample_data.advance): what billing and
 -- the app do to history in one day, each dated in (:as_of, :next_day]. Counts scale with the world
 -- (:changes per kind, about users / 5000); the rows are picked by a hash, so the same world gets the
 -- same changes. Run once after the first runs (the rewards they refer to exist then).
@@ -81,7 +81,7 @@ SELECT user_id, -10, 'REDEMPTION_QUOTA', md5('redeem:' || CAST(user_id AS text))
 FROM moved;
 
 -- name: advance_relationships_citus --
--- core/sample_data.sql's advance_relationships for a Citus cluster, where the relationships are a
+-- cli/sample_data.sql's advance_relationships for a Citus cluster, where the relationships are a
 -- reference table and Citus refuses an UPDATE of one joined with the sample's temporary plan table
 -- ("relation sample_relationship is not distributed"): the same rows, one UPDATE per relationship by
 -- its id (a day's activations and first payments: a few hundred rows). bench/run.py puts it in place

@@ -1,6 +1,6 @@
 """Benchmark datasets: one database per size, generated once, cloned for every measurement.
 
-`rewards_bench_600k` holds the pristine sample (core/sample_data.py) of 600k users
+`rewards_bench_600k` holds the pristine sample (cli/sample_data.py) of 600k users
 (`rewards_bench_600k_skewed` the same size in the other data shape); what defines it
 (users, seed, as-of, years, shape, row counts) is stored as JSON in the database's comment, so `bench run`
 knows the world it measures and can add a day of it. A run works on a clone
@@ -26,8 +26,9 @@ from typing import Any, Callable, Iterator
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from core import migrations, sample_data
-from core.sample_data import SHAPES
+from cli import sample_data
+from cli.sample_data import SHAPES
+from core import migrations
 from core.db import make_engine
 
 DEFAULT_USERS = 600_000

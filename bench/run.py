@@ -8,7 +8,7 @@
    longest batch transaction, i.e. the longest any row lock was held);
 3. a RERUN with nothing left to do.
 
-Then the DAILY measurement: one day of the same world is added (core/sample_data.advance: sign-ups,
+Then the DAILY measurement: one day of the same world is added (cli/sample_data.advance: sign-ups,
 activations, first and monthly payments, the app's ledger rows) and, on top (bench/daily.sql), what
 billing and the app do to history in a day: refunds of rewarded payments (clawbacks), FAILED payments
 of months long past turned PAID, payments recorded late for months long past, a few redemptions.
@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 from sqlalchemy import Engine, text
 
 from bench.datasets import Dataset, World, create_database, drop_database, forget_dataset, migrated_engine
-from core import sample_data
+from cli import sample_data
 from jobs import PipelineSettings
 from jobs.settings import RuleSettings
 from core.sql import Queries
@@ -312,7 +312,7 @@ def measure_size(server: str, dataset: Dataset, jobs: list[str], *, daily: bool 
 
 
 class _CitusSampleQueries(Queries):
-    """core/sample_data.sql with advance_relationships taken from bench/daily.sql (see there)."""
+    """cli/sample_data.sql with advance_relationships taken from bench/daily.sql (see there)."""
 
     def raw(self, name: str) -> str:
         if name == "advance_relationships":

@@ -4,7 +4,7 @@ It never touches `DATABASE_URL`: it starts its own embedded PostgreSQL under
 `REWARDS_DATA_DIR/demo`, recreates that server's default database (a fresh one each time: the one
 every other command uses with `REWARDS_DATA_DIR` pointed at the demo's directory, so `history`,
 `show`, `explain` and `report` explore the demo's data afterwards, as its closing text says),
-migrates it, loads a sample world (`core.sample_data`: a few thousand users over two years, referral
+migrates it, loads a sample world (`cli.sample_data`: a few thousand users over two years, referral
 chains, payments with refunds, redemptions, some cache drift), runs the pipeline once for one as-of
 instant, and prints what each job changed and the reconciliation report. Reports are written under
 `REWARDS_DATA_DIR/demo/reports` unless `REWARDS_REPORTS_DIR` is set.
@@ -26,12 +26,12 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from cli.summary import describe_stats
 from core import migrations
 from core.clock import utc_now
 from core.db import make_engine, redacted, start_embedded_server
 from core.job import ProgressReporter, no_progress
 from core.runner import RunResult, run_job
-from core.summary import describe_stats
 from jobs.settings import RuleSettings
 
 DEMO_DATABASE = "postgres"  # the embedded server's default database: what the other commands use
@@ -94,7 +94,7 @@ def build_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int 
                progress_for: ProgressFor | None = None) -> DemoOutcome:
     """Fresh database, sample data, the pipeline: what happened, for `format_summary`."""
     from cli.report import render_report
-    from core import sample_data
+    from cli import sample_data
     from jobs import PIPELINE
 
     as_of = as_of or utc_now().replace(microsecond=0)
@@ -127,9 +127,9 @@ def _no_display(_job: str) -> AbstractContextManager[ProgressReporter]:
     return nullcontext(no_progress)
 
 
-def what_changed(stats: dict[str, object]) -> str:
+def what_changed(stats: dict[str, object], job: str | None = None) -> str:
     """A run's stats without zeros and bookkeeping (the reconciliation report follows anyway)."""
-    return describe_stats(stats, brief=True)
+    return describe_stats(stats, job=job, brief=True)
 
 
 def this_command() -> str:
@@ -183,7 +183,7 @@ def format_summary(outcome: DemoOutcome, *, width: int = 80) -> str:
     ]
     for result in outcome.results:
         lines.append(f"  {result.job:<18} {result.status} in {result.seconds:.2f}s (run {result.run_id})")
-        details = what_changed(result.stats)
+        details = what_changed(result.stats, result.job)
         if details:
             lines += _indented(details, width)
         if result.error:

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cli.summary import status_label, took
+from cli.summary import describe_stats, status_label, took
 from cli.tables import Column, print_table
 from cli.terminal import print_json
 from core.clock import when
 from core.sql import Fetch, Queries
-from core.summary import describe_stats
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -114,4 +113,4 @@ def print_history(found: list[Any], *, as_json: bool = False) -> None:
 
 
 def _outcome(run: Any) -> str:
-    return f"error: {run.error}" if run.error else describe_stats(run.stats, brief=True)
+    return f"error: {run.error}" if run.error else describe_stats(run.stats, job=run.job, brief=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cli.summary import status_label, took
+from cli.summary import as_words, describe_stats, status_label, took
 from cli.tables import Column, print_table
 from cli.terminal import stdout_console
 from core.clock import when
 from core.logs import flatten
-from core.summary import as_words, describe_stats
 
 REPORT_SUFFIXES = (".csv", ".json", ".html", ".xlsx")
 
@@ -43,7 +42,7 @@ def print_run(run: Any) -> None:
         ["finished", f"{when(run.finished_at)} (took {took(run.duration)})" if run.finished_at else "-"],
         ["host, pid", f"{run.host}, pid {run.pid}"],
         ["error", run.error or "-"],
-        ["summary", describe_stats(stats, brief=True)],
+        ["summary", describe_stats(stats, job=run.job, brief=True)],
     ])
     settings = [[name, as_words(value)] for name, value in sorted((run.settings or {}).items())]
     print_table([Column("setting"), Column("value", wrap=True, flex=True)], settings or [["(none)", ""]],

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, TypeVar
 from uuid import UUID
 
 import structlog
@@ -94,6 +94,9 @@ class Job(Generic[AnySettings]):
     check: Callable[[Engine, AnySettings], None] | None = None
     settings_used: tuple[str, ...] = ()
     description: str = ""
+    # What a person reads for each of the job's own stats keys, in the order the face tells them
+    # ("<number> <label>"); a key labelled None is bookkeeping, left to `show`. Read by the face only.
+    stats_labels: Mapping[str, str | None] = field(default_factory=dict)
 
     def rule_settings(self, settings: AnySettings) -> dict[str, str]:
         """The settings this job's rules read, as `{ENV_NAME: value}` for job_runs.settings."""

@@ -42,4 +42,5 @@ JOB = Job(
     run=run,
     settings_used=("pending_expiry_days", "batch_size"),
     description="PENDING relationships older than the expiry window become EXPIRED",
+    stats_labels={"relationships_expired": "relationships expired", "cutoff": None},
 )

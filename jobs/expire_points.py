@@ -98,4 +98,6 @@ JOB = Job(
     run=run,
     settings_used=("points_expiry_months", "batch_size"),
     description="points older than the expiry window expire, oldest first (FIFO)",
+    stats_labels={"users_expired": "users' points expired", "skipped_unstorable": "rows too large for the ledger, skipped",
+                  "users_checked": "users checked", "users_to_expire": "users with points due", "cutoff": None},
 )

@@ -13,7 +13,7 @@ holds, refunds and re-earning: jobs/rewards.py; the statements: jobs/rewards.sql
 from __future__ import annotations
 
 from core.job import Job, RunContext
-from jobs.rewards import RewardRule, check_payments_feed, run_reward_job
+from jobs.rewards import STATS_LABELS, RewardRule, check_payments_feed, run_reward_job
 from jobs.settings import RuleSettings
 
 
@@ -36,4 +36,5 @@ JOB = Job(
     settings_used=("l2_months", "l2_reward", "points_per_usd", "reward_hold_days", "recovery", "payments_table",
                    "batch_size"),
     description="referrers' referrers earn a share of each paid month 0..N-1 of level-2 referrals",
+    stats_labels=STATS_LABELS,
 )

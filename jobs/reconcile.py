@@ -469,4 +469,10 @@ JOB = Job(
     run=run,
     settings_used=("reports_dir", "batch_size"),
     description="compare the balance cache with the ledger; report (CSV, JSON) and optionally repair",
+    stats_labels={
+        "discrepancies": "discrepancies", "findings": "rules audit findings", "repaired": "cache rows repaired",
+        "net_drift": "points net drift", "roll_forward_gap": "points roll-forward gap",
+        "outstanding_points": "points outstanding", "users_checked": "users checked",
+        "report": None, "discrepancies_by_kind": None, "invariant_violations": None,
+    },
 )

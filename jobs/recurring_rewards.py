@@ -10,7 +10,7 @@ jobs/rewards.py; the statements: jobs/rewards.sql.
 from __future__ import annotations
 
 from core.job import Job, RunContext
-from jobs.rewards import RewardRule, check_payments_feed, run_reward_job
+from jobs.rewards import STATS_LABELS, RewardRule, check_payments_feed, run_reward_job
 from jobs.settings import RuleSettings
 
 
@@ -33,4 +33,5 @@ JOB = Job(
     settings_used=("recurring_months", "recurring_reward", "points_per_usd", "reward_hold_days", "recovery",
                    "payments_table", "batch_size"),
     description="referrers earn a share of each paid month 1..N of the people they referred",
+    stats_labels=STATS_LABELS,
 )

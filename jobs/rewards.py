@@ -51,6 +51,21 @@ _queries = Queries(__file__)
 
 FEED_COLUMNS = ("id", "user_id", "amount_cents", "status", "paid_at")
 
+# The reward jobs' stats as a person reads them (`Job.stats_labels`), what changed first; None: bookkeeping.
+STATS_LABELS: dict[str, str | None] = {
+    "clawed_back_points": "points clawed back",
+    "expired_before_clawback_points": "points of clawed-back rewards already expired",
+    "unrecovered_points": "points unrecovered",
+    "recovered_points": "unrecovered points recovered",
+    "skipped_feed_rows": "payments feed rows skipped",
+    "skipped_unstorable": "rows too large for the ledger, skipped",
+    "conflicting_keys": "reward keys held in the ledger with another amount",
+    "relationships_scanned": "relationships scanned",
+    "referred_users_to_write": "referred users with rows to write",
+    "skipped_missing_rewarded_at": "skipped without rewarded_at",
+    "scan": None,
+}
+
 
 @dataclass(frozen=True)
 class RewardRule:

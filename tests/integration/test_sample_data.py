@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from core import sample_data
+from cli import sample_data
 from tests.builders import add_relationship, utc
 
 AS_OF = utc(2026, 6, 1)

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from cli.tables import Column, build_table
-from core.summary import as_words, describe_stats
+from cli.summary import as_words, describe_stats, describe_with_labels
 
 RUN_ID = "1234567"
 KEY = "recurring:3fa85f64-5717-4562-b3fc-2c963f66afa6:10"
@@ -63,9 +63,24 @@ def test_stats_read_as_words_never_as_a_python_repr():
                 "expire-points": {"run_id": 4, "status": "SUCCEEDED", "as_of": "2026-06-01T00:00:00+00:00"}}
 
     line = describe_stats({"discrepancies": 0, "upstream_runs": upstream, "sent": ["a.csv", "b.json"],
-                           "flags": {"recovery": True}}, brief=True)
+                           "flags": {"recovery": True}}, job="reconcile", brief=True)
 
     assert "upstream runs: expire-points run 4, recurring-rewards run 2" in line
     assert "sent: a.csv, b.json" in line and "flags: recovery yes" in line
     assert not any(mark in line for mark in ("{", "}", "[", "'", "True"))
     assert as_words({}) == "none" and as_words([]) == "none"
+
+
+def test_a_run_s_stats_are_told_with_the_labels_its_job_declares_in_their_order():
+    labels = {"users_expired": "users' points expired", "users_checked": "users checked", "cutoff": None}
+
+    line = describe_with_labels({"users_checked": 1200, "users_expired": 3, "cutoff": "2026-01-01",
+                                 "batches": 2, "upstream_runs": {}}, labels)
+
+    assert line == "3 users' points expired; 1,200 users checked; upstream runs: none"
+
+
+def test_each_registered_job_labels_its_own_stats():
+    line = describe_stats({"relationships_expired": 4, "cutoff": "2026-01-01"}, job="expire-pending")
+
+    assert line == "4 relationships expired"

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from sqlalchemy import Engine, text
 
-from core import sample_data
+from cli import sample_data
 from core.db import make_engine
 from tests.integration.conftest import _admin, _scratch_database
 

@@ -22,7 +22,7 @@ from annotated_types import Ge, Gt, Le
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from core import sample_data
+from cli import sample_data
 from core.db import make_engine
 from jobs import NAMES, PipelineSettings
 from tests.integration.faults.conftest import WORLD_AS_OF

@@ -33,7 +33,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from core import sample_data
+from cli import sample_data
 from core.db import make_engine
 from core.runner import run_job
 from jobs import JOBS, PipelineSettings

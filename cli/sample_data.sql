@@ -171,8 +171,11 @@ WHERE r.rewarded_plan IS NOT NULL
   AND a.paid_at > :since AND a.paid_at <= :until;
 
 -- name: insert_ledger --
--- The app's points over the years, and the balance cache moved by them (as the app does, in one
--- statement). Earnings: REFERRAL_FIRST_PAYMENT (1000, the referrer, at the first payment),
+-- Seeding the app's tables: the app's points over the years, and the balance cache moved by exactly
+-- those rows (per_user sums what this statement inserted, nothing else), as the app does, in one
+-- statement. It is not a second ledger writer: the jobs' keyed rows go through core.ledger's writer;
+-- these are the rows the app writes in production, and reading them back in a second statement would
+-- cost another full scan of the ledger at 2M users. Earnings: REFERRAL_FIRST_PAYMENT (1000, the referrer, at the first payment),
 -- REFERRAL_WELCOME (200, the referred user, at activation), ADMIN_GRANT (1 % of users, 100..5000).
 -- Each earning is then partly spent, never more than it brought: 20-60 % of it in redemptions of about
 -- 17 points (each 0.5-1.5x the mean, so at most 90 %), and 3 % of earnings get an ADMIN_GRANT
