@@ -35,6 +35,8 @@ _queries = Queries(__file__)
 LEDGER_ROWS_SHOWN = 30
 EXPIRIES_SHOWN = 5
 RULES = {1: recurring_rewards.rule_for, 2: level2_rewards.rule_for}
+# A reward month: (referred user, level, month number).
+MonthKey = tuple[UUID, int, int]
 # When a month has several facts, the one a person needs first.
 _PRECEDENCE = ("to be clawed back", "to be written", "paid", "nothing to pay", "on hold")
 
@@ -57,14 +59,14 @@ class MonthState:
 class Explanation:
     user_id: UUID
     as_of: datetime
-    balance: Any
-    referrer: Any | None
-    referrals: list[Any]
+    balance: Row[Any]
+    referrer: Row[Any] | None
+    referrals: list[Row[Any]]
     months: list[MonthState] = field(default_factory=list)
-    to_write: list[Any] = field(default_factory=list)  # the rows the next runs write for this user
-    ledger: list[Any] = field(default_factory=list)
+    to_write: list[Row[Any]] = field(default_factory=list)  # the rows the next runs write for this user
+    ledger: list[_Row] = field(default_factory=list)
     outstanding: dict[int, int] = field(default_factory=dict)  # unrecovered points owed back, by level
-    expiring: list[Any] = field(default_factory=list)
+    expiring: list[Row[Any]] = field(default_factory=list)
     expiry_months: int = 0
 
     @property
@@ -78,7 +80,7 @@ def money(cents: int) -> str:
 
 
 def explain(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: datetime) -> Explanation:
-    params = {"user_id": user_id, "as_of": as_of}
+    params: dict[str, object] = {"user_id": user_id, "as_of": as_of}
     with engine.connect() as conn:
         found = Explanation(
             user_id=user_id, as_of=as_of,
@@ -111,7 +113,7 @@ def _job_of(key: str | None) -> str | None:
     return None
 
 
-def _ledger_rows(conn: Connection, params: dict[str, Any]) -> list[Any]:
+def _ledger_rows(conn: Connection, params: dict[str, object]) -> list[_Row]:
     """The newest ledger rows at the as-of, each with `run_id` and `job`: the run that wrote it."""
     rows = [row._asdict() for row in conn.execute(_queries["ledger_rows"], {**params, "limit": LEDGER_ROWS_SHOWN})]
     wanted = [row for row in rows if row["run_id"] is None and _job_of(row["idempotency_key"])]
@@ -127,7 +129,8 @@ def _ledger_rows(conn: Connection, params: dict[str, Any]) -> list[Any]:
 
 
 class _Row(dict[str, Any]):
-    """A result row read by attribute, as SQLAlchemy's are, that can be filled in afterwards."""
+    """A result row read by attribute, as SQLAlchemy's are, that can be filled in afterwards (Any: its
+    columns are named by the SQL)."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -137,7 +140,7 @@ class _Row(dict[str, Any]):
 
 
 def _facts(conn: Connection, settings: RuleSettings, level: int, as_of: datetime,
-           referred: list[UUID]) -> list[Any]:
+           referred: list[UUID]) -> list[Row[Any]]:
     """The jobs' derivation at `as_of` for these referred users, with every month state (:explain)."""
     rule = RULES[level](settings)
     if not referred or rule.last_month < rule.first_month:
@@ -152,16 +155,16 @@ def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation)
                       | {row.referred_user_id for row in conn.execute(_queries["rewarded_referred_users"],
                                                                        {"user_id": found.user_id})
                          if row.referred_user_id is not None}, key=str)
-    records: dict[tuple[Any, int, int], list[Any]] = {}
+    records: dict[MonthKey, list[Row[Any]]] = {}
     for record in conn.execute(_queries["recorded_rewards"], {"user_id": found.user_id, "as_of": found.as_of}):
         records.setdefault((record.referred_user_id, record.level, record.month), []).append(record)
-    facts: dict[tuple[Any, int, int], list[Any]] = {}
+    facts: dict[MonthKey, list[Row[Any]]] = {}
     for level in (1, 2):
         for fact in _facts(conn, settings, level, found.as_of, referred):
             facts.setdefault((fact.referred_user_id, level, fact.month), []).append(fact)
             if fact.action is not None and fact.user_id == found.user_id:
                 found.to_write.append(fact)
-    shown: set[tuple[Any, int, int]] = set()
+    shown: set[MonthKey] = set()
     for relationship in found.referrals:
         rule = RULES[relationship.reward_level](settings)
         windows: Iterable[Row[Any]] = [] if relationship.rewarded_at is None else conn.execute(
@@ -178,8 +181,8 @@ def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation)
         found.months.append(_month_state(found, relationship_id, month, None, facts.get(month, []), records[month]))
 
 
-def _month_state(found: Explanation, relationship_id: UUID, month: tuple[Any, int, int], window: Any,
-                 facts: list[Any], records: list[Any]) -> MonthState:
+def _month_state(found: Explanation, relationship_id: UUID, month: MonthKey, window: Row[Any] | None,
+                 facts: list[Row[Any]], records: list[Row[Any]]) -> MonthState:
     referred_user_id, level, k = month
 
     def state(name: str, why: str, points: int | None = None, key: str | None = None) -> MonthState:
@@ -202,13 +205,13 @@ def _month_state(found: Explanation, relationship_id: UUID, month: tuple[Any, in
     return state("unpaid", "no PAID payment in the month at the as-of")
 
 
-def _points(fact: Any) -> int | None:
+def _points(fact: Row[Any]) -> int | None:
     if fact.state == "to be clawed back":
         return -int(fact.points)
     return None if fact.points is None else int(fact.points)
 
 
-def _why(found: Explanation, fact: Any) -> str:
+def _why(found: Explanation, fact: Row[Any]) -> str:
     basis = (f"basis {money(fact.basis_amount_cents)} payment {fact.payment_id}"
              if fact.basis_amount_cents is not None else f"basis payment {fact.payment_id}")
     if fact.state == "to be written":
