@@ -52,3 +52,28 @@ def test_numbers_beyond_bigint_are_usage_errors(main_in_process, args, message):
     code, _, err = main_in_process(*args)
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+COMMANDS = [["migrate"], ["run", "expire-pending"], ["run-all"], ["daemon"], ["jobs"], ["history"], ["show", "1"],
+            ["explain", "00000000-0000-0000-0000-000000000001"], ["report"], ["health"], ["demo"]]
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=[argv[0] for argv in COMMANDS])
+def test_every_command_is_handled_by_a_function_of_its_command_module(argv):
+    from cli.dispatch import handler_of
+    from cli.parser import build_parser
+
+    args = build_parser().parse_args(argv)
+    handler = handler_of(args)
+
+    assert callable(handler)
+    assert handler.__module__.startswith("cli.command_")
+
+
+def test_the_help_lists_every_command(capsys):
+    from cli.parser import build_parser
+
+    build_parser().print_help()
+
+    listed = capsys.readouterr().out
+    assert all(argv[0] in listed for argv in COMMANDS)
