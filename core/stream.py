@@ -9,7 +9,8 @@ quotes the values into the text (`mogrify`, what its `execute` does anyway). Val
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Callable, cast
 
 from sqlalchemy import Connection, TextClause
 
@@ -21,7 +22,7 @@ _ESCAPED = re.compile(r"\\(.)")
 _UNESCAPED = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
 
-def copy_rows(conn: Connection, statement: TextClause, params: dict[str, Any],
+def copy_rows(conn: Connection, statement: TextClause, params: Mapping[str, object],
               on_chunk: Callable[[list[tuple[str | None, ...]]], None], chunk_size: int) -> None:
     """Run the SELECT `statement` with `params` on `conn` (in its transaction) and hand its rows to
     `on_chunk`, `chunk_size` at a time (the last chunk may be shorter; none for no rows). An error

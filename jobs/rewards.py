@@ -37,7 +37,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause, text
 
