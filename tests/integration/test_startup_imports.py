@@ -39,6 +39,13 @@ def loaded_modules(tmp_path: Path, argv: list[str], env: dict[str, str]) -> tupl
     return found["code"], set(found["modules"])
 
 
+OWN_MODULE = {"health": "cli.command_database", "jobs": "cli.command_jobs"}
+
+
+def command_modules(modules: set[str]) -> set[str]:
+    return {name for name in modules if name.startswith("cli.command_")}
+
+
 def offenders(modules: set[str], packages: tuple[str, ...]) -> list[str]:
     return sorted(name for name in modules if any(name == p or name.startswith(p + ".") for p in packages))
 
@@ -55,6 +62,7 @@ def test_help_imports_neither_the_settings_nor_the_database(tmp_path):
     assert code == 0
     assert "argparse" in modules  # the probe sees what was loaded
     assert offenders(modules, HEAVY + ANY_SETTINGS) == []
+    assert command_modules(modules) == set()
 
 
 @pytest.mark.parametrize("command", ["health", "jobs"])
@@ -64,6 +72,7 @@ def test_health_and_jobs_read_through_psycopg2_without_the_heavy_stack(tmp_path,
     assert code == 0
     assert {"psycopg2", "pydantic_settings", "core.connect"} <= modules  # they did read settings and database
     assert offenders(modules, HEAVY) == []
+    assert command_modules(modules) == {OWN_MODULE[command]}  # only the command's own handler module
 
 
 def test_a_run_does_load_the_stack_the_others_leave_out(tmp_path, env):
