@@ -15,8 +15,9 @@ from sqlalchemy import text
 
 from core.reports import FileSet
 from core.runner import run_job
-from jobs import expire_pending, reconcile
+from jobs import expire_pending, reconcile, reconcile_audit, reconcile_publish
 from jobs.reports import finance as finance_report
+from jobs.reports.files import ReportFiles
 from tests.builders import add_app_points, utc
 
 AS_OF = utc(2026, 6, 1, 1)
@@ -44,7 +45,7 @@ def _reconciled(engine, settings, as_of=AS_OF):
 
 
 def _paths(settings, run_id, as_of=AS_OF):
-    return reconcile.ReportFiles.for_run(settings.reports_dir, as_of, run_id)
+    return ReportFiles.for_run(settings.reports_dir, as_of, run_id)
 
 
 def _summary(settings, run_id):
@@ -157,7 +158,8 @@ def test_a_failure_at_any_step_leaves_no_file_under_a_final_name_and_no_repair(e
     def fail(*args, **kwargs):
         raise OSError(f"injected failure in {failing_step}")
 
-    target = {"render_html": finance_report, "write_xlsx": finance_report, "seal": FileSet}.get(failing_step, reconcile)
+    target = {"_stream_discrepancies": reconcile_audit, "render_html": finance_report, "write_xlsx": finance_report,
+              "_insert_run": reconcile_publish, "seal": FileSet}[failing_step]
     monkeypatch.setattr(target, failing_step, fail)
 
     result = run_job(reconcile.JOB, settings=settings, engine=engine, as_of=AS_OF, repair=True)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from core.runner import run_job
-from jobs import reconcile
+from jobs import reconcile, reconcile_audit
 from tests.builders import add_app_points, balance_of, new_id, utc
 
 AS_OF = utc(2026, 6, 1, 1)
@@ -194,16 +194,16 @@ def test_a_failure_while_writing_the_report_leaves_no_report_file(engine, make_s
     with engine.begin() as conn:
         for number in (1, 2, 3):
             _ledger_only(conn, _user(number), 10)
-    real_store_chunk = reconcile._store_chunk
+    real_store_chunk = reconcile_audit._store_chunk
     chunks = []
 
-    def failing_store_chunk(ctx, chunk):
+    def failing_store_chunk(ctx, chunk, store):
         chunks.append(chunk)
         if len(chunks) == 2:
             raise OSError("disk full")
-        real_store_chunk(ctx, chunk)
+        real_store_chunk(ctx, chunk, store)
 
-    monkeypatch.setattr(reconcile, "_store_chunk", failing_store_chunk)
+    monkeypatch.setattr(reconcile_audit, "_store_chunk", failing_store_chunk)
 
     result = _reconcile(engine, settings)
 
@@ -217,7 +217,7 @@ def test_a_failure_while_writing_the_report_leaves_no_report_file(engine, make_s
 def test_a_run_that_lost_its_lease_writes_no_report(engine, settings, monkeypatch):
     with engine.begin() as conn:
         _ledger_only(conn, _user(1), 10)
-    real_cache_totals = reconcile._cache_totals
+    real_cache_totals = reconcile_audit._cache_totals
 
     def read_totals_then_get_taken_over(conn):
         totals = real_cache_totals(conn)
@@ -226,7 +226,7 @@ def test_a_run_that_lost_its_lease_writes_no_report(engine, settings, monkeypatc
                                " WHERE job = 'reconcile' AND status = 'RUNNING'"))
         return totals
 
-    monkeypatch.setattr(reconcile, "_cache_totals", read_totals_then_get_taken_over)
+    monkeypatch.setattr(reconcile_audit, "_cache_totals", read_totals_then_get_taken_over)
 
     result = _reconcile(engine, settings)
 
@@ -419,7 +419,7 @@ def test_the_comparison_reads_one_snapshot_that_later_commits_do_not_change(engi
     """A cache corruption committed after the run read its totals is not in its snapshot."""
     with engine.begin() as conn:
         add_app_points(conn, user=_user(1), delta=100, type="REFERRAL_WELCOME", created_at=utc(2026, 1, 1))
-    real_cache_totals = reconcile._cache_totals
+    real_cache_totals = reconcile_audit._cache_totals
 
     def read_totals_then_corrupt(conn):
         totals = real_cache_totals(conn)
@@ -427,7 +427,7 @@ def test_the_comparison_reads_one_snapshot_that_later_commits_do_not_change(engi
             other.execute(text("UPDATE public.user_point_balances SET balance = 999"))
         return totals
 
-    monkeypatch.setattr(reconcile, "_cache_totals", read_totals_then_corrupt)
+    monkeypatch.setattr(reconcile_audit, "_cache_totals", read_totals_then_corrupt)
     within = _succeeded(engine, settings)
     monkeypatch.undo()
 
@@ -493,7 +493,7 @@ def test_the_periods_clawbacks_are_read_by_index_never_by_scanning_every_reward(
             " FROM generate_series(1, 20000) AS n"))
         conn.execute(text("ANALYZE public.referral_rewards"))
     with engine.connect() as conn:
-        plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("unrecovered_clawbacks")),
+        plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile_audit._queries.raw("unrecovered_clawbacks")),
                             {"previous_as_of": utc(2026, 5, 1), "as_of": AS_OF}).scalar_one()[0]["Plan"]
 
     assert "idx_referral_rewards_clawed_back_at" in json.dumps(plan)

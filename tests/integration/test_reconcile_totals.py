@@ -15,7 +15,7 @@ from uuid import UUID
 import pytest
 from sqlalchemy import text
 
-from jobs import reconcile
+from jobs import reconcile, reconcile_audit
 from jobs.reconcile_summary import CLAWBACK, EXPIRY
 from core.runner import run_job
 from tests.builders import add_analyzed_ledger, add_app_points, plan_nodes, utc
@@ -232,7 +232,7 @@ def _movements_params(**bounds):
 
 def _inner_groups_estimated(conn) -> float:
     """The planner's estimate of the (type, day, …) groups of `movements`' first aggregate."""
-    plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("movements")),
+    plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile_audit._queries.raw("movements")),
                         _movements_params()).scalar_one()[0]["Plan"]
     aggregates = [node["Plan Rows"] for node in plan_nodes(plan) if node["Node Type"] == "Aggregate"]
     return min(aggregates[1:]) if len(aggregates) > 1 else aggregates[0]
@@ -260,7 +260,7 @@ def test_the_movements_planner_knows_the_ledger_has_few_days_so_it_hashes_them_p
 
 
 def _movements_plan(conn, **bounds) -> str:
-    return "\n".join(conn.execute(text("EXPLAIN " + reconcile._queries.raw("movements")),
+    return "\n".join(conn.execute(text("EXPLAIN " + reconcile_audit._queries.raw("movements")),
                                    _movements_params(**bounds)).scalars())
 
 
@@ -278,7 +278,7 @@ def test_a_first_reconciles_movements_compare_nothing_per_row_and_a_later_one_re
 
 
 def _aggregate_strategies(conn) -> set[str]:
-    plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile._queries.raw("discrepancies"))).scalar_one()[0]
+    plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile_audit._queries.raw("discrepancies"))).scalar_one()[0]
     return {node["Strategy"] for node in plan_nodes(plan["Plan"]) if node["Node Type"] == "Aggregate"}
 
 
@@ -288,9 +288,9 @@ def test_the_audit_groups_users_in_order_not_by_hashing_every_user_in_every_work
     with engine.begin() as conn:
         add_analyzed_ledger(conn, rows=20000, first_at=utc(2026, 4, 1))
     with engine.connect() as conn:
-        conn.execute(text(f"SET LOCAL work_mem = '{reconcile.AUDIT_WORK_MEM}'"))
+        conn.execute(text(f"SET LOCAL work_mem = '{reconcile_audit.AUDIT_WORK_MEM}'"))
         hashed = _aggregate_strategies(conn)
-        conn.execute(reconcile._queries["group_users_in_index_order"])
+        conn.execute(reconcile_audit._queries["group_users_in_index_order"])
         in_order = _aggregate_strategies(conn)
         conn.rollback()
     assert "Hashed" in hashed  # the test can tell

@@ -64,7 +64,7 @@ class KillPoint:
 # Each step, the points where a kill lands in it (one drawn per try; the call number at random).
 RECONCILE_STEPS: dict[str, list[Callable[[random.Random], KillPoint]]] = {
     "settle what earlier runs left": [
-        lambda rng: KillPoint("jobs.reconcile:_settle_leftovers", after=rng.random() < 0.5),
+        lambda rng: KillPoint("jobs.reconcile_publish:_settle_leftovers", after=rng.random() < 0.5),
     ],
     # drawn instead of the above when an earlier kill left a recorded run's files aside (`rng.aside` of them)
     "settle what earlier runs left, files aside": [
@@ -72,7 +72,7 @@ RECONCILE_STEPS: dict[str, list[Callable[[random.Random], KillPoint]]] = {
                               inside="core.reports:settle_leftovers"),
     ],
     "stream the discrepancies (CSV aside, rows)": [
-        lambda rng: KillPoint("jobs.reconcile:_store_chunk", rng.randint(1, 3), rng.random() < 0.5),
+        lambda rng: KillPoint("jobs.reconcile_audit:_store_chunk", rng.randint(1, 3), rng.random() < 0.5),
         lambda rng: KillPoint("jobs.rules_audit:insert", after=True),
     ],
     "write the documents aside": [
@@ -84,8 +84,8 @@ RECONCILE_STEPS: dict[str, list[Callable[[random.Random], KillPoint]]] = {
                               inside="core.reports:FileSet.seal"),
     ],
     "repair, in the recording transaction": [
-        lambda rng: KillPoint("jobs.reconcile:_repair_batch", rng.randint(1, 3), after=True),
-        lambda rng: KillPoint("jobs.reconcile:_insert_run", after=rng.random() < 0.5),
+        lambda rng: KillPoint("jobs.reconcile_publish:_repair_batch", rng.randint(1, 3), after=True),
+        lambda rng: KillPoint("jobs.reconcile_publish:_insert_run", after=rng.random() < 0.5),
     ],
     "record (the run's end, before the commit)": [
         lambda rng: KillPoint("core.runs:finish_in", after=True, inside="core.job:RunContext.recording"),
@@ -554,9 +554,9 @@ def test_a_reports_disk_that_fills_up_at_any_file_fails_the_reconcile_naming_it_
 # so a real folder cannot turn read-only in the middle of a file either.
 READ_ONLY_AT = [
     ("before the run", None, 0, False),
-    ("before the CSV", "jobs.reconcile:_read_only_snapshot", 1, False),
+    ("before the CSV", "core.reports:FileSet.text", 1, False),
     ("before the findings' CSV", "core.reports:FileSet.text", 2, False),
-    ("before the documents", "jobs.reconcile:_stage_documents", 1, False),
+    ("before the documents", "jobs.reconcile_publish:_stage_documents", 1, False),
     ("before the workbook", "core.reports:FileSet.writing", 1, False),
     ("before the seal", "core.reports:FileSet.seal", 1, False),
     ("after the record, before the publication", "core.reports:FileSet.publish", 1, True),
@@ -637,11 +637,11 @@ def test_expiring_soon_on_a_full_or_read_only_folder_fails_naming_its_file_or_pu
 
 def test_a_repair_that_changes_another_number_than_the_snapshot_said_is_reported_as_made(small_world, engine,
                                                                                            make_settings):
-    from jobs import reconcile
+    from jobs import reconcile_publish
 
     _drift(engine, random.Random("meanwhile"), DRIFTED_PER_TRY)
     settings = make_settings(batch_size=BATCH_SIZE)
-    real_repair = reconcile._repair
+    real_repair = reconcile_publish._repair
     fixed_meanwhile = []
 
     def someone_fixes_a_row_first(ctx: Any, conn: Any) -> int:
@@ -657,7 +657,7 @@ def test_a_repair_that_changes_another_number_than_the_snapshot_said_is_reported
         return real_repair(ctx, conn)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reconcile, "_repair", someone_fixes_a_row_first)
+        patch.setattr(reconcile_publish, "_repair", someone_fixes_a_row_first)
         result = run_job(JOBS["reconcile"], settings=settings, engine=engine, as_of=WORLD_AS_OF, repair=True)
 
     assert result.status == "SUCCEEDED", result.error
