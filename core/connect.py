@@ -2,17 +2,20 @@
 connection for the commands that only read (`health`, `jobs`).
 
 The engine (`core/db.py`) and that connection share one recipe, so both sessions get the
-same timeouts, `TimeZone=UTC` and application name. `parse_url` reads a `DATABASE_URL` exactly as
-SQLAlchemy's `make_url` does (its pattern, its unquoting), so settings can be checked without
-importing SQLAlchemy (≈0.2 s of a command's start).
+same timeouts, `TimeZone=UTC` and application name. libpq reads a `DATABASE_URL` here (psycopg2's
+`parse_dsn`), so settings are checked and the light connection made without importing SQLAlchemy
+(≈0.2 s of a command's start); the engine reads it with SQLAlchemy's `make_url`. Where the two readings
+could differ, `check_url` refuses the URL (a `/` or `@` unescaped in the password, a %-escape that is
+not UTF-8) or the light connection leaves it to the engine (several hosts, a repeated option, a `+`).
 """
 from __future__ import annotations
 
 import os
 import re
 from collections import namedtuple
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
@@ -20,58 +23,58 @@ from urllib.parse import parse_qsl, unquote
 from core.sql import Fetch
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
     from core.settings import CoreSettings
 
-# SQLAlchemy's own pattern (sqlalchemy/engine/url.py, _parse_url), so both read a URL the same way.
-_URL = re.compile(
-    r"""
-        (?P<name>[\w\+]+)://
-        (?:
-            (?P<username>[^:/]*)
-            (?::(?P<password>[^@]*))?
-        @)?
-        (?:
-            (?:
-                \[(?P<ipv6host>[^/\?]+)\] |
-                (?P<ipv4host>[^/:\?]+)
-            )?
-            (?::(?P<port>[^/\?]*))?
-        )?
-        (?:/(?P<database>[^\?]*))?
-        (?:\?(?P<query>.*))?
-        """,
-    re.X,
-)
+_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2")
+_SCHEME = re.compile(r"[\w+]+")
+# The user information as SQLAlchemy's `make_url` finds it (its pattern): a user, then `:` and a password
+# up to the first `@`. Only to redact a password as written, and to see a `/` in it, which would end
+# libpq's host part where SQLAlchemy reads on.
+_USERINFO = re.compile(r"[^:/]*(?::(?P<password>[^@]*))?@")
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_NOT_UTF8 = "%01"  # stands in for a %-escape that is not UTF-8, to learn from libpq which part holds it
 
 
 @dataclass(frozen=True)
 class DatabaseURL:
-    drivername: str
-    username: str | None = None
-    password: str | None = None
-    host: str | None = None
-    port: int | None = None
-    database: str | None = None
-    query: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+    """A `DATABASE_URL` as libpq reads it, and its query string as SQLAlchemy reads it."""
+
+    libpq_text: str  # the URL under the scheme libpq knows (postgresql://)
+    parts: Mapping[str, str]  # libpq's keywords: host, port, dbname, user, password, options, …
+    query_text: str  # the query string as written (after the first `?` past the user information)
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """The query's pairs in order, as SQLAlchemy's `make_url` reads them (`parse_qsl`)."""
+        return parse_qsl(self.query_text)
 
 
-def parse_url(text: str) -> DatabaseURL:
-    """A database URL's parts, as SQLAlchemy's `make_url` reads them; ValueError when it is not one."""
-    match = _URL.match(text)
-    if match is None:
-        raise ValueError("Could not parse SQLAlchemy URL from given URL string")
-    parts = match.groupdict()
-    query: dict[str, str | tuple[str, ...]] = {}
-    for key, value in parse_qsl(parts["query"] or ""):
-        if key in query:
-            earlier = query[key]
-            query[key] = (*earlier, value) if isinstance(earlier, tuple) else (earlier, value)
-        else:
-            query[key] = value
-    username, password, database = (unquote(parts[name]) if parts[name] is not None else None
-                                    for name in ("username", "password", "database"))
-    return DatabaseURL(parts["name"], username, password, parts["ipv4host"] or parts["ipv6host"],
-                       int(parts["port"]) if parts["port"] is not None else None, database, query)
+def _split_scheme(text: str) -> tuple[str, str]:
+    scheme, found, rest = text.partition("://")
+    if not found or not _SCHEME.fullmatch(scheme):
+        raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname")
+    return scheme, rest
+
+
+def _query_text(rest: str) -> str:
+    userinfo = _USERINFO.match(rest)
+    return (rest[userinfo.end():] if userinfo else rest).partition("?")[2]
+
+
+def read_url(text: str) -> DatabaseURL:
+    """`text` read by libpq (psycopg2's `parse_dsn`); ValueError when libpq cannot read it (its own
+    message is not kept: it quotes the URL, password and all)."""
+    import psycopg2.extensions
+
+    _scheme, rest = _split_scheme(text)
+    libpq_text = "postgresql://" + rest
+    try:
+        parts = psycopg2.extensions.parse_dsn(libpq_text)
+    except (psycopg2.ProgrammingError, UnicodeDecodeError):
+        raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
+    return DatabaseURL(libpq_text, parts, _query_text(rest))
 
 
 # The options whose values libpq checks only when it connects (fe-connect.c, libpq 17): checked at
@@ -97,52 +100,69 @@ _SURROGATE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8 in the e
 
 
 def check_url(text: str) -> DatabaseURL:
-    """`text` as a PostgreSQL URL libpq will accept, or ValueError with a message that never quotes
-    the user, password or host (a piece of the password may sit in any of them when it is mistyped)."""
+    """`text` as a PostgreSQL URL libpq will accept and SQLAlchemy reads alike, or ValueError with a
+    message that never quotes the user, password or host (a piece of the password may sit in any of them
+    when it is mistyped)."""
     if _SURROGATE.search(text):
         raise ValueError("is not UTF-8 text (it has a byte that is not UTF-8)")
-    try:
-        url = parse_url(text)
-    except ValueError:
-        raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
-    if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg2"):
+    scheme, rest = _split_scheme(text)
+    if scheme not in _SCHEMES:
         raise ValueError("must be a postgresql:// URL (its scheme is not postgresql)")
-    if url.host and "@" in url.host:  # the rest of the password would show up as a host name
+    userinfo = _USERINFO.match(rest)
+    if userinfo and "/" in (userinfo["password"] or ""):  # libpq would read the rest as the host and port
+        raise ValueError("has an unescaped '/' in its password (write it as %2F)")
+    _check_options(parse_qsl(_query_text(rest)))  # before libpq reads it: its refusal quotes the URL
+    _check_escapes(rest)
+    url = read_url(text)
+    if "@" in url.parts.get("host", "") + url.parts.get("port", ""):  # the rest of the password, as a host
         raise ValueError("has an unescaped '@' in its user or password (write it as %40)")
-    _check_escapes(_URL.match(text).groupdict())  # type: ignore[union-attr]  (parse_url matched it)
-    _check_port(url.port)
-    _check_options(url.query)
+    _check_port(url.parts.get("port"))
     return url
 
 
-def _check_escapes(parts: dict[str, str | None]) -> None:
+def _check_escapes(rest: str) -> None:
     """A %-escape must decode to UTF-8: SQLAlchemy would turn `%FF` into U+FFFD, a different password."""
-    for part, label in (("username", "user name"), ("password", "password"), ("database", "database name")):
+    marked = _ESCAPES.sub(lambda found: found[0] if _utf8(found[0]) else _NOT_UTF8, rest)
+    if marked == rest:
+        return
+    parts = read_url("postgresql://" + marked).parts
+    for part, label in (("password", "password"), ("user", "user name"), ("dbname", "database name")):
+        if unquote(_NOT_UTF8) in parts.get(part, ""):
+            raise ValueError(f"its {label} has a %-escape that is not UTF-8 text (like %FF)")
+    raise ValueError("has a %-escape that is not UTF-8 text (like %FF)")
+
+
+def _utf8(escapes: str) -> bool:
+    try:
+        unquote(escapes, errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _check_port(port: str | None) -> None:
+    for item in (port or "").split(","):
+        if not item.strip():
+            continue
         try:
-            unquote(parts[part] or "", errors="strict")
-        except UnicodeDecodeError:
-            raise ValueError(f"its {label} has a %-escape that is not UTF-8 text (like %FF)") from None
+            number = int(item)
+        except ValueError:
+            raise ValueError("must be a URL like postgresql://user:password@host:5432/dbname") from None
+        if not 1 <= number <= 65535:
+            raise ValueError(f"port{f' {number}' if number >= 0 else ''} is out of range (1 to 65535)")
 
 
-def _check_port(port: int | str | None) -> None:
-    for item in str(port).split(",") if port is not None else ():
-        if item.strip() and not (item.strip().isdigit() and 1 <= int(item) <= 65535):
-            shown = f" {item.strip()}" if item.strip().isdigit() else ""
-            raise ValueError(f"port{shown} is out of range (1 to 65535)")
-
-
-def _check_options(query: Mapping[str, str | tuple[str, ...]]) -> None:
+def _check_options(query: list[tuple[str, str]]) -> None:
     """Refuse a query option libpq does not know, or a value it would refuse (only the option's name
     and its value from a fixed list are shown: an unknown option's value might be a password)."""
     import psycopg2.extensions
 
-    for name, given in query.items():
+    for name, value in query:
         try:
             psycopg2.extensions.parse_dsn(f"{name}=x")
         except psycopg2.ProgrammingError:
             raise ValueError(f"unknown connection option {name!r} in its query string") from None
-        for value in given if isinstance(given, tuple) else (given,):
-            _check_option_value(name, value)
+        _check_option_value(name, value)
 
 
 def _check_option_value(name: str, value: str) -> None:
@@ -160,10 +180,10 @@ def _check_option_value(name: str, value: str) -> None:
 
 def without_password(text: str, url: str | None) -> str:
     """`text` with the password of `url` (as written in it, and decoded) blanked out."""
-    match = _URL.match(url or "")
-    written = match.group("password") if match else None
-    for form in sorted({written, unquote(written or "")} - {None, ""}, key=len, reverse=True):
-        text = text.replace(form, "***")  # type: ignore[arg-type]
+    userinfo = _USERINFO.match((url or "").partition("://")[2])
+    written = userinfo["password"] if userinfo else None
+    for form in sorted({form for form in (written, unquote(written or "")) if form}, key=len, reverse=True):
+        text = text.replace(form, "***")
     return text
 
 
@@ -212,20 +232,19 @@ def session_arguments(query: Mapping[str, Any], timeouts: Timeouts | None) -> di
     return arguments
 
 
-def psycopg2_arguments(url: DatabaseURL, timeouts: Timeouts | None) -> dict[str, Any] | None:
-    """What the engine's psycopg2 dialect would pass to `psycopg2.connect` for this URL, or None for a
-    URL whose reading is SQLAlchemy's own business (several hosts or ports, a repeated query option).
-    One `?host=` (a socket folder, as the embedded server's URL has) passes through as it is."""
-    several_hosts = any(mark in str(url.query.get("host", "")) for mark in ",:")
-    if several_hosts or "port" in url.query or any(isinstance(v, tuple) for v in url.query.values()):
+def light_dsn(url: DatabaseURL, timeouts: Timeouts | None) -> str | None:
+    """The libpq connection string of the light connection: the URL, with the arguments the engine adds
+    (`session_arguments`). None for a URL whose reading is SQLAlchemy's own business: several hosts or
+    ports, a repeated query option, a `+` in the query (a space to SQLAlchemy, a `+` to libpq). One
+    `?host=` (a socket folder, as the embedded server's URL has) is libpq's to read."""
+    import psycopg2.extensions
+
+    names = [name for name, _value in url.query]
+    hosts = [value for name, value in url.query if name == "host"]
+    if (len(set(names)) < len(names) or "port" in names or any(mark in host for host in hosts for mark in ",:")
+            or "+" in url.query_text):
         return None
-    given = {"host": url.host, "dbname": url.database, "user": url.username, "password": url.password,
-             "port": url.port}
-    arguments = {name: value for name, value in given.items() if value}
-    arguments.update((name, value) for name, value in url.query.items()
-                     if name not in ("options", "application_name"))
-    arguments.update(session_arguments(url.query, timeouts))
-    return arguments
+    return psycopg2.extensions.make_dsn(url.libpq_text, **session_arguments(url.parts, timeouts))
 
 
 class ReadFailed(Exception):
@@ -242,19 +261,45 @@ def reading_connection(settings: CoreSettings) -> Any | None:
     when the URL needs the engine (no URL: the embedded database; several hosts)."""
     if not settings.database_url:
         return None
-    arguments = psycopg2_arguments(parse_url(settings.database_url), Timeouts.from_settings(settings))
-    if arguments is None:
+    dsn = light_dsn(read_url(settings.database_url), Timeouts.from_settings(settings))
+    if dsn is None:
         return None
     import psycopg2
 
     try:
-        return psycopg2.connect(**arguments)
+        return psycopg2.connect(dsn)
     except psycopg2.Error as error:
         raise ReadFailed(error) from error
 
 
+@contextmanager
+def reading(engine: Engine) -> Iterator[Fetch]:
+    """A `Fetch` on one connection of the engine's pool: the reads that `health` and `jobs` make on
+    their light connection run the same way, on the same adapter (`fetcher`), for the daemon and jobs."""
+    with engine.connect() as conn:
+        yield fetch_on(conn)
+
+
+def fetch_on(conn: Connection) -> Fetch:
+    """`fetcher` on the DB-API connection under a SQLAlchemy one; its errors are SQLAlchemy's
+    (`DBAPIError`'s subclasses), as every other statement on an engine raises them."""
+    fetch = fetcher(conn.connection.dbapi_connection)
+
+    def fetch_as_the_engine_does(statement: str) -> Sequence[Any]:
+        try:
+            return fetch(statement)
+        except ReadFailed as failed:
+            import psycopg2
+            from sqlalchemy.exc import DBAPIError
+
+            raise DBAPIError.instance(statement, None, failed.orig, psycopg2.Error) from failed.orig
+
+    return fetch_as_the_engine_does
+
+
 def fetcher(dbapi_connection: Any) -> Fetch:
-    """A `Fetch` over one DB-API connection (psycopg2's, or an engine's raw one): rows as named tuples."""
+    """The one adapter of the read-only statements: a `Fetch` over one DB-API connection (psycopg2's,
+    or one of an engine's) whose rows read by attribute; the driver's errors become `ReadFailed`."""
     def fetch(statement: str) -> list[Any]:
         import psycopg2
 
@@ -271,4 +316,4 @@ def fetcher(dbapi_connection: Any) -> Fetch:
 
 @lru_cache(maxsize=64)
 def _row_type(columns: tuple[str, ...]) -> Any:
-    return namedtuple("Row", columns, rename=True)  # type: ignore[misc]  (`?column?` becomes `_0`)
+    return namedtuple("Row", columns, rename=True)  # rename: `?column?` becomes `_0`

@@ -94,6 +94,8 @@ class Job(Generic[AnySettings]):
     check: Callable[[Engine, AnySettings], None] | None = None
     settings_used: tuple[str, ...] = ()
     description: str = ""
+    # Writes files under REWARDS_REPORTS_DIR: a run is refused at start when that folder takes no file.
+    writes_reports: bool = False
     # What a person reads for each of the job's own stats keys, in the order the face tells them
     # ("<number> <label>"); a key labelled None is bookkeeping, left to `show`. Read by the face only.
     stats_labels: Mapping[str, str | None] = field(default_factory=dict)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.sql import Fetch, fetch_on
+from core.connect import fetch_on, reading
+from core.sql import Fetch
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -46,7 +47,7 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def read_applied(fetch: Fetch) -> list[Any]:
+def read_applied(fetch: Fetch) -> Sequence[Any]:
     """The applied migrations recorded in the database (version, name, checksum), by version."""
     if not fetch("SELECT to_regclass('public.rewards_schema_migrations') IS NOT NULL")[0][0]:
         return []
@@ -67,13 +68,6 @@ def _check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> No
             )
 
 
-def pending(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Migrations not yet applied; raises `MigrationError` if an applied file was edited."""
-    with engine.connect() as conn:
-        applied = read_applied(fetch_on(conn))
-    return pending_among(applied, directory)
-
-
 def pending_among(applied: Sequence[Any], directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Of the migrations on disk, those not in `applied` (`read_applied`'s rows); raises
     `MigrationError` if an applied file was edited."""
@@ -83,21 +77,17 @@ def pending_among(applied: Sequence[Any], directory: Path = MIGRATIONS_DIR) -> l
     return [m for m in migrations if m.version not in checksums]
 
 
-def unknown_applied(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Migrations recorded in the database that this version has no file for (a newer release ran)."""
-    with engine.connect() as conn:
-        return unknown_among(read_applied(fetch_on(conn)), directory)
-
-
 def unknown_among(applied: Sequence[Any], directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Of `applied` (`read_applied`'s rows), those this version has no file for."""
+    """Of `applied` (`read_applied`'s rows), those this version has no file for (a newer release ran)."""
     known = {m.version for m in discover(directory)}
     return [f"{row.version}_{row.name}" for row in applied if row.version not in known]
 
 
 def require_migrated(engine: Engine, *, hint: str = "") -> None:
     """Raise `MigrationError` (exit 2) naming the pending migrations, if any."""
-    refuse_pending(pending(engine), hint=hint)
+    with reading(engine) as fetch:
+        applied = read_applied(fetch)
+    refuse_pending(pending_among(applied), hint=hint)
 
 
 def refuse_pending(waiting: Sequence[Migration], *, hint: str = "") -> None:
@@ -133,7 +123,9 @@ def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[Migration]
                     continue
                 with conn.begin():
                     # The raw DB-API cursor runs the file as is: no bind-parameter parsing of its text.
-                    conn.connection.dbapi_connection.cursor().execute(migration.sql)
+                    dbapi_connection = conn.connection.dbapi_connection
+                    assert dbapi_connection is not None  # checked out, for this transaction
+                    dbapi_connection.cursor().execute(migration.sql)
                     conn.execute(
                         text("INSERT INTO public.rewards_schema_migrations (version, name, checksum)"
                              " VALUES (:version, :name, :checksum)"),

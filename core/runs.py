@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from core.sql import Fetch, Queries, fetch_on
+from core.sql import Fetch, Queries
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -143,7 +143,8 @@ def claim(
                 return int(run_id)
             tick_taken = scheduled_for is not None and conn.execute(_queries["tick_taken"], params).scalar()
             holder = conn.execute(_queries["running_run"], params).one_or_none()
-        if tick_taken:  # checked first: a replica running this very tick is not "busy", the tick is just taken
+        # checked first: a replica running this very tick is not "busy", the tick is just taken
+        if tick_taken and scheduled_for is not None:
             raise TickTaken(f"{job} tick {scheduled_for.isoformat()} was already claimed by another replica")
         if holder is not None:
             raise AlreadyRunning(job, Holder(holder.id, holder.host, holder.pid, holder.started_at, holder.trigger))
@@ -211,13 +212,9 @@ def succeeded_runs(engine: Engine, job: str, run_ids: set[int]) -> set[int]:
                                                     {"job": job, "run_ids": sorted(run_ids)})}
 
 
-def last_runs(engine: Engine) -> dict[str, Any]:
-    with engine.connect() as conn:
-        return read_last_runs(fetch_on(conn))
-
-
-def read_last_runs(fetch: Fetch) -> dict[str, Any]:
-    """The latest run of each job, by job (`last_runs` on a connection you hold, e.g. a light one)."""
+def last_runs(fetch: Fetch) -> dict[str, Any]:
+    """The latest run of each job, by job: on the light connection of `jobs`, or an engine's
+    (`core.connect.reading`)."""
     return {row.job: row for row in fetch(_queries.raw("last_run_per_job"))}
 
 
@@ -231,11 +228,6 @@ def last_invariant_violations(engine: Engine) -> dict[str, int] | None:
     with engine.connect() as conn:
         row = conn.execute(_queries["last_invariant_violations"]).first()
     return None if row is None else {str(kind): int(count) for kind, count in (row.by_kind or {}).items()}
-
-
-def recent_runs(engine: Engine, *, job: str | None = None, limit: int = 20) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(_queries["recent_runs"], {"job": job, "limit": limit}))
 
 
 def running_runs(engine: Engine, jobs: Sequence[str] | None = None) -> list[Any]:

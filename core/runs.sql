@@ -114,14 +114,6 @@ FROM public.job_runs
 WHERE status = 'SUCCEEDED' AND NOT dry_run
 GROUP BY job;
 
--- name: recent_runs --
-SELECT id, job, trigger, as_of, scheduled_for, status, dry_run, started_at, finished_at,
-       finished_at - started_at AS duration, stats, error, host, pid
-FROM public.job_runs
-WHERE (CAST(:job AS text) IS NULL OR job = CAST(:job AS text))
-ORDER BY started_at DESC, id DESC
-LIMIT :limit;
-
 -- name: last_invariant_violations --
 -- The invariant violations by kind that the latest successful real run reporting them counted (a run's
 -- stats key `invariant_violations`: the rules audit), for /metrics.

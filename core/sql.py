@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 _BLOCK_START = re.compile(r"^-- name: ([a-z0-9_]+) --\s*$", re.MULTILINE)
 
 # Runs one read-only statement (its text, no parameters) and returns its rows, read by attribute:
-# `core.connect.fetcher` over a DB-API connection, a bare psycopg2 one or an engine's (`core.connect.reading`).
+# `core.connect.fetcher` over a bare psycopg2 connection, or an engine's (`core.connect.reading`, `fetch_on`).
 # Any: a row's columns are named by the SQL text, unknown to the checker.
 Fetch = Callable[[str], Sequence[Any]]
 

@@ -68,8 +68,3 @@ def check_reports_dir(path: Path) -> None:
             pass
     except OSError as error:
         raise ConfigError(f"REWARDS_REPORTS_DIR: cannot write in {path} ({error.strerror})") from None
-
-
-def writes_reports(job: object) -> bool:
-    """Whether a job writes files under REWARDS_REPORTS_DIR (it reads that setting)."""
-    return "reports_dir" in getattr(job, "settings_used", ())

@@ -147,4 +147,5 @@ JOB = Job(
     run=run,
     settings_used=("points_expiry_months", "expiry_notice_days", "reports_dir"),
     description="the CRM's CSV of points expiring in the next REWARDS_EXPIRY_NOTICE_DAYS days (no ledger writes)",
+    writes_reports=True,
 )

@@ -58,6 +58,7 @@ JOB = Job(
     run=run,
     settings_used=("reports_dir", "batch_size"),
     description="compare the balance cache with the ledger; report (CSV, JSON) and optionally repair",
+    writes_reports=True,
     stats_labels={
         "discrepancies": "discrepancies", "findings": "rules audit findings", "repaired": "cache rows repaired",
         "net_drift": "points net drift", "roll_forward_gap": "points roll-forward gap",

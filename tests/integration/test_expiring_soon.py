@@ -165,6 +165,7 @@ def test_only_the_ledgers_of_users_with_points_crossing_a_cutoff_are_read(engine
     with engine.begin() as conn:
         add_analyzed_ledger(conn, rows=200000, first_at=utc(2025, 6, 30, 20))  # 240 in the window, 139 days on
     with engine.connect() as conn:
+        # A query-plan test reads the job's private statement: a plan belongs to the statement's text, not to a run.
         plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + expiring_soon._queries.raw("expiring")), {
             "as_of": utc(2026, 6, 1), "window_end": utc(2026, 7, 1), "months": 12}).scalar_one()[0]["Plan"]
 

@@ -493,6 +493,7 @@ def test_the_periods_clawbacks_are_read_by_index_never_by_scanning_every_reward(
             " FROM generate_series(1, 20000) AS n"))
         conn.execute(text("ANALYZE public.referral_rewards"))
     with engine.connect() as conn:
+        # A query-plan test reads the job's private statement: a plan belongs to the statement's text, not to a run.
         plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + reconcile_audit._queries.raw("unrecovered_clawbacks")),
                             {"previous_as_of": utc(2026, 5, 1), "as_of": AS_OF}).scalar_one()[0]["Plan"]
 

@@ -224,6 +224,10 @@ def test_a_chain_of_reconciles_with_late_rows_and_a_rerun_of_a_past_date_stays_e
     _assert_recomputed(engine, rerun, as_ofs[3], as_ofs[2])
 
 
+# The query-plan tests below read reconcile's private statements (`_queries`): a plan belongs to the
+# statement's text and the planner's settings, not to anything a run shows.
+
+
 def _movements_params(**bounds):
     """`movements`' parameters for AS_OF's 12 charted months, every bound left out unless given."""
     return {"month_starts": [utc(2025, 7 + n, 1) if n < 6 else utc(2026, n - 5, 1) for n in range(13)],

@@ -362,9 +362,9 @@ def test_run_for_an_earlier_as_of_than_the_last_success_writes_nothing_new(engin
     assert "rows_written" not in earlier.stats
 
 
-def test_keyset_batches_cover_every_relationship_once(engine, make_settings):
+def test_small_batches_reward_every_relationship_once(engine, make_settings):
     relationships = []
-    for day in (1, 1, 1, 2, 3):  # equal rewarded_at values straddle batch ends
+    for day in (1, 1, 1, 2, 3):  # equal rewarded_at values among them
         relationship, _, referred = rewarded(engine, rewarded_at=utc(2026, 1, day))
         pay(engine, referred, utc(2026, 2, 10))
         relationships.append(relationship)
@@ -372,8 +372,7 @@ def test_keyset_batches_cover_every_relationship_once(engine, make_settings):
     result = run(engine, make_settings(batch_size=2), utc(2026, 6, 1))
 
     assert result.stats["relationships_scanned"] == 5
-    assert result.stats["batches"] == 3
-    assert {row.ref_id for row in ledger_rows_of(engine)} == set(relationships)
+    assert sorted(row.ref_id for row in ledger_rows_of(engine)) == sorted(relationships)  # each once
 
 
 def add_ten_years_of_rewarded_chains(engine, count: int = 30_000) -> None:
@@ -404,6 +403,7 @@ def daily_plan(engine, job_module, settings) -> dict:
     statement = rewards.plan_statement(settings.payments_table_sql).text
     params = {**job_module.rule_for(settings).params(utc(2026, 6, 2)), "batch_size": 1000}
     with engine.begin() as conn:
+        # A query-plan test sets the run's own planner setting (a private statement): the plan is the point.
         conn.execute(rewards._queries["bulk_joins"])
         return conn.execute(text("EXPLAIN (FORMAT JSON) " + statement), params).scalar_one()[0]["Plan"]
 
