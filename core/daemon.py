@@ -49,6 +49,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from core import migrations, runs, startup
 from core.clock import utc_now
+from core.connect import reading
 from core.job import Job
 from core.probe import OK, DatabaseProbe
 from core.runner import RunResult, run_job
@@ -262,7 +263,8 @@ class Daemon:
         left = set(self._in_flight) | {name for name in names if self.scheduler.get_job(f"retry:{name}")}
         running = runs.running_runs(self.engine, sorted(names))
         left |= {run.job for run in running if not runs.takeable(self.engine, run)}
-        left |= {name for name, run in runs.last_runs(self.engine).items() if run.status == "FAILED"}
+        with reading(self.engine) as fetch:
+            left |= {name for name, run in runs.last_runs(fetch).items() if run.status == "FAILED"}
         return left
 
     def _attempt(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime, attempt: int,
@@ -373,7 +375,7 @@ def run_until_stopped(settings: CoreSettings, jobs: tuple[Job, ...], stop: threa
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # its warnings are logged as events here
     engine = daemon_engine(settings)
     daemon = Daemon(settings, engine, jobs=jobs, stop=stop)
-    if any(startup.writes_reports(job) and job.name in daemon.triggers for job in daemon.jobs):
+    if any(job.writes_reports and job.name in daemon.triggers for job in daemon.jobs):
         startup.check_reports_dir(settings.reports_dir)
     server = serve_http(settings.http_port, daemon.health, engine, [job.name for job in daemon.jobs],
                         host=settings.http_host)
