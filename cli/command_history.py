@@ -8,13 +8,11 @@ from cli import runs
 from cli.database import engine
 from cli.show import print_run
 from cli.terminal import print_json
-from cli.usage import EXIT_FAILED, EXIT_OK, UsageError, instant
+from cli.usage import EXIT_FAILED, EXIT_OK, instant
 from jobs.settings import RuleSettings
 
 
 def cmd_history(args: argparse.Namespace, settings: RuleSettings) -> int:
-    if args.limit < 1:
-        raise UsageError("--limit: must be at least 1")
     since = instant(args.since, "--since") if args.since else None
     found = runs.history(engine(settings), job=args.job, status=args.status, since=since, limit=args.limit)
     runs.print_history(found, as_json=args.json)

@@ -94,10 +94,7 @@ class JobNames:
 
 
 def job_named(name: str) -> Job[RuleSettings]:
-    from jobs import NAMES  # the registry reads the settings' module: not for `--help`
-
-    if name not in NAMES:
-        raise UsageError(f"JOB: unknown job {name!r}; one of {', '.join(NAMES)}")
+    """The job of a name the parser took (`choices=JobNames()` refuses any other)."""
     from jobs import JOBS  # the job modules load only for a command that runs one
 
     return JOBS[name]
