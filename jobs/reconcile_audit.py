@@ -133,10 +133,8 @@ def _rows_up_to(conn: Connection, previous: PreviousReconcile | None) -> int:
     return int(conn.execute(_queries["rows_up_to"], {"up_to": previous.as_of}).scalar_one())
 
 
-def _unrecovered(conn: Connection, window: dict[str, datetime | None]) -> Unrecovered | None:
-    """Clawbacks of the period (None until migration 016's referral_rewards exists)."""
-    if not conn.execute(_queries["referral_rewards_exists"]).scalar_one():
-        return None
+def _unrecovered(conn: Connection, window: dict[str, datetime | None]) -> Unrecovered:
+    """Clawbacks of the period."""
     row = conn.execute(_queries["unrecovered_clawbacks"], window).one()._asdict()
     seen = ClawbackTotals(*(int(row[name]) for name in ClawbackTotals.__dataclass_fields__))
     if window["previous_as_of"] is None:

@@ -135,10 +135,6 @@ WHERE (cached_balance, cached_total_earned, cached_total_spent)
    OR ledger_balance < 0
 ORDER BY user_id;
 
--- name: referral_rewards_exists --
--- The basis table of the reward jobs (migration 016); older databases lack it.
-SELECT to_regclass('public.referral_rewards') IS NOT NULL;
-
 -- name: unrecovered_clawbacks --
 -- The clawed-back rewards' totals in this snapshot, dated (clawed_back_at) at or before the as-of, and
 -- (`…_before`) at or before the previous as-of: the run stores the first, and the next run's figures
