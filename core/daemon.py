@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic
 
 import structlog
 from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_SCHEDULER_START,
@@ -44,7 +44,7 @@ from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from core import migrations, runs, startup
@@ -53,9 +53,12 @@ from core.connect import reading
 from core.job import Job
 from core.probe import OK, DatabaseProbe
 from core.runner import RunResult, run_job
-from core.settings import CoreSettings, cron_trigger
+from core.settings import AnySettings, CoreSettings, cron_trigger
 from core.stopping import STOP_DEADLINE_SECONDS
 from core.text import one_line
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 log = structlog.get_logger("rewards.daemon")
 
@@ -68,22 +71,22 @@ _LOOKBACKS = (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timed
 
 # ── pure rules ───────────────────────────────────────────────────────────────
 
-def previous_fire_time(trigger: Any, now: datetime) -> datetime | None:
+def previous_fire_time(trigger: CronTrigger, now: datetime) -> datetime | None:
     """The latest fire time of a cron `trigger` at or before `now` (None if none in eight years)."""
     for lookback in _LOOKBACKS:
-        fire = trigger.get_next_fire_time(None, now - lookback)
+        fire: datetime | None = trigger.get_next_fire_time(None, now - lookback)
         if fire is not None and fire <= now:
             break
     else:
         return None
     while True:
-        following = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        following: datetime | None = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
         if following is None or following > now:
             return fire.astimezone(timezone.utc)
         fire = following
 
 
-def needs_catch_up(last_success: Any | None, previous_tick: datetime) -> bool:
+def needs_catch_up(last_success: Row[Any] | None, previous_tick: datetime) -> bool:
     """True unless a (non-dry) success covers the previous tick: a run of that tick or a later one,
     or a run as of that instant or later."""
     if last_success is None:
@@ -105,7 +108,7 @@ class RetryPolicy:
         return cls(settings.retry_base_seconds, settings.retry_max_seconds, settings.retry_attempts)
 
     def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (retry - 1))
+        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** (retry - 1))
         return ceiling * (0.5 + rng() / 2)
 
     def next_retry(self, retry: int, now: datetime, next_tick: datetime | None,
@@ -122,10 +125,10 @@ class RetryPolicy:
 
 # ── the scheduler ────────────────────────────────────────────────────────────
 
-class Daemon:
+class Daemon(Generic[AnySettings]):
     """The scheduler of one replica; `serve()` blocks until `stop` is set."""
 
-    def __init__(self, settings: CoreSettings, engine: Engine, *, jobs: tuple[Job, ...],
+    def __init__(self, settings: AnySettings, engine: Engine, *, jobs: tuple[Job[AnySettings], ...],
                  stop: threading.Event | None = None, rng: Callable[[], float] = random.random) -> None:
         self.settings, self.engine, self.jobs = settings, engine, jobs
         self.stop = stop or threading.Event()
@@ -207,7 +210,7 @@ class Daemon:
 
     # runs
 
-    def _on_tick(self, job: Job) -> None:
+    def _on_tick(self, job: Job[AnySettings]) -> None:
         tick = previous_fire_time(self.triggers[job.name], utc_now())
         if tick is not None:
             self._attempt(job, "schedule", tick, tick, 1)
@@ -267,7 +270,7 @@ class Daemon:
             left |= {name for name, run in runs.last_runs(fetch).items() if run.status == "FAILED"}
         return left
 
-    def _attempt(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime, attempt: int,
+    def _attempt(self, job: Job[AnySettings], trigger: str, as_of: datetime, scheduled_for: datetime, attempt: int,
                  failed_before: RunResult | None = None) -> None:
         """One try of a run; a failure schedules the next try (which hands this one to the runner, so
         it is recorded FAILED even when the database died mid-run and the run could not say so)."""
@@ -291,7 +294,7 @@ class Daemon:
                 started = result.run_id is not None  # else it never started: the earlier try is still unrecorded
                 self._schedule_retry(job, trigger, as_of, scheduled_for, attempt, result if started else failed_before)
 
-    def _schedule_retry(self, job: Job, trigger: str, as_of: datetime, scheduled_for: datetime,
+    def _schedule_retry(self, job: Job[AnySettings], trigger: str, as_of: datetime, scheduled_for: datetime,
                         attempt: int, failed_run: RunResult | None) -> None:
         now = utc_now()
         cron = self.triggers.get(job.name)
@@ -339,7 +342,8 @@ def daemon_engine(settings: CoreSettings) -> Engine:
     return engine_from_settings(settings)
 
 
-def prepare_database(engine: Engine, settings: CoreSettings, stop: threading.Event, jobs: tuple[Job, ...] = ()) -> bool:
+def prepare_database(engine: Engine, settings: AnySettings, stop: threading.Event,
+                     jobs: tuple[Job[AnySettings], ...] = ()) -> bool:
     """Wait until the database answers, then migrate (REWARDS_MIGRATE_ON_START=true) or refuse to
     start with pending migrations (MigrationError: exit 2) or what a job's own check refuses
     (ConfigError: exit 2). False when stopped while waiting."""
@@ -366,7 +370,7 @@ def prepare_database(engine: Engine, settings: CoreSettings, stop: threading.Eve
     return False
 
 
-def run_until_stopped(settings: CoreSettings, jobs: tuple[Job, ...], stop: threading.Event) -> bool:
+def run_until_stopped(settings: AnySettings, jobs: tuple[Job[AnySettings], ...], stop: threading.Event) -> bool:
     """Check, wait for the database, serve `jobs` on their schedules and HTTP until `stop` is set; True
     when every run ended within SHUTDOWN_SECONDS after it (False: one did not, and the caller should
     not wait for it)."""
