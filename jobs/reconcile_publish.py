@@ -76,7 +76,7 @@ class DryRunPublisher:
 
     def publish(self, audit: Audit) -> Summary:
         summary = audit.summary(self.ctx, repaired=0, files=None)
-        record_stats(self.ctx, summary, None)
+        _record_stats(self.ctx, summary, None)
         return summary
 
 
@@ -138,7 +138,7 @@ class FilePublisher:
         # ledger in the snapshot. Should the repair change another number (someone set a row meanwhile),
         # the documents are written again inside the transaction, before it commits (`_record`).
         summary = audit.summary(ctx, repaired=audit.repairable if ctx.repair else 0, files=files.names())
-        record_stats(ctx, summary, files)
+        _record_stats(ctx, summary, files)
         _stage_documents(ctx, summary, files, staged)
         staged.seal()
         return summary
@@ -253,7 +253,7 @@ def _repair_batch(ctx: RunContext[RuleSettings], conn: Connection, user_ids: lis
     return len(created | updated)
 
 
-def record_stats(ctx: RunContext[RuleSettings], summary: Summary, files: ReportFiles | None) -> None:
+def _record_stats(ctx: RunContext[RuleSettings], summary: Summary, files: ReportFiles | None) -> None:
     ctx.stats.update(
         users_checked=summary.users_checked,
         discrepancies=summary.discrepancies["total"],
@@ -271,7 +271,8 @@ def record_stats(ctx: RunContext[RuleSettings], summary: Summary, files: ReportF
         ctx.stats["html_report"] = str(files.html)
 
 
-def _insert_run(ctx: RunContext[RuleSettings], conn: Connection, snapshot: Snapshot, summary: Summary, files: ReportFiles) -> None:
+def _insert_run(ctx: RunContext[RuleSettings], conn: Connection, snapshot: Snapshot, summary: Summary,
+                files: ReportFiles) -> None:
     conn.execute(_queries["insert_run"], {
         "run_id": ctx.run_id, "as_of": ctx.as_of,
         "users_checked": summary.users_checked, "ledger_rows": summary.ledger_rows,
