@@ -16,12 +16,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from core.sql import Fetch, Queries
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Connection, Engine, Row
+
+    from core.job import Stats
 
 _queries = Queries(__file__)
 
@@ -102,14 +104,14 @@ def holder_alive(engine: Engine, run_id: int, pid: int) -> bool:
     return process_alive(pid)
 
 
-def _abandon_dead_runs_here(conn: Connection, params: dict[str, Any]) -> None:
+def _abandon_dead_runs_here(conn: Connection, params: dict[str, object]) -> None:
     """Mark ABANDONED a RUNNING run of this job whose process on this host is gone."""
     for row in conn.execute(_queries["running_on_host"], params):
         if not holder_alive(conn.engine, row.id, row.pid):
             conn.execute(_queries["abandon_dead_run"], {**params, "dead_run_id": row.id, "dead_pid": row.pid})
 
 
-def _json(value: Any) -> str:
+def _json(value: object) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
@@ -121,7 +123,7 @@ def claim(
     as_of: datetime,
     scheduled_for: datetime | None,
     dry_run: bool,
-    settings: dict[str, Any],
+    settings: dict[str, str],
     lease_seconds: int,
 ) -> int:
     """Insert this run as RUNNING and return its id, or raise AlreadyRunning / TickTaken."""
@@ -154,7 +156,7 @@ def claim(
 
 def record_skipped(
     engine: Engine, *, job: str, trigger: str, as_of: datetime, scheduled_for: datetime | None,
-    dry_run: bool, settings: dict[str, Any], reason: str,
+    dry_run: bool, settings: dict[str, str], reason: str,
 ) -> int:
     with engine.begin() as conn:
         return int(conn.execute(_queries["record_skipped"], {
@@ -174,27 +176,27 @@ def _prove_own_run(conn: Connection, run_id: int) -> None:
     _prove_claim(conn, _claim_tokens.get((_database_of(conn.engine), run_id)))
 
 
-def heartbeat(conn: Connection, run_id: int, stats: dict[str, Any]) -> None:
+def heartbeat(conn: Connection, run_id: int, stats: Stats) -> None:
     """Renew the lease inside the caller's transaction; raise LeaseLost if the run was taken over."""
     _prove_own_run(conn, run_id)
     if conn.execute(_queries["heartbeat"], {"run_id": run_id, "stats": _json(stats)}).first() is None:
         raise LeaseLost(f"run {run_id} lost its lease and was taken over")
 
 
-def record_progress(conn: Connection, run_id: int, stats: dict[str, Any]) -> None:
+def record_progress(conn: Connection, run_id: int, stats: Stats) -> None:
     """Store the stats at the end of a batch, in its transaction; raise LeaseLost if taken over."""
     _prove_own_run(conn, run_id)
     if conn.execute(_queries["record_progress"], {"run_id": run_id, "stats": _json(stats)}).first() is None:
         raise LeaseLost(f"run {run_id} lost its lease and was taken over")
 
 
-def finish(engine: Engine, run_id: int, *, status: str, stats: dict[str, Any], error: str | None) -> bool:
+def finish(engine: Engine, run_id: int, *, status: str, stats: Stats, error: str | None) -> bool:
     """Record the run's end; False when the run had already been taken over."""
     with engine.begin() as conn:
         return finish_in(conn, run_id, status=status, stats=stats, error=error)
 
 
-def finish_in(conn: Connection, run_id: int, *, status: str, stats: dict[str, Any], error: str | None) -> bool:
+def finish_in(conn: Connection, run_id: int, *, status: str, stats: Stats, error: str | None) -> bool:
     """Record the run's end inside the caller's transaction; False when the run had been taken over."""
     _prove_own_run(conn, run_id)
     row = conn.execute(_queries["finish_run"], {
@@ -218,7 +220,7 @@ def last_runs(fetch: Fetch) -> dict[str, Any]:
     return {row.job: row for row in fetch(_queries.raw("last_run_per_job"))}
 
 
-def last_successes(engine: Engine) -> dict[str, Any]:
+def last_successes(engine: Engine) -> dict[str, Row[Any]]:
     with engine.connect() as conn:
         return {row.job: row for row in conn.execute(_queries["last_success_per_job"])}
 
@@ -230,25 +232,25 @@ def last_invariant_violations(engine: Engine) -> dict[str, int] | None:
     return None if row is None else {str(kind): int(count) for kind, count in (row.by_kind or {}).items()}
 
 
-def running_runs(engine: Engine, jobs: Sequence[str] | None = None) -> list[Any]:
+def running_runs(engine: Engine, jobs: Sequence[str] | None = None) -> list[Row[Any]]:
     """RUNNING rows (of `jobs`, else all), each with `lease_expired`."""
     with engine.connect() as conn:
         return list(conn.execute(_queries["running_runs"], {"jobs": list(jobs) if jobs is not None else None}))
 
 
-def takeable(engine: Engine, run: Any) -> bool:
+def takeable(engine: Engine, run: Row[Any]) -> bool:
     """Whether a RUNNING row would be taken over by a claim now (its process gone, or its lease out)."""
     return bool(run.lease_expired) or (run.host == HOST and not holder_alive(engine, run.id, run.pid))
 
 
-def latest_runs_of(engine: Engine, jobs: Sequence[str]) -> dict[str, Any]:
+def latest_runs_of(engine: Engine, jobs: Sequence[str]) -> dict[str, Row[Any]]:
     with engine.connect() as conn:
         return {row.job: row for row in conn.execute(_queries["latest_runs_of"], {"jobs": list(jobs)})}
 
 
 def wait_until_none_running(
     engine: Engine, jobs: Sequence[str], *, waiter: str, timeout_seconds: float, stop: threading.Event,
-    poll_seconds: float = 0.5, on_wait: Any = None,
+    poll_seconds: float = 0.5, on_wait: Callable[[Row[Any]], None] | None = None,
 ) -> None:
     """Return once no run of `jobs` is RUNNING (dead runs do not count); raise StillRunning after
     `timeout_seconds`, or StopRequested-like `InterruptedError` when `stop` is set meanwhile."""
