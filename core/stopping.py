@@ -31,11 +31,13 @@ class StopRequests:
     """The stop flag of a process, and the escalation of the requests that set it."""
 
     def __init__(self, grace_seconds: float = STOP_GRACE_SECONDS, deadline_seconds: float = STOP_DEADLINE_SECONDS,
-                 at_deadline: Callable[[], None] | None = None) -> None:
+                 at_deadline: Callable[[], None] | None = None,
+                 cancel: Callable[[], int] = cancel_busy_connections) -> None:
         self.flag = threading.Event()
         self.grace_seconds = grace_seconds
         self.deadline_seconds = deadline_seconds
         self.at_deadline = at_deadline
+        self.cancel = cancel  # held, so a late escalation thread calls what this stop was given
         self._received = 0
 
     def received(self, count: int = 1) -> None:
@@ -50,11 +52,17 @@ class StopRequests:
             if self.at_deadline is not None:
                 _in_background("stop-deadline", self._end_at_deadline)
         else:
-            _in_background("stop-cancel", lambda: _cancel("a second stop signal"))
+            _in_background("stop-cancel", lambda: self._cancel("a second stop signal"))
 
     def _cancel_after_grace(self) -> None:
         time.sleep(self.grace_seconds)
-        _cancel(f"still busy {self.grace_seconds:g} s after the stop signal")
+        self._cancel(f"still busy {self.grace_seconds:g} s after the stop signal")
+
+    def _cancel(self, reason: str) -> None:
+        cancelled = self.cancel()
+        if cancelled:
+            log.warning("cancelling statements in flight", action="statements_cancelled", connections=cancelled,
+                        reason=reason)
 
     def _end_at_deadline(self) -> None:
         time.sleep(self.deadline_seconds)
@@ -73,8 +81,3 @@ def _in_background(name: str, target: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def _cancel(reason: str) -> None:
-    cancelled = cancel_busy_connections()
-    if cancelled:
-        log.warning("cancelling statements in flight", action="statements_cancelled", connections=cancelled,
-                    reason=reason)

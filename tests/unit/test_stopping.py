@@ -29,10 +29,9 @@ def hang_forever(*_args: Any, **_kwargs: Any) -> None:
     threading.Event().wait()
 
 
-def test_the_flag_is_set_at_once_and_statements_are_cancelled_after_the_grace(monkeypatch):
+def test_the_flag_is_set_at_once_and_statements_are_cancelled_after_the_grace():
     cancelled = Recorder()
-    monkeypatch.setattr(stopping, "cancel_busy_connections", cancelled)
-    requests = StopRequests(grace_seconds=0.3)
+    requests = StopRequests(grace_seconds=0.3, cancel=cancelled)
 
     requests.received()
 
@@ -41,10 +40,9 @@ def test_the_flag_is_set_at_once_and_statements_are_cancelled_after_the_grace(mo
     assert 0.3 <= cancelled.calls[0] < 1
 
 
-def test_a_second_request_cancels_at_once(monkeypatch):
+def test_a_second_request_cancels_at_once():
     cancelled = Recorder()
-    monkeypatch.setattr(stopping, "cancel_busy_connections", cancelled)
-    requests = StopRequests(grace_seconds=60)
+    requests = StopRequests(grace_seconds=60, cancel=cancelled)
     requests.received()
 
     requests.received()
@@ -53,31 +51,28 @@ def test_a_second_request_cancels_at_once(monkeypatch):
     assert cancelled.calls[0] < 0.5
 
 
-def test_the_deadline_ends_the_process_while_the_cancel_hangs_with_the_database(monkeypatch):
-    monkeypatch.setattr(stopping, "cancel_busy_connections", hang_forever)
+def test_the_deadline_ends_the_process_while_the_cancel_hangs_with_the_database():
     ended = Recorder()
 
-    StopRequests(grace_seconds=0.1, deadline_seconds=0.5, at_deadline=ended).received()
+    StopRequests(grace_seconds=0.1, deadline_seconds=0.5, at_deadline=ended, cancel=hang_forever).received()
 
     assert ended.called.wait(3)
     assert 0.5 <= ended.calls[0] < 1
 
 
 def test_the_deadline_does_not_wait_for_a_log_line_the_pipe_does_not_take(monkeypatch):
-    monkeypatch.setattr(stopping, "cancel_busy_connections", lambda: 0)
     monkeypatch.setattr(stopping, "log", type("BlockedLog", (), {"error": hang_forever, "warning": hang_forever})())
     ended = Recorder()
 
-    StopRequests(grace_seconds=0.1, deadline_seconds=0.5, at_deadline=ended).received()
+    StopRequests(grace_seconds=0.1, deadline_seconds=0.5, at_deadline=ended, cancel=lambda: 0).received()
 
     assert ended.called.wait(3)
     assert ended.calls[0] < 0.5 + 0.3 + 0.3
 
 
-def test_without_a_deadline_the_process_is_left_to_end_on_its_own(monkeypatch):
-    monkeypatch.setattr(stopping, "cancel_busy_connections", lambda: 0)
+def test_without_a_deadline_the_process_is_left_to_end_on_its_own():
     before = {thread.name for thread in threading.enumerate()}
 
-    StopRequests(grace_seconds=0.01).received()
+    StopRequests(grace_seconds=0.01, cancel=lambda: 0).received()
 
     assert "stop-deadline" not in {thread.name for thread in threading.enumerate()} - before
