@@ -148,4 +148,6 @@ JOB = Job(
     settings_used=("points_expiry_months", "expiry_notice_days", "reports_dir"),
     description="the CRM's CSV of points expiring in the next REWARDS_EXPIRY_NOTICE_DAYS days (no ledger writes)",
     writes_reports=True,
+    stats_labels={"users": "users to warn", "points": "points expiring", "rows": "lots expiring",
+                  "window_end": None, "file": None},
 )

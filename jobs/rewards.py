@@ -52,9 +52,11 @@ FEED_COLUMNS = ("id", "user_id", "amount_cents", "status", "paid_at")
 
 # The reward jobs' stats as a person reads them (`Job.stats_labels`), what changed first; None: bookkeeping.
 STATS_LABELS: dict[str, str | None] = {
+    "clawbacks": "clawbacks",
     "clawed_back_points": "points clawed back",
     "expired_before_clawback_points": "points of clawed-back rewards already expired",
     "unrecovered_points": "points unrecovered",
+    "recoveries": "recoveries",
     "recovered_points": "unrecovered points recovered",
     "skipped_feed_rows": "payments feed rows skipped",
     "skipped_unstorable": "rows too large for the ledger, skipped",
