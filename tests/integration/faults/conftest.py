@@ -60,6 +60,21 @@ class Forked:
 
 def fork_cli(args: list[str], env: dict[str, str], log: Path, *, before: Callable[[], None] | None = None) -> Forked:
     """Run `scheduler.py ARGS` in a child forked from this process (its environment replaced by `env`)."""
+    def body() -> int:
+        os.environ.clear()
+        os.environ.update(env)
+        if before:
+            before()
+        import scheduler
+
+        return scheduler.main(args)
+
+    return fork_child(body, log)
+
+
+def fork_child(body: Callable[[], int], log: Path) -> Forked:
+    """Run `body` in a child forked from this process, its output appended to `log`; its exit code is
+    what `body` returns (70 when it raises, the traceback in the log)."""
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()  # a pipe, not the file: a file-size limit of the child spares its output
@@ -72,13 +87,7 @@ def fork_cli(args: list[str], env: dict[str, str], log: Path, *, before: Callabl
             os.dup2(write_end, 2)
             sys.stdout = open(1, "w", buffering=1, closefd=False)  # not pytest's capture objects
             sys.stderr = open(2, "w", buffering=1, closefd=False)
-            os.environ.clear()
-            os.environ.update(env)
-            if before:
-                before()
-            import scheduler
-
-            code = scheduler.main(args)
+            code = body()
         except BaseException:  # noqa: BLE001 — report anything, then leave without running pytest's cleanups
             import traceback
 

@@ -152,7 +152,7 @@ def test_a_daemon_killed_mid_run_is_caught_up_by_the_next_within_a_minute(daemon
 
 def test_a_database_restart_mid_run_loses_and_duplicates_nothing(own_server, world, tmp_path):
     from cli import sample_data
-from core import migrations
+    from core import migrations
 
     reference = make_engine(world)
     for job in WRITING_JOBS:

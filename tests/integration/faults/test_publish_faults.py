@@ -22,7 +22,6 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -38,7 +37,7 @@ from core.db import make_engine
 from core.runner import run_job
 from jobs import JOBS, PipelineSettings
 from jobs.reports import finance
-from tests.integration.faults.conftest import Forked, _copy_to_file, cli_env, fork_cli
+from tests.integration.faults.conftest import Forked, cli_env, fork_child, fork_cli
 
 pytestmark = pytest.mark.slow
 
@@ -188,37 +187,17 @@ def _install_kill(point: KillPoint) -> None:
 def fork_job(job: str, url: str, reports: Path, log: Path, *, as_of: datetime, repair: bool = False,
              before: Callable[[], None] | None = None) -> Forked:
     """`run_job(job)` in a child forked from this process; it prints `STATUS error` as its last line."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 70
-        try:
-            os.close(read_end)
-            os.dup2(write_end, 1)
-            os.dup2(write_end, 2)
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            if before:
-                before()
-            settings = PipelineSettings(_env_file=None, database_url=url, reports_dir=reports, batch_size=BATCH_SIZE)
-            # the server is never killed here, so waiting for its WAL flush on every commit buys nothing
-            engine = make_engine(make_url(url).update_query_dict({"options": "-c synchronous_commit=off"}), pool_size=2)
-            result = run_job(JOBS[job], settings=settings, engine=engine, as_of=as_of, repair=repair)
-            print(f"{result.status} {result.error or ''}")
-            code = 0 if result.status == "SUCCEEDED" else 1
-        except BaseException:  # noqa: BLE001 — report anything, then leave without running pytest's cleanups
-            import traceback
+    def body() -> int:
+        if before:
+            before()
+        settings = PipelineSettings(_env_file=None, database_url=url, reports_dir=reports, batch_size=BATCH_SIZE)
+        # the server is never killed here, so waiting for its WAL flush on every commit buys nothing
+        engine = make_engine(make_url(url).update_query_dict({"options": "-c synchronous_commit=off"}), pool_size=2)
+        result = run_job(JOBS[job], settings=settings, engine=engine, as_of=as_of, repair=repair)
+        print(f"{result.status} {result.error or ''}")
+        return 0 if result.status == "SUCCEEDED" else 1
 
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
-    threading.Thread(target=_copy_to_file, args=(read_end, log), daemon=True).start()
-    return Forked(pid, log)
+    return fork_child(body, log)
 
 
 # ── what the database and the folder hold ────────────────────────────────────
