@@ -21,7 +21,6 @@ from core.job import Job, ProgressReporter, no_progress
 from core.logs import hide_actions
 from core.runner import RunResult, run_job
 from core.runs import AlreadyRunning
-from jobs.settings import RuleSettings
 from jobs import PIPELINE
 from jobs.settings import RuleSettings
 

@@ -21,7 +21,7 @@ from core import runs
 from core.db import make_engine
 from core.runner import run_job
 from jobs import PIPELINE, reconcile, recurring_rewards
-from tests.builders import add_app_points, add_payment, add_relationship, new_id, utc
+from tests.builders import add_app_points, new_id, utc
 from tests.integration.test_privileges import add_work_for_every_job, service_url  # noqa: F401 (fixture)
 
 AS_OF = utc(2026, 6, 1)

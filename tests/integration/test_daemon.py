@@ -25,8 +25,8 @@ from sqlalchemy import Engine, text
 
 from core.daemon import previous_fire_time
 from core.db import make_engine
-from core.settings import ConfigError, cron_trigger
-from jobs import DEFAULT_SCHEDULES, PIPELINE, load_settings
+from core.settings import cron_trigger
+from jobs import DEFAULT_SCHEDULES, PIPELINE
 from tests.builders import add_payment, add_relationship, new_id, utc
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from core.runner import RunResult, run_job
 from jobs import recurring_rewards
-from tests.builders import add_payment, add_relationship, balance_of, ledger_rows, new_id, utc
+from tests.builders import add_relationship, balance_of, ledger_rows, new_id, utc
 
 JOB = recurring_rewards.JOB
 

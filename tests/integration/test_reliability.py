@@ -27,7 +27,7 @@ from core.runner import run_job
 from core.runs import HOST, AlreadyRunning
 from core.settings import ConfigError
 from jobs import load_settings
-from tests.builders import add_relationship, utc
+from tests.builders import utc
 from tests.integration.test_daemon import (add_pending_relationships, daemons,  # noqa: F401 (fixture)
                                            quiet_schedules, runs_of, status_counts, wait_until)
 
