@@ -185,13 +185,20 @@ outstanding AS (
     GROUP BY beneficiary_user_id, level
     HAVING sum(unrecovered_points - recovered_points) > 0
 ),
+-- The balance the level's run could take from: its rows dated at or before its as-of, but never more
+-- than the balance now (a run for a past as-of prices against the ledger as it is when it runs, rows
+-- dated after its as-of included: points spent since cannot be taken back).
 balances AS (
-    SELECT t.user_id, o.level, sum(t.delta) AS balance
+    SELECT t.user_id, o.level,
+           least(coalesce(sum(t.delta) FILTER (
+                     WHERE t.created_at <= CASE o.level WHEN 1 THEN CAST(:as_of_1 AS timestamptz)
+                                                        ELSE CAST(:as_of_2 AS timestamptz) END
+                       AND NOT (o.level = 1 AND :level_2_after AND t.type = 'REFERRAL_L2' AND t.created_at = :as_of_1)
+                       AND NOT (o.level = 2 AND :level_1_after AND t.type = 'REFERRAL_RECURRING'
+                                AND t.created_at = :as_of_2)), 0),
+                 sum(t.delta)) AS balance
     FROM public.user_point_transactions t
     JOIN outstanding o ON o.user_id = t.user_id
-    WHERE t.created_at <= CASE o.level WHEN 1 THEN CAST(:as_of_1 AS timestamptz) ELSE CAST(:as_of_2 AS timestamptz) END
-      AND NOT (o.level = 1 AND :level_2_after AND t.type = 'REFERRAL_L2' AND t.created_at = :as_of_1)
-      AND NOT (o.level = 2 AND :level_1_after AND t.type = 'REFERRAL_RECURRING' AND t.created_at = :as_of_2)
     GROUP BY t.user_id, o.level
 )
 SELECT 'RECOVERY_INVARIANT' AS kind, c.beneficiary_user_id AS user_id, c.referred_user_id, c.level, c.month,

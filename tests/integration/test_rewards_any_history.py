@@ -50,6 +50,7 @@ from sqlalchemy import Engine, text
 
 import jobs
 from core.runner import run_job
+from jobs import rules_audit
 from jobs.settings import RewardAmount
 from tests import reference as ref
 from tests.builders import add_app_points, utc
@@ -631,7 +632,18 @@ class World:
             print("history stats:", self.stats(data, rules))
         if not out:
             out += self._check_rerun_writes_nothing_owed()
+        if not out:
+            out += self._check_rules_audit_finds_nothing()
         return out
+
+    def _check_rules_audit_finds_nothing(self) -> list[str]:
+        """The rules audit, reconcile's independent reading of the rules, finds nothing in this history
+        (its users only: the ledger keeps the rows of the histories run before it in this database)."""
+        mine = set(self.users)
+        with self.engine.begin() as conn:
+            findings = rules_audit.audit(conn, self.settings())
+        return [f"the rules audit found {f.kind}: {f.detail} (user {f.user_id}, key {f.reward_key})"
+                for f in findings if f.user_id in mine or f.referred_user_id in mine]
 
     def stats(self, data: dict[str, Any], rules: ref.Rules) -> dict[str, int]:
         """What a history exercised (REWARDS_ANY_HISTORY_STATS=1 prints it, to tune the generator)."""
