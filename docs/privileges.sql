@@ -129,26 +129,17 @@ BEGIN
 END
 $$;
 
--- Triggers on distributed and reference tables need Citus's leave (they read no other table).
--- The ledger's fires only for a key outside the jobs' namespaces, where the role is checked.
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
-        SET LOCAL citus.enable_unsafe_triggers = on;
-    END IF;
-    EXECUTE 'DROP TRIGGER IF EXISTS rewards_jobs_guard ON public.user_point_transactions';
-    EXECUTE $trigger$
-        CREATE TRIGGER rewards_jobs_guard BEFORE INSERT ON public.user_point_transactions
-            FOR EACH ROW
-            WHEN (coalesce(split_part(NEW.idempotency_key, ':', 1), '') NOT IN ('recurring', 'l2', 'clawback', 'recover', 'expiry'))
-            EXECUTE FUNCTION public.rewards_jobs_guard_ledger()
-    $trigger$;
-    EXECUTE 'DROP TRIGGER IF EXISTS rewards_jobs_guard ON public.user_referral_relationships';
-    EXECUTE $trigger$
-        CREATE TRIGGER rewards_jobs_guard BEFORE UPDATE ON public.user_referral_relationships
-            FOR EACH ROW
-            WHEN ((OLD.status, OLD.expired_at) IS DISTINCT FROM (NEW.status, NEW.expired_at))
-            EXECUTE FUNCTION public.rewards_jobs_guard_relationships()
-    $trigger$;
-END
-$$;
+-- The ledger's fires only for a key outside the jobs' namespaces, where the role is checked (migration
+-- 025's rewards_replace_trigger: Citus's leave for a trigger on a distributed table).
+SELECT public.rewards_replace_trigger('rewards_jobs_guard', 'public.user_point_transactions', $trigger$
+    BEFORE INSERT ON public.user_point_transactions
+    FOR EACH ROW
+    WHEN (coalesce(split_part(NEW.idempotency_key, ':', 1), '') NOT IN ('recurring', 'l2', 'clawback', 'recover', 'expiry'))
+    EXECUTE FUNCTION public.rewards_jobs_guard_ledger()
+$trigger$);
+SELECT public.rewards_replace_trigger('rewards_jobs_guard', 'public.user_referral_relationships', $trigger$
+    BEFORE UPDATE ON public.user_referral_relationships
+    FOR EACH ROW
+    WHEN ((OLD.status, OLD.expired_at) IS DISTINCT FROM (NEW.status, NEW.expired_at))
+    EXECUTE FUNCTION public.rewards_jobs_guard_relationships()
+$trigger$);

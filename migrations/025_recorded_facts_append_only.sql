@@ -38,6 +38,20 @@ LANGUAGE sql STABLE AS $$
                          AND (me.rolsuper OR pg_catalog.pg_has_role(me.oid, rules.proowner, 'MEMBER')))
 $$;
 
+-- Replaces a trigger. Citus creates one on a distributed or reference table only with its leave, which
+-- ours may have: they read no other table. (One DDL command per EXECUTE, as Citus wants for a reference
+-- table, migration 023.)
+CREATE OR REPLACE FUNCTION public.rewards_replace_trigger(name text, target text, definition text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', name, target);
+    EXECUTE format('CREATE TRIGGER %I %s', name, definition);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION public.rewards_refuse(message text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -130,10 +144,8 @@ BEGIN
 END;
 $$;
 
-DROP TRIGGER IF EXISTS trg_job_runs_record ON public.job_runs;
-CREATE TRIGGER trg_job_runs_record
-    BEFORE INSERT OR UPDATE OR DELETE ON public.job_runs
-    FOR EACH ROW EXECUTE FUNCTION public.rewards_job_runs_record();
+SELECT public.rewards_replace_trigger('trg_job_runs_record', 'public.job_runs',
+    'BEFORE INSERT OR UPDATE OR DELETE ON public.job_runs FOR EACH ROW EXECUTE FUNCTION public.rewards_job_runs_record()');
 
 -- ── 2. The reconcile tables ─────────────────────────────────────────────────
 -- A row of a reconcile run is written in a transaction that renewed (or ended) that run's lease with
@@ -165,18 +177,12 @@ BEGIN
 END;
 $$;
 
-DROP TRIGGER IF EXISTS trg_reconciliation_runs_record ON public.reconciliation_runs;
-CREATE TRIGGER trg_reconciliation_runs_record
-    BEFORE INSERT OR UPDATE OR DELETE ON public.reconciliation_runs
-    FOR EACH ROW EXECUTE FUNCTION public.rewards_reconcile_rows_record();
-DROP TRIGGER IF EXISTS trg_reconciliation_discrepancies_record ON public.reconciliation_discrepancies;
-CREATE TRIGGER trg_reconciliation_discrepancies_record
-    BEFORE INSERT OR UPDATE OR DELETE ON public.reconciliation_discrepancies
-    FOR EACH ROW EXECUTE FUNCTION public.rewards_reconcile_rows_record();
-DROP TRIGGER IF EXISTS trg_reconciliation_findings_record ON public.reconciliation_findings;
-CREATE TRIGGER trg_reconciliation_findings_record
-    BEFORE INSERT OR UPDATE OR DELETE ON public.reconciliation_findings
-    FOR EACH ROW EXECUTE FUNCTION public.rewards_reconcile_rows_record();
+SELECT public.rewards_replace_trigger('trg_reconciliation_runs_record', 'public.reconciliation_runs',
+    'BEFORE INSERT OR UPDATE OR DELETE ON public.reconciliation_runs FOR EACH ROW EXECUTE FUNCTION public.rewards_reconcile_rows_record()');
+SELECT public.rewards_replace_trigger('trg_reconciliation_discrepancies_record', 'public.reconciliation_discrepancies',
+    'BEFORE INSERT OR UPDATE OR DELETE ON public.reconciliation_discrepancies FOR EACH ROW EXECUTE FUNCTION public.rewards_reconcile_rows_record()');
+SELECT public.rewards_replace_trigger('trg_reconciliation_findings_record', 'public.reconciliation_findings',
+    'BEFORE INSERT OR UPDATE OR DELETE ON public.reconciliation_findings FOR EACH ROW EXECUTE FUNCTION public.rewards_reconcile_rows_record()');
 
 -- The rules audit's new kind: a reward key whose ledger row is not what the rule gives (jobs/rules_audit.py).
 ALTER TABLE public.reconciliation_findings DROP CONSTRAINT IF EXISTS reconciliation_findings_kind_check;
@@ -231,28 +237,19 @@ BEGIN
 END;
 $$;
 
--- referral_rewards is a reference table on Citus: its trigger is created with Citus's leave (it reads
--- no other table), inside a DO block as the other DDL of a reference table (migration 023).
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
-        SET LOCAL citus.enable_unsafe_triggers = on;
-    END IF;
-    EXECUTE 'DROP TRIGGER IF EXISTS trg_referral_rewards_record ON public.referral_rewards';
-    EXECUTE 'CREATE TRIGGER trg_referral_rewards_record
-                 BEFORE UPDATE OR DELETE ON public.referral_rewards
-                 FOR EACH ROW EXECUTE FUNCTION public.rewards_referral_rewards_record()';
-    -- a new record: checked only when it is not recorded standing (the jobs insert many)
-    EXECUTE 'DROP TRIGGER IF EXISTS trg_referral_rewards_recorded_standing ON public.referral_rewards';
-    EXECUTE 'CREATE TRIGGER trg_referral_rewards_recorded_standing
-                 BEFORE INSERT ON public.referral_rewards
-                 FOR EACH ROW
-                 WHEN (NEW.clawback_key IS NOT NULL OR NEW.clawed_back_at IS NOT NULL OR NEW.clawback_run_id IS NOT NULL
-                       OR NEW.clawed_back_points <> 0 OR NEW.expired_points <> 0 OR NEW.unrecovered_points <> 0
-                       OR NEW.recovered_points <> 0)
-                 EXECUTE FUNCTION public.rewards_referral_rewards_record()';
-END;
-$$;
+SELECT public.rewards_replace_trigger('trg_referral_rewards_record', 'public.referral_rewards', $trigger$
+    BEFORE UPDATE OR DELETE ON public.referral_rewards
+    FOR EACH ROW EXECUTE FUNCTION public.rewards_referral_rewards_record()
+$trigger$);
+-- a new record: checked only when it is not recorded standing (the jobs insert many)
+SELECT public.rewards_replace_trigger('trg_referral_rewards_recorded_standing', 'public.referral_rewards', $trigger$
+    BEFORE INSERT ON public.referral_rewards
+    FOR EACH ROW
+    WHEN (NEW.clawback_key IS NOT NULL OR NEW.clawed_back_at IS NOT NULL OR NEW.clawback_run_id IS NOT NULL
+          OR NEW.clawed_back_points <> 0 OR NEW.expired_points <> 0 OR NEW.unrecovered_points <> 0
+          OR NEW.recovered_points <> 0)
+    EXECUTE FUNCTION public.rewards_referral_rewards_record()
+$trigger$);
 
 -- ── 4. The ledger: a job's key namespace has the job's type and sign ────────
 -- The rule is the trigger's WHEN (a plain expression, no function call per row): only a row that
@@ -271,31 +268,22 @@ BEGIN
 END;
 $$;
 
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
-        SET LOCAL citus.enable_unsafe_triggers = on;
-    END IF;
-    EXECUTE 'DROP TRIGGER IF EXISTS trg_upt_job_keys ON public.user_point_transactions';
-    EXECUTE $trigger$
-        CREATE TRIGGER trg_upt_job_keys
-            BEFORE INSERT ON public.user_point_transactions
-            FOR EACH ROW
-            WHEN (NOT coalesce(CASE split_part(NEW.idempotency_key, ':', 1)
-                WHEN 'recurring' THEN NEW.type = 'REFERRAL_RECURRING' AND NEW.delta > 0
-                                      AND CAST(NEW.ref_id AS text) = split_part(NEW.idempotency_key, ':', 2)
-                WHEN 'l2'        THEN NEW.type = 'REFERRAL_L2' AND NEW.delta > 0
-                                      AND CAST(NEW.ref_id AS text) = split_part(NEW.idempotency_key, ':', 2)
-                WHEN 'clawback'  THEN NEW.type = 'REFERRAL_CLAWBACK' AND NEW.delta < 0
-                                      AND split_part(NEW.idempotency_key, ':', 2) IN ('recurring', 'l2')
-                                      AND CAST(NEW.ref_id AS text) = split_part(NEW.idempotency_key, ':', 3)
-                WHEN 'recover'   THEN NEW.type = 'REFERRAL_CLAWBACK' AND NEW.delta < 0 AND NEW.ref_id IS NULL
-                                      AND split_part(NEW.idempotency_key, ':', 2) = CAST(NEW.user_id AS text)
-                WHEN 'expiry'    THEN NEW.type = 'EXPIRY' AND NEW.delta < 0 AND NEW.ref_id IS NULL
-                                      AND split_part(NEW.idempotency_key, ':', 2) = CAST(NEW.user_id AS text)
-                ELSE true
-            END, false))
-            EXECUTE FUNCTION public.rewards_ledger_job_keys()
-    $trigger$;
-END;
-$$;
+SELECT public.rewards_replace_trigger('trg_upt_job_keys', 'public.user_point_transactions', $trigger$
+    BEFORE INSERT ON public.user_point_transactions
+    FOR EACH ROW
+    WHEN (NOT coalesce(CASE split_part(NEW.idempotency_key, ':', 1)
+        WHEN 'recurring' THEN NEW.type = 'REFERRAL_RECURRING' AND NEW.delta > 0
+                              AND CAST(NEW.ref_id AS text) = split_part(NEW.idempotency_key, ':', 2)
+        WHEN 'l2'        THEN NEW.type = 'REFERRAL_L2' AND NEW.delta > 0
+                              AND CAST(NEW.ref_id AS text) = split_part(NEW.idempotency_key, ':', 2)
+        WHEN 'clawback'  THEN NEW.type = 'REFERRAL_CLAWBACK' AND NEW.delta < 0
+                              AND split_part(NEW.idempotency_key, ':', 2) IN ('recurring', 'l2')
+                              AND CAST(NEW.ref_id AS text) = split_part(NEW.idempotency_key, ':', 3)
+        WHEN 'recover'   THEN NEW.type = 'REFERRAL_CLAWBACK' AND NEW.delta < 0 AND NEW.ref_id IS NULL
+                              AND split_part(NEW.idempotency_key, ':', 2) = CAST(NEW.user_id AS text)
+        WHEN 'expiry'    THEN NEW.type = 'EXPIRY' AND NEW.delta < 0 AND NEW.ref_id IS NULL
+                              AND split_part(NEW.idempotency_key, ':', 2) = CAST(NEW.user_id AS text)
+        ELSE true
+    END, false))
+    EXECUTE FUNCTION public.rewards_ledger_job_keys()
+$trigger$);
