@@ -41,7 +41,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, TextClause, text
 
 from core.job import Batch, RunContext, session_tables
-from core.ledger import WrittenPoints, lock_balances, undone_when, write_points
+from core.ledger import lock_balances, undone_when, write_points
 from core.settings import ConfigError
 from core.sql import Queries
 from jobs.settings import RewardAmount, RuleSettings
@@ -60,7 +60,7 @@ STATS_LABELS: dict[str, str | None] = {
     "recovered_points": "unrecovered points recovered",
     "skipped_feed_rows": "payments feed rows skipped",
     "skipped_unstorable": "rows too large for the ledger, skipped",
-    "conflicting_keys": "reward keys held in the ledger with another amount",
+    "conflicting_keys": "reward keys the ledger held with another row, paid under their next key",
     "relationships_scanned": "relationships scanned",
     "referred_users_to_write": "referred users with rows to write",
     "skipped_missing_rewarded_at": "skipped without rewarded_at",
@@ -189,21 +189,25 @@ class _RewardRun:
         written = write_points(conn, _queries.raw("planned_rows"), {}, as_of=self.ctx.as_of)
         self.ctx.record_points(written)
         clawed = conn.execute(_queries["record_clawbacks"], self.params).one()  # first: a re-earned month's
-        self._record_rewards(conn, written)                                     # new reward then stands alone
+        unstorable = written.unstorable + self._record_rewards(conn, written.unstorable)  # new reward then alone
         self.ctx.count("clawbacks", clawed.clawbacks)
         self.ctx.count("clawed_back_points", int(clawed.clawed_back_points))
         self.ctx.count("expired_before_clawback_points", int(clawed.expired_points))
         self.ctx.count("unrecovered_points", int(clawed.unrecovered_points))
+        if unstorable:
+            self._report_unstorable(conn, unstorable)
 
-    def _record_rewards(self, conn: Connection, written: WrittenPoints) -> None:
+    def _record_rewards(self, conn: Connection, unstorable: list[str]) -> list[str]:
         """Record the batch's rewards now in the ledger. A key the ledger already held with another user,
         type or amount (not this rule's row) is never taken as paid: the month is written under its next
-        key, and the foreign row is left to the rules audit."""
-        unstorable = [key for key in written.unstorable if not key.startswith("clawback:")]
+        key, and the foreign row is left to the rules audit. Returns the keys of those rewritten rows that
+        could not be stored."""
+        not_written = sum(1 for key in unstorable if not key.startswith("clawback:"))
         rewards = conn.execute(_queries["record_rewards"], self.params).one()
         recorded = rewards.recorded
+        rewritten_unstorable: list[str] = []
         for _attempt in range(_REKEYS):
-            if recorded + len(unstorable) >= rewards.planned:
+            if recorded + not_written + len(rewritten_unstorable) >= rewards.planned:
                 break
             conflicting = self._report_conflicting_keys(conn)
             if not conflicting:
@@ -212,11 +216,9 @@ class _RewardRun:
             rewritten = write_points(conn, _queries.raw("planned_rows_among"), {"keys": new_keys},
                                      as_of=self.ctx.as_of)
             self.ctx.record_points(rewritten)
-            unstorable += rewritten.unstorable
-            written.unstorable += rewritten.unstorable
+            rewritten_unstorable += rewritten.unstorable
             recorded += conn.execute(_queries["record_rewards"], self.params).one().recorded
-        if written.unstorable:
-            self._report_unstorable(conn, written.unstorable)
+        return rewritten_unstorable
 
     def _report_conflicting_keys(self, conn: Connection) -> list[str]:
         keys = []
