@@ -22,6 +22,8 @@ def cmd_report(args: argparse.Namespace, settings: RuleSettings) -> int:
         if args.format not in ("table", "json"):
             raise UsageError(f"--json: the same as --format json, not --format {args.format}")
         args.format = "json"
+    if args.period is not None:
+        return _period_report(args, settings)
     run_id = _report_run(args.run)
     if args.format == "xlsx" and args.output is None and sys.stdout.isatty():
         raise UsageError("--format xlsx: a workbook is binary; give --output FILE (or redirect stdout)")
@@ -70,3 +72,24 @@ def _render(database: Engine, run_id: int | None, args: argparse.Namespace) -> s
             sys.stdout.buffer.write(aside.read_bytes())
             sys.stdout.flush()
     return str(output) if output else "-"
+
+
+def _period_report(args: argparse.Namespace, settings: RuleSettings) -> int:
+    """`report --period YYYY-MM`: a signed month exactly as signed, from its stored document."""
+    from cli.command_close import period_argument
+    from cli.period_report import render_period
+
+    if args.run != "latest":
+        raise UsageError(f"--period: a month's report is not a run's; give RUN_ID ({args.run}) or --period, not both")
+    period = period_argument(args.period, "--period")
+    if args.format == "xlsx" and args.output is None and sys.stdout.isatty():
+        raise UsageError("--format xlsx: a workbook is binary; give --output FILE (or redirect stdout)")
+    output = Path(args.output) if args.output is not None else None
+    written = render_period(engine(settings), period, args.format, output)
+    if written is None:
+        print(f"no signed-off report for {period:%Y-%m}: the month is not closed "
+              f"(`close {period:%Y-%m} --sign-off NAME` closes it)", file=sys.stderr)
+        return EXIT_FAILED
+    if output is not None:
+        print(f"wrote {output}", file=sys.stderr)
+    return EXIT_OK

@@ -115,4 +115,11 @@ def _add_listings(command: Any) -> None:
     report.add_argument("--format", choices=("table", "csv", "json", "html", "xlsx"), default="table",
                         help="table (default), csv, json, html or xlsx")
     report.add_argument("--output", metavar="FILE", help="write the report to FILE (whole) instead of stdout")
+    report.add_argument("--period", metavar="YYYY-MM",
+                        help="a signed-off month's report, exactly as it was signed (see close)")
     report.add_argument("--json", action="store_true", help="the same as --format json")
+    close = command("close", "cli.command_close:cmd_close",
+                    "a month's roll-forward, journal and liability schedule; --sign-off closes it")
+    close.add_argument("period", metavar="YYYY-MM", help="the calendar month (UTC), like 2026-05")
+    close.add_argument("--sign-off", metavar="NAME", help="sign the month off as NAME (once per month)")
+    close.add_argument("--json", action="store_true", help=LISTING_JSON)

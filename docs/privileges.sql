@@ -1,5 +1,5 @@
 -- Least privileges of the rewards-jobs service (the daemon, and `scheduler.py run|run-all|jobs|
--- history|report|health`): the role it connects as.
+-- history|report|close|health`): the role it connects as.
 --
 -- Two roles:
 --   * the OWNER of the tables applies the migrations (`python scheduler.py migrate` with the owner's
@@ -76,6 +76,11 @@ GRANT SELECT, INSERT ON public.reconciliation_runs, public.reconciliation_discre
                         public.reconciliation_findings TO rewards_jobs;
 -- reconcile records its repairs on its own run's row once the report that lists them is recorded
 GRANT UPDATE (repaired, summary) ON public.reconciliation_runs TO rewards_jobs;
+
+-- Closed months (migration 026): `close --sign-off` records a month once; every reconcile reads them
+-- (restatements), `report --period` renders one. No UPDATE, no DELETE (the migration's trigger refuses
+-- them to every role).
+GRANT SELECT, INSERT ON public.closed_months TO rewards_jobs;
 
 -- The basis record of every reward (migrations 016, 023): inserted by the reward jobs, which then update
 -- only what became of a reward: its clawback (record_clawbacks) and the points recovered since

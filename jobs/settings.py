@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from core.settings import CoreSettings, env_name
+from jobs.journal import parse_accounts
 
 LEDGER_INT_MAX = 2**31 - 1
 
@@ -74,11 +75,19 @@ class RuleSettings(CoreSettings):
     # reconcile: repair the cache too; wait this long for a running ledger writer of the pipeline, then exit 3
     reconcile_repair: bool = False
     reconcile_wait_seconds: int = Field(default=600, ge=0, le=86_400)
+    # the journal (close and reconcile): the counter-account of the points liability per ledger type,
+    # `TYPE=Account name` pairs separated by commas; a type not named takes its default (jobs/journal.py)
+    journal_accounts: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     @field_validator("recurring_reward", "l2_reward", mode="before")
     @classmethod
     def _reward(cls, value: object) -> RewardAmount:
         return value if isinstance(value, RewardAmount) else RewardAmount.parse(str(value))
+
+    @field_validator("journal_accounts", mode="before")
+    @classmethod
+    def _journal_accounts(cls, value: object) -> object:
+        return parse_accounts(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _rewards_can_be_stored(self) -> RuleSettings:
