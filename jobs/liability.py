@@ -14,7 +14,8 @@ a lot earned in calendar month m expires in month m + N, whatever its day (the 3
 """
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from uuid import UUID
@@ -33,16 +34,99 @@ BREAKAGE_MONTHS = 12
 
 def liability_schedule(conn: Connection, as_of: datetime, settings: RuleSettings) -> dict[str, Any]:
     """The points outstanding at `as_of` and when they expire if not spent (FINANCE_CONTRACT 4)."""
-    raise NotImplementedError
+    months = settings.points_expiry_months
+    per_month = [0] * SCHEDULE_MONTHS
+    due_now = 0
+    if months == 0:
+        outstanding = int(conn.execute(_queries["outstanding"], {"as_of": as_of}).scalar_one())
+    else:
+        bounds = conn.execute(_queries["schedule_bounds"],
+                              {"as_of": as_of, "months": months, "horizon": SCHEDULE_MONTHS}).scalar_one()
+        outstanding = 0
+        for bucket in conn.execute(_queries["schedule"], {"as_of": as_of, "bounds": list(bounds)}):
+            outstanding += int(bucket.net)
+            if bucket.b == 0:
+                due_now = int(bucket.expiring)
+            elif 1 <= bucket.b <= SCHEDULE_MONTHS:
+                per_month[bucket.b - 1] = int(bucket.expiring)
+    # What is neither due nor expiring within the months: also, on a ledger with a negative balance
+    # (which reconcile reports), what keeps the identity whole.
+    later = outstanding - due_now - sum(per_month)
+    price = settings.points_per_usd
+    return {
+        "as_of": as_of.isoformat(), "outstanding_points": outstanding, "due_now_points": due_now,
+        "months": [{"month": label, "points": points, "usd": usd(points, price) if price else None}
+                   for label, points in zip(month_labels(as_of, SCHEDULE_MONTHS), per_month, strict=True)],
+        "later_points": later, "total_points": due_now + sum(per_month) + later,
+        "usd": money(outstanding, price),
+    }
+
+
+def month_labels(as_of: datetime, count: int) -> list[str]:
+    """`YYYY-MM` of the as-of's calendar month (UTC) and of the months after it."""
+    start = as_of.astimezone(timezone.utc)
+    return [f"{start.year + (start.month - 1 + k) // 12:04d}-{(start.month - 1 + k) % 12 + 1:02d}"
+            for k in range(count)]
 
 
 def breakage(conn: Connection, as_of: datetime, settings: RuleSettings) -> dict[str, Any]:
     """Points expired / points issued, rows dated in [as_of - 12 months, as_of) (FINANCE_CONTRACT 5)."""
-    raise NotImplementedError
+    row = conn.execute(_queries["breakage"], {"as_of": as_of, "months": BREAKAGE_MONTHS}).one()
+    expired, issued = int(row.expired), int(row.issued)
+    rate = (Decimal(expired) / Decimal(issued)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP) if issued else None
+    return {"from": row.from_at.isoformat(), "to": as_of.isoformat(), "expired_points": expired,
+            "issued_points": issued, "rate": None if rate is None else str(rate)}
 
 
 def user_balance(conn: Connection, user_id: UUID | str, as_of: datetime,
                  settings: RuleSettings) -> dict[str, Any] | None:
     """One user's ledger balance at `as_of`, their lots and when each expires (FINANCE_CONTRACT 7);
     None when the user has no ledger row at all."""
-    raise NotImplementedError
+    totals = conn.execute(_queries["user_totals"], {"user_id": user_id, "as_of": as_of}).one()
+    if not totals.rows_ever:
+        return None
+    lots = user_lots(conn, user_id, as_of, settings.points_expiry_months)
+    expiring = expiring_next(lots, limit=1)
+    return {
+        "user_id": str(user_id), "as_of": as_of.isoformat(), "balance": int(totals.balance),
+        "earned": int(totals.earned), "spent": int(totals.spent), "expired": int(totals.expired),
+        "clawed_back": int(totals.clawed_back),
+        "lots": [{"earned_at": lot.earned_at.isoformat(), "type": lot.type, "points": lot.points,
+                  "remaining": lot.remaining,
+                  "expires_at": None if lot.expires_at is None else lot.expires_at.isoformat()} for lot in lots],
+        "expiring_next": ({"expires_at": expiring[0].expires_at.isoformat(), "points": expiring[0].points}
+                          if expiring else None),
+    }
+
+
+@dataclass(frozen=True)
+class Lot:
+    earned_at: datetime
+    type: str
+    points: int            # the row's delta
+    size: int              # less the reward's own clawback
+    remaining: int         # what the consuming debits left of it
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Expiring:
+    expires_at: datetime
+    points: int
+
+
+def user_lots(conn: Connection, user_id: UUID | str, as_of: datetime, months: int) -> list[Lot]:
+    """One user's lots at `as_of`, oldest first (the one derivation `balance` and `explain` read)."""
+    return [Lot(earned_at=row.earned_at, type=row.type, points=int(row.points), size=int(row.size),
+                remaining=int(row.remaining), expires_at=row.expires_at)
+            for row in conn.execute(_queries["user_lots"], {"user_id": user_id, "as_of": as_of, "months": months})]
+
+
+def expiring_next(lots: list[Lot], *, limit: int) -> list[Expiring]:
+    """The points still in the lots by expiry instant, the first `limit` instants (the ones already
+    past are expired by the next expire-points run)."""
+    by_instant: dict[datetime, int] = {}
+    for lot in lots:
+        if lot.remaining > 0 and lot.expires_at is not None:
+            by_instant[lot.expires_at] = by_instant.get(lot.expires_at, 0) + lot.remaining
+    return [Expiring(expires_at, points) for expires_at, points in sorted(by_instant.items())[:limit]]
