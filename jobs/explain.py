@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine, Row
 from core.clock import when
 from core.sql import Queries
 from jobs import level2_rewards, recurring_rewards
+from jobs.liability import Expiring, expiring_next, user_lots
 from jobs.rewards import feed_sql, month_facts
 from jobs.settings import RuleSettings
 
@@ -66,7 +67,7 @@ class Explanation:
     to_write: list[Row[Any]] = field(default_factory=list)  # the rows the next runs write for this user
     ledger: list[_Row] = field(default_factory=list)
     outstanding: dict[int, int] = field(default_factory=dict)  # unrecovered points owed back, by level
-    expiring: list[Row[Any]] = field(default_factory=list)
+    expiring: list[Expiring] = field(default_factory=list)
     expiry_months: int = 0
 
     @property
@@ -92,8 +93,9 @@ def explain(engine: Engine, settings: RuleSettings, user_id: UUID, as_of: dateti
             expiry_months=settings.points_expiry_months,
         )
         if settings.points_expiry_months:
-            found.expiring = list(conn.execute(_queries["expiring_next"], {
-                **params, "months": settings.points_expiry_months, "limit": EXPIRIES_SHOWN}))
+            # The lots as `balance` reads them (jobs/liability.sql user_lots): one derivation for both.
+            lots = user_lots(conn, user_id, as_of, settings.points_expiry_months)
+            found.expiring = expiring_next(lots, limit=EXPIRIES_SHOWN)
         _reward_months(conn, settings, found)
     return found
 

@@ -93,33 +93,3 @@ SELECT DISTINCT ON (job, as_of) job, as_of, id
 FROM public.job_runs
 WHERE as_of = ANY(CAST(:instants AS timestamptz[])) AND NOT dry_run AND status <> 'SKIPPED'
 ORDER BY job, as_of, started_at, id;
-
--- name: expiring_next --
--- The user's lots at the as-of (docs/rules.md "Expiry: lots"): each positive row dated at or before it,
--- less its own clawback; the other debits consume the oldest lots first; what is left of each lot
--- expires `months` after it was earned. Lots already due are expired by the next expire-points run.
-WITH ledger AS (
-    SELECT t.id, t.created_at, t.delta, t.idempotency_key
-    FROM public.user_point_transactions t
-    WHERE t.user_id = :user_id AND t.created_at <= :as_of
-), own_clawback AS (
-    SELECT rr.idempotency_key AS lot_key, rr.clawback_key, rr.clawed_back_points AS points
-    FROM public.referral_rewards rr
-    WHERE rr.beneficiary_user_id = :user_id AND rr.clawed_back_points > 0 AND rr.clawed_back_at <= :as_of
-), lot AS (
-    SELECT l.created_at, l.delta - coalesce(o.points, 0) AS size,
-           sum(l.delta - coalesce(o.points, 0)) OVER (ORDER BY l.created_at, l.id) AS earned_through
-    FROM ledger l
-    LEFT JOIN own_clawback o ON o.lot_key = l.idempotency_key
-    WHERE l.delta > 0
-), spent AS (
-    SELECT COALESCE(-sum(delta), 0) AS total FROM ledger
-    WHERE delta < 0 AND NOT EXISTS (SELECT 1 FROM own_clawback o WHERE o.clawback_key = ledger.idempotency_key)
-)
-SELECT created_at + make_interval(months => CAST(:months AS int)) AS expires_at,
-       sum(LEAST(size, earned_through - spent.total)) AS points
-FROM lot, spent
-WHERE earned_through - spent.total > 0 AND size > 0
-GROUP BY 1
-ORDER BY 1
-LIMIT :limit;
