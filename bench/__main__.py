@@ -3,6 +3,7 @@
     python -m bench generate --users 600000            # rewards_bench_600k, built once
     python -m bench run --users 60000 600000 --json out.json
     python -m bench run --users 200000 --shape default skewed   # both data shapes, side by side
+    python -m bench run --users 200000 --shape random --seed 1 2 3   # shapes drawn by each seed; worst ratios
     python -m bench profile expire-points --users 600000   # time each SQL statement of one job
     python -m bench startup --runs 11                     # CPU and wall time of --help, health, jobs
     python -m bench run --citus --users 600000            # the same on the local Citus cluster (bench/citus.sh)
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bench import report
-from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_YEARS, NAME_PREFIX, BenchError,
-                            Citus, World, dataset_name, ensure_dataset, generate_dataset, server_url)
+from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_YEARS, NAME_PREFIX, SHAPES,
+                            BenchError, Citus, World, dataset_name, drawn_shape, ensure_dataset, generate_dataset,
+                            server_url)
 from bench.run import measure_size
-from cli.sample_data import SHAPES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -67,14 +68,18 @@ def parser() -> argparse.ArgumentParser:
                              default=[DEFAULT_USERS] if many else DEFAULT_USERS, metavar="N",
                              help=f"users in the dataset{' (several: a scale curve)' if many else ''} "
                                   f"(default {DEFAULT_USERS})")
-        command.add_argument("--seed", type=int, default=DEFAULT_SEED)
+        command.add_argument("--seed", type=int, nargs="+" if many else None,
+                             default=[DEFAULT_SEED] if many else DEFAULT_SEED,
+                             help="the dataset's seed (its rows; with --shape random its shape too)"
+                                  f"{'; several: each measured' if many else ''} (default {DEFAULT_SEED})")
         command.add_argument("--as-of", default=DEFAULT_AS_OF.isoformat(), metavar="WHEN",
                              help="the dataset's as-of instant, where its history ends (default %(default)s)")
         command.add_argument("--years", type=float, default=DEFAULT_YEARS, help="years of history (default 3)")
         command.add_argument("--shape", choices=SHAPES, nargs="+" if many else None,
                              default=[SHAPES[0]] if many else SHAPES[0],
-                             help="the data shape: default, or skewed (long chains, influencers with thousands "
-                                  "of referrals, referrers never referred, payments on many days of a month)"
+                             help="the data shape: default, skewed (long chains, influencers with thousands "
+                                  "of referrals, referrers never referred, payments on many days of a month), or "
+                                  "random (every distribution drawn from wide ranges by the seed)"
                                   f"{'; several: each measured' if many else ''} (default %(default)s)")
         command.add_argument("--database-url", metavar="URL", help="the PostgreSQL server to use")
         command.add_argument("--citus", action="store_true",
@@ -128,7 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dataset = generate_dataset(server, world, name=dataset_name(world, args.prefix), progress=_progress,
                                citus=citus)
     size = {"users": world.users, "world": world.as_json(), "dataset": dataset.counts,
-            "generate_seconds": dataset.generate_seconds}
+            "generate_seconds": dataset.generate_seconds, "shape": drawn_shape(world)}
     print(f"{dataset.name}: {report.dataset_line(size)}")
     return 0
 
@@ -174,9 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                  else RESULTS_DIR / f"bench-{engine}{time.strftime('%Y%m%dT%H%M%S')}.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     for users in args.users:
-        for shape in args.shape:
-            world = World(users, args.seed, as_of, args.years, shape)
-            _progress(f"dataset of {users} users, {shape} shape")
+        for shape, seed in [(shape, seed) for shape in args.shape for seed in args.seed]:
+            world = World(users, seed, as_of, args.years, shape)
+            _progress(f"dataset of {users} users, {shape} shape, seed {seed}")
             dataset = ensure_dataset(server, world, regenerate=args.regenerate, prefix=args.prefix,
                                      progress=_progress, citus=citus)
             results["sizes"].append(measure_size(server, dataset, jobs, daily=not args.no_daily, keep=args.keep,

@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine, text
 
-from bench.datasets import Dataset, World, create_database, drop_database, forget_dataset, migrated_engine
+from bench.datasets import (Dataset, World, advance_world, create_database, drawn_shape, drop_database, forget_dataset,
+                            migrated_engine)
 from cli import sample_data
 from jobs import PipelineSettings
 from jobs.settings import RuleSettings
@@ -293,6 +294,7 @@ def measure_size(server: str, dataset: Dataset, jobs: list[str], *, daily: bool 
             measures = measure_jobs(engine, url, jobs, world.as_of, workdir, settings, progress)
             result: dict[str, Any] = {
                 "users": world.users, "world": world.as_json(), "dataset": dataset.counts,
+                "shape": drawn_shape(world),
                 "generate_seconds": dataset.generate_seconds, "jobs": [m.as_json() for m in measures],
                 "engine": dataset.citus.describe() if dataset.citus else "PostgreSQL",
                 # other work on the machine skews timings: the 1-minute load average before and at the end
@@ -343,8 +345,7 @@ def measure_daily(engine: Engine, url: str, jobs: list[str], world: World, workd
     progress("daily: adding one day of data")
     before = sample_data.count_rows(engine)
     started = time.monotonic()
-    sample_data.advance(engine, users=world.users, seed=world.seed, as_of=world.as_of, years=world.years,
-                        until=next_day, shape=world.shape)
+    advance_world(engine, world, next_day)
     changed = change_history(engine, world, next_day)
     after = sample_data.count_rows(engine)
     added = {table: after[table] - before.get(table, 0) for table in after}

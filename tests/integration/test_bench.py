@@ -25,7 +25,7 @@ def prefix(server_url):
     """A database name prefix of this test's own; its databases are dropped afterwards."""
     name = f"rewards_bt{os.getpid()}"
     yield name
-    for suffix in ("400", "400_run", "400_prof"):
+    for suffix in ("400", "400_run", "400_prof", "1500_s5_random_run"):
         drop_database(server_url, f"{name}_{suffix}")
 
 
@@ -161,3 +161,67 @@ def test_profile_runs_the_job_after_the_earlier_ones_and_times_its_statements(se
     assert sum(times.calls.values()) > 3
     assert "expire-points: SUCCEEDED" in render(result, times)
     assert not _database_exists(server_url, f"{prefix}_400_prof")
+
+
+def _fingerprint(url: str) -> tuple[str, ...]:
+    """Every generated table's rows, hashed in a stable order."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return tuple(conn.execute(text(
+                f"SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM public.{table} t")).scalar_one()
+                for table in ("user_referral_relationships", "user_subscription_payments", "user_point_transactions",
+                              "user_point_balances"))
+    finally:
+        engine.dispose()
+
+
+def test_a_random_shape_is_drawn_by_the_seed_and_the_same_seed_generates_the_same_rows(server_url, prefix, capsys):
+    from bench.random_shape import draw
+
+    def generate(seed):
+        assert bench_cli.main(["generate", "--users", "1500", "--shape", "random", "--seed", str(seed),
+                               "--as-of", "2026-06-01", "--database-url", server_url, "--prefix", prefix]) == 0
+        found = find_dataset(server_url, f"{prefix}_1500_s{seed}_random")
+        assert found is not None and found.world == World(1500, seed=seed, as_of=AS_OF, shape="random")
+        return found
+
+    try:
+        first = generate(3)
+        assert capsys.readouterr().out.startswith(f"{prefix}_1500_s3_random: 1,500 users (random shape, seed 3): ")
+        rows = _fingerprint(first.url)
+        assert generate(3).counts == first.counts and _fingerprint(first.url) == rows
+        other = generate(4)
+        assert other.counts != first.counts and _fingerprint(other.url) != rows
+        assert draw(3) != draw(4)
+    finally:
+        for seed in (3, 4):
+            drop_database(server_url, f"{prefix}_1500_s{seed}_random")
+
+
+@pytest.mark.slow
+def test_every_job_on_a_random_shape_does_the_bounds_work_first_rerun_and_daily(server_url, prefix, tmp_path, capsys):
+    from bench.random_shape import draw
+
+    seed, json_path = 5, tmp_path / "random.json"
+    try:
+        code = bench_cli.main(["run", "--users", "1500", "--shape", "random", "--seed", str(seed),
+                               "--as-of", "2026-06-01", "--database-url", server_url, "--prefix", prefix,
+                               "--json", str(json_path)])
+        assert code == 0
+    finally:
+        drop_database(server_url, f"{prefix}_1500_s{seed}_random")
+    [size] = json.loads(json_path.read_text())["sizes"]
+    assert size["world"]["shape"] == "random" and size["world"]["seed"] == seed
+    assert {name: size["shape"][name] for name in draw(seed).as_json()} == draw(seed).as_json()  # recorded
+    done = {job["job"]: report._rows_done(job["first"]) for job in size["jobs"]}
+    assert done == {job["job"]: job["bound"]["rows"] for job in size["jobs"]}
+    assert done["recurring-rewards"] > 0 and done["level2-rewards"] > 0
+    daily = {entry["job"]: entry for entry in size["daily"]["jobs"]}
+    assert {job: report._rows_done(entry["run"]) for job, entry in daily.items()} == \
+        {job: entry["bound"]["rows"] for job, entry in daily.items()}
+    reports = ("expiring-soon", "reconcile")
+    assert {report._rows_done(job["rerun"]) for job in size["jobs"] if job["job"] not in reports} == {0}
+    printed = capsys.readouterr().out
+    assert "shape drawn: unreferred_share=" in printed
+    assert report.worst([size])["recurring-rewards"]["rows_equal"] is True

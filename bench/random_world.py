@@ -1,0 +1,126 @@
+"""The `random` shape's world: cli/sample_data.py's generator with every distribution from a drawn shape.
+
+`generate` and `advance` mirror sample_data's (the same tables, steps and guarantees: deterministic
+rows, the cache moved by exactly the app's rows, a little drift for reconcile, later loads keeping only
+the redemptions the balance can pay), with bench/random_world.sql's planning, payment and ledger
+statements in place of sample_data.sql's; every other statement is sample_data.sql's own.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import Connection, Engine
+
+from bench.random_shape import RandomShape, draw
+from cli import sample_data
+from core.sql import Queries
+
+_SECONDS_PER_YEAR = 365.25 * 86400
+_BEGINNING = datetime(1900, 1, 1, tzinfo=timezone.utc)
+_own = Queries(str(Path(__file__).with_name("random_world.sql")))
+_OWN = ("plan_users", "plan_relationships", "insert_payments", "insert_ledger")
+
+Progress = Callable[[str], None]
+
+
+def _statement(name: str) -> Any:
+    return _own[name] if name in _OWN else sample_data._queries[name]
+
+
+def users_until(shape: RandomShape, users: int, as_of: datetime, span_seconds: float, until: datetime) -> int:
+    """How many users exist at `until` (the inverse of plan_users' sign-up time)."""
+    growth = 1 + (until - as_of).total_seconds() / span_seconds
+    return math.floor(users * growth ** shape.signup_growth) + 2
+
+
+def ledger_plan(shape: RandomShape) -> dict[str, float]:
+    """From the aimed ledger rows per user: ADMIN_GRANTs per user and redemptions per earning.
+
+    Earnings per user besides the grants: a welcome per activated relationship and a first-payment
+    reward per rewarded one (one relationship per referred user)."""
+    referred = 0.98 * (1 - shape.unreferred_share)
+    base = referred * shape.activated_share * (1 + shape.rewarded_share)
+    grants = shape.grant_share * shape.ledger_rows_per_user / 2
+    earnings = max(base + grants, 0.01)
+    rows_per_earning = shape.ledger_rows_per_user / earnings
+    return {"grants_mean": round(grants, 4), "redemptions_per_earning": round(max(0.0, rows_per_earning - 1), 4)}
+
+
+def params(shape: RandomShape, *, users: int, seed: int, as_of: datetime, years: float,
+           since: datetime, until: datetime) -> dict[str, Any]:
+    span = years * _SECONDS_PER_YEAR
+    return {"seed": seed, "users": users, "anchor_epoch": as_of.timestamp(), "span_seconds": span,
+            "n_max": users_until(shape, users, as_of, span, until), "since": since, "until": until,
+            **shape.params(), **ledger_plan(shape)}
+
+
+def generate(engine: Engine, *, users: int, seed: int, as_of: datetime, years: float,
+             progress: Progress | None = None) -> dict[str, int]:
+    """Fill the empty, migrated database behind `engine` with the world of seed `seed`'s shape."""
+    shape = draw(seed)
+    say = progress or _quiet
+    say(f"random shape, {shape.describe()}")
+    with engine.connect() as conn:
+        if any(conn.execute(sample_data._queries["count_rows"]).one()):
+            raise sample_data.SampleDataError("the database already holds data; generate into a fresh database")
+    _load(engine, params(shape, users=users, seed=seed, as_of=as_of, years=years, since=_BEGINNING, until=as_of),
+          first_load=True, progress=say)
+    return sample_data._analyze_and_count(engine, say)
+
+
+def advance(engine: Engine, *, users: int, seed: int, as_of: datetime, years: float, until: datetime,
+            since: datetime | None = None, progress: Progress | None = None) -> dict[str, int]:
+    """Add the world's activity during (since, until] (since defaults to as_of), as sample_data.advance."""
+    since = since or as_of
+    if until <= since or since < as_of:
+        raise ValueError("until: the window (since, until] must be non-empty and not before as_of")
+    say = progress or _quiet
+    _load(engine, params(draw(seed), users=users, seed=seed, as_of=as_of, years=years, since=since, until=until),
+          first_load=False, progress=say)
+    return sample_data._analyze_and_count(engine, say)
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+def _load(engine: Engine, values: dict[str, Any], *, first_load: bool, progress: Progress) -> None:
+    bulk = first_load
+    with engine.connect() as conn:
+        _step(conn, progress, f"planning {values['n_max']} users", values,
+              "create_rnd", "create_uid", "plan_users", "plan_relationships", "index_plans")
+        _step(conn, progress, "referral codes", values, "insert_codes",
+              rebuild="public.user_referral_codes" if bulk else None)
+        _step(conn, progress, "referral relationships", values, "insert_relationships", "advance_relationships",
+              rebuild="public.user_referral_relationships" if bulk else None)
+        _step(conn, progress, "subscription payments", values, "insert_payments",
+              rebuild="public.user_subscription_payments" if bulk else None)
+        _step(conn, progress, "points ledger and balance cache", values, "insert_ledger",
+              rebuild="public.user_point_transactions" if bulk else None,
+              kept="all_rows" if bulk else "affordable_rows")
+        if first_load:
+            _step(conn, progress, "balance cache drift",
+                  {**values, "drifted_users": 5 + int(values["users"]) // 100_000}, "drift_cache")
+        _step(conn, progress, "cleaning up", values, "drop_plans")
+
+
+def _step(conn: Connection, progress: Progress, label: str, values: dict[str, Any], *names: str,
+          rebuild: str | None = None, kept: str = "all_rows") -> None:
+    """sample_data._step over both statement files: one transaction, indexes rebuilt after a bulk load."""
+    progress(label)
+    ddl = list(conn.execute(sample_data._queries["index_ddl"], {"table": rebuild})) if rebuild else []
+    if ddl:
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+    for index in ddl:
+        conn.exec_driver_sql(index.drop_ddl)
+    for name in names:
+        statement = (_own.render(name, kept=sample_data._queries.raw(kept)) if name == "insert_ledger"
+                     else _statement(name))
+        conn.execute(statement, values)
+    for index in ddl:
+        conn.exec_driver_sql(index.create_ddl)
+    conn.commit()
+
