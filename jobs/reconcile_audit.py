@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Row
 from core.job import RunContext
 from core.sql import Queries
 from core.stream import copy_rows
-from jobs import rules_audit
+from jobs import period_close, rules_audit
 from jobs.reconcile_summary import (MONTHS_CHARTED, RECOVERY, CacheTotals, ClawbackTotals, Found, LedgerTotals,
                                     Movement, PreviousReconcile, Snapshot, Summary, TypeTotals, Unrecovered,
                                     add_totals, build_summary, month_starts)
@@ -51,7 +51,8 @@ class Audit:
     def summary(self, ctx: RunContext[RuleSettings], *, repaired: int, files: dict[str, str] | None) -> Summary:
         """The run's summary and roll-forward, with the repairs made and the files' names (None: no file)."""
         return build_summary(ctx.run_id, ctx.as_of, self.snapshot, self.found, repaired=repaired,
-                             repair_requested=ctx.repair, files=files, points_per_usd=ctx.settings.points_per_usd)
+                             repair_requested=ctx.repair, files=files, points_per_usd=ctx.settings.points_per_usd,
+                             journal_accounts=ctx.settings.journal_accounts)
 
 
 # Where each chunk of discrepant users goes, on the connection of the chunk's own transaction.
@@ -87,8 +88,17 @@ def audit(ctx: RunContext[RuleSettings], store: Store) -> Audit:
                             unrecovered=_unrecovered(conn, window), monthly_carried=carried,
                             ledger_by_type_up_to_previous=by_type_up_to_previous)
         findings = rules_audit.audit(conn, ctx.settings)
+        snapshot = _with_finance(ctx, conn, replace(snapshot, findings=rules_audit.by_kind(findings)))
     _renew_lease(ctx)
-    return Audit(replace(snapshot, findings=rules_audit.by_kind(findings)), found, findings)
+    return Audit(snapshot, found, findings)
+
+
+def _with_finance(ctx: RunContext[RuleSettings], conn: Connection, snapshot: Snapshot) -> Snapshot:
+    """What finance reads beside the roll-forward, in the same snapshot: the signed months' restatements
+    (one statement over every month signed), the liability schedule at the as-of and the breakage."""
+    schedule, breakage = period_close.schedule_and_breakage(conn, ctx.as_of, ctx.settings)
+    return replace(snapshot, restatements=period_close.restatements(conn, ctx.settings.points_per_usd),
+                   liability_schedule=schedule, breakage=breakage)
 
 
 @contextmanager

@@ -18,8 +18,10 @@ audit found.
 """
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -31,6 +33,7 @@ from core.ledger import lock_balances
 from core.reports import CannotWrite, FileSet, settle_leftovers
 from core.sql import Queries
 from jobs import rules_audit
+from jobs.journal import journal_csv
 from jobs.reconcile_audit import Audit, Discrepancy
 from jobs.reconcile_summary import Snapshot, Summary
 from jobs.reports.files import CSV_HEADER, ReportFiles, csv_row, csv_writer, summary_json
@@ -86,6 +89,7 @@ class FilePublisher:
     def __init__(self, ctx: RunContext[RuleSettings]) -> None:
         self.ctx = ctx
         self.files = ReportFiles.for_run(ctx.settings.reports_dir, ctx.as_of, ctx.run_id)
+        self.journal = journal_file(self.files)
         self.staged = FileSet()
         self._csv = ExitStack()  # the CSV of discrepant users, open aside while the audit streams them
         self._writer: Any = None
@@ -137,8 +141,10 @@ class FilePublisher:
         # The documents show the repairs before they are made: the users whose cache row differs from the
         # ledger in the snapshot. Should the repair change another number (someone set a row meanwhile),
         # the documents are written again inside the transaction, before it commits (`_record`).
-        summary = audit.summary(ctx, repaired=audit.repairable if ctx.repair else 0, files=files.names())
+        summary = audit.summary(ctx, repaired=audit.repairable if ctx.repair else 0,
+                                files={**files.names(), "journal": self.journal.name})
         _record_stats(ctx, summary, files)
+        staged.write_text(self.journal, journal_csv(summary.journal))
         _stage_documents(ctx, summary, files, staged)
         staged.seal()
         return summary
@@ -177,7 +183,7 @@ def _warm_up_reports() -> None:
 def _settle_leftovers(ctx: RunContext[RuleSettings], files: ReportFiles) -> None:
     """Only one reconcile runs at a time, so files aside in the directory are what an earlier run left
     when it was killed or failed: those of a recorded run are published, the others removed."""
-    settled = settle_leftovers(files.csv.parent, ReportFiles.LEFTOVERS, ReportFiles.run_of,
+    settled = settle_leftovers(files.csv.parent, ReportFiles.LEFTOVERS, _run_of,
                                lambda run_ids: runs.succeeded_runs(ctx.engine, ctx.job, run_ids))
     if settled.published:
         ctx.stats["leftovers_published"] = len(settled.published)
@@ -187,6 +193,20 @@ def _settle_leftovers(ctx: RunContext[RuleSettings], files: ReportFiles) -> None
         ctx.stats["leftovers_removed"] = len(settled.removed)
         ctx.log.warning("removed files a run that was not recorded left aside", action="reconcile_leftovers",
                         files=settled.removed)
+
+
+def journal_file(files: ReportFiles) -> Path:
+    """The run's journal, beside its CSV: `reconciliation-…-{run}.journal.csv`."""
+    return files.csv.with_name(files.csv.stem + ".journal.csv")
+
+
+_JOURNAL_NAME = re.compile(r"reconciliation-\d{8}T\d{6}Z-(\d+)\.journal\.csv")
+
+
+def _run_of(name: str) -> int | None:
+    """The run whose file `name` is: a report file's (ReportFiles) or a journal's."""
+    journal = _JOURNAL_NAME.fullmatch(name)
+    return int(journal.group(1)) if journal else ReportFiles.run_of(name)
 
 
 def _stage_documents(ctx: RunContext[RuleSettings], summary: Summary, files: ReportFiles, staged: FileSet, *,

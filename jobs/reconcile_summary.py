@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from core.clock import utc_iso
+from jobs.journal import JournalLine, journal_lines
 
 KINDS = ("MISSING_BALANCE", "ORPHAN_BALANCE", "BALANCE_MISMATCH", "EARNED_MISMATCH", "SPENT_MISMATCH",
          "CACHE_INCONSISTENT", "NEGATIVE_BALANCE")
@@ -162,6 +163,11 @@ class Snapshot:
     # the ledger by line type dated at or before the previous as-of, in this snapshot (None: none read)
     ledger_by_type_up_to_previous: TypeTotals | None = None
     findings: dict[str, int] | None = None  # the rules audit's findings by kind (None: not audited)
+    # the signed months' changes since their sign-off (jobs/period_close.py; None: no month signed)
+    restatements: dict[str, Any] | None = None
+    # the liability schedule at the as-of and the breakage of the 12 months before (jobs/liability.py)
+    liability_schedule: dict[str, Any] | None = None
+    breakage: dict[str, Any] | None = None
 
 
 @dataclass
@@ -233,12 +239,18 @@ class Summary:
     repair_requested: bool
     repaired: int
     roll_forward: RollForward
+    # changes to the totals of signed-off months since their sign-off, by month and line (None: none signed)
+    restatements: dict[str, Any] | None = None
     unrecovered_clawbacks: dict[str, Any] | None
     findings: dict[str, Any] | None
     monthly: list[dict[str, Any]]
     after_as_of: dict[str, int]
     # what this snapshot saw dated at or before the as-of: the next reconcile's movements start from it
     seen: dict[str, Any]
+    liability_schedule: dict[str, Any] | None = None
+    breakage: dict[str, Any] | None = None
+    # the roll-forward's movements as double-entry lines in money (jobs/journal.py), the `.journal.csv`'s
+    journal: list[JournalLine] = field(default_factory=list)
     files: dict[str, str] | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -251,9 +263,11 @@ class Summary:
 
 def build_summary(run_id: int, as_of: datetime, snapshot: Snapshot, found: Found, *, repaired: int,
                   repair_requested: bool, files: dict[str, str] | None,
-                  points_per_usd: Decimal = Decimal(100)) -> Summary:
+                  points_per_usd: Decimal = Decimal(100), journal_accounts: Mapping[str, str] | None = None) -> Summary:
     ledger, cache = snapshot.ledger, snapshot.cache
     roll = roll_forward(snapshot)
+    journal = journal_lines(asdict(roll), on=as_of.astimezone(timezone.utc).date(), period=journal_period(run_id, as_of),
+                            accounts=journal_accounts or {}, points_per_usd=points_per_usd)
     return Summary(
         run_id=run_id,
         as_of=utc_iso(as_of),
@@ -270,14 +284,23 @@ def build_summary(run_id: int, as_of: datetime, snapshot: Snapshot, found: Found
         repair_requested=repair_requested,
         repaired=repaired,
         roll_forward=roll,
+        restatements=snapshot.restatements,
         unrecovered_clawbacks=unrecovered_clawbacks(snapshot, points_per_usd),
         findings=_findings(snapshot.findings),
         monthly=monthly_movements(snapshot),
         after_as_of={"rows": ledger.rows_after_as_of, "points": ledger.points_after_as_of},
         seen={"ledger_by_type": closing_by_type(snapshot),
               "clawbacks": asdict(snapshot.unrecovered.seen) if snapshot.unrecovered else None},
+        liability_schedule=snapshot.liability_schedule,
+        breakage=snapshot.breakage,
+        journal=journal,
         files=files,
     )
+
+
+def journal_period(run_id: int, as_of: datetime) -> str:
+    """The period a reconcile's journal lines name in their memo: its as-of's date and its run."""
+    return f"{as_of.astimezone(timezone.utc):%Y-%m-%d} run {run_id}"
 
 
 FINDING_KINDS = ("REWARD_INVARIANT", "REWARD_KEY_MISMATCH", "RECOVERY_INVARIANT", "EXPIRY_INVARIANT")

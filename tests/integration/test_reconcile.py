@@ -146,7 +146,8 @@ def test_the_summary_and_the_tables_hold_the_totals_finance_needs(engine, settin
     assert (summary["repair_requested"], summary["repaired"]) == (False, 0)
     assert summary["files"] == {"csv": csv_path.name, "json": json_path.name,
                                 "html": csv_path.with_suffix(".html").name, "xlsx": csv_path.with_suffix(".xlsx").name,
-                                "findings": csv_path.name.replace(".csv", "-findings.csv")}
+                                "findings": csv_path.name.replace(".csv", "-findings.csv"),
+                                "journal": csv_path.name.replace(".csv", ".journal.csv")}
     assert summary["findings"] == {"total": 0, "by_kind": {"REWARD_INVARIANT": 0, "REWARD_KEY_MISMATCH": 0,
                                                            "RECOVERY_INVARIANT": 0, "EXPIRY_INVARIANT": 0}}
     assert (csv_path.parent / summary["files"]["findings"]).read_text() == (
