@@ -35,6 +35,7 @@ class Column:
     flex: bool = False  # the free-text column: gets what is left, cut first
     shrink: bool = False  # free text that may be cut (with …) down to SHRINK_MIN once flex columns are at theirs
     drop: int = 0  # > 0: left out when the table does not fit otherwise (highest first)
+    right: bool = False  # align right although the cells are text (signed numbers, money)
 
     @property
     def cuttable(self) -> bool:
@@ -112,7 +113,7 @@ def build_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, wid
         column, fitted = columns[i], widths[i]
         cut = column.cuttable and not column.wrap
         folded = not cut and fitted is not None and fitted < _natural(column, [row[i] for row in cells])
-        table.add_column(column.header, justify="right" if _numeric([row[i] for row in rows]) else "left",
+        table.add_column(column.header, justify="right" if column.right or _numeric([row[i] for row in rows]) else "left",
                          no_wrap=not folded, overflow="ellipsis" if cut else "fold",
                          width=fitted, min_width=fitted, max_width=fitted)
     for row in cells:

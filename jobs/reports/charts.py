@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from jobs.reconcile_summary import MONTHS_CHARTED, month_starts
-from jobs.reports.document import MINUS, Document, ReconcilePoint, months_before
+from jobs.reports.document import MINUS, Document, ReconcilePoint, monthly_rows, months_before
 
 INK, GRID = "#1f2933", "#d9dee3"
 COLOURS = {"issued": "#2f6f9f", "spent": "#d08c2b", "expired": "#7b8794", "clawed_back": "#b03a2e"}
@@ -21,7 +21,11 @@ FONT = '-apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "DejaVu Sans
 MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 # One look for every chart: pygal's Style (colours and fonts) and chart options.
-STYLE: dict[str, Any] = {
+# pygal ships no type information: its charts and SVG elements are what the library makes of them.
+PygalChart = Any
+SvgElement = Any
+
+STYLE: dict[str, str | int] = {
     "background": "transparent", "plot_background": "transparent", "foreground": INK,
     "foreground_strong": INK, "foreground_subtle": GRID, "guide_stroke_color": GRID,
     "major_guide_stroke_color": GRID, "guide_stroke_dasharray": "none", "major_guide_stroke_dasharray": "none",
@@ -30,8 +34,9 @@ STYLE: dict[str, Any] = {
     "stroke_opacity": "1", "stroke_opacity_hover": "1", "stroke_width": "2", "stroke_width_hover": "2",
     "transition": "0s",
 }
-OPTIONS: dict[str, Any] = {
-    "width": WIDTH, "margin": 12, "spacing": 8, "show_legend": False, "truncate_label": -1,
+MARGIN = 12
+OPTIONS: dict[str, object] = {
+    "width": WIDTH, "margin": MARGIN, "spacing": 8, "show_legend": False, "truncate_label": -1,
     "truncate_legend": -1, "js": [], "disable_xml_declaration": True, "explicit_size": False,
     "no_data_text": "No data", "show_x_guides": False, "show_y_guides": True, "max_scale": 7,
     "order_min": 0,  # whole points: no y label between two integers
@@ -60,15 +65,17 @@ def liability_chart(document: Document) -> str:
 
 
 def monthly_chart(document: Document) -> str:
-    """Points issued, spent, expired and clawed back per calendar month (grouped bars)."""
-    monthly = document.summary.get("monthly", [])
+    """Points issued, spent, expired and clawed back per calendar month (grouped bars), signed as the
+    tables sign them: issued above the axis, what was used up below it."""
+    monthly = monthly_rows(document.summary.get("monthly", []))
     chart = _chart("Bar", "monthly", COLOURS.values(), height=290, y_title="points", show_legend=True,
                    legend_at_bottom=True, legend_at_bottom_columns=len(COLOURS),
-                   x_labels=[_month_label(datetime.strptime(m["month"], "%Y-%m")) for m in monthly])
+                   x_labels=[_month_label(datetime.strptime(str(m["month"]), "%Y-%m")) for m in monthly])
     for key in COLOURS:
         name = key.replace("_", " ")
-        chart.add(name, [{"value": m[key], "tooltip": f"{m['month']} {name}: {_number(m[key])}"} for m in monthly])
-    return _svg(chart, "Points issued, spent, expired and clawed back per month")
+        chart.add(name, [{"value": m[key], "tooltip": f"{m['month']} {name}: {_number(int(m[key]))}"}
+                         for m in monthly])
+    return _svg(chart, "Points issued (+), spent, expired and clawed back (−) per month")
 
 
 def drift_chart(document: Document) -> str:
@@ -90,7 +97,8 @@ def drift_chart(document: Document) -> str:
 
 # ── pygal ────────────────────────────────────────────────────────────────────
 
-def _chart(kind: str, name: str, colours: Iterable[str], opacity: str = STYLE["opacity"], **options: Any) -> Any:
+def _chart(kind: str, name: str, colours: Iterable[str], opacity: str = ".9",
+           **options: object) -> PygalChart:
     """A pygal chart of the shared look with its series' colours (and `opacity` of their bars or areas),
     and its fixed id `chart-finance-<name>`."""
     import pygal
@@ -102,11 +110,11 @@ def _chart(kind: str, name: str, colours: Iterable[str], opacity: str = STYLE["o
     return chart
 
 
-def _svg(chart: Any, title: str, **placed: float) -> str:
+def _svg(chart: PygalChart, title: str, **placed: float) -> str:
     """The chart's `<svg>` without what pygal adds for its script (the script, the data it reads from
     `<desc>` elements, ids of the legend's entries) and without comments, titled for a screen reader;
     `placed` (y, height) places it inside another SVG. A point's `tooltip` stays: a `<title>`."""
-    def static(root: Any) -> Any:
+    def static(root: SvgElement) -> SvgElement:
         from pygal.etree import etree
 
         for parent in list(root.iter()):
@@ -124,19 +132,19 @@ def _svg(chart: Any, title: str, **placed: float) -> str:
     return str(chart.render(is_unicode=True))
 
 
-def _stacked(name: str, title: str, top: Any, bottom: Any) -> str:
+def _stacked(name: str, title: str, top: PygalChart, bottom: PygalChart) -> str:
     """Two charts one above the other in one SVG, their plots aligned: pygal makes room for a chart's
     y labels left of its plot, so the chart with the narrower labels gets a wider left margin."""
     lefts = [_plot_left(chart) for chart in (top, bottom)]
     for chart, left in zip((top, bottom), lefts):
-        chart.config.margin_left = OPTIONS["margin"] + max(lefts) - left
+        chart.config.margin_left = MARGIN + max(lefts) - left
     height = top.config.height
     inner = _svg(top, title, y=0, height=height) + _svg(bottom, title, y=height, height=bottom.config.height)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" id="chart-finance-{name}" class="pygal-chart" '
             f'viewBox="0 0 {WIDTH} {height + bottom.config.height}"><title>{title}</title>{inner}</svg>')
 
 
-def _plot_left(chart: Any) -> float:
+def _plot_left(chart: PygalChart) -> float:
     """Where pygal puts the left edge of the chart's plot (it lays the whole chart out to know)."""
     chart.setup()
     try:

@@ -13,7 +13,12 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping, TextIO
+
+from jobs.reports.document import DiscrepancyRow
+
+if TYPE_CHECKING:
+    from _csv import Writer
 
 CSV_HEADER = ("user_id", "kinds", "cached_balance", "ledger_balance", "drift", "cached_total_earned",
               "ledger_total_earned", "cached_total_spent", "ledger_total_spent")
@@ -51,25 +56,25 @@ class ReportFiles:
 _FILE_NAME = re.compile(r"reconciliation-\d{8}T\d{6}Z-(\d+)(?:\.csv|\.json|\.html|\.xlsx|-findings\.csv)")
 
 
-def csv_row(row: Any) -> list[str]:
+def csv_row(row: DiscrepancyRow) -> list[str]:
     """One discrepancy as CSV cells: kinds joined by `|`, an absent cache value left empty."""
     values = [getattr(row, column) for column in CSV_HEADER[2:]]
     return [str(row.user_id), "|".join(row.kinds), *("" if value is None else str(value) for value in values)]
 
 
-def csv_writer(out: Any) -> Any:
+def csv_writer(out: TextIO) -> Writer:
     """A CSV writer on `out` that has written the header."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     return writer
 
 
-def csv_text(rows: Iterable[Any]) -> str:
+def csv_text(rows: Iterable[DiscrepancyRow]) -> str:
     out = io.StringIO()
     csv_writer(out).writerows(csv_row(row) for row in rows)
     return out.getvalue()
 
 
-def summary_json(summary: dict[str, Any]) -> str:
+def summary_json(summary: Mapping[str, object]) -> str:
     """The `.json` file's text; `report --format json` prints the same."""
     return json.dumps(summary, indent=2) + "\n"

@@ -48,3 +48,9 @@ SELECT kind, user_id, referred_user_id, level, month, reward_key, points, detail
 FROM public.reconciliation_findings
 WHERE run_id = :run_id
 ORDER BY number;
+
+-- name: stored_summary --
+-- The stored summary of an earlier reconcile: the previous period shown beside this one.
+SELECT run_id, as_of, summary
+FROM public.reconciliation_runs
+WHERE run_id = :run_id;

@@ -4,13 +4,14 @@ summary and tables. The terminal's table is the face's (`cli/report.py`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable, Protocol, cast
 
 from sqlalchemy import Connection
 
 from core.sql import Queries
 from jobs.reconcile import JOB
 from jobs.reports import finance
+from jobs.reports.document import DiscrepancyRow, Document, ReportData
 from jobs.reports.files import csv_text, summary_json
 
 _queries = Queries(__file__)
@@ -18,25 +19,45 @@ _queries = Queries(__file__)
 FILE_FORMATS = ("csv", "json", "html", "xlsx")
 
 
+class StoredReport(Protocol):
+    """A stored reconcile's row as `report` reads it (`stored.sql`: reconciliation_runs and the run's status)."""
+
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def summary(self) -> ReportData: ...
+    @property
+    def csv_file(self) -> str | None: ...
+    @property
+    def json_file(self) -> str | None: ...
+
+
 class NotAReport(Exception):
     """The run exists but stores no reconciliation report (another job, or a dry run); says which."""
 
 
-def find(conn: Connection, run_id: int | None) -> Any | None:
+def find(conn: Connection, run_id: int | None) -> StoredReport | None:
     """The stored report of run `run_id` (None: the latest), or None when there is none.
     Raises `NotAReport` when the run exists but is of another job, a dry run, or recorded no report."""
     stored = conn.execute(_queries["report_run"], {"run_id": run_id}).first()
     if stored is None and run_id is not None:
         _say_what_run_it_is(conn, run_id)
-    return stored
+    return cast(StoredReport | None, stored)
 
 
-def discrepancies(conn: Connection, run_id: int) -> Iterable[Any]:
+def discrepancies(conn: Connection, run_id: int) -> Iterable[DiscrepancyRow]:
     """Every discrepant user of the run, by user id (streamed)."""
     return finance.all_discrepancies(conn, run_id)
 
 
-def render(conn: Connection, stored: Any, fmt: str, *, xlsx_path: Path | None = None) -> str:
+def document(conn: Connection, stored: StoredReport) -> Document:
+    """The finance document of a stored report (what the terminal's table draws too)."""
+    return finance.gather(conn, stored.summary, run_status=stored.status)
+
+
+def render(conn: Connection, stored: StoredReport, fmt: str, *, xlsx_path: Path | None = None) -> str:
     """`csv` (the CSV file's text), `json` (the summary file's text) or `html`; `xlsx` is written to
     `xlsx_path` and its path returned."""
     if fmt == "json":

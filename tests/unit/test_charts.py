@@ -83,7 +83,8 @@ def test_the_monthly_chart_has_every_month_every_series_and_their_colours(drawn)
     labels = _texts(svg)
     assert {"Jul", "Dec", "Jan \u201926", "Jun", "issued", "spent", "expired", "clawed back"} <= labels
     assert "240,000" in labels
-    assert "2026-06 issued: 279,000" in svg and "2025-09 clawed back: 5,000" in svg
+    assert "2026-06 issued: 279,000" in svg and f"2025-09 clawed back: {MINUS}5,000" in svg  # signed as the tables
+    assert f"{MINUS}80,000" in labels  # what was used up stands below the axis
     for colour in charts.COLOURS.values():
         assert colour in svg
 

@@ -157,14 +157,16 @@ def test_the_report_table_shows_headline_roll_forward_and_discrepancies():
     stored = SimpleNamespace(run_id=3, status="SUCCEEDED", summary=summary.as_dict(), csv_file="/srv/r.csv",
                              json_file="/srv/r.json")
 
-    lines = report_table(stored, [discrepancy(2, ["MISSING_BALANCE"], None, 40)]).splitlines()
+    lines = report_table(stored, [discrepancy(2, ["MISSING_BALANCE"], None, 40)], width=80).splitlines()
 
     assert lines[:2] == ["Points reconciliation: run 3 (SUCCEEDED), as of 2026-06-01 01:00:00Z",
                          "Status: ATTENTION: 1 discrepancy"]
-    assert "Roll-forward since run 1 as of 2026-05-01 01:00:00Z (points)" in lines
-    assert any(line.split() == ["Spent:", "REDEMPTION_UNLOCK", "-300"] for line in lines)
+    assert max(len(line) for line in lines) <= 80
+    assert "  Covers rows dated after 2026-05-01 01:00:00 UTC (run 1) up to 2026-06-01" in lines
+    assert any(line.split()[:5] == ["Redeemed", "for", "unlocks", "-300", "-$3.00"] for line in lines)
+    assert any(line.split()[:4] == ["Total", "used", "up", "-380"] for line in lines)
     assert "Discrepancies: 1 (MISSING_BALANCE 1)" in lines
-    assert any(line.startswith(f"{UUID(int=2)}  MISSING_BALANCE") for line in lines)
+    assert any(line.startswith(f"{UUID(int=2)}    -40  MISSING_BALANCE") for line in lines)
     assert lines[-4:] == ["Files: /srv/r.csv", "       /srv/r.json", "       " + str(Path("/srv/r.html")),
                           "       " + str(Path("/srv/r.xlsx"))]
 
