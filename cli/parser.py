@@ -109,6 +109,11 @@ def _add_listings(command: Any) -> None:
     explain.add_argument("user_id", metavar="USER_ID", help="the user's id (a UUID)")
     explain.add_argument("--as-of", metavar="WHEN", help="the instant to explain at, ISO-8601 in UTC (default now)")
     explain.add_argument("--json", action="store_true", help=LISTING_JSON)
+    balance = command("balance", "cli.command_balance:cmd_balance",
+                      "one user's ledger balance at an instant, with their lots and when each expires")
+    balance.add_argument("user_id", metavar="USER_ID", help="the user's id (a UUID)")
+    balance.add_argument("--as-of", metavar="WHEN", help="the instant, ISO-8601 in UTC (default now)")
+    balance.add_argument("--json", action="store_true", help=LISTING_JSON)
     report = command("report", "cli.command_report:cmd_report", "a reconciliation report from the database")
     report.add_argument("run", nargs="?", default="latest", metavar="RUN_ID|latest",
                         help="the reconcile run (default: the latest)")
