@@ -319,7 +319,7 @@ def _run_months(as_of):
     return [first_instant(start[0], start[1] + k) for k in range(1, 13)]
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_random_ledgers_expire_month_by_month_what_the_schedule_said(engine, make_settings, seed):
     rng = random.Random(seed)
     settings = make_settings(points_expiry_months=rng.choice([12, 12, 1, 3]))
@@ -329,8 +329,8 @@ def test_random_ledgers_expire_month_by_month_what_the_schedule_said(engine, mak
     with engine.begin() as conn:
         for user in users:
             _random_history(conn, rng, user, as_of)
-        if rng.random() < 0.5:   # some earlier expiry rows
-            pass
+    for _ in range(rng.randint(0, 2)):   # earlier EXPIRY rows, debits like any other
+        _expire(engine, settings, _random_instant(rng, as_of - timedelta(days=400), as_of))
     with engine.connect() as conn:
         schedule = liability_schedule(conn, as_of, settings)
         lots = {user: user_balance(conn, user, as_of, settings)["lots"] for user in users}
