@@ -5,6 +5,7 @@ Tables go through `cli.tables` and fit `width` by leaving out whole columns (the
 from __future__ import annotations
 
 import io
+import textwrap
 from decimal import Decimal
 from typing import Any, Sequence
 
@@ -38,6 +39,11 @@ def _usd(points: int, points_per_usd: str | None) -> str:
     return f"-${-amount:,.2f}" if amount < 0 else f"${amount:,.2f}"
 
 
+def _usd_text(amount: str) -> str:
+    value = Decimal(amount)
+    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
+
+
 def _signed_usd(amount: Decimal) -> str:
     return f"-${-amount:,.2f}" if amount < 0 else f"+${amount:,.2f}"
 
@@ -50,23 +56,29 @@ def _render(columns: Sequence[Column], rows: Sequence[Sequence[Any]], width: int
 
 
 def close_table(document: dict[str, Any], *, width: int = 80) -> str:
-    """The whole document as text, at most `width` wide."""
+    """The whole document as text, at most `width` wide (prose wrapped, tables fitted)."""
     money = document.get("outstanding_money") or {}
     price = money.get("points_per_usd")
-    lines = [f"Period close {document['period']}: {document['status']}"
-             f" (from {when(document['from'])} to {when(document['to'])})"]
+    lines = _wrap(f"Period close {document['period']}: {document['status']}"
+                  f" (from {when(document['from'])} to {when(document['to'])})", width)
     if document.get("signed_by"):
-        lines.append(f"Signed off by {document['signed_by']} at {when(document['signed_at'])}")
+        lines += _wrap(f"Signed off by {document['signed_by']} at {when(document['signed_at'])}", width)
     outstanding = f"Outstanding liability at {when(document['to'])}: {document['outstanding_points']:,} points"
-    lines += [outstanding + (f" = {_usd(document['outstanding_points'], price)}" if price else ""), ""]
-    lines += _roll_forward(document, price, width) + [""]
-    lines += _journal(document) + [""]
+    lines += _wrap(outstanding + (f" = {_usd(document['outstanding_points'], price)}" if price else ""), width)
+    lines += [""] + _roll_forward(document, price, width) + [""]
+    lines += _journal(document, width) + [""]
     lines += _schedule(document, price, width)
     lines += _restatements(document, width)
     digest = document["digest"]
-    lines.append(f"Digest of the month's ledger rows: {digest['rows']:,} rows, {digest['points']:+,} points, "
-                 f"hash {digest['hash']}")
+    lines += _wrap(f"Digest of the month's ledger rows: {digest['rows']:,} rows, {digest['points']:+,} points, "
+                   f"hash {digest['hash']}", width)
     return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """A sentence of the document on lines of at most `width` (the next lines indented); no word is cut."""
+    return textwrap.wrap(text, width=width, subsequent_indent="  ", break_long_words=False,
+                         break_on_hyphens=False) or [""]
 
 
 def _roll_forward(document: dict[str, Any], price: str | None, width: int) -> list[str]:
@@ -85,15 +97,16 @@ def _roll_forward(document: dict[str, Any], price: str | None, width: int) -> li
         columns, rows = [columns[0], columns[1], columns[3]], [[row[0], row[1], row[3]] for row in rows]
     verdict = ("opening + movements = closing: holds" if roll["identity_holds"]
                else f"IDENTITY GAP {roll['gap']:+,}: {roll['gap_explanation']}")
-    return ["Roll-forward (each line signed as it moves the liability)", *_render(columns, rows, width), verdict]
+    return [*_wrap("Roll-forward (each line signed as it moves the liability)", width),
+            *_render(columns, rows, width), *_wrap(verdict, width)]
 
 
-def _journal(document: dict[str, Any]) -> list[str]:
+def _journal(document: dict[str, Any], width: int) -> list[str]:
     lines: list[journal.JournalLine] = document.get("journal") or []
     totals = journal.totals(lines)
     where = f" ({document['journal_file']})" if document.get("journal_file") else ""
-    return [f"Journal{where}: {len(lines)} lines, debits ${totals['debit']:,.2f} = credits ${totals['credit']:,.2f}; "
-            f"the points liability moves {_signed_usd(totals['liability_net'])}"]
+    return _wrap(f"Journal{where}: {len(lines)} lines, debits ${totals['debit']:,.2f} = credits "
+                 f"${totals['credit']:,.2f}; the points liability moves {_signed_usd(totals['liability_net'])}", width)
 
 
 def _schedule(document: dict[str, Any], price: str | None, width: int) -> list[str]:
@@ -105,15 +118,15 @@ def _schedule(document: dict[str, Any], price: str | None, width: int) -> list[s
         rows += [[f"expiring in {month['month']}", month["points"], _usd(month["points"], price)]
                  for month in schedule.get("months", [])]
         rows.append(["later or never", schedule.get("later_points", 0), _usd(schedule.get("later_points", 0), price)])
-        lines += [f"Liability schedule at {when(schedule.get('as_of'))} (if nothing is spent)",
+        lines += [*_wrap(f"Liability schedule at {when(schedule.get('as_of'))} (if nothing is spent)", width),
                   *_render([Column("When"), Column("Points"), Column("US$", drop=1)], rows, width), ""]
     else:
         lines += ["Liability schedule: not available", ""]
     if breakage:
         rate = breakage.get("rate")
-        lines += [f"Breakage {when(breakage['from'])} to {when(breakage['to'])}: {breakage['expired_points']:,} "
-                  f"expired of {breakage['issued_points']:,} issued"
-                  + (f" (rate {rate})" if rate is not None else " (nothing issued)"), ""]
+        lines += [*_wrap(f"Breakage {when(breakage['from'])} to {when(breakage['to'])}: {breakage['expired_points']:,} "
+                         f"expired of {breakage['issued_points']:,} issued"
+                         + (f" (rate {rate})" if rate is not None else " (nothing issued)"), width), ""]
     return lines
 
 
@@ -122,13 +135,13 @@ def _restatements(document: dict[str, Any], width: int) -> list[str]:
     if restated is None:
         return ["Restatements: no month is signed off", ""]
     if not restated["months"]:
-        return [f"Restatements: none ({restated['months_checked']} signed month(s) unchanged)", ""]
+        return [*_wrap(f"Restatements: none ({restated['months_checked']} signed month(s) unchanged)", width), ""]
     rows = [[month["period"], line_label(line["key"]), line["signed"], line["now"], line["change"],
-             line["change_usd"] or ""]
+             _usd_text(line["change_usd"]) if line["change_usd"] else ""]
             for month in restated["months"] for line in month["lines"]]
     columns = [Column("Month"), Column("Line"), Column("Signed", drop=2), Column("Now", drop=3),
                Column("Change"), Column("US$", drop=1)]
-    total = f"{restated['total_change']:+,} points" + (f" ({restated['total_change_usd']} US$)"
+    total = f"{restated['total_change']:+,} points" + (f" ({_usd_text(restated['total_change_usd'])})"
                                                         if restated.get("total_change_usd") else "")
-    return [f"Restatements of signed months since their sign-off: {total} of movements",
+    return [*_wrap(f"Restatements of signed months since their sign-off: {total} of movements", width),
             *_render(columns, rows, width), ""]
