@@ -2,11 +2,11 @@
 
 The demo's world, so the face's (the demo loads it; bench/ and the tests import it from here): no job
 and nothing in core/ reads it. It seeds the APP's tables as the app would have filled them: referral
-codes and relationships, payments, the app's own ledger rows (no idempotency key) and the balance cache
-those rows moved. In production the app writes those rows and that cache together; the jobs' rows go
-through `core.ledger`'s writer, which the sample does not imitate and does not bypass: it writes no
-job's row. Each load's cache change is derived from the ledger rows that load inserted, in the same
-statement (`insert_ledger`), then `drift_cache` puts a little drift in it for reconcile to find.
+codes and relationships, payments, the app's own ledger rows (no idempotency key, each dated when the
+app wrote it) and the balance cache those rows moved. Every points row goes through the one ledger
+writer (`core.ledger.write_points`, `own_dates`): it inserts each load's app rows and moves the cache
+by exactly those rows in one statement, as for the jobs' rows; then `drift_cache` puts a little drift
+in the cache for reconcile to find.
 
 `generate` fills a fresh, migrated database with the state, at `as_of`, of a deterministic world of
 `users` users who signed up over the `years` before it (more of them recently):
@@ -34,12 +34,14 @@ up to 3 more PAID payments on any day of a month.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine
 
+from core.ledger import write_points
 from core.sql import Queries
 
 _queries = Queries(__file__)
@@ -109,6 +111,66 @@ def advance(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, year
     return _analyze_and_count(engine, progress or _quiet)
 
 
+class Timeline:
+    """The world `generate` built, planned once, taking the app's activity window after window on one
+    connection (the demo's weeks, with the jobs running between them): `advance(until)` adds (the last
+    until, until]. Cheaper than `advance` per window: no planning and no VACUUM each time (autovacuum
+    keeps up with a week's rows)."""
+
+    def __init__(self, conn: Connection, world: SampleWorld, params: dict[str, object], last: datetime,
+                 progress: Progress) -> None:
+        self._conn, self._world, self._params, self._progress = conn, world, params, progress
+        self.until, self.last = world.as_of, last
+
+    def advance(self, until: datetime) -> None:
+        if not self.until < until <= self.last:
+            raise ValueError(f"until: after {self.until.isoformat()} and not after {self.last.isoformat()}")
+        _add_window(self._conn, self._world, self._params, since=self.until, until=until, first_load=False,
+                    progress=self._progress)
+        self.until = until
+
+
+@contextmanager
+def timeline(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, years: float = 3,
+             last: datetime, shape: str = "default", progress: Progress | None = None) -> Iterator[Timeline]:
+    """The world `generate` built with the same `users`, `seed`, `as_of` and `years`, planned up to `last`,
+    to `advance` window by window; the same rows as `advance` over the same windows."""
+    if last <= as_of:
+        raise ValueError("last: after as_of")
+    world = SampleWorld(users, seed, as_of, years, shape)
+    params = world.params(last)
+    with engine.connect() as conn:
+        _plan(conn, params, progress or _quiet)
+        try:
+            yield Timeline(conn, world, params, last, progress or _quiet)
+        finally:
+            conn.rollback()  # a window that failed half way
+            _step(conn, _quiet, "cleaning up", params, "drop_plans")
+
+
+@dataclass(frozen=True)
+class LatePayment:
+    """A payment that arrived after its month's rewards had been run (see `late_payments`)."""
+
+    referrer_user_id: str
+    referred_user_id: str
+    paid_at: datetime
+    amount_cents: int
+
+
+def late_payments(engine: Engine, *, seed: int, period_from: datetime, period_to: datetime,
+                  recorded_at: datetime, count: int = 3, months: int = 12) -> list[LatePayment]:
+    """Up to `count` PAID payments, each in an unpaid reward month (1..`months`) of a rewarded relationship
+    that overlaps [period_from, period_to), recorded at `recorded_at`: the billing system's late rows that
+    a run back-dated into the period then rewards."""
+    params = {"seed": seed, "period_from": period_from, "period_to": period_to, "recorded_at": recorded_at,
+              "count": count, "months": months}
+    with engine.begin() as conn:
+        rows = conn.execute(_queries["late_payments"], params)
+        return sorted((LatePayment(str(row.referrer_user_id), str(row.referred_user_id), row.paid_at,
+                                   int(row.amount_cents)) for row in rows), key=lambda late: late.paid_at)
+
+
 def _quiet(_message: str) -> None:
     return None
 
@@ -122,36 +184,49 @@ def _require_empty(engine: Engine) -> None:
 
 def _load(engine: Engine, world: SampleWorld, *, since: datetime, until: datetime, first_load: bool,
           progress: Progress) -> None:
-    """Plan the world in temporary tables, then insert each table's rows of the window, step by step.
+    """Plan the world in temporary tables, then insert each table's rows of the window, step by step."""
+    params = world.params(until)
+    with engine.connect() as conn:
+        _plan(conn, params, progress)
+        _add_window(conn, world, params, since=since, until=until, first_load=first_load, progress=progress)
+        _step(conn, progress, "cleaning up", params, "drop_plans")
+
+
+def _plan(conn: Connection, params: dict[str, object], progress: Progress) -> None:
+    """The world's users and relationships up to `params`' n_max, in temporary tables of `conn`."""
+    _step(conn, progress, f"planning {params['n_max']} users", params,
+          "create_rnd", "create_uid", "plan_users", "plan_relationships", "index_plans")
+
+
+def _add_window(conn: Connection, world: SampleWorld, params: dict[str, object], *, since: datetime,
+                until: datetime, first_load: bool, progress: Progress) -> None:
+    """Insert each table's rows of the window (since, until] from the plan, step by step.
 
     The first load fills empty tables: their indexes are dropped and built again after it, in the
     same transaction, which is several times faster than maintaining them row by row; it also
     makes the cache drift. Later loads keep only the redemptions the balance can pay.
     """
-    params = {**world.params(until), "since": since, "until": until}
+    params = {**params, "since": since, "until": until}
     bulk = first_load
-    with engine.connect() as conn:
-        _step(conn, progress, f"planning {params['n_max']} users", params,
-              "create_rnd", "create_uid", "plan_users", "plan_relationships", "index_plans")
-        _step(conn, progress, "referral codes", params, "insert_codes",
-              rebuild="public.user_referral_codes" if bulk else None)
-        _step(conn, progress, "referral relationships", params, "insert_relationships", "advance_relationships",
-              rebuild="public.user_referral_relationships" if bulk else None)
-        _step(conn, progress, "subscription payments", params, "insert_payments",
-              rebuild="public.user_subscription_payments" if bulk else None)
-        _step(conn, progress, "points ledger and balance cache", params, "insert_ledger",
-              rebuild="public.user_point_transactions" if bulk else None,
-              kept="all_rows" if bulk else "affordable_rows")
-        if first_load:
-            _step(conn, progress, "balance cache drift", {**params, "drifted_users": 5 + world.users // 100_000},
-                  "drift_cache")
-        _step(conn, progress, "cleaning up", params, "drop_plans")
+    _step(conn, progress, "referral codes", params, "insert_codes",
+          rebuild="public.user_referral_codes" if bulk else None)
+    _step(conn, progress, "referral relationships", params, "insert_relationships", "advance_relationships",
+          rebuild="public.user_referral_relationships" if bulk else None)
+    _step(conn, progress, "subscription payments", params, "insert_payments",
+          rebuild="public.user_subscription_payments" if bulk else None)
+    _step(conn, progress, "points ledger and balance cache", params,
+          rebuild="public.user_point_transactions" if bulk else None,
+          then=lambda: _write_app_points(conn, params, kept="all_rows" if bulk else "affordable_rows",
+                                         until=until))
+    if first_load:
+        _step(conn, progress, "balance cache drift", {**params, "drifted_users": 5 + world.users // 100_000},
+              "drift_cache")
 
 
 def _step(conn: Connection, progress: Progress, label: str, params: dict[str, object], *names: str,
-          rebuild: str | None = None, kept: str = "all_rows") -> None:
-    """Run the named statements in one transaction; with `rebuild`, that table's indexes are dropped
-    before and built again after them."""
+          rebuild: str | None = None, then: Callable[[], object] | None = None) -> None:
+    """Run the named statements, then `then`, in one transaction; with `rebuild`, that table's indexes
+    are dropped before and built again after them."""
     progress(label)
     ddl = list(conn.execute(_queries["index_ddl"], {"table": rebuild})) if rebuild else []
     if ddl:
@@ -159,11 +234,19 @@ def _step(conn: Connection, progress: Progress, label: str, params: dict[str, ob
     for index in ddl:
         conn.exec_driver_sql(index.drop_ddl)
     for name in names:
-        statement = _queries.render(name, kept=_queries.raw(kept)) if name == "insert_ledger" else _queries[name]
-        conn.execute(statement, params)
+        conn.execute(_queries[name], params)
+    if then is not None:
+        then()
     for index in ddl:
         conn.exec_driver_sql(index.create_ddl)
     conn.commit()
+
+
+def _write_app_points(conn: Connection, params: dict[str, object], *, kept: str, until: datetime) -> None:
+    """The app's points of the window, through the one ledger writer (`kept`: the fragment that picks
+    the rows the app accepts); the balance rows they move are stamped `until`."""
+    candidates = _queries.raw("app_points").format(kept=_queries.raw(kept))
+    write_points(conn, candidates, params, as_of=until, own_dates=True)
 
 
 def _analyze_and_count(engine: Engine, progress: Progress) -> dict[str, int]:

@@ -170,18 +170,17 @@ WHERE r.rewarded_plan IS NOT NULL
   AND r.rewarded_plan + m.k * interval '1 month' <= :until
   AND a.paid_at > :since AND a.paid_at <= :until;
 
--- name: insert_ledger --
--- Seeding the app's tables: the app's points over the years, and the balance cache moved by exactly
--- those rows (per_user sums what this statement inserted, nothing else), as the app does, in one
--- statement. It is not a second ledger writer: the jobs' keyed rows go through core.ledger's writer;
--- these are the rows the app writes in production, and reading them back in a second statement would
--- cost another full scan of the ledger at 2M users. Earnings: REFERRAL_FIRST_PAYMENT (1000, the referrer, at the first payment),
--- REFERRAL_WELCOME (200, the referred user, at activation), ADMIN_GRANT (1 % of users, 100..5000).
--- Each earning is then partly spent, never more than it brought: 20-60 % of it in redemptions of about
--- 17 points (each 0.5-1.5x the mean, so at most 90 %), and 3 % of earnings get an ADMIN_GRANT
--- correction of -10 %. Spending comes after its earning, so no balance ever goes below zero.
--- No idempotency key: these are the app's rows. The kept placeholder is all_rows for the first load, or
--- `affordable_rows` when adding to a ledger where jobs may have expired points meanwhile.
+-- name: app_points --
+-- The app's points over the years, as candidates for core.ledger's writer (`write_points` with
+-- `own_dates`): the rows the app writes in production, each dated when the app wrote it and without an
+-- idempotency key; the writer inserts them and moves the balance cache by exactly those rows, in the
+-- same statement, as it does for the jobs' rows. Earnings: REFERRAL_FIRST_PAYMENT (1000, the referrer,
+-- at the first payment), REFERRAL_WELCOME (200, the referred user, at activation), ADMIN_GRANT (1 % of
+-- users, 100..5000). Each earning is then partly spent, never more than it brought: 20-60 % of it in
+-- redemptions of about 17 points (each 0.5-1.5x the mean, so at most 90 %), and 3 % of earnings get an
+-- ADMIN_GRANT correction of -10 %. Spending comes after its earning, so no balance ever goes below zero.
+-- The kept placeholder is all_rows for the first load, or `affordable_rows` when adding to a ledger
+-- where jobs may have expired points meanwhile.
 WITH earning AS (
     SELECT 1 AS kind, r.n, r.referrer_user_id AS user_id, 1000 AS points, r.rewarded_plan AS at,
            r.id AS ref_id, 'REFERRAL_FIRST_PAYMENT' AS type
@@ -231,34 +230,16 @@ windowed AS (
 ),
 kept AS (
     {kept}
-),
-inserted AS (
-    INSERT INTO public.user_point_transactions (id, user_id, delta, type, ref_id, note, created_at)
-    SELECT pg_temp.uid(:seed, 'ledger', key), user_id, delta, type, ref_id, note, at
-    FROM kept
-    RETURNING user_id, delta
-),
-per_user AS (
-    SELECT user_id, sum(delta) AS balance, sum(greatest(delta, 0)) AS earned, sum(least(delta, 0)) AS spent
-    FROM inserted
-    GROUP BY user_id
 )
-INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, total_spent, updated_at)
-SELECT user_id, balance, earned, spent, :until
-FROM per_user
-ORDER BY user_id
-ON CONFLICT (user_id) DO UPDATE
-   SET balance      = b.balance + excluded.balance,
-       total_earned = b.total_earned + excluded.total_earned,
-       total_spent  = b.total_spent + excluded.total_spent,
-       updated_at   = excluded.updated_at;
+SELECT user_id, delta, type, ref_id, CAST(NULL AS text) AS idempotency_key, note, at AS created_at
+FROM kept
 
 -- name: all_rows --
--- (A fragment of insert_ledger.) The first load: every row of the window (no spending exceeds its earning).
+-- (A fragment of app_points.) The first load: every row of the window (no spending exceeds its earning).
 SELECT * FROM windowed
 
 -- name: affordable_rows --
--- (A fragment of insert_ledger.) Adding to a ledger the jobs wrote to: the app refuses a redemption the
+-- (A fragment of app_points.) Adding to a ledger the jobs wrote to: the app refuses a redemption the
 -- balance cannot pay (expire-points may have taken the points it was planned on). A debit is kept when
 -- the ledger balance before the window plus the window's rows up to it, all planned debits counted,
 -- stays >= 0; counting the refused ones too only refuses more, so no balance goes below zero.
@@ -310,6 +291,53 @@ SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM changed) + (SELECT
 
 -- name: drop_plans --
 DROP TABLE IF EXISTS sample_user, sample_relationship;
+
+-- name: late_payments --
+-- Payments that arrive late (the demo's back-dated run): up to :count rewarded level-1 relationships
+-- (not self-referrals) with a month k in 1..:months that overlaps the period [:period_from, :period_to)
+-- by a day or more and has no PAID payment; for each, one PAID payment in the middle of that overlap,
+-- recorded at :recorded_at (when it arrived), of the plan's amount (its latest payment's). Picked in a
+-- seeded order, one month per relationship, so the same world gives the same late payments.
+WITH month AS (
+    SELECT r.id AS relationship_id, r.referrer_user_id, r.referred_user_id, m.k,
+           r.rewarded_at + m.k * interval '1 month'       AS month_from,
+           r.rewarded_at + (m.k + 1) * interval '1 month' AS month_to
+    FROM public.user_referral_relationships r
+    CROSS JOIN LATERAL generate_series(1, :months) AS m(k)
+    WHERE r.level = 1 AND r.status = 'REWARDED' AND r.rewarded_at IS NOT NULL
+      AND r.referrer_user_id <> r.referred_user_id
+),
+unpaid AS (
+    SELECT m.*, greatest(m.month_from, :period_from) AS span_from, least(m.month_to, :period_to) AS span_to
+    FROM month m
+    WHERE least(m.month_to, :period_to) - greatest(m.month_from, :period_from) >= interval '1 day'
+      AND NOT EXISTS (SELECT 1 FROM public.user_subscription_payments p
+                      WHERE p.user_id = m.referred_user_id AND p.status = 'PAID'
+                        AND p.paid_at >= m.month_from AND p.paid_at < m.month_to)
+),
+picked AS (
+    SELECT DISTINCT ON (u.relationship_id) u.*
+    FROM unpaid u
+    ORDER BY u.relationship_id, u.k
+),
+chosen AS (
+    SELECT p.*, date_trunc('second', p.span_from + (p.span_to - p.span_from) / 2) AS paid_at,
+           coalesce((SELECT s.amount_cents FROM public.user_subscription_payments s
+                     WHERE s.user_id = p.referred_user_id ORDER BY s.paid_at DESC LIMIT 1), 1999) AS amount_cents
+    FROM picked p
+    ORDER BY md5(CAST(:seed AS text) || '/late/' || p.relationship_id::text)
+    LIMIT :count
+),
+inserted AS (
+    INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at, updated_at)
+    SELECT CAST(md5(CAST(:seed AS text) || '/late-payment/' || c.relationship_id::text || '/' || c.k) AS uuid),
+           c.referred_user_id, c.amount_cents, 'PAID', c.paid_at, :recorded_at, :recorded_at
+    FROM chosen c
+    RETURNING user_id, amount_cents, paid_at
+)
+SELECT c.referrer_user_id, i.user_id AS referred_user_id, i.amount_cents, i.paid_at
+FROM inserted i
+JOIN chosen c ON c.referred_user_id = i.user_id;
 
 -- name: count_rows --
 SELECT (SELECT count(*) FROM public.user_referral_codes)         AS referral_codes,

@@ -6,6 +6,9 @@ A ledger row and its balance-cache change commit together: rows are keyed by an 
 missing and touched in `user_id` order. Each row's `created_at` is the run's as-of instant. A row
 that cannot be stored (over the ledger's or the cache's INT) is left out and reported, never failing
 the call, so one absurd amount cannot block every other row.
+
+The sample data (cli/sample_data.py) seeds the app's own rows through the same statement: they have
+no idempotency key, as the app writes them, and carry their own `created_at` (`own_dates=True`).
 """
 from __future__ import annotations
 
@@ -37,13 +40,15 @@ class WrittenPoints:
 
 
 def write_points(conn: Connection, candidates_sql: str, params: Mapping[str, object], *,
-                 as_of: datetime) -> WrittenPoints:
+                 as_of: datetime, own_dates: bool = False) -> WrittenPoints:
     """Write the candidate rows selected by `candidates_sql` (bound with `params`).
 
     `candidates_sql` is a SELECT with the columns (user_id, delta, type, ref_id, idempotency_key,
-    note). For a dry run, call it inside `undone_when(conn, dry_run=True)`.
+    note), and `created_at` with `own_dates` (else every row is dated `as_of`, which also stamps the
+    balance rows moved). For a dry run, call it inside `undone_when(conn, dry_run=True)`.
     """
-    statement = _queries.render("write_points", candidates=candidates_sql)
+    created_at = "created_at" if own_dates else ":as_of"
+    statement = _queries.render("write_points", candidates=candidates_sql, created_at=created_at)
     result = WrittenPoints()
     for row in conn.execute(statement, {**params, "as_of": as_of}):
         if row.outcome == "written":

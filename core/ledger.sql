@@ -1,5 +1,7 @@
 -- The one ledger writer. `{candidates}` is a job's SELECT of the rows it wants written, with the
 -- columns (user_id, delta, type, ref_id, idempotency_key, note); delta may be any integer or numeric.
+-- `{created_at}` is `:as_of` for a job's rows; the app's rows the sample data seeds carry their own
+-- `created_at` column and no idempotency key (see core/ledger.py).
 
 -- name: write_points --
 -- Inserts the candidates whose idempotency key is new, then moves the balance cache by exactly the
@@ -15,9 +17,10 @@ fresh AS (
     FROM candidate AS c
     WHERE c.delta <> 0
       -- An uncorrelated set (Citus plans it apart; a correlated NOT EXISTS it cannot run here).
-      AND c.idempotency_key NOT IN (SELECT t.idempotency_key
-                                    FROM public.user_point_transactions AS t
-                                    WHERE t.idempotency_key IN (SELECT idempotency_key FROM candidate))
+      AND (c.idempotency_key IS NULL  -- the app's rows: no key, nothing to conflict with
+           OR c.idempotency_key NOT IN (SELECT t.idempotency_key
+                                       FROM public.user_point_transactions AS t
+                                       WHERE t.idempotency_key IN (SELECT idempotency_key FROM candidate)))
 ),
 fits_int AS (
     SELECT f.*, f.delta BETWEEN -2147483648 AND 2147483647 AS fits
@@ -43,12 +46,14 @@ storable AS (
 unstorable AS (
     SELECT f.type, f.idempotency_key, f.delta
     FROM fits_int AS f
-    WHERE NOT EXISTS (SELECT 1 FROM storable AS s WHERE s.idempotency_key = f.idempotency_key)
+    -- A keyless row has no key to report by (the sample's app rows never come near INT's limits).
+    WHERE f.idempotency_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM storable AS s WHERE s.idempotency_key = f.idempotency_key)
 ),
 inserted AS (
     INSERT INTO public.user_point_transactions
            (user_id, delta, type, ref_id, note, idempotency_key, created_at)
-    SELECT user_id, CAST(delta AS int), type, ref_id, note, idempotency_key, :as_of
+    SELECT user_id, CAST(delta AS int), type, ref_id, note, idempotency_key, {created_at}
     FROM storable
     ORDER BY user_id, idempotency_key
     -- No conflict target: the key's unique index is (idempotency_key) on PostgreSQL and

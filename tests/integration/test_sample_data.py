@@ -16,11 +16,13 @@ TABLES = ("user_referral_codes", "user_referral_relationships", "user_subscripti
 
 
 def _checksums(engine):
+    # updated_at is billing's recording time (NOW() by default), not sample data; a ledger row's id is
+    # the database's (the one ledger writer lets it choose), not the sample's
+    not_sample = {table: "'updated_at'" for table in TABLES} | {"user_point_transactions": "'updated_at' - 'id'"}
     with engine.connect() as conn:
         return {table: conn.execute(text(
-            # updated_at is billing's recording time (NOW() by default), not sample data
-            f"SELECT count(*), md5(string_agg((to_jsonb(t) - 'updated_at')::text, '|'"
-            f" ORDER BY (to_jsonb(t) - 'updated_at')::text)) FROM public.{table} t"
+            f"SELECT count(*), md5(string_agg((to_jsonb(t) - {not_sample[table]})::text, '|'"
+            f" ORDER BY (to_jsonb(t) - {not_sample[table]})::text)) FROM public.{table} t"
         )).one() for table in TABLES}
 
 
@@ -248,3 +250,52 @@ def test_advance_refuses_redemptions_that_points_expired_meanwhile_would_not_cov
         SELECT count(*) FROM (SELECT user_id FROM public.user_point_transactions
                               GROUP BY user_id HAVING sum(delta) < 0) AS negative""")
     assert negative_users == 0
+
+
+def test_a_timeline_adds_the_same_rows_week_by_week_as_advance_does(sample, second_engine, engine):
+    weeks = [AS_OF + timedelta(days=7 * week) for week in range(1, 4)]
+    sample_data.generate(second_engine, users=USERS, seed=7, as_of=AS_OF)
+    since = AS_OF
+    for week in weeks:
+        sample_data.advance(second_engine, users=USERS, seed=7, as_of=AS_OF, since=since, until=week)
+        since = week
+    with sample_data.timeline(engine, users=USERS, seed=7, as_of=AS_OF, last=weeks[-1]) as timeline:
+        for week in weeks:
+            timeline.advance(week)
+        with pytest.raises(ValueError):
+            timeline.advance(weeks[-1] + timedelta(days=1))  # past what it planned
+    assert _checksums(engine) == _checksums(second_engine)
+    assert _scalar(engine, "SELECT max(created_at) FROM public.user_point_transactions") > weeks[-2]
+
+
+def test_late_payments_fall_in_unpaid_reward_months_of_the_period_and_are_recorded_late(sample):
+    engine, _ = sample
+    period_from, period_to = utc(2026, 4, 1), utc(2026, 5, 1)
+    late = sample_data.late_payments(engine, seed=7, period_from=period_from, period_to=period_to,
+                                     recorded_at=AS_OF, count=3)
+    assert len(late) == 3 and len({payment.referred_user_id for payment in late}) == 3
+    for payment in late:
+        assert period_from <= payment.paid_at < period_to
+        relationship = _rows(engine, """
+            SELECT referrer_user_id::text AS referrer, rewarded_at, level, status
+            FROM public.user_referral_relationships WHERE referred_user_id = :user""",
+                             user=payment.referred_user_id)[0]
+        assert (relationship.referrer, relationship.level, relationship.status) == (
+            payment.referrer_user_id, 1, "REWARDED")
+        # the only PAID payment of its reward month: the month was unpaid before it arrived
+        in_month = _scalar(engine, """
+            SELECT count(*) FROM public.user_subscription_payments p,
+                 LATERAL (SELECT k FROM generate_series(1, 12) AS k
+                          WHERE :paid_at >= CAST(:rewarded_at AS timestamptz) + k * interval '1 month'
+                            AND :paid_at < CAST(:rewarded_at AS timestamptz) + (k + 1) * interval '1 month') AS m
+            WHERE p.user_id = :user AND p.status = 'PAID'
+              AND p.paid_at >= CAST(:rewarded_at AS timestamptz) + m.k * interval '1 month'
+              AND p.paid_at < CAST(:rewarded_at AS timestamptz) + (m.k + 1) * interval '1 month'""",
+                           paid_at=payment.paid_at, rewarded_at=relationship.rewarded_at, user=payment.referred_user_id)
+        assert in_month == 1
+    assert _scalar(engine, "SELECT count(*) FROM public.user_subscription_payments WHERE created_at = :at",
+                   at=AS_OF) == 3
+    again = sample_data.late_payments(engine, seed=7, period_from=period_from, period_to=period_to,
+                                      recorded_at=AS_OF, count=3)
+    # months paid now are not chosen again (another month of the same user may be)
+    assert len({(payment.referred_user_id, payment.paid_at) for payment in [*late, *again]}) == len(late) + len(again)
