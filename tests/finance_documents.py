@@ -4,14 +4,16 @@ outstanding, its journal balances), so the renderers can be tested before and be
 from __future__ import annotations
 
 import copy
-from decimal import Decimal
+import re
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 PRICE = Decimal(100)
 
 
-def usd(points: int, price: Decimal = PRICE) -> str:
-    return str((Decimal(points) / price).quantize(Decimal("0.01")))
+def usd(points: int, price: Decimal | str = PRICE) -> str:
+    return str((Decimal(points) / Decimal(price)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 def roll_forward(opening: int, issued: dict[str, int], spent: dict[str, int], expired: int, clawed_back: int,
@@ -106,3 +108,142 @@ def with_gap(document: dict[str, Any], gap: int) -> dict[str, Any]:
     roll["gap_explanation"] = f"{gap:+,} points: rows were removed"
     changed["outstanding_points"] = roll["closing"]
     return changed
+
+
+# ── what every format must show: a second reading of the contract, not the renderers' code ──────────
+
+def _flatten(value: Any, prefix: str = "") -> Any:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _flatten(inner, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], value
+
+
+def line_points(roll: dict) -> dict[str, int]:
+    """The roll-forward's lines as the document signs them (a second reading of the contract, not the
+    renderer's code): issued +, spent / expired / clawed back / recovered -, the subtotals."""
+    lines = {"opening": roll["opening"], "closing": roll["closing"], "expected": roll["expected_closing"],
+             **{f"issued.{kind}": points for kind, points in roll["issued"].items()},
+             **{f"spent.{kind}": -points for kind, points in roll["spent"].items()},
+             "expired": -roll["expired"], "clawed_back": -roll["clawed_back"], "recovered": -roll["recovered"],
+             **{f"late.{kind}": points for kind, points in (roll.get("late_by_type") or {}).items()}}
+    lines["issued_total"] = roll["issued_total"]
+    lines["used_total"] = -(roll["spent_total"] + roll["expired"] + roll["clawed_back"] + roll["recovered"])
+    if not roll.get("late_by_type") and (roll["late_committed"]["rows"] or roll.get("previous_run_id")):
+        lines["late"] = roll["late_committed"]["points"]
+    return lines
+
+
+def expected_numbers(document: dict, previous_roll: dict | None) -> dict[str, str]:
+    """Every number the HTML must show, by its data-key, from the stored document (and the previous
+    period's stored roll-forward): the roll-forward's lines with their money and the previous period's,
+    the signed monthly table, restatements, the schedule, breakage and the journal."""
+    price = document["outstanding_money"]["points_per_usd"]
+    now = line_points(document["roll_forward"])
+    before = line_points(previous_roll) if previous_roll else {}
+    expected = {}
+    for key in {*now, *before} - ({"late"} if "late" not in now else set()):
+        points = now.get(key, 0)
+        path = {"expected": "roll_forward.expected_closing", "late": "roll_forward.late_committed.points"}.get(
+            key, "roll_forward." + key.replace("late.", "late_by_type."))
+        expected[path] = str(points)
+        expected[f"money.{key}"] = usd(points, price)
+        if previous_roll:
+            expected[f"previous.{key}"] = str(before.get(key, 0))
+            expected[f"previous_money.{key}"] = usd(before.get(key, 0), price)
+    for month in document.get("monthly") or []:
+        signed = {"issued": month["issued"], "spent": -month["spent"], "expired": -month["expired"],
+                  "clawed_back": -month["clawed_back"]}
+        for field, value in {**signed, "net": sum(signed.values())}.items():
+            expected[f"monthly.{month['month']}.{field}"] = str(value)
+    restated = document.get("restatements")
+    if restated:
+        expected["restatements.total_change"] = str(restated["total_change"]) if restated["months"] else None
+        for month in restated["months"]:
+            for line in month["lines"]:
+                for field in ("signed", "now", "change", "change_usd"):
+                    expected[f"restatements.{month['period']}.{line['key']}.{field}"] = str(line[field])
+            for field in ("closing_change", "closing_change_usd"):
+                expected[f"restatements.{month['period']}.{field}"] = str(month[field])
+    schedule = document.get("liability_schedule")
+    if schedule:
+        for field in ("outstanding_points", "due_now_points", "later_points", "total_points"):
+            expected[f"liability_schedule.{field}"] = str(schedule[field])
+        for month in schedule["months"]:
+            expected[f"liability_schedule.months.{month['month']}.points"] = str(month["points"])
+            expected[f"liability_schedule.months.{month['month']}.usd"] = month["usd"] or ""
+    for field in ("expired_points", "issued_points", "rate"):
+        if document.get("breakage"):
+            expected[f"breakage.{field}"] = str(document["breakage"][field] or "")
+    for number, line in enumerate(document.get("journal") or []):
+        for field in ("debit", "credit", "points"):
+            expected[f"journal.{number}.{field}"] = str(line[field])
+    return {key: value for key, value in expected.items() if value is not None}
+
+
+def check_every_number(dom: str, document: dict, previous_roll: dict | None) -> dict[str, str]:
+    """Every data-key the page shows equals the document's number, and every number the document's lines,
+    months, restatements, schedule and journal hold is shown."""
+    shown = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]*)"', dom))
+    expected = expected_numbers(document, previous_roll)
+    flat = dict(_flatten(document))
+    for key, value in shown.items():
+        want = expected[key] if key in expected else flat[key]
+        assert value == ("" if want is None else str(want)), key
+    assert set(expected) <= set(shown), set(expected) - set(shown)
+    return shown
+
+
+def evaluated(path: Path) -> dict[tuple[str, str], object]:
+    """Every cell of the workbook as a spreadsheet computes it (the `formulas` evaluator): formulas and
+    values alike, by (SHEET, cell)."""
+    import formulas
+
+    solution = formulas.ExcelModel().loads(str(path)).finish().calculate()
+    values = {}
+    for reference, value in solution.items():
+        matched = re.fullmatch(r"'\[[^\]]+\](.+)'!([A-Z]+\d+)", reference)
+        if matched:
+            cell = value.value[0][0]
+            values[(matched.group(1).upper(), matched.group(2))] = cell.item() if hasattr(cell, "item") else cell
+    return values
+
+
+def check_roll_forward_sheet(sheet, values, document: dict, previous_roll: dict | None) -> None:
+    """The roll-forward's lines in the workbook: the stored lines are numbers, the subtotals, the
+    expected closing and the closing are formulas, and as a spreadsheet computes them they are the
+    document's numbers: the closing formula evaluates to the ledger's closing; every money cell is the
+    points at the price of F2, to the cent; the previous period's column too."""
+    roll = document["roll_forward"]
+    now, before = line_points(roll), line_points(previous_roll) if previous_roll else {}
+    rows = {row[0].value: row for row in sheet.iter_rows(min_row=5) if row[0].value}
+    labels = {"Opening liability": "opening", "Total issued": "issued_total", "Total used up": "used_total",
+              "Expected closing": "expected", "Closing liability": "closing"}
+    for label, key in labels.items():
+        points, money = rows[label][1], rows[label][2]
+        assert values[("ROLL-FORWARD", points.coordinate)] == now[key], label
+        assert f"{values[('ROLL-FORWARD', money.coordinate)]:.2f}" == usd(now[key]), label
+        if previous_roll:
+            assert values[("ROLL-FORWARD", rows[label][3].coordinate)] == before[key], label
+    closing = rows["Closing liability"][1]
+    assert isinstance(closing.value, str) and closing.value.startswith("=") and "B" in closing.value[1:]
+    for formula_of in ("Total issued", "Total used up", "Expected closing"):
+        assert str(rows[formula_of][1].value).startswith("="), formula_of
+    ordered = [row for row in sheet.iter_rows(min_row=5) if row[0].value]
+    labels_in_order = [row[0].value for row in ordered]
+    sections = {"issued.": ordered[labels_in_order.index("Opening liability") + 1:labels_in_order.index("Total issued")],
+                "spent.": ordered[labels_in_order.index("Total issued") + 1:labels_in_order.index("Total used up")]}
+    for key, points in now.items():
+        for prefix, section in sections.items():
+            if key.startswith(prefix):
+                row = next(r for r in section if r[6].value == key.removeprefix(prefix))
+                assert row[1].value == points and isinstance(row[1].value, int), key
+                assert f"{values[('ROLL-FORWARD', row[2].coordinate)]:.2f}" == usd(points), key
+                assert row[5].value, key  # its meaning, in words
+    assert {"EXPIRY", "REFERRAL_CLAWBACK"} <= {row[6].value for row in sections["spent."]}
+    check = rows["Closing less the ledger (0: the identity holds)"][1]
+    assert values[("ROLL-FORWARD", check.coordinate)] == 0
+    assert rows["Ledger balance at the as-of (stored)"][1].value == roll["closing"]
+
+

@@ -499,7 +499,8 @@ def roll_forward_lines(roll: RollForwardData, *, points_per_usd: Decimal | None 
     late_keys = build.keys("late") + (["late"] if "late" in build.now or "late" in (build.before or {}) else [])
     late = [build.movement("late", key, f"roll_forward.late_by_type.{key[5:]}" if "." in key
                            else "roll_forward.late_committed.points") for key in late_keys]
-    issued_total, used_total = build.total("subtotal", "issued_total", issued), build.total("subtotal", "used_total", used)
+    issued_total = build.total("subtotal", "issued_total", issued)
+    used_total = build.total("subtotal", "used_total", used)
     expected = build.total("expected", "expected", [opening, issued_total, used_total, *late],
                            path="roll_forward.expected_closing")
     closing = build.movement("closing", "closing", "roll_forward.closing")

@@ -24,8 +24,8 @@ from sqlalchemy import Connection
 from core.sql import Queries
 from jobs.reconcile_summary import KINDS, MONTHS_CHARTED
 from jobs.reports.document import (RECENT_RECONCILES, DiscrepancyRow, Document, FindingRow, Previous, ReconcilePoint,
-                                   ReportData, RollForwardData, month_name, report_data, monthly_rows, points, restated_label,
-                                   roll_forward_lines, short_id, signed, signed_usd, usd, when)
+                                   ReportData, RollForwardData, month_name, monthly_rows, points, report_data,
+                                   restated_label, short_id, signed, signed_usd, usd, when)
 
 if TYPE_CHECKING:
     from jinja2 import Environment

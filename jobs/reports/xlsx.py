@@ -115,10 +115,15 @@ class _Sheet:
             self.sheet.column_dimensions[letter].width = width
 
 
-def _new_sheet(book: Workbook, document: Document, name: str, title: str) -> _Sheet:
+def _new_sheet(book: Workbook, document: Document, name: str, title: str, *, frozen: bool = False,
+               **widths: float) -> _Sheet:
     """A sheet with its title and row 2: as-of, run (or period), points per US$ (F2, the price the money
-    formulas divide by)."""
+    formulas divide by). Its column widths and frozen header are set first: a write-only sheet writes
+    them with its first row."""
     sheet = _Sheet(cast("Worksheet", book.create_sheet(name)))
+    sheet.widths(**widths)
+    if frozen:
+        sheet.sheet.freeze_panes = f"A{HEADER_ROW + 1}"
     summary = document.summary
     sheet.append([sheet.cell(title, bold=True)])
     which: list[Cell | CellValue] = (
@@ -147,8 +152,7 @@ def _usd(amount: str | None) -> Decimal | None:
 
 def _summary_sheet(book: Workbook, document: Document) -> None:
     s = document.summary
-    sheet = _new_sheet(book, document, "Summary", document.title)
-    sheet.widths(A=52, B=24, C=12, D=12)
+    sheet = _new_sheet(book, document, "Summary", document.title, A=52, B=24, C=12, D=12)
     sheet.header(("Item", "Value"))
     rows = _period_items(s) if document.is_period else _reconcile_items(s)
     money = s.get("outstanding_money")
@@ -227,8 +231,8 @@ def _reconcile_items(s: ReportData) -> list[Item]:
 # ── Roll-forward: the lines, their subtotals and the identity as formulas ─────
 
 def _roll_forward_sheet(book: Workbook, document: Document) -> None:
-    sheet = _new_sheet(book, document, "Roll-forward", "Roll-forward of the points liability: " + document.covers)
-    sheet.widths(A=38, B=16, C=16, D=16, E=16, F=90, G=34)
+    sheet = _new_sheet(book, document, "Roll-forward", "Roll-forward of the points liability: " + document.covers,
+                       A=38, B=16, C=16, D=16, E=16, F=90, G=34)
     previous = document.previous
     sheet.header(("Line", "Points", "US$", f"Previous: {previous.label}" if previous else "Previous", "Previous US$",
                   "Meaning", "Ledger code"))
@@ -291,9 +295,8 @@ def _line_row(sheet: _Sheet, document: Document, line: Line, formula: str | None
 # ── Discrepancies, Monthly, Findings ──────────────────────────────────────────
 
 def _discrepancies_sheet(book: Workbook, document: Document, discrepancies: Iterable[DiscrepancyRow]) -> None:
-    sheet = _new_sheet(book, document, "Discrepancies", "Discrepant users (every one, by user id)")
-    sheet.sheet.freeze_panes = f"A{HEADER_ROW + 1}"
-    sheet.widths(A=38, B=34)
+    sheet = _new_sheet(book, document, "Discrepancies", "Discrepant users (every one, by user id)", frozen=True,
+                       A=38, B=34)
     sheet.header(DISCREPANCY_HEADER)
     for row in discrepancies:
         sheet.append([str(row.user_id), "|".join(row.kinds),
@@ -309,9 +312,7 @@ def _monthly_sheet(book: Workbook, document: Document) -> None:
     covers = f"{months[0]['month']} to {months[-1]['month']}" if months else "none"
     sheet = _new_sheet(book, document, "Monthly",
                        f"Points per calendar month (UTC), the 12 months {covers}; the last is partial, up to the "
-                       "as-of. Signed as they move the liability.")
-    sheet.sheet.freeze_panes = f"A{HEADER_ROW + 1}"
-    sheet.widths(A=12, B=14, C=14, D=14, E=14, F=14)
+                       "as-of. Signed as they move the liability.", frozen=True, A=12, B=14, C=14, D=14, E=14, F=14)
     sheet.header(("month", "issued", "spent", "expired", "clawed_back", "net change"))
     first = sheet.row
     for month in months:
@@ -326,9 +327,8 @@ def _monthly_sheet(book: Workbook, document: Document) -> None:
 
 
 def _findings_sheet(book: Workbook, document: Document, findings: Iterable[FindingRow]) -> None:
-    sheet = _new_sheet(book, document, "Findings", "Rules audit: every finding (docs/rules.md, the invariant)")
-    sheet.sheet.freeze_panes = f"A{HEADER_ROW + 1}"
-    sheet.widths(A=22, B=38, H=90)
+    sheet = _new_sheet(book, document, "Findings", "Rules audit: every finding (docs/rules.md, the invariant)",
+                       frozen=True, A=22, B=38, H=90)
     sheet.header(FINDINGS_HEADER)
     for row in findings:
         sheet.append([row.kind, str(row.user_id) if row.user_id else None,
@@ -342,8 +342,8 @@ def _restatements_sheet(book: Workbook, document: Document) -> None:
     restated = document.summary.get("restatements")
     assert restated is not None
     sheet = _new_sheet(book, document, "Restatements",
-                       "Changes to signed-off months since their sign-off, by line (signed as the liability moves)")
-    sheet.widths(A=10, B=18, C=22, D=36, E=30, F=14, G=14, H=14, I=14)
+                       "Changes to signed-off months since their sign-off, by line (signed as the liability moves)",
+                       A=10, B=18, C=22, D=36, E=30, F=14, G=14, H=14, I=14)
     sheet.header(("month", "signed off by", "signed off at", "line", "ledger key", "as signed", "now", "change",
                   "change US$"))
     for month in restated["months"]:
@@ -363,8 +363,8 @@ def _schedule_sheet(book: Workbook, document: Document) -> None:
     schedule = document.summary.get("liability_schedule")
     assert schedule is not None
     sheet = _new_sheet(book, document, "Schedule",
-                       "Liability schedule: the points outstanding at the as-of by when they expire if not spent")
-    sheet.widths(A=44, B=16, C=16)
+                       "Liability schedule: the points outstanding at the as-of by when they expire if not spent",
+                       A=44, B=16, C=16)
     sheet.header(("expires", "points", "US$"))
     first = sheet.append(["past expiry, not yet expired (due now)", sheet.cell(schedule["due_now_points"], POINTS),
                           _money_formula(sheet, document, "B", sheet.row, signed=False)])
@@ -390,9 +390,8 @@ def _schedule_sheet(book: Workbook, document: Document) -> None:
 
 def _journal_sheet(book: Workbook, document: Document) -> None:
     journal = document.summary.get("journal") or []
-    sheet = _new_sheet(book, document, "Journal", "Journal: double-entry lines in money, debits equal credits")
-    sheet.sheet.freeze_panes = f"A{HEADER_ROW + 1}"
-    sheet.widths(A=12, B=24, C=14, D=14, E=14, F=70)
+    sheet = _new_sheet(book, document, "Journal", "Journal: double-entry lines in money, debits equal credits",
+                       frozen=True, A=12, B=24, C=14, D=14, E=14, F=70)
     sheet.header(("date", "account", "debit", "credit", "points", "memo"))
     first = sheet.row
     for line in journal:

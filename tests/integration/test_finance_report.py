@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
@@ -19,6 +20,7 @@ from jobs import expire_pending, reconcile, reconcile_audit, reconcile_publish
 from jobs.reports import finance as finance_report
 from jobs.reports.files import ReportFiles
 from tests.builders import add_app_points, utc
+from tests.finance_documents import check_every_number, check_roll_forward_sheet, evaluated, usd
 
 AS_OF = utc(2026, 6, 1, 1)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,14 +54,6 @@ def _summary(settings, run_id):
     return json.loads(_paths(settings, run_id).json.read_text())
 
 
-def _flatten(value, prefix=""):
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield from _flatten(inner, f"{prefix}{key}.")
-    else:
-        yield prefix[:-1], value
-
-
 def _dump_dom(html: Path, tmp_path: Path) -> str:
     done = subprocess.run([CHROMIUM, *_chromium_flags(tmp_path), "--dump-dom", html.as_uri()],
                           capture_output=True, text=True, timeout=120)
@@ -69,17 +63,25 @@ def _dump_dom(html: Path, tmp_path: Path) -> str:
 
 def _chromium_flags(tmp_path: Path) -> list[str]:
     return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+
+
+def _reconcile_with_a_previous_one(engine, settings):
+    _world(engine)
+    first = _reconciled(engine, settings, as_of=utc(2026, 3, 15)).run_id
+    with engine.begin() as conn:  # a type the first period had and the second has not: shown as 0 beside it
+        add_app_points(conn, user=UUID(int=5), delta=-40, type="ADMIN_GRANT", created_at=utc(2026, 5, 20))
+    return first, _reconciled(engine, settings).run_id
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium); .ci/run installs it")
 def test_the_html_report_shows_in_chromium_the_numbers_of_the_summary_and_the_database(engine, settings, tmp_path):
-    _world(engine)
-    run_id = _reconciled(engine, settings).run_id
+    first, run_id = _reconcile_with_a_previous_one(engine, settings)
     html = _paths(settings, run_id).html
     summary = _summary(settings, run_id)
+    previous = json.loads(ReportFiles.for_run(settings.reports_dir, utc(2026, 3, 15), first).json.read_text())
 
     dom = _dump_dom(html, tmp_path)
     shot = tmp_path / "report.png"
@@ -87,65 +89,85 @@ def test_the_html_report_shows_in_chromium_the_numbers_of_the_summary_and_the_da
                     html.as_uri()], capture_output=True, timeout=120, check=True)
 
     assert shot.stat().st_size > 10_000
-    shown = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]*)"', dom))
-    flat = dict(_flatten(summary))
-    for key, value in shown.items():
-        if key.startswith("monthly."):
-            _, month, field = key.split(".")
-            expected = next(m[field] for m in summary["monthly"] if m["month"] == month)
-        elif key.startswith(("roll_forward.spent.", "roll_forward.expired", "roll_forward.clawed_back")):
-            expected = -flat[key]  # a debit line shows its sign once, in its value
-        else:
-            expected = flat[key]
-        assert value == str(expected), key
+    shown = check_every_number(dom, summary, previous["roll_forward"])
     assert shown["roll_forward.closing"] == str(summary["outstanding_points"])
+    assert shown["previous.closing"] == str(previous["roll_forward"]["closing"]) == shown["roll_forward.opening"]
+    assert shown["roll_forward.spent.ADMIN_GRANT"] == "-40" and shown["previous.spent.ADMIN_GRANT"] == "0"
     with engine.connect() as conn:
         ledger = conn.execute(text("SELECT sum(delta) FROM public.user_point_transactions WHERE created_at <= :a"),
                               {"a": AS_OF}).scalar_one()
         drifts = dict(conn.execute(text("SELECT CAST(user_id AS text), drift FROM public.reconciliation_discrepancies"
                                         " WHERE run_id = :r"), {"r": run_id}).all())
-    assert int(shown["outstanding_points"]) == ledger == 31_721
-    assert f"${Decimal(ledger) / 100:,.2f}" in dom  # $317.21
+    assert int(shown["outstanding_points"]) == ledger == 31_681
+    assert f"${Decimal(ledger) / 100:,.2f}" in dom  # $316.81
     assert {user: int(value) for user, value in re.findall(r'data-user="([^"]+)" data-value="([^"]*)"', dom)} == drifts
     page = html.read_text()
     assert "<script" not in page and "<link" not in page and "<img" not in page
     assert re.findall(r'(?:src|href|url)\s*[=(]\s*["\']?\s*(?:https?:)?//', page) == []  # no request to any host
 
 
-def test_the_workbook_holds_the_summary_in_numeric_cells_on_every_sheet(engine, settings):
+def test_every_line_of_the_roll_forward_says_what_it_is_with_its_money_and_sign(engine, settings):
+    _, run_id = _reconcile_with_a_previous_one(engine, settings)
+    with engine.connect() as conn:
+        document = finance_report.gather(conn, _summary(settings, run_id), run_status="SUCCEEDED")
+
+    lines = document.lines
+
+    assert [line.key for line in lines if not line.meaning.strip() or not line.label.strip()] == []
+    assert {line.key: line.label for line in lines if "ADMIN_GRANT" in line.key} == {
+        "issued.ADMIN_GRANT": "Grants", "spent.ADMIN_GRANT": "Adjustments (negative grants)"}
+    assert not any(line.label.startswith(("Spent:", "Issued:")) or "_" in line.label for line in lines)
+    by_key = {line.key: line for line in lines}
+    assert by_key["issued.REFERRAL_RECURRING"].meaning == (
+        "points earned by referrers on their referred users' monthly payments")
+    assert by_key["issued.REFERRAL_RECURRING"].code == "REFERRAL_RECURRING"
+    assert all(line.value <= 0 for line in lines if line.role == "used")
+    assert by_key["used_total"].value == sum(line.value for line in lines if line.role == "used")
+    assert by_key["closing"].money == usd(by_key["closing"].value) and by_key["spent.ADMIN_GRANT"].money == "-0.40"
+    assert document.previous is not None and by_key["opening"].value == by_key["closing"].previous
+    assert "days" in document.covers and "run" in document.covers
+
+
+def test_the_workbook_holds_numbers_dates_and_formulas_that_evaluate_to_the_summary(engine, settings):
     from openpyxl import load_workbook
 
-    _world(engine)
-    run_id = _reconciled(engine, settings).run_id
+    first, run_id = _reconcile_with_a_previous_one(engine, settings)
     summary = _summary(settings, run_id)
+    path = _paths(settings, run_id).xlsx
 
-    book = load_workbook(_paths(settings, run_id).xlsx)
+    book = load_workbook(path)
+    values = evaluated(path)
 
-    assert book.sheetnames == ["Summary", "Roll-forward", "Discrepancies", "Monthly", "Findings"]
+    assert book.sheetnames[:5] == ["Summary", "Roll-forward", "Discrepancies", "Monthly", "Findings"]
+    assert ("Schedule" in book.sheetnames) == bool(summary.get("liability_schedule"))
+    assert ("Journal" in book.sheetnames) == bool(summary.get("journal"))
     for sheet in book.worksheets:
-        assert (sheet["A2"].value, sheet["C2"].value, sheet["D2"].value) == ("As of", "Run", run_id)
-        assert sheet["B2"].value == "2026-06-01 01:00:00 UTC"
-    values = {row[0]: row[1] for row in book["Summary"].iter_rows(min_row=5, values_only=True)}
-    assert values["Outstanding liability (points)"] == summary["outstanding_points"]
-    assert Decimal(str(values["Outstanding liability (US$)"])) == Decimal(summary["outstanding_money"]["usd"])
-    assert values["Discrepant users"] == summary["discrepancies"]["total"]
-    assert values["Net drift (cache - ledger)"] == summary["net_drift"]
-    lines = {row[0]: row[1] for row in book["Roll-forward"].iter_rows(min_row=5, values_only=True) if row[0]}
-    roll = summary["roll_forward"]
-    assert lines["Opening liability"] == roll["opening"] and lines["Closing liability"] == roll["closing"]
-    assert lines["Spent: REDEMPTION_QUOTA"] == -roll["spent"]["REDEMPTION_QUOTA"]
-    assert (lines["Expired (EXPIRY)"], lines["Clawed back (REFERRAL_CLAWBACK)"]) == (-roll["expired"], -roll["clawed_back"])
-    assert {k: v for k, v in lines.items() if k.startswith("Issued: ")} == {
-        f"Issued: {kind}": points for kind, points in roll["issued"].items()}
+        assert (sheet["A2"].value, sheet["C2"].value, sheet["D2"].value, sheet["F2"].value) == (
+            "As of", "Run", run_id, 100)
+        assert sheet["B2"].value == datetime(2026, 6, 1, 1) and sheet["B2"].is_date  # a date cell, not text
+    items = {row[0]: row[1] for row in book["Summary"].iter_rows(min_row=5, values_only=True)}
+    assert items["Outstanding liability (points)"] == summary["outstanding_points"]
+    assert Decimal(str(items["Outstanding liability (US$)"])) == Decimal(summary["outstanding_money"]["usd"])
+    assert items["Discrepant users"] == summary["discrepancies"]["total"]
+    assert items["Net drift (cache - ledger)"] == summary["net_drift"]
+    previous = json.loads(ReportFiles.for_run(settings.reports_dir, utc(2026, 3, 15), first).json.read_text())
+    check_roll_forward_sheet(book["Roll-forward"], values, summary, previous["roll_forward"])
     discrepancies = book["Discrepancies"]
     assert discrepancies.freeze_panes == "A5" and discrepancies.auto_filter.ref.startswith("A4:I")
     rows = list(discrepancies.iter_rows(min_row=5, values_only=True))
     csv_rows = _paths(settings, run_id).csv.read_text().splitlines()[1:]
     assert [",".join("" if cell is None else str(cell) for cell in row) for row in rows] == csv_rows
     assert all(isinstance(row[4], int) for row in rows)
-    monthly = [dict(zip(("month", "issued", "spent", "expired", "clawed_back"), row))
-               for row in book["Monthly"].iter_rows(min_row=5, values_only=True)]
-    assert monthly == summary["monthly"]
+    monthly = list(book["Monthly"].iter_rows(min_row=5))
+    assert [row[0].value for row in monthly[:-1]] == [datetime.strptime(m["month"], "%Y-%m") for m in summary["monthly"]]
+    assert all(row[0].is_date and row[0].number_format == "yyyy-mm" for row in monthly[:-1])
+    for row, month in zip(monthly, summary["monthly"]):
+        signed = [month["issued"], -month["spent"], -month["expired"], -month["clawed_back"]]
+        assert [cell.value for cell in row[1:5]] == signed
+        assert row[5].value.startswith("=SUM(") and values[("MONTHLY", row[5].coordinate)] == sum(signed)
+    total = monthly[-1]
+    assert total[0].value == "total" and values[("MONTHLY", total[1].coordinate)] == sum(
+        m["issued"] for m in summary["monthly"])
 
 
 @pytest.mark.parametrize("failing_step", ["_stream_discrepancies", "render_html", "write_xlsx", "_insert_run",
