@@ -14,12 +14,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from core.db import make_engine
 from core.reports import CannotWrite
 from core.runner import run_job
 from jobs import journal, period_close, reconcile, recurring_rewards
 from jobs.period_close import AlreadySigned, NotEnded, close
 from jobs.reconcile_summary import usd
 from tests.builders import add_app_points, add_relationship, new_id, utc
+from tests.integration.test_privileges import service_url  # noqa: F401  (the fixture: docs/privileges.sql's role)
 
 MARCH, APRIL = date(2026, 3, 1), date(2026, 4, 1)
 LAST_INSTANT_OF_MARCH = datetime(2026, 3, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
@@ -233,6 +235,8 @@ def test_restatements_of_a_signed_month_after_late_rows_a_back_dated_run_its_cla
     as_signed = (settings.reports_dir / "close-2026-03.json").read_text(encoding="utf-8")
     assert signed.stdout == as_signed and json.loads(as_signed)["roll_forward"]["closing"] == 1000
 
+    html_as_signed = cli("report", "--period", "2026-03", "--format", "html")
+    assert html_as_signed.returncode == 0 and "2026-03" in html_as_signed.stdout
     unchanged, _ = reconciled(engine, settings, utc(2026, 4, 2, 1))
     assert unchanged["restatements"] == {"months": [], "total_change": 0, "total_change_usd": "0.00",
                                          "months_checked": 1}
@@ -287,6 +291,10 @@ def test_restatements_of_a_signed_month_after_late_rows_a_back_dated_run_its_cla
     assert "2026-03: SIGNED" in table.stdout and "Signed off by Ada" in table.stdout
     assert max(len(line) for line in table.stdout.splitlines()) <= 80
     assert "1,000" in table.stdout and "1,050" not in table.stdout
+    assert cli("report", "--period", "2026-03", "--format", "html").stdout == html_as_signed.stdout
+    workbook = settings.reports_dir.parent / "march.xlsx"
+    assert cli("report", "--period", "2026-03", "--format", "xlsx", "--output", str(workbook)).returncode == 0
+    assert workbook.read_bytes()[:2] == b"PK"
     csv_text = cli("report", "--period", "2026-03", "--format", "csv")
     assert csv_text.stdout == journal.journal_csv(json.loads(as_signed)["journal"])
 
@@ -364,3 +372,29 @@ def test_the_journal_setting_names_the_counter_accounts(cli, engine, settings):
     assert result.returncode == 0, result.stderr
     accounts = {line["account"] for line in json.loads(result.stdout)["journal"]}
     assert accounts == {"6100 Referral rewards", journal.LIABILITY}
+
+
+# ── the service role (docs/privileges.sql) ──────────────────────────────────
+
+def test_the_service_role_signs_off_and_reconciles_but_cannot_change_a_signed_month(service_url, engine, settings,
+                                                                                    cli):
+    grant(engine, new_id(), 40, utc(2026, 3, 9))
+    as_role = {"DATABASE_URL": service_url}
+
+    signed = cli("close", "2026-03", "--sign-off", "Ada", env=as_role)
+    assert signed.returncode == 0, signed.stderr
+    grant(engine, new_id(), 2, utc(2026, 3, 10))
+    reconciled = cli("run", "reconcile", "--as-of", "2026-04-02", "--json", env=as_role)
+    assert reconciled.returncode == 0, reconciled.stderr
+    as_signed = (settings.reports_dir / "close-2026-03.json").read_text(encoding="utf-8")
+    assert cli("report", "--period", "2026-03", "--format", "json", env=as_role).stdout == as_signed
+    assert json.loads(reconciled.stdout.splitlines()[-1])["status"] == "SUCCEEDED"
+
+    role = make_engine(service_url, pool_size=1)
+    try:
+        for statement in ("UPDATE public.closed_months SET signed_by = 'Mallory'", "DELETE FROM public.closed_months"):
+            with pytest.raises(DBAPIError, match="permission denied"), role.begin() as conn:
+                conn.execute(text(statement))
+    finally:
+        role.dispose()
+    assert signed_rows(engine) == [(MARCH, "Ada")]
