@@ -145,3 +145,13 @@ def test_without_a_price_the_lines_keep_their_points_at_0_dollars():
 
     assert {(line["debit"], line["credit"]) for line in lines} == {("0.00", "0.00")}
     assert sum(line["points"] for line in lines if line["account"] == LIABILITY) == 125
+
+
+def test_a_reconciles_journal_left_aside_is_known_as_its_runs_file():
+    """A reconcile killed after its record and before its rename: the next one publishes the journal with
+    the run's other files (settle_leftovers asks which run a name is of)."""
+    from jobs.reconcile_publish import _run_of
+
+    assert _run_of("reconciliation-20260601T010000Z-12.journal.csv") == 12
+    assert _run_of("reconciliation-20260601T010000Z-12.csv") == 12
+    assert _run_of("reconciliation-20260601T010000Z-12.journal.txt") is None
