@@ -330,7 +330,7 @@ def test_random_ledgers_expire_month_by_month_what_the_schedule_said(engine, mak
         for user in users:
             _random_history(conn, rng, user, as_of)
     for _ in range(rng.randint(0, 2)):   # earlier EXPIRY rows, debits like any other
-        _expire(engine, settings, _random_instant(rng, as_of - timedelta(days=400), as_of))
+        _expire(engine, settings, _random_instant(rng, as_of - timedelta(days=400), as_of - timedelta(hours=1)))
     with engine.connect() as conn:
         schedule = liability_schedule(conn, as_of, settings)
         lots = {user: user_balance(conn, user, as_of, settings)["lots"] for user in users}
