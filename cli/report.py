@@ -71,7 +71,15 @@ def report_table(stored: StoredReport, rows: Iterable[DiscrepancyRow], *, docume
     files = _files(stored)
     if files:
         out.blank()
-        out.lines += ["Files: " + files[0], *("       " + name for name in files[1:])]
+        folder = {str(Path(name).parent) for name in files}
+        if len(folder) == 1:  # the folder once, then the names: each whole on its line as far as the width allows
+            out.para(f"Files, in {folder.pop()}:")
+            for name in files:
+                out.para(Path(name).name, indent="  ")
+        else:
+            out.lines += ["Files:"]
+            for name in files:
+                out.para(name, indent="  ")
     return out.text()
 
 
@@ -252,7 +260,7 @@ def _discrepancies(out: _Text, summary: ReportData, rows: Iterable[DiscrepancyRo
         shown.append([str(row.user_id), signed(row.drift), "\n".join(row.kinds), _count(row.cached_balance),
                       points(row.ledger_balance), _count(row.cached_total_earned), points(row.ledger_total_earned),
                       _count(row.cached_total_spent), points(row.ledger_total_spent)])
-    out.table([Column("user_id"), Column("drift", right=True), Column("kinds", flex=True, wrap=True),
+    out.table([Column("user_id"), Column("drift", right=True), Column("kinds", wrap=True),  # one kind a line
                Column("cached", right=True, drop=2), Column("ledger", right=True, drop=2),
                Column("cached earned", right=True, drop=4), Column("ledger earned", right=True, drop=4),
                Column("cached spent", right=True, drop=3), Column("ledger spent", right=True, drop=3)], shown)
