@@ -1,8 +1,12 @@
-"""`python -m bench startup`: what a command costs before it does anything (issue 13 item 5).
+"""`python -m bench startup`: what a command costs before it does anything (issue 13 item 5), and what
+an idle run costs (issue 26 target 2: CLI start, settings, connect, migration check, claim, record).
 
-Each command (`--help`, `health`, `jobs`) runs `--runs` times as its own process, `python
-scheduler.py CMD`, against a scratch database migrated for it (with one run of every job recorded,
-so `jobs` has rows to show). For each run the interpreter's CPU time (user + sys, from
+Each command (`--help`, `health`, `jobs`, and the idle run `run expire-pending --as-of 2020-01-01`,
+which finds nothing to do but is claimed and recorded as any run) runs `--runs` times as its own
+process, `python scheduler.py CMD`, against a scratch database migrated for it (with one run of every
+job recorded, so `jobs` has rows to show). The children may write their bytecode (PYTHONDONTWRITEBYTECODE
+is left out of their environment), as an installed package has it compiled at install: the warm-up run
+writes it, the timed runs read it. For each run the interpreter's CPU time (user + sys, from
 `getrusage(RUSAGE_CHILDREN)` around the child) and the wall time are taken; the table shows the
 medians, the CPU range, and the 1-minute load average before and after, since a busy machine
 inflates both. One untimed run of each command first warms the file cache and the bytecode.
@@ -21,8 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS: tuple[tuple[str, ...], ...] = (("--help",), ("health",), ("jobs",))
+IDLE_RUN = ("run", "expire-pending", "--as-of", "2020-01-01", "--json")
+COMMANDS: tuple[tuple[str, ...], ...] = (("--help",), ("health",), ("jobs",), IDLE_RUN)
 TARGET_CPU_SECONDS = 0.3
+TARGET_IDLE_RUN_WALL_SECONDS = 0.3  # issue 26: the idle run's wall time, start to exit
 SCRATCH_DATABASE = "rewards_startup"
 
 
@@ -69,13 +75,19 @@ def render(timings: list[Timing], load_before: float, load_after: float, runs: i
     lines = [f"start-up of `python scheduler.py CMD`, median of {runs} runs "
              f"(1-minute load average {load_before:.2f} before, {load_after:.2f} after; {os.cpu_count()} CPUs)",
              "",
-             "| command | CPU s (user+sys), median | CPU s, min–max | wall s, median | ≤ 0.3 s CPU |",
-             "| --- | --- | --- | --- | --- |"]
+             "| command | CPU s (user+sys), median | CPU s, min–max | wall s, median | wall s, min | target |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for timing in timings:
-        met = "yes" if timing.median_cpu <= TARGET_CPU_SECONDS else "NO"
         lines.append(f"| `{timing.command}` | {timing.median_cpu:.3f} | {min(timing.cpu):.3f}–{max(timing.cpu):.3f} "
-                     f"| {timing.median_wall:.3f} | {met} |")
+                     f"| {timing.median_wall:.3f} | {min(timing.wall):.3f} | {_target(timing)} |")
     return "\n".join(lines)
+
+
+def _target(timing: Timing) -> str:
+    """Start-up commands: ≤ 0.3 s of CPU; the idle run: ≤ 0.3 s of wall time (its median)."""
+    if timing.command == " ".join(IDLE_RUN):
+        return f"≤ {TARGET_IDLE_RUN_WALL_SECONDS} s wall: {'yes' if timing.median_wall <= TARGET_IDLE_RUN_WALL_SECONDS else 'NO'}"
+    return f"≤ {TARGET_CPU_SECONDS} s CPU: {'yes' if timing.median_cpu <= TARGET_CPU_SECONDS else 'NO'}"
 
 
 def run(server: str, *, runs: int, database: str = SCRATCH_DATABASE,
@@ -94,7 +106,8 @@ def run(server: str, *, runs: int, database: str = SCRATCH_DATABASE,
             engine.dispose()
         with tempfile.TemporaryDirectory(prefix="rewards-startup-") as scratch:
             cwd = Path(scratch)  # no .env of the checkout
-            env = {name: value for name, value in os.environ.items() if not name.startswith("REWARDS_")}
+            env = {name: value for name, value in os.environ.items()
+                   if not name.startswith("REWARDS_") and name != "PYTHONDONTWRITEBYTECODE"}
             env.update({"DATABASE_URL": url, "REWARDS_REPORTS_DIR": str(cwd / "reports")})
             progress("one run of every job, so that `jobs` has runs to show")
             subprocess.run([sys.executable, str(REPO / "scheduler.py"), "run-all", "--json"], cwd=cwd, env=env,

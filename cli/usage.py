@@ -95,6 +95,6 @@ class JobNames:
 
 def job_named(name: str) -> Job[RuleSettings]:
     """The job of a name the parser took (`choices=JobNames()` refuses any other)."""
-    from jobs import JOBS  # the job modules load only for a command that runs one
+    from jobs import job_named as registered  # only this job's module loads, for a command that runs it
 
-    return JOBS[name]
+    return registered(name)

@@ -6,16 +6,18 @@ end (the daemon only decides when to call it, and whether to try again).
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import ModuleType
 from typing import TypedDict
 
 import structlog
 from sqlalchemy import Engine
 
-from core import metrics, runs
+from core import runs
 from core.job import Job, ProgressReporter, RunContext, Stats, StopRequested, no_progress
 from core.settings import AnySettings
 from core.text import one_line
@@ -77,7 +79,7 @@ def run_job(
         run_id = runs.claim(engine, **claim, lease_seconds=settings.run_lease_seconds)
     except runs.AlreadyRunning as busy:
         runs.record_skipped(engine, **claim, reason=str(busy))
-        metrics.JOB_RUNS.labels(job=job.name, status="SKIPPED").inc()
+        _count(job.name, "SKIPPED")
         raise
     except runs.TickTaken:
         raise
@@ -129,16 +131,30 @@ def run_job(
             except Exception as failure:  # the lease will expire and the next run takes over
                 status, error = "FAILED", f"could not record the end of the run: {one_line(failure)}"
                 log.error("could not record the end of the run", action="run_finish_failed", error=error)
-        metrics.observe_run(job.name, status, seconds, ctx.stats, dry_run=dry_run)
+        served = _served_metrics()
+        if served is not None:
+            served.observe_run(job.name, status, seconds, ctx.stats, dry_run=dry_run)
         log.info("run finished", action="run_finished", status=status, seconds=round(seconds, 3),
                  stats=ctx.stats, error=error)
     return RunResult(job.name, run_id, status, as_of, ctx.stats, error, seconds)
 
 
+def _served_metrics() -> ModuleType | None:
+    """`core.metrics` where this process serves it (the daemon's /metrics imports it), else None: a
+    command run by hand, whose counters no one can read, leaves prometheus-client out of its start."""
+    return sys.modules.get("core.metrics")
+
+
+def _count(job: str, status: str) -> None:
+    served = _served_metrics()
+    if served is not None:
+        served.JOB_RUNS.labels(job=job, status=status).inc()
+
+
 def _not_started(job: Job[AnySettings], as_of: datetime, error: Exception) -> RunResult:
     """A run whose claim failed: counted FAILED, with no run id (nothing was recorded)."""
     message = one_line(error, driver_message=True)
-    metrics.JOB_RUNS.labels(job=job.name, status="FAILED").inc()
+    _count(job.name, "FAILED")
     log.error("run could not start", action="run_not_started", job=job.name, error=message)
     return RunResult(job.name, None, "FAILED", as_of, error=message)
 

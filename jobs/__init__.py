@@ -52,6 +52,13 @@ def _registered_job(name: str, module: str) -> Job[RuleSettings]:
     return job
 
 
+def job_named(name: str) -> Job[RuleSettings]:
+    """One registered job by name, its module alone loaded (`run JOB`: an idle run does not pay for the
+    other jobs' modules); KeyError for a name not registered."""
+    modules = {registered: module for registered, module, _schedule in _REGISTERED}
+    return _registered_job(name, modules[name])
+
+
 def __getattr__(attribute: str) -> object:
     """`PIPELINE` (the jobs in order) and `JOBS` (by name), built once, when first asked for."""
     if attribute not in ("PIPELINE", "JOBS"):

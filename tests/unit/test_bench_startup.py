@@ -24,5 +24,14 @@ def test_the_table_gives_medians_the_range_the_target_and_the_load():
     text = startup.render(timings, load_before=1.5, load_after=2.25, runs=3)
 
     assert "load average 1.50 before, 2.25 after" in text
-    assert "| `health` | 0.250 | 0.200–0.400 | 0.300 | yes |" in text
-    assert "| `jobs` | 0.330 | 0.310–0.350 | 0.400 | NO |" in text
+    assert "| `health` | 0.250 | 0.200–0.400 | 0.300 | 0.200 | ≤ 0.3 s CPU: yes |" in text
+    assert "| `jobs` | 0.330 | 0.310–0.350 | 0.400 | 0.400 | ≤ 0.3 s CPU: NO |" in text
+
+
+def test_the_idle_run_is_judged_by_its_wall_time():
+    idle = " ".join(startup.IDLE_RUN)
+    fast_cpu_slow_wall = startup.Timing(idle, cpu=[0.2, 0.2, 0.2], wall=[0.35, 0.32, 0.5])
+    assert f"| `{idle}` | 0.200 | 0.200–0.200 | 0.350 | 0.320 | ≤ 0.3 s wall: NO |" in startup.render(
+        [fast_cpu_slow_wall], load_before=0, load_after=0, runs=3)
+    fast = startup.Timing(idle, cpu=[0.2, 0.2, 0.2], wall=[0.25, 0.3, 0.29])
+    assert "≤ 0.3 s wall: yes |" in startup.render([fast], load_before=0, load_after=0, runs=3)

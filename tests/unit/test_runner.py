@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from prometheus_client import REGISTRY
 
+import core.metrics  # noqa: F401 (a process counts its runs where it serves /metrics: core.metrics loaded)
 from core.db import make_engine
 from core.runner import run_job
 from tests.unit.conftest import NO_DATABASE_URL
