@@ -247,3 +247,24 @@ def check_roll_forward_sheet(sheet, values, document: dict, previous_roll: dict 
     assert rows["Ledger balance at the as-of (stored)"][1].value == roll["closing"]
 
 
+
+
+def pdf_pages(path: Path) -> list[tuple[tuple[float, ...], int]]:
+    """Each page of a PDF that Chromium printed, in order: its MediaBox (points) and how many text-showing
+    operators (Tj/TJ) its content draws: a page that is all but blank draws next to none."""
+    import zlib
+
+    data = path.read_bytes()
+    objects = {int(found.group(1)): found.group(2)
+               for found in re.finditer(rb"(\d+) 0 obj(.*?)endobj", data, re.S)}
+    tree = next(body for body in objects.values() if re.search(rb"/Type\s*/Pages\b", body))
+    kids = [int(number) for number in re.findall(rb"(\d+) 0 R", re.search(rb"/Kids\s*\[([^\]]*)\]", tree).group(1))]
+    pages = []
+    for number in kids:
+        page = objects[number]
+        box = tuple(float(value) for value in re.search(rb"/MediaBox\s*\[([^\]]*)\]", page).group(1).split())
+        contents = objects[int(re.search(rb"/Contents\s+(\d+) 0 R", page).group(1))]
+        stream = contents[contents.index(b"stream") + 6:contents.rindex(b"endstream")].strip(b"\r\n")
+        drawn = zlib.decompress(stream) if b"FlateDecode" in contents else stream
+        pages.append((box, len(re.findall(rb"T[Jj]\b", drawn))))
+    return pages

@@ -20,7 +20,8 @@ from jobs import expire_pending, reconcile, reconcile_audit, reconcile_publish
 from jobs.reports import finance as finance_report
 from jobs.reports.files import ReportFiles
 from tests.builders import add_app_points, utc
-from tests.finance_documents import check_every_number, check_roll_forward_sheet, evaluated, usd
+from tests.finance_documents import (check_every_number, check_roll_forward_sheet, evaluated, pdf_pages,
+                                     period_document, usd)
 
 AS_OF = utc(2026, 6, 1, 1)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -104,6 +105,30 @@ def test_the_html_report_shows_in_chromium_the_numbers_of_the_summary_and_the_da
     page = html.read_text()
     assert "<script" not in page and "<link" not in page and "<img" not in page
     assert re.findall(r'(?:src|href|url)\s*[=(]\s*["\']?\s*(?:https?:)?//', page) == []  # no request to any host
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.parametrize("which", ["reconcile", "period"])
+def test_the_report_prints_on_a4_without_an_empty_page(engine, settings, tmp_path, which):
+    """Printed by Chromium (as a controller prints it): A4 pages, none of them all but blank (a section
+    that may not break inside once pushed whole to the next page and left one nearly empty)."""
+    if which == "reconcile":
+        html = _paths(settings, _reconcile_with_a_previous_one(engine, settings)[1]).html
+    else:
+        html = tmp_path / "close.html"
+        html.write_text(finance_report.render_html(finance_report.period_report(period_document())))
+    pdf = tmp_path / "printed.pdf"
+
+    subprocess.run([CHROMIUM, *_chromium_flags(tmp_path), "--no-pdf-header-footer", f"--print-to-pdf={pdf}",
+                    html.as_uri()], capture_output=True, timeout=120, check=True)
+
+    pages = pdf_pages(pdf)
+    assert len(pages) >= 2
+    assert {tuple(round(side) for side in box) for box, _ in pages} == {(0, 0, 595, 842)}  # A4 in points
+    fullest = max(texts for _, texts in pages)
+    assert [texts for _, texts in pages[:-1] if texts < 0.3 * fullest] == [], pages  # no page all but blank
+    assert pages[-1][1] >= 40, pages  # nor a last page holding a line or two
 
 
 def test_every_line_of_the_roll_forward_says_what_it_is_with_its_money_and_sign(engine, settings):
