@@ -40,7 +40,7 @@ from jobs.settings import RuleSettings
 _queries = Queries(__file__)
 
 REPORT = "period close"
-PERIOD_FORMAT = re.compile(r"(\d{4})-(\d{2})")
+PERIOD_FORMAT = re.compile(r"([0-9]{4})-([0-9]{2})")
 FIRST_YEAR, LAST_YEAR = 1900, 2200
 
 
