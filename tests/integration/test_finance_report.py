@@ -131,6 +131,49 @@ def test_the_report_prints_on_a4_without_an_empty_page(engine, settings, tmp_pat
     assert pages[-1][1] >= 40, pages  # nor a last page holding a line or two
 
 
+PHONE_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="phone" src="%s" style="width:390px;height:3000px;border:0"></iframe>
+<script>
+document.getElementById('phone').addEventListener('load', () => {
+  const page = document.getElementById('phone').contentWindow, d = page.document;
+  const right = (selector) => [...d.querySelectorAll(selector)].map(e => Math.round(e.getBoundingClientRect().right));
+  const seen = {width: page.innerWidth, page: d.documentElement.scrollWidth, drift: right('td.drift'),
+    boxes: right('.scroll, .cards, header, p, h2, figure'),
+    ids: [...d.querySelectorAll('td.uid')].map(td => [td.textContent, td.title])};
+  const out = document.createElement('pre'); out.id = 'seen'; out.textContent = JSON.stringify(seen);
+  document.body.appendChild(out);
+});
+</script></body></html>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.parametrize("which", ["reconcile", "period"])
+def test_the_report_reads_on_a_390_pixel_phone(engine, settings, tmp_path, which):
+    """Laid out by Chromium 390 px wide (a test page frames the report and measures it; the report itself
+    has no script): nothing wider than the screen but inside a box that scrolls on its own, the drift in
+    sight, ids shortened with the whole id in a tooltip."""
+    if which == "reconcile":
+        html = _paths(settings, _reconcile_with_a_previous_one(engine, settings)[1]).html
+    else:
+        html = tmp_path / "close.html"
+        html.write_text(finance_report.render_html(finance_report.period_report(period_document())))
+    probe = html.parent / "phone.html"
+    probe.write_text(PHONE_PROBE % html.name)
+
+    done = subprocess.run([CHROMIUM, *_chromium_flags(tmp_path), "--allow-file-access-from-files",
+                           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    seen = json.loads(re.search(r'<pre id="seen">(.*?)</pre>', done.stdout).group(1))
+
+    assert seen["width"] == 390 and seen["page"] <= 390  # the page itself never scrolls sideways
+    assert [right for right in seen["boxes"] if right > 390] == []
+    if which == "reconcile":
+        assert len(seen["drift"]) == 2 and max(seen["drift"]) <= 390
+        assert all(len(shown) <= 9 and shown.rstrip("\u2026") == whole[:len(shown.rstrip("\u2026"))]
+                   and len(whole) == 36 for shown, whole in seen["ids"])
+
+
 def test_every_line_of_the_roll_forward_says_what_it_is_with_its_money_and_sign(engine, settings):
     _, run_id = _reconcile_with_a_previous_one(engine, settings)
     with engine.connect() as conn:
