@@ -185,7 +185,9 @@ class _RewardRun:
 
     def _write_planned(self, conn: Connection) -> None:
         lock_balances(conn, conn.execute(_queries["beneficiaries"]).scalars().all())
+        conn.execute(_queries["hash_joins_only"])
         conn.execute(_queries["price_clawbacks"])
+        conn.execute(_queries["default_joins"])
         written = write_points(conn, _queries.raw("planned_rows"), {}, as_of=self.ctx.as_of)
         self.ctx.record_points(written)
         clawed = conn.execute(_queries["record_clawbacks"], self.params).one()  # first: a re-earned month's
