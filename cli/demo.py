@@ -10,9 +10,10 @@ migrates it. Then the sample year (`SampleYear`), up to the demo's as-of (now):
 1. the sample world (`cli.sample_data`) as it stood a year ago: users who signed up over the two years
    before, referral chains, payments with refunds, redemptions, some cache drift; the pipeline's first
    `run-all` there catches up on those two years (the product's first day);
-2. every week of the year, the app's activity of the week (`sample_data.advance`: sign-ups,
-   activations, payments, grants and redemptions dated through the week), then `run-all` as of the
-   week's end, so every reconcile of the year, its liability and its months, are real;
+2. every week of the year, the app's activity of the week (`sample_data.timeline`: sign-ups,
+   activations, payments, grants and redemptions dated through the week, and refunds of payments
+   already rewarded), then `run-all` as of the week's end, so every reconcile of the year, its
+   liability, its months and its clawbacks, are real;
 3. the last month that had ended by then is closed and signed off (`close YYYY-MM --sign-off`);
 4. payments dated in that month arrive late, and recurring-rewards runs back-dated into it: the
    closed month's totals change;
@@ -220,7 +221,7 @@ def build_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int 
         outcome = DemoOutcome(year.end, redacted(url), users, {}, reports_dir=settings.reports_dir,
                               data_dir=settings.data_dir, start=year.start)
         with sample_data.timeline(engine, users=world_size, seed=seed, as_of=year.start, years=SAMPLE_YEARS,
-                                  last=year.end) as weeks:
+                                  last=year.end, refunds=True) as weeks:
             _live_through_the_year(outcome, year, settings, engine, weeks, say)
             _close_the_month(outcome, year, settings, engine, say)
             _late_payments(outcome, year, settings, engine, seed, say)

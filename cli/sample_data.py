@@ -115,26 +115,32 @@ class Timeline:
     """The world `generate` built, planned once, taking the app's activity window after window on one
     connection (the demo's weeks, with the jobs running between them): `advance(until)` adds (the last
     until, until]. Cheaper than `advance` per window: no planning and no VACUUM each time (autovacuum
-    keeps up with a week's rows)."""
+    keeps up with a week's rows). With `refunds`, billing also refunds about 2 % of PAID payments a few
+    days after they were paid (`refund_payments`), so the jobs that rewarded them claw back."""
 
     def __init__(self, conn: Connection, world: SampleWorld, params: dict[str, object], last: datetime,
-                 progress: Progress) -> None:
+                 progress: Progress, refunds: bool) -> None:
         self._conn, self._world, self._params, self._progress = conn, world, params, progress
-        self.until, self.last = world.as_of, last
+        self.until, self.last, self._refunds = world.as_of, last, refunds
 
     def advance(self, until: datetime) -> None:
         if not self.until < until <= self.last:
             raise ValueError(f"until: after {self.until.isoformat()} and not after {self.last.isoformat()}")
         _add_window(self._conn, self._world, self._params, since=self.until, until=until, first_load=False,
                     progress=self._progress)
+        if self._refunds:
+            _step(self._conn, self._progress, "refunds", {**self._params, "since": self.until, "until": until},
+                  "refund_payments")
         self.until = until
 
 
 @contextmanager
 def timeline(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, years: float = 3,
-             last: datetime, shape: str = "default", progress: Progress | None = None) -> Iterator[Timeline]:
+             last: datetime, shape: str = "default", refunds: bool = False,
+             progress: Progress | None = None) -> Iterator[Timeline]:
     """The world `generate` built with the same `users`, `seed`, `as_of` and `years`, planned up to `last`,
-    to `advance` window by window; the same rows as `advance` over the same windows."""
+    to `advance` window by window; the same rows as `advance` over the same windows (and, with
+    `refunds`, late refunds besides)."""
     if last <= as_of:
         raise ValueError("last: after as_of")
     world = SampleWorld(users, seed, as_of, years, shape)
@@ -142,7 +148,7 @@ def timeline(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, yea
     with engine.connect() as conn:
         _plan(conn, params, progress or _quiet)
         try:
-            yield Timeline(conn, world, params, last, progress or _quiet)
+            yield Timeline(conn, world, params, last, progress or _quiet, refunds)
         finally:
             conn.rollback()  # a window that failed half way
             _step(conn, _quiet, "cleaning up", params, "drop_plans")

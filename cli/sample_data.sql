@@ -292,6 +292,18 @@ SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM changed) + (SELECT
 -- name: drop_plans --
 DROP TABLE IF EXISTS sample_user, sample_relationship;
 
+-- name: refund_payments --
+-- Refunds that arrive after the rewards (a Timeline with refunds, the demo's year): about 2 % of PAID
+-- payments are refunded 3-20 days after they were paid, when that falls in the window; billing turns
+-- them REFUNDED then (the feed's trigger stamps updated_at), and the reward jobs claw their rewards back.
+UPDATE public.user_subscription_payments AS p
+   SET status = 'REFUNDED'
+  FROM (SELECT id, paid_at + (3 + 17 * pg_temp.rnd(:seed, 51, hashtextextended(id::text, 0))) * interval '1 day'
+                   AS refund_at
+        FROM public.user_subscription_payments
+        WHERE status = 'PAID' AND pg_temp.rnd(:seed, 50, hashtextextended(id::text, 0)) < 0.02) AS r
+ WHERE p.id = r.id AND r.refund_at > :since AND r.refund_at <= :until;
+
 -- name: late_payments --
 -- Payments that arrive late (the demo's back-dated run): up to :count rewarded level-1 relationships
 -- (not self-referrals) with a month k in 1..:months that overlaps the period [:period_from, :period_to)

@@ -299,3 +299,22 @@ def test_late_payments_fall_in_unpaid_reward_months_of_the_period_and_are_record
                                       recorded_at=AS_OF, count=3)
     # months paid now are not chosen again (another month of the same user may be)
     assert len({(payment.referred_user_id, payment.paid_at) for payment in [*late, *again]}) == len(late) + len(again)
+
+
+def test_a_timeline_with_refunds_refunds_a_few_paid_payments_days_after_they_were_paid(sample, engine):
+    weeks = [AS_OF + timedelta(days=7 * week) for week in range(1, 5)]
+    paid_before = _scalar(engine, "SELECT count(*) FROM public.user_subscription_payments WHERE status = 'PAID'")
+    started = _scalar(engine, "SELECT clock_timestamp()")  # the feed's trigger stamps an update's updated_at
+    with sample_data.timeline(engine, users=USERS, seed=7, as_of=AS_OF, last=weeks[-1], refunds=True) as timeline:
+        refunded = []
+        for week in weeks:
+            timeline.advance(week)
+            refunded.append(_scalar(engine, "SELECT count(*) FROM public.user_subscription_payments"
+                                            " WHERE status = 'REFUNDED' AND updated_at > :at", at=started))
+    assert 0 < refunded[-1] < 0.05 * paid_before  # about 2 % of a month of payments, never most of them
+    assert refunded == sorted(refunded)
+    # a refund comes 3 to 20 days after the payment, and only once it is due
+    late = _rows(engine, """SELECT paid_at FROM public.user_subscription_payments
+                            WHERE status = 'REFUNDED' AND updated_at > :at""", at=started)
+    assert all(row.paid_at <= weeks[-1] - timedelta(days=3) for row in late)
+    assert all(row.paid_at >= AS_OF - timedelta(days=20) for row in late)
