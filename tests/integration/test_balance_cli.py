@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pytest
 
@@ -105,3 +105,14 @@ def test_in_process_the_command_prints_the_same_document(capsys, settings, user)
         cmd_balance(argparse.Namespace(user_id="42", as_of=None, json=False), settings)
     assert cmd_balance(argparse.Namespace(user_id=str(new_id()), as_of=None, json=False), settings) == 1
     assert "no user" in capsys.readouterr().err
+
+
+def test_explain_reads_the_same_lots_for_the_points_expiring_next(cli, user):
+    explained = cli("explain", str(user), "--as-of", AS_OF, "--json")
+    balance = json.loads(cli("balance", str(user), "--as-of", AS_OF, "--json").stdout)
+    assert explained.returncode == 0, explained.stderr
+    expiring = [(datetime.fromisoformat(row["expires_at"]), row["points"])
+                for row in json.loads(explained.stdout)["expiring"]]
+    assert expiring == [(datetime.fromisoformat(lot["expires_at"]), lot["remaining"])
+                        for lot in balance["lots"] if lot["remaining"]]
+    assert len(expiring) == 3
