@@ -20,6 +20,7 @@ USAGE_ERRORS = [
     (["history", "--since", "yesterday"], "--since: not an ISO-8601 date or date-time: 'yesterday'"),
     (["show", "seven"], "argument RUN_ID: must be a run id (a number), not 'seven'"),
     (["explain", "bob"], "USER_ID: not a UUID: 'bob'"),
+    (["balance", "bob"], "USER_ID: not a UUID: 'bob'"),
     (["run", "expire-points", "--as-of", "2062-06-01"], "--as-of: 2062-06-01T00:00:00+00:00 is more than 5 minutes after now ("),
     (["run-all", "--as-of", "2062-06-01", "--dry-run"], "add --allow-future if you mean it"),
     (["report", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
