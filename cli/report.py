@@ -154,7 +154,7 @@ def _roll_forward(out: _Text, document: Document) -> None:
         for line in lines:
             out.para(f"{line.label}: {line.meaning}", indent="    ")
     if roll.get("identity_holds", True):
-        out.para("identity holds: " + str(roll.get("identity", "")), indent="  ")
+        out.para("identity holds: opening + total issued + total used up + late rows = closing", indent="  ")
     else:
         out.para(f"IDENTITY GAP {roll['gap']:+,}: {roll['gap_explanation']}", indent="  ")
     out.blank()

@@ -430,7 +430,7 @@ FIXED = {
     "used_total": ("Total used up", "spent + expired + clawed back + recovered: what the liability fell by"),
     "late": ("Late-committed rows", "rows dated before this period that the previous report could not see yet "
                                     "(committed after it ran)"),
-    "expected": ("Expected closing", "opening + total issued \u2212 total used up + late rows"),
+    "expected": ("Expected closing", "opening + total issued + total used up + late rows, each with its sign"),
     "closing": ("Closing liability", "points users hold at the end of the period: the ledger balance at the as-of"),
     "gap": ("Unexplained gap", "closing less expected closing: should be 0"),
 }
