@@ -21,11 +21,12 @@ import os
 import re
 import socket
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -259,16 +260,16 @@ class CloseFiles:
         return cls(journal=directory / f"{stem}.journal.csv", json=directory / f"{stem}.json")
 
 
-def _settle_leftovers(conn: Connection, reports_dir: Path) -> None:
-    """Files a killed close left aside: a signed month's are published, a draft's or an unsigned month's
-    removed (a close stages its files only after it settled these, and a month is signed once)."""
+def _settle_leftovers(conn: Connection, reports_dir: Path, period: date) -> None:
+    """Files a killed close of this month left aside (the month's lock is held: no other close of it is
+    writing): a signed month's are published, a draft's or an unsigned month's removed."""
     signed = {_month_number(row.period) for row in conn.execute(_queries["signed_months"])}
 
     def month_of(name: str) -> int | None:
         matched = _SIGNED_FILE.fullmatch(name)
         return _month_number(date(int(matched.group(1)), int(matched.group(2)), 1)) if matched else None
 
-    settle_leftovers(reports_dir.resolve(), ".close-*.part", month_of, lambda months: months & signed)
+    settle_leftovers(reports_dir.resolve(), f".close-{label(period)}.*part", month_of, lambda months: months & signed)
 
 
 _SIGNED_FILE = re.compile(r"close-(\d{4})-(\d{2})\.(?:journal\.csv|json)")
@@ -296,7 +297,7 @@ def close(engine: Engine, settings: RuleSettings, period: date, *, sign_off: str
     all-or-nothing with its files. Raises AlreadySigned or NotEnded (nothing written then)."""
     staged = FileSet()
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, _one_close_of(conn, period):
             conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 conn.execute(_queries["one_snapshot_per_node"])
@@ -304,7 +305,7 @@ def close(engine: Engine, settings: RuleSettings, period: date, *, sign_off: str
                 signed = _signature(conn, period)
                 if sign_off is not None:
                     _may_sign(period, signed, now)
-                _settle_leftovers(conn, settings.reports_dir)
+                _settle_leftovers(conn, settings.reports_dir, period)
                 signature = Signature(sign_off, now) if sign_off is not None else None
                 files = CloseFiles.for_period(settings.reports_dir, period, draft=signature is None)
                 document = month_document(conn, settings, period, signature=signature,
@@ -315,13 +316,30 @@ def close(engine: Engine, settings: RuleSettings, period: date, *, sign_off: str
                 staged.seal()
                 if signature is not None:
                     _sign(conn, period, document, text)
-        staged.publish()  # the row is committed: the files go into place
+            staged.publish()  # the row is committed: the files go into place (still one close of the month)
     except IntegrityError:
         _signed_meanwhile(engine, period)
         raise
     finally:
         staged.discard()  # whatever is still aside: nothing once published
     return Closed(document, text, files, signed)
+
+
+@contextmanager
+def _one_close_of(conn: Connection, period: date) -> Iterator[None]:
+    """The month's session lock around the close (its own transactions, before and after the close's)."""
+    key = {"key": f"rewards close {label(period)}"}
+    conn.execute(_queries["lock_month"], key)
+    conn.commit()
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.invalidated:
+            if conn.in_transaction():
+                conn.rollback()
+            conn.execution_options(isolation_level="READ COMMITTED")
+            conn.execute(_queries["unlock_month"], key)
+            conn.commit()
 
 
 def _signed_meanwhile(engine: Engine, period: date) -> None:

@@ -6,6 +6,15 @@
 -- statement of the close reads each worker's one snapshot (as reconcile's audit does).
 SET LOCAL citus.max_adaptive_executor_pool_size = 1;
 
+-- name: lock_month --
+-- One close of a month at a time (a session lock, taken before the close's snapshot and held to its
+-- end): two sign-offs of a month never stage their files under the same names at once, and the second
+-- one's snapshot sees the first one's row. Bounded by lock_timeout like any lock.
+SELECT pg_advisory_lock(hashtextextended(:key, 0));
+
+-- name: unlock_month --
+SELECT pg_advisory_unlock(hashtextextended(:key, 0));
+
 -- name: transaction_start --
 -- The close's instant: the transaction's start, which migration 026's trigger stamps as signed_at.
 SELECT now();

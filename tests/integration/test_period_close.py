@@ -7,6 +7,7 @@ Defaults: 10% recurring reward, 100 points per USD, so a $20.00 payment gives 20
 from __future__ import annotations
 
 import json
+import threading
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
@@ -150,6 +151,33 @@ def test_a_month_is_signed_off_once_with_its_files_and_never_changes(engine, set
     assert draft.signed_before.by == "Ada Controller" and draft.document["status"] == "DRAFT"
     assert draft.files.json.name == "close-2026-03.draft.json"
     assert signed.files.json.read_text(encoding="utf-8") == signed.text
+
+
+def test_two_sign_offs_at_once_sign_the_month_once_and_its_files_are_the_winners(engine, settings):
+    grant(engine, new_id(), 40, utc(2026, 3, 9))
+    start = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def sign(name):
+        start.wait()
+        try:
+            outcomes[name] = close(engine, settings, MARCH, sign_off=name)
+        except AlreadySigned as refused:
+            outcomes[name] = refused
+
+    threads = [threading.Thread(target=sign, args=(name,)) for name in ("Ada", "Bob")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    ((_period, winner),) = signed_rows(engine)
+    loser = "Bob" if winner == "Ada" else "Ada"
+    assert isinstance(outcomes[loser], AlreadySigned) and f"signed off by {winner}" in str(outcomes[loser])
+    document = json.loads((settings.reports_dir / "close-2026-03.json").read_text(encoding="utf-8"))
+    assert document["signed_by"] == winner and outcomes[winner].document == document
+    assert sorted(path.name for path in settings.reports_dir.iterdir()) == ["close-2026-03.journal.csv",
+                                                                            "close-2026-03.json"]
 
 
 @pytest.mark.parametrize("statement", [
