@@ -42,13 +42,12 @@ def liability_schedule(conn: Connection, as_of: datetime, settings: RuleSettings
     else:
         bounds = conn.execute(_queries["schedule_bounds"],
                               {"as_of": as_of, "months": months, "horizon": SCHEDULE_MONTHS}).scalar_one()
-        outstanding = 0
-        for bucket in conn.execute(_queries["schedule"], {"as_of": as_of, "bounds": list(bounds)}):
-            outstanding += int(bucket.net)
-            if bucket.b == 0:
-                due_now = int(bucket.expiring)
-            elif 1 <= bucket.b <= SCHEDULE_MONTHS:
-                per_month[bucket.b - 1] = int(bucket.expiring)
+        found = conn.execute(_queries["schedule"],
+                             {"as_of": as_of, **{f"c{k}": cutoff for k, cutoff in enumerate(bounds)}}).one()
+        outstanding = int(found.outstanding)
+        due = [int(found._mapping[f"due_{k}"] or 0) for k in range(SCHEDULE_MONTHS + 1)]
+        due_now = due[0]
+        per_month = [later - earlier for earlier, later in zip(due, due[1:])]
     # What is neither due nor expiring within the months: also, on a ledger with a negative balance
     # (which reconcile reports), what keeps the identity whole.
     later = outstanding - due_now - sum(per_month)

@@ -6,7 +6,7 @@
 
 -- name: schedule_bounds --
 -- The cutoffs of the runs that expire each part: the as-of's own (due now), then the first instant of
--- each of the next `horizon` months, each less N months (a first instant less N months is a first instant,
+-- each of the next `horizon` months (12: the schedule statement reads c0 .. c12), each less N months (a first instant less N months is a first instant,
 -- so no month-end clamping moves a bound). PostgreSQL month arithmetic in UTC, the session time zone.
 SELECT array_agg(cutoff ORDER BY k) AS bounds
 FROM (
@@ -17,51 +17,68 @@ FROM (
 ) AS cutoffs;
 
 -- name: schedule --
--- One pass over the ledger dated up to the as-of. Per user, the lots are summed by bucket b of their
--- created_at among the bounds (width_bucket: 0 before the first bound, i in [bound i, bound i + 1),
--- horizon + 1 after the last); the debits that consume lots are the row b = -1. With the buckets in
--- order, `running` is what stays of the user's lots up to the end of bucket b once the debits took
--- the oldest, and the user's part of bucket b is greatest(running, 0) - greatest(running before b, 0):
--- exactly what expire-points would expire when the bucket's bound passes (its due is floored at 0 per
--- user). Bucket 0 is due now, bucket i expires in month i of the schedule, the last bucket later.
--- The ledger sums hold both a reward and its own clawback, so the clawed-back points (from
--- referral_rewards) come off the reward's bucket and back off the debits.
-WITH amounts AS (
-    SELECT ledger.user_id, ledger.b,
-           ledger.points - coalesce(lot_clawbacks.points, 0) + coalesce(all_clawbacks.points, 0) AS amount
-    FROM (
-        SELECT t.user_id,
-               CASE WHEN t.delta > 0 THEN width_bucket(t.created_at, CAST(:bounds AS timestamptz[])) ELSE -1 END AS b,
-               sum(t.delta) AS points
-        FROM public.user_point_transactions AS t
-        WHERE t.created_at <= :as_of
-        GROUP BY 1, 2
-    ) AS ledger
-    LEFT JOIN (
-        SELECT rr.beneficiary_user_id AS user_id,
-               width_bucket(rr.rewarded_at, CAST(:bounds AS timestamptz[])) AS b,
-               sum(rr.clawed_back_points) AS points
-        FROM public.referral_rewards AS rr
-        WHERE rr.clawback_key IS NOT NULL AND rr.clawed_back_points > 0 AND rr.clawed_back_at <= :as_of
-        GROUP BY 1, 2
-    ) AS lot_clawbacks ON lot_clawbacks.user_id = ledger.user_id AND lot_clawbacks.b = ledger.b
-    LEFT JOIN (
-        SELECT rr.beneficiary_user_id AS user_id, sum(rr.clawed_back_points) AS points
-        FROM public.referral_rewards AS rr
-        WHERE rr.clawback_key IS NOT NULL AND rr.clawed_back_points > 0 AND rr.clawed_back_at <= :as_of
-        GROUP BY 1
-    ) AS all_clawbacks ON all_clawbacks.user_id = ledger.user_id AND ledger.b = -1
-),
-per_bucket AS (
-    SELECT b, amount, sum(amount) OVER (PARTITION BY user_id ORDER BY b) AS running
-    FROM amounts
+-- One pass over the ledger dated up to the as-of: expire-points' due (jobs/expire_points.sql) of every
+-- user at each of the 13 cutoffs c0 (the as-of's own) .. c12 (schedule_bounds), summed over the users:
+-- due = lots earned before the cutoff + every debit (negative) + the clawed-back points of rewards
+-- dated at or after the cutoff (a reward's own clawback cancels its own lot: the ledger sums hold both,
+-- so the clawbacks of the lots not yet counted are given back), floored at 0 per user.
+-- due_0 is due now; what the run at the first instant after month i expires is due_(i+1) - due_i
+-- (a user's due never falls as the cutoff moves on, so the floors keep it exact per user).
+WITH ledger AS (
+    SELECT t.user_id,
+           sum(t.delta) AS balance,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta < 0), 0) AS debits,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c0), 0) AS earned_0,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c1), 0) AS earned_1,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c2), 0) AS earned_2,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c3), 0) AS earned_3,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c4), 0) AS earned_4,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c5), 0) AS earned_5,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c6), 0) AS earned_6,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c7), 0) AS earned_7,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c8), 0) AS earned_8,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c9), 0) AS earned_9,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c10), 0) AS earned_10,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c11), 0) AS earned_11,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c12), 0) AS earned_12
+    FROM public.user_point_transactions AS t
+    WHERE t.created_at <= :as_of
+    GROUP BY t.user_id
+), young_clawbacks AS (
+    SELECT rr.beneficiary_user_id AS user_id,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c0), 0) AS young_0,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c1), 0) AS young_1,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c2), 0) AS young_2,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c3), 0) AS young_3,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c4), 0) AS young_4,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c5), 0) AS young_5,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c6), 0) AS young_6,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c7), 0) AS young_7,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c8), 0) AS young_8,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c9), 0) AS young_9,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c10), 0) AS young_10,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c11), 0) AS young_11,
+           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c12), 0) AS young_12
+    FROM public.referral_rewards AS rr
+    WHERE rr.clawback_key IS NOT NULL AND rr.clawed_back_points > 0 AND rr.clawed_back_at <= :as_of
+    GROUP BY rr.beneficiary_user_id
 )
-SELECT b,
-       coalesce(sum(greatest(running, 0) - greatest(running - amount, 0)) FILTER (WHERE b >= 0), 0) AS expiring,
-       sum(amount) AS net
-FROM per_bucket
-GROUP BY b
-ORDER BY b;
+SELECT coalesce(sum(l.balance), 0) AS outstanding,
+       sum(greatest(l.earned_0 + l.debits + coalesce(c.young_0, 0), 0)) AS due_0,
+       sum(greatest(l.earned_1 + l.debits + coalesce(c.young_1, 0), 0)) AS due_1,
+       sum(greatest(l.earned_2 + l.debits + coalesce(c.young_2, 0), 0)) AS due_2,
+       sum(greatest(l.earned_3 + l.debits + coalesce(c.young_3, 0), 0)) AS due_3,
+       sum(greatest(l.earned_4 + l.debits + coalesce(c.young_4, 0), 0)) AS due_4,
+       sum(greatest(l.earned_5 + l.debits + coalesce(c.young_5, 0), 0)) AS due_5,
+       sum(greatest(l.earned_6 + l.debits + coalesce(c.young_6, 0), 0)) AS due_6,
+       sum(greatest(l.earned_7 + l.debits + coalesce(c.young_7, 0), 0)) AS due_7,
+       sum(greatest(l.earned_8 + l.debits + coalesce(c.young_8, 0), 0)) AS due_8,
+       sum(greatest(l.earned_9 + l.debits + coalesce(c.young_9, 0), 0)) AS due_9,
+       sum(greatest(l.earned_10 + l.debits + coalesce(c.young_10, 0), 0)) AS due_10,
+       sum(greatest(l.earned_11 + l.debits + coalesce(c.young_11, 0), 0)) AS due_11,
+       sum(greatest(l.earned_12 + l.debits + coalesce(c.young_12, 0), 0)) AS due_12
+FROM ledger AS l
+LEFT JOIN young_clawbacks AS c ON c.user_id = l.user_id;
 
 -- name: outstanding --
 -- The points outstanding when nothing expires (REWARDS_POINTS_EXPIRY_MONTHS=0): the ledger at the as-of.
