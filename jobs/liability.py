@@ -15,7 +15,7 @@ a lot earned in calendar month m expires in month m + N, whatever its day (the 3
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from uuid import UUID
@@ -32,18 +32,23 @@ SCHEDULE_MONTHS = 12
 BREAKAGE_MONTHS = 12
 
 
-def liability_schedule(conn: Connection, as_of: datetime, settings: RuleSettings) -> dict[str, Any]:
-    """The points outstanding at `as_of` and when they expire if not spent (FINANCE_CONTRACT 4)."""
+def liability_schedule(conn: Connection, as_of: datetime, settings: RuleSettings, *,
+                       before_as_of: bool = False) -> dict[str, Any]:
+    """The points outstanding at `as_of` and when they expire if not spent (FINANCE_CONTRACT 4): the
+    ledger dated at or before `as_of`, as reconcile's outstanding; with `before_as_of`, dated before it,
+    as a month's closing (the as-of then being the next month's first instant)."""
     months = settings.points_expiry_months
+    dated_through = as_of - timedelta(microseconds=1) if before_as_of else as_of
     per_month = [0] * SCHEDULE_MONTHS
     due_now = 0
     if months == 0:
-        outstanding = int(conn.execute(_queries["outstanding"], {"as_of": as_of}).scalar_one())
+        outstanding = int(conn.execute(_queries["outstanding"], {"dated_through": dated_through}).scalar_one())
     else:
         bounds = conn.execute(_queries["schedule_bounds"],
                               {"as_of": as_of, "months": months, "horizon": SCHEDULE_MONTHS}).scalar_one()
         found = conn.execute(_queries["schedule"],
-                             {"as_of": as_of, **{f"c{k}": cutoff for k, cutoff in enumerate(bounds)}}).one()
+                             {"dated_through": dated_through,
+                              **{f"c{k}": cutoff for k, cutoff in enumerate(bounds)}}).one()
         outstanding = int(found.outstanding)
         due = [int(found._mapping[f"due_{k}"] or 0) for k in range(SCHEDULE_MONTHS + 1)]
         due_now = due[0]

@@ -17,7 +17,8 @@ FROM (
 ) AS cutoffs;
 
 -- name: schedule --
--- One pass over the ledger dated up to the as-of: expire-points' due (jobs/expire_points.sql) of every
+-- One pass over the ledger dated up to the as-of (dated_through: the as-of, or the instant before it for
+-- a month's close, whose closing is the ledger dated before the next month's first instant): expire-points' due (jobs/expire_points.sql) of every
 -- user at each of the 13 cutoffs c0 (the as-of's own) .. c12 (schedule_bounds), summed over the users:
 -- due = lots earned before the cutoff + every debit (negative) + the clawed-back points of rewards
 -- dated at or after the cutoff (a reward's own clawback cancels its own lot: the ledger sums hold both,
@@ -42,7 +43,7 @@ WITH ledger AS (
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c11), 0) AS earned_11,
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c12), 0) AS earned_12
     FROM public.user_point_transactions AS t
-    WHERE t.created_at <= :as_of
+    WHERE t.created_at <= :dated_through
     GROUP BY t.user_id
 ), young_clawbacks AS (
     SELECT rr.beneficiary_user_id AS user_id,
@@ -60,7 +61,7 @@ WITH ledger AS (
            coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c11), 0) AS young_11,
            coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= :c12), 0) AS young_12
     FROM public.referral_rewards AS rr
-    WHERE rr.clawback_key IS NOT NULL AND rr.clawed_back_points > 0 AND rr.clawed_back_at <= :as_of
+    WHERE rr.clawback_key IS NOT NULL AND rr.clawed_back_points > 0 AND rr.clawed_back_at <= :dated_through
     GROUP BY rr.beneficiary_user_id
 )
 SELECT coalesce(sum(l.balance), 0) AS outstanding,
@@ -81,8 +82,9 @@ FROM ledger AS l
 LEFT JOIN young_clawbacks AS c ON c.user_id = l.user_id;
 
 -- name: outstanding --
--- The points outstanding when nothing expires (REWARDS_POINTS_EXPIRY_MONTHS=0): the ledger at the as-of.
-SELECT coalesce(sum(delta), 0) AS points FROM public.user_point_transactions WHERE created_at <= :as_of;
+-- The points outstanding when nothing expires (REWARDS_POINTS_EXPIRY_MONTHS=0): the ledger at the as-of
+-- (dated_through as for the schedule).
+SELECT coalesce(sum(delta), 0) AS points FROM public.user_point_transactions WHERE created_at <= :dated_through;
 
 -- name: breakage --
 -- Rows dated in [as_of - months, as_of): points expired (EXPIRY rows) and points issued (positive rows).

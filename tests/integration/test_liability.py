@@ -215,6 +215,24 @@ def test_earlier_expiry_rows_are_debits_and_no_expiry_means_everything_is_later(
     assert never["later_points"] == never["outstanding_points"] == 25 and not _months(never)
 
 
+def test_a_close_counts_the_rows_dated_before_the_next_months_first_instant(engine, settings):
+    """At a month's close the as-of is the next month's first instant and the closing is the ledger dated
+    before it (before_as_of); reconcile's outstanding counts the rows dated at its as-of too."""
+    user, june = new_id(), utc(2026, 6, 1)
+    with engine.begin() as conn:
+        _row(conn, user, 40, "ADMIN_GRANT", utc(2025, 5, 31, 23, 59, 59))   # due at June 1: expires by the run then
+        _row(conn, user, 15, "ADMIN_GRANT", utc(2025, 6, 1))
+        _row(conn, user, -5, "REDEMPTION_GIFT_CARD", june)                   # dated exactly at the as-of
+    with engine.connect() as conn:
+        reconcile_view = liability_schedule(conn, june, settings)
+        close_view = liability_schedule(conn, june, settings, before_as_of=True)
+    assert (reconcile_view["outstanding_points"], close_view["outstanding_points"]) == (50, 55)
+    assert (reconcile_view["due_now_points"], close_view["due_now_points"]) == (35, 40)
+    assert _months(reconcile_view) == _months(close_view) == {"2026-06": 15}
+    assert _holds(reconcile_view) and _holds(close_view)
+    assert close_view["months"][0]["month"] == "2026-06"
+
+
 def test_no_price_means_no_money(engine, make_settings):
     with engine.begin() as conn:
         _row(conn, new_id(), 40, "ADMIN_GRANT", utc(2025, 7, 1))
