@@ -311,9 +311,13 @@ FROM compared;
 
 -- name: expiring_soon --
 -- The bound of expiring-soon: one pass over the ledger grouped by user (E(as_of), D, the points
--- crossing a cutoff in the 30-day window), as jobs/expiring_soon.sql's first step does.
-SELECT count(*) AS rows, coalesce(sum(crossing), 0) AS points, count(*) AS users
-FROM (
+-- crossing a cutoff in the 30-day window), as jobs/expiring_soon.sql's first step does, with lots as
+-- the rules count them (docs/rules.md "Expiry: lots"): a reward's lot less its own clawback, which is
+-- no debit. Net of those clawbacks (referral_rewards.clawed_back_points, by the reward's rewarded_at),
+-- a user has points crossing when crossing - own clawbacks of the window's lots > 0, and some expire
+-- when earned_before + that > debited - own clawbacks of the lots from the window on (those before it
+-- cancel out of both sides).
+WITH per_user AS (
     SELECT user_id,
            coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < CAST(:as_of AS timestamptz) - make_interval(months => :expiry_months)), 0) AS earned_before,
            coalesce(-sum(delta) FILTER (WHERE delta < 0), 0) AS debited,
@@ -322,5 +326,23 @@ FROM (
                                          AND created_at < CAST(:as_of AS timestamptz) + interval '30 days' - make_interval(months => :expiry_months)), 0) AS crossing
     FROM public.user_point_transactions
     GROUP BY user_id
-) AS per_user
+),
+own_clawbacks AS (
+    SELECT beneficiary_user_id AS user_id,
+           coalesce(sum(clawed_back_points) FILTER (
+               WHERE rewarded_at < CAST(:as_of AS timestamptz) + interval '30 days' - make_interval(months => :expiry_months)), 0)
+             AS window_points,
+           sum(clawed_back_points) AS young_points  -- the window's lots and later ones
+    FROM public.referral_rewards
+    WHERE clawed_back_points > 0
+      AND rewarded_at >= CAST(:as_of AS timestamptz) - make_interval(months => :expiry_months)
+    GROUP BY beneficiary_user_id
+)
+SELECT count(*) AS rows, coalesce(sum(crossing), 0) AS points, count(*) AS users
+FROM (
+    SELECT p.user_id, p.crossing - coalesce(c.window_points, 0) AS crossing, p.earned_before,
+           p.debited - coalesce(c.young_points, 0) AS debited
+    FROM per_user p
+    LEFT JOIN own_clawbacks c ON c.user_id = p.user_id
+) AS net
 WHERE crossing > 0 AND earned_before + crossing > debited;
