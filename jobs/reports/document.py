@@ -275,8 +275,9 @@ class ReconcilePoint:
 class Previous:
     """The period before, beside this one: its roll-forward and what to call it."""
 
-    label: str  # "April 2026", "run 41 (as of 2026-05-01 01:00:00 UTC)"
+    label: str  # "April 2026", "run 41, as of 2026-05-01 01:00:00 UTC"
     roll_forward: RollForwardData
+    heading: str = "Previous"  # its column's heading: "April 2026", "Run 41"
 
 
 @dataclass

@@ -75,7 +75,7 @@ def _previous_reconcile(conn: Connection, roll: RollForwardData) -> Previous | N
     if stored is None or not stored.summary or "roll_forward" not in stored.summary:
         return None
     return Previous(label=f"run {run_id}, as of {when(stored.as_of)}",
-                    roll_forward=cast(RollForwardData, stored.summary["roll_forward"]))
+                    roll_forward=cast(RollForwardData, stored.summary["roll_forward"]), heading=f"Run {run_id}")
 
 
 def period_report(stored: Mapping[str, object]) -> Document:
@@ -83,8 +83,8 @@ def period_report(stored: Mapping[str, object]) -> Document:
     document = report_data(stored)
     previous = document.get("previous")
     return Document(summary=document, run_status=document.get("status"), largest=[],
-                    previous=Previous(label=month_name(previous["period"]), roll_forward=previous["roll_forward"])
-                    if previous else None)
+                    previous=Previous(label=month_name(previous["period"]), roll_forward=previous["roll_forward"],
+                                      heading=month_name(previous["period"])) if previous else None)
 
 
 def all_discrepancies(conn: Connection, run_id: int) -> Iterable[DiscrepancyRow]:
