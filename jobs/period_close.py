@@ -300,28 +300,35 @@ def close(engine: Engine, settings: RuleSettings, period: date, *, sign_off: str
         with engine.connect() as conn, _one_close_of(conn, period):
             conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
-                conn.execute(_queries["one_snapshot_per_node"])
-                now: datetime = conn.execute(_queries["transaction_start"]).scalar_one()
-                signed = _signature(conn, period)
-                if sign_off is not None:
-                    _may_sign(period, signed, now)
-                _settle_leftovers(conn, settings.reports_dir, period)
-                signature = Signature(sign_off, now) if sign_off is not None else None
-                files = CloseFiles.for_period(settings.reports_dir, period, draft=signature is None)
-                document = month_document(conn, settings, period, signature=signature,
-                                          journal_file=files.journal.name)
-                text = document_json(document)
-                staged.write_text(files.journal, journal.journal_csv(document["journal"]))
-                staged.write_text(files.json, text)
-                staged.seal()
-                if signature is not None:
-                    _sign(conn, period, document, text)
+                closed = _close_in(conn, settings, period, sign_off, staged)
             staged.publish()  # the row is committed: the files go into place (still one close of the month)
     except IntegrityError:
         _signed_meanwhile(engine, period)
         raise
     finally:
         staged.discard()  # whatever is still aside: nothing once published
+    return closed
+
+
+def _close_in(conn: Connection, settings: RuleSettings, period: date, sign_off: str | None,
+              staged: FileSet) -> Closed:
+    """In the close's transaction: the document read in its snapshot, its files staged and sealed, then
+    (a sign-off) its row inserted; the caller commits, then publishes."""
+    conn.execute(_queries["one_snapshot_per_node"])
+    now: datetime = conn.execute(_queries["transaction_start"]).scalar_one()
+    signed = _signature(conn, period)
+    if sign_off is not None:
+        _may_sign(period, signed, now)
+    _settle_leftovers(conn, settings.reports_dir, period)
+    signature = Signature(sign_off, now) if sign_off is not None else None
+    files = CloseFiles.for_period(settings.reports_dir, period, draft=signature is None)
+    document = month_document(conn, settings, period, signature=signature, journal_file=files.journal.name)
+    text = document_json(document)
+    staged.write_text(files.journal, journal.journal_csv(document["journal"]))
+    staged.write_text(files.json, text)
+    staged.seal()
+    if signature is not None:
+        _sign(conn, period, document, text)
     return Closed(document, text, files, signed)
 
 
