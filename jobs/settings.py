@@ -16,7 +16,6 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from core.settings import CoreSettings, env_name
-from jobs.journal import parse_accounts
 
 LEDGER_INT_MAX = 2**31 - 1
 
@@ -87,6 +86,8 @@ class RuleSettings(CoreSettings):
     @field_validator("journal_accounts", mode="before")
     @classmethod
     def _journal_accounts(cls, value: object) -> object:
+        from jobs.journal import parse_accounts  # only when the variable is set: the registry loads this module
+
         return parse_accounts(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
