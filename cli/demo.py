@@ -11,9 +11,10 @@ migrates it. Then the sample year (`SampleYear`), up to the demo's as-of (now):
    before, referral chains, payments with refunds, redemptions, some cache drift; the pipeline's first
    `run-all` there catches up on those two years (the product's first day);
 2. every week of the year, the app's activity of the week (`sample_data.timeline`: sign-ups,
-   activations, payments, grants and redemptions dated through the week, and refunds of payments
-   already rewarded), then `run-all` as of the week's end, so every reconcile of the year, its
-   liability, its months and its clawbacks, are real;
+   activations, payments, grants and redemptions dated through the week, refunds of payments already
+   rewarded, now and then a cache row off), then `run-all` as of the week's end, so every reconcile of
+   the year, its liability, its months, its clawbacks and its drift, are real; half way through, that
+   week's reconcile repairs the cache (`REWARDS_RECONCILE_REPAIR=true`);
 3. the last month that had ended by then is closed and signed off (`close YYYY-MM --sign-off`);
 4. payments dated in that month arrive late, and recurring-rewards runs back-dated into it: the
    closed month's totals change;
@@ -63,6 +64,7 @@ SAMPLE_YEARS = 2  # the history the world has when the year begins
 WEEKS = 52  # the year the demo lives through, a run-all a week
 SIGNER = "Demo Controller"
 LATE_PAYMENTS = 3
+REPAIR_WEEK = WEEKS // 2  # the week ops repair the cache's drift once (it builds up again after)
 
 Say = Callable[[str], None]
 # A progress display per run: `with progress_for(job_name) as report: run_job(…, progress=report)`.
@@ -185,15 +187,16 @@ def fresh_demo_database(data_dir: Path) -> str:
 
 
 def run_all(settings: RuleSettings, engine: Engine, as_of: datetime,
-            progress_for: ProgressFor | None = None) -> list[RunResult]:
-    """`run-all --as-of AS_OF` in this process: every job of the pipeline in order, past a failure."""
+            progress_for: ProgressFor | None = None, *, repair: bool = False) -> list[RunResult]:
+    """`run-all --as-of AS_OF` in this process: every job of the pipeline in order, past a failure; with
+    `repair`, as with REWARDS_RECONCILE_REPAIR=true (reconcile sets discrepant cache rows to the ledger)."""
     from jobs import PIPELINE
 
     results = []
     for job in PIPELINE:
         with (progress_for or _no_display)(job.name) as report:
             results.append(run_job(job, settings=settings, engine=engine, as_of=as_of, trigger="manual",
-                                   progress=report))
+                                   repair=repair and job.name == "reconcile", progress=report))
     return results
 
 
@@ -221,7 +224,7 @@ def build_demo(settings: RuleSettings, *, users: int = DEFAULT_USERS, seed: int 
         outcome = DemoOutcome(year.end, redacted(url), users, {}, reports_dir=settings.reports_dir,
                               data_dir=settings.data_dir, start=year.start)
         with sample_data.timeline(engine, users=world_size, seed=seed, as_of=year.start, years=SAMPLE_YEARS,
-                                  last=year.end, refunds=True) as weeks:
+                                  last=year.end, refunds=True, drift=True) as weeks:
             _live_through_the_year(outcome, year, settings, engine, weeks, say)
             _close_the_month(outcome, year, settings, engine, say)
             _late_payments(outcome, year, settings, engine, seed, say)
@@ -246,7 +249,10 @@ def _live_through_the_year(outcome: DemoOutcome, year: SampleYear, settings: Rul
         if f"{week:%Y-%m}" != month:
             month = f"{week:%Y-%m}"
             say(f"  {month}: each week the app's activity, then run-all (from {week:%Y-%m-%d}) …")
-        outcome.weekly += run_all(settings, engine, week)
+        repair = number == REPAIR_WEEK
+        if repair:
+            say(f"  {week:%Y-%m-%d}: run-all with REWARDS_RECONCILE_REPAIR=true: the cache set to the ledger …")
+        outcome.weekly += run_all(settings, engine, week, repair=repair)
 
 
 def _close_the_month(outcome: DemoOutcome, year: SampleYear, settings: RuleSettings, engine: Engine,
@@ -363,13 +369,20 @@ def year_lines(outcome: DemoOutcome, width: int = 80) -> list[str]:
         f"{as_ofs[-1]:%Y-%m-%d} ({len(weekly):,} runs, "
         + (f"{len(failed)} failed: " + ", ".join(f"{r.job} as of {r.as_of:%Y-%m-%d}" for r in failed[:3])
            if failed else "all succeeded") + "), the app's activity between them.", width) if as_ofs else []
+    repairs = [result for result in weekly if result.job == "reconcile" and result.stats.get("repaired")]
+    for result in repairs:
+        lines += _wrapped(f"Repaired: reconcile as of {result.as_of:%Y-%m-%d} (run {result.run_id}) set "
+                          f"{result.stats['repaired']} cache rows to the ledger; the drift builds up again after.",
+                          width)
     if outcome.closed_period:
         lines += _wrapped(f"Closed: {outcome.closed_period}, signed off by {SIGNER}; closing liability "
                           f"{outcome.closed_closing or 0:,} points.", width)
     if outcome.late_run is not None:
         paid = ", ".join(f"{late.paid_at:%Y-%m-%d}" for late in outcome.late_payments)
-        lines += _wrapped(f"Then {len(outcome.late_payments)} payments dated in {outcome.closed_period} "
-                          f"arrived late ({paid}): recurring-rewards {outcome.late_run.status} back-dated to "
+        arrived = (f"Then {len(outcome.late_payments)} payments dated in {outcome.closed_period} arrived late "
+                   f"({paid})" if paid else f"Then no payment dated in {outcome.closed_period} arrived late "
+                   "(no unpaid reward month in it)")
+        lines += _wrapped(f"{arrived}: recurring-rewards {outcome.late_run.status} back-dated to "
                           f"{when(outcome.late_run.as_of)} (run {outcome.late_run.run_id}): "
                           f"{what_changed(outcome.late_run.stats, outcome.late_run.job) or 'nothing to write'}.",
                           width)

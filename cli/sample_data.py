@@ -116,31 +116,35 @@ class Timeline:
     connection (the demo's weeks, with the jobs running between them): `advance(until)` adds (the last
     until, until]. Cheaper than `advance` per window: no planning and no VACUUM each time (autovacuum
     keeps up with a week's rows). With `refunds`, billing also refunds about 2 % of PAID payments a few
-    days after they were paid (`refund_payments`), so the jobs that rewarded them claw back."""
+    days after they were paid (`refund_payments`), so the jobs that rewarded them claw back; with
+    `drift`, about every other window one user's cache is off by a credit applied twice
+    (`drift_a_little`), so reconcile's drift moves over time."""
 
     def __init__(self, conn: Connection, world: SampleWorld, params: dict[str, object], last: datetime,
-                 progress: Progress, refunds: bool) -> None:
+                 progress: Progress, *, refunds: bool, drift: bool) -> None:
         self._conn, self._world, self._params, self._progress = conn, world, params, progress
-        self.until, self.last, self._refunds = world.as_of, last, refunds
+        self.until, self.last = world.as_of, last
+        self._extras = [name for name, wanted in (("refund_payments", refunds), ("drift_a_little", drift))
+                        if wanted]
 
     def advance(self, until: datetime) -> None:
         if not self.until < until <= self.last:
             raise ValueError(f"until: after {self.until.isoformat()} and not after {self.last.isoformat()}")
         _add_window(self._conn, self._world, self._params, since=self.until, until=until, first_load=False,
                     progress=self._progress)
-        if self._refunds:
-            _step(self._conn, self._progress, "refunds", {**self._params, "since": self.until, "until": until},
-                  "refund_payments")
+        if self._extras:
+            _step(self._conn, self._progress, "refunds and drift", {**self._params, "since": self.until,
+                                                                     "until": until}, *self._extras)
         self.until = until
 
 
 @contextmanager
 def timeline(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, years: float = 3,
-             last: datetime, shape: str = "default", refunds: bool = False,
+             last: datetime, shape: str = "default", refunds: bool = False, drift: bool = False,
              progress: Progress | None = None) -> Iterator[Timeline]:
     """The world `generate` built with the same `users`, `seed`, `as_of` and `years`, planned up to `last`,
     to `advance` window by window; the same rows as `advance` over the same windows (and, with
-    `refunds`, late refunds besides)."""
+    `refunds` and `drift`, late refunds and a little cache drift besides)."""
     if last <= as_of:
         raise ValueError("last: after as_of")
     world = SampleWorld(users, seed, as_of, years, shape)
@@ -148,7 +152,7 @@ def timeline(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, yea
     with engine.connect() as conn:
         _plan(conn, params, progress or _quiet)
         try:
-            yield Timeline(conn, world, params, last, progress or _quiet, refunds)
+            yield Timeline(conn, world, params, last, progress or _quiet, refunds=refunds, drift=drift)
         finally:
             conn.rollback()  # a window that failed half way
             _step(conn, _quiet, "cleaning up", params, "drop_plans")

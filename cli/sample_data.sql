@@ -304,6 +304,20 @@ UPDATE public.user_subscription_payments AS p
         WHERE status = 'PAID' AND pg_temp.rnd(:seed, 50, hashtextextended(id::text, 0)) < 0.02) AS r
  WHERE p.id = r.id AND r.refund_at > :since AND r.refund_at <= :until;
 
+-- name: drift_a_little --
+-- The app's bug of the week (a Timeline with drift), about every other week: one user's credit applied
+-- to the cache twice, balance and total_earned off by the same 10..90 points (a consistent cache with
+-- the wrong numbers), for reconcile to find. The user and the points hash the window's end.
+UPDATE public.user_point_balances AS b
+   SET balance = b.balance + d.points, total_earned = b.total_earned + d.points
+  FROM (SELECT c.user_id, 10 * (1 + floor(9 * pg_temp.rnd(:seed, 61, hashtextextended(CAST(:until AS text), 0))))
+                   AS points
+        FROM public.user_point_balances AS c
+        WHERE pg_temp.rnd(:seed, 60, hashtextextended(CAST(:until AS text), 0)) < 0.5
+        ORDER BY md5(CAST(:seed AS text) || '/drift/' || CAST(:until AS text) || c.user_id::text)
+        LIMIT 1) AS d
+ WHERE b.user_id = d.user_id;
+
 -- name: late_payments --
 -- Payments that arrive late (the demo's back-dated run): up to :count rewarded level-1 relationships
 -- (not self-referrals) with a month k in 1..:months that overlaps the period [:period_from, :period_to)

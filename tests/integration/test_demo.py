@@ -87,6 +87,12 @@ def test_the_demos_reconciles_are_weekly_over_the_year_and_every_month_of_it_iss
     assert len(as_ofs) == WEEKS + 1
     assert all(later - earlier == timedelta(weeks=1) for earlier, later in zip(as_ofs, as_ofs[1:]))
     assert as_ofs[-1] - as_ofs[0] == timedelta(weeks=WEEKS)
+    by_as_of = sorted(reconciles, key=lambda run: run["as_of"])
+    repaired = [number for number, run in enumerate(by_as_of) if run["stats"].get("repaired")]
+    assert len(repaired) == 1  # ops repaired the cache once, half way through the year
+    drift = [run["stats"]["discrepancies"] for run in by_as_of]
+    after = drift[repaired[0] + 1]
+    assert after < drift[repaired[0]] and drift[-1] > after  # it builds up again after the repair
     months = demo.json("report")["monthly"]
     assert len(months) == 12
     issued = [month["issued"] for month in months[:-1]]  # the 11 whole months (the last is the as-of's)

@@ -83,6 +83,7 @@ def test_the_summary_tells_the_year_the_signed_month_the_restatement_and_command
     outcome.weekly = [RunResult("reconcile", week, "SUCCEEDED", AS_OF - timedelta(weeks=WEEKS - week), {}, None, 0.1)
                       for week in range(WEEKS)]
     outcome.weekly[3] = RunResult("recurring-rewards", 3, "FAILED", AS_OF - timedelta(weeks=WEEKS - 3), {}, "boom", 0.1)
+    outcome.weekly[26].stats["repaired"] = 7
     outcome.closed_period, outcome.closed_closing = "2026-04", 123_456
     user = "2a33f538-a206-41f7-f227-5025d26e5b9d"
     outcome.late_payments = [LatePayment(user, "c0ffee00-0000-0000-0000-000000000000", datetime(2026, 4, 9, tzinfo=timezone.utc), 1999)]
@@ -97,6 +98,7 @@ def test_the_summary_tells_the_year_the_signed_month_the_restatement_and_command
     assert f"run-all at {WEEKS} weekly as-ofs from 2025-06-02 to 2026-05-25 ({WEEKS} runs, 1 failed: " \
            "recurring-rewards as of 2025-06-23)" in summary
     assert "Closed: 2026-04, signed off by Demo Controller; closing liability 123,456 points." in summary
+    assert "Repaired: reconcile as of 2025-12-01 (run 26) set 7 cache rows to the ledger" in summary
     assert "recurring-rewards SUCCEEDED back-dated to 2026-04-30 23:59:59Z (run 400)" in summary
     assert "The last report restates 2026-04 (signed by Demo Controller), closing +199 points (+$1.99)" in summary
     assert not outcome.succeeded  # a weekly run failed
