@@ -238,6 +238,40 @@ def test_the_workbook_holds_numbers_dates_and_formulas_that_evaluate_to_the_summ
         m["issued"] for m in summary["monthly"])
 
 
+def test_the_four_formats_agree_line_for_line(engine, settings):
+    """The roll-forward's lines as the JSON holds them (signed as the contract reads), the HTML shows them,
+    the workbook computes them and the terminal's table prints them: the same number, line by line."""
+    from openpyxl import load_workbook
+
+    from cli.report import report_table
+    from jobs.reports import stored as stored_reports
+    from tests.finance_documents import line_points
+
+    _, run_id = _reconcile_with_a_previous_one(engine, settings)
+    summary = _summary(settings, run_id)
+    paths = _paths(settings, run_id)
+    with engine.connect() as conn:
+        stored = stored_reports.find(conn, run_id)
+        document = stored_reports.document(conn, stored)
+        table = report_table(stored, stored_reports.discrepancies(conn, run_id), document=document, width=200)
+    html = paths.html.read_text()
+    sheet = load_workbook(paths.xlsx)["Roll-forward"]
+    computed = evaluated(paths.xlsx)
+    in_json = line_points(summary["roll_forward"])
+
+    compared = [line for line in document.lines if line.key in in_json]
+    assert len(compared) >= 12
+    for line in compared:
+        row = re.search(rf'<tr class="[^"]*" data-line="{re.escape(line.key)}">.*?data-value="(-?\d+)"', html, re.S)
+        cell = next(r[1] for r in sheet.iter_rows(min_row=5) if r[0].value == line.label
+                    and (line.code == "" or r[6].value == line.code))
+        printed = next(text for text in table.splitlines() if text.startswith(line.label + " "))
+        number = printed[len(line.label):].split()[0].replace(",", "")
+        assert int(row.group(1)) == computed[("ROLL-FORWARD", cell.coordinate)] == int(number) == in_json[line.key], (
+            line.key)
+    assert in_json["closing"] == summary["outstanding_points"]
+
+
 @pytest.mark.parametrize("failing_step", ["_stream_discrepancies", "render_html", "write_xlsx", "_insert_run",
                                           "seal"])
 def test_a_failure_at_any_step_leaves_no_file_under_a_final_name_and_no_repair(engine, make_settings, monkeypatch,
