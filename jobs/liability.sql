@@ -2,12 +2,13 @@
 -- Lots as expire-points counts them: a positive row is a lot, a reward's lot less its own clawback
 -- (recorded beside the reward in referral_rewards; its rewarded_at is the reward row's created_at, its
 -- clawed_back_at the clawback row's); every other debit consumes the oldest lots first. Only rows dated
--- at or before the as-of take part.
+-- up to the as-of take part (expire-points also counts debits dated after its as-of: none at the time).
 
 -- name: schedule_bounds --
 -- The cutoffs of the runs that expire each part: the as-of's own (due now), then the first instant of
--- each of the next `horizon` months (12: the schedule statement reads c0 .. c12), each less N months (a first instant less N months is a first instant,
--- so no month-end clamping moves a bound). PostgreSQL month arithmetic in UTC, the session time zone.
+-- each of the next `horizon` months (12: the schedule statement reads c0 .. c12), each less N months
+-- (a first instant less N months is a first instant, so no month-end clamping moves a bound).
+-- PostgreSQL month arithmetic in UTC, the session time zone.
 SELECT array_agg(cutoff ORDER BY k) AS bounds
 FROM (
     SELECT 0 AS k, CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int)) AS cutoff
@@ -18,8 +19,9 @@ FROM (
 
 -- name: schedule --
 -- One pass over the ledger dated up to the as-of (dated_through: the as-of, or the instant before it for
--- a month's close, whose closing is the ledger dated before the next month's first instant): expire-points' due (jobs/expire_points.sql) of every
--- user at each of the 13 cutoffs c0 (the as-of's own) .. c12 (schedule_bounds), summed over the users:
+-- a month's close, whose closing is the ledger dated before the next month's first instant):
+-- expire-points' due (jobs/expire_points.sql plan_run, the same expression) of every user at each of
+-- the 13 cutoffs c0 (the as-of's own) .. c12 (schedule_bounds), summed over the users:
 -- due = lots earned before the cutoff + every debit (negative) + the clawed-back points of rewards
 -- dated at or after the cutoff (a reward's own clawback cancels its own lot: the ledger sums hold both,
 -- so the clawbacks of the lots not yet counted are given back), floored at 0 per user.
