@@ -185,10 +185,14 @@ def _restatements(out: _Text, summary: ReportData) -> None:
              f"({signed_usd(restated['total_change_usd'])}) in total")
     rows: list[list[Cell]] = []
     for month in restated["months"]:
+        closing = next((line for line in month["lines"] if line["key"] == "closing"), None)
         for line in month["lines"]:
-            rows.append([month["period"], restated_label(line["key"]), signed(line["signed"]), signed(line["now"]),
-                         signed(line["change"]), signed_usd(line["change_usd"])])
-        rows.append([month["period"], "closing", "", "", signed(month["closing_change"]),
+            if line["key"] != "closing":
+                written = points if line["key"] == "opening" else signed  # a balance, or a movement
+                rows.append([month["period"], restated_label(line["key"]), written(line["signed"]),
+                             written(line["now"]), signed(line["change"]), signed_usd(line["change_usd"])])
+        rows.append([month["period"], "Closing liability", points(closing["signed"]) if closing else "",
+                     points(closing["now"]) if closing else "", signed(month["closing_change"]),
                      signed_usd(month["closing_change_usd"])])
     out.table([Column("month"), Column("line", flex=True, wrap=True), Column("as signed", right=True, drop=2),
                Column("now", right=True, drop=2), Column("change", right=True),

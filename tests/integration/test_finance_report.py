@@ -6,7 +6,7 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
@@ -172,6 +172,42 @@ def test_the_report_reads_on_a_390_pixel_phone(engine, settings, tmp_path, which
         assert len(seen["drift"]) == 2 and max(seen["drift"]) <= 390
         assert all(len(shown) <= 9 and shown.rstrip("\u2026") == whole[:len(shown.rstrip("\u2026"))]
                    and len(whole) == 36 for shown, whole in seen["ids"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_a_restated_month_shows_in_chromium_with_every_number_of_its_restatement(engine, settings, tmp_path):
+    """April signed off, then a row dated in April arrives: the next reconcile's report lists the change
+    by line, in points and money, and every number of it is the summary's."""
+    from jobs import period_close
+
+    _world(engine)
+    period_close.close(engine, settings, date(2026, 4, 1), sign_off="Dana Controller")
+    with engine.begin() as conn:
+        add_app_points(conn, user=UUID(int=6), delta=250, type="REFERRAL_RECURRING", created_at=utc(2026, 4, 20))
+    run_id = _reconciled(engine, settings).run_id
+    summary = _summary(settings, run_id)
+
+    dom = _dump_dom(_paths(settings, run_id).html, tmp_path)
+
+    restated = summary["restatements"]
+    assert restated["total_change"] == 250 and restated["months"][0]["period"] == "2026-04"
+    assert restated["months"][0]["closing_change"] == 250
+    shown = check_every_number(dom, summary, None)
+    assert shown["restatements.2026-04.issued.REFERRAL_RECURRING.change"] == "250"
+    assert shown["restatements.2026-04.issued.REFERRAL_RECURRING.change_usd"] == "2.50"
+    assert shown["restatements.total_change"] == "250" and "Restatements of signed-off months" in dom
+    closing = next(line for line in restated["months"][0]["lines"] if line["key"] == "closing")
+    assert shown["restatements.2026-04.closing.now"] == str(closing["now"]) == str(closing["signed"] + 250)
+    with engine.connect() as conn:  # and the terminal prints the same change, with the closing once
+        from jobs.reports import stored as stored_reports
+        from cli.report import report_table
+
+        stored = stored_reports.find(conn, run_id)
+        table = report_table(stored, [], document=stored_reports.document(conn, stored), width=80).splitlines()
+    restated_rows = [line for line in table if line.startswith("2026-04")]
+    assert [row.split()[-2:] for row in restated_rows] == [["+250", "+$2.50"], ["+250", "+$2.50"]]
+    assert restated_rows[-1].split()[1:3] == ["Closing", "liability"]
 
 
 def test_every_line_of_the_roll_forward_says_what_it_is_with_its_money_and_sign(engine, settings):
