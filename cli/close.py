@@ -15,6 +15,7 @@ from cli.tables import Column, build_table
 from core.clock import when
 from jobs import journal
 from jobs.period_close import line_order, lines_of
+from jobs.reconcile_summary import usd
 
 LABELS = {"opening": ("Opening liability", "points outstanding at the month's first instant"),
           "expired": ("Expired", "points past their expiry, taken by expire-points"),
@@ -32,11 +33,19 @@ def line_label(key: str) -> str:
     return LABELS.get(key, (key, ""))[0]
 
 
+def line_meaning(key: str) -> str:
+    kind, _, ledger_type = key.partition(".")
+    if kind == "issued":
+        return "points credited in the month"
+    if kind == "spent":
+        return "points redeemed or debited (not expiries nor clawbacks)"
+    return LABELS.get(kind, (key, ""))[1]
+
+
 def _usd(points: int, points_per_usd: str | None) -> str:
     if not points_per_usd:
         return ""
-    amount = (Decimal(points) / Decimal(points_per_usd)).quantize(Decimal("0.01"))
-    return f"-${-amount:,.2f}" if amount < 0 else f"${amount:,.2f}"
+    return _usd_text(usd(points, Decimal(points_per_usd)))
 
 
 def _usd_text(amount: str) -> str:
@@ -70,7 +79,7 @@ def close_table(document: dict[str, Any], *, width: int = 80) -> str:
     lines += _schedule(document, price, width)
     lines += _restatements(document, width)
     digest = document["digest"]
-    lines += _wrap(f"Digest of the month's ledger rows: {digest['rows']:,} rows, {digest['points']:+,} points, "
+    lines += _wrap(f"Digest of the month's ledger rows: {digest['rows']:,} row(s), {digest['points']:+,} points, "
                    f"hash {digest['hash']}", width)
     return "\n".join(lines) + "\n"
 
@@ -88,13 +97,15 @@ def _roll_forward(document: dict[str, Any], price: str | None, width: int) -> li
     before = lines_of(previous_document["roll_forward"]) if previous_document else {}
     keys = sorted({*this, *before}, key=line_order)
     month, earlier = document["period"], previous_document["period"] if previous_document else "before"
-    columns = [Column("Line"), Column(f"{month} points"), Column(f"{month} US$", drop=2),
-               Column(f"{earlier} points", drop=1), Column(f"{earlier} US$", drop=3)]
+    columns = [Column("Line"), Column(f"{month} points"), Column(f"{month} US$", drop=2, right=True),
+               Column(f"{earlier} points", drop=1), Column(f"{earlier} US$", drop=3, right=True),
+               Column("What it is", flex=True, drop=4)]
     rows = [[line_label(key), this.get(key, 0), _usd(this.get(key, 0), price),
-             before.get(key, 0) if before else None, _usd(before.get(key, 0), price) if before else ""]
+             before.get(key, 0) if before else None, _usd(before.get(key, 0), price) if before else "",
+             line_meaning(key)]
             for key in keys]
     if not price:
-        columns, rows = [columns[0], columns[1], columns[3]], [[row[0], row[1], row[3]] for row in rows]
+        columns, rows = [columns[i] for i in (0, 1, 3, 5)], [[row[i] for i in (0, 1, 3, 5)] for row in rows]
     verdict = ("opening + movements = closing: holds" if roll["identity_holds"]
                else f"IDENTITY GAP {roll['gap']:+,}: {roll['gap_explanation']}")
     return [*_wrap("Roll-forward (each line signed as it moves the liability)", width),
@@ -119,7 +130,7 @@ def _schedule(document: dict[str, Any], price: str | None, width: int) -> list[s
                  for month in schedule.get("months", [])]
         rows.append(["later or never", schedule.get("later_points", 0), _usd(schedule.get("later_points", 0), price)])
         lines += [*_wrap(f"Liability schedule at {when(schedule.get('as_of'))} (if nothing is spent)", width),
-                  *_render([Column("When"), Column("Points"), Column("US$", drop=1)], rows, width), ""]
+                  *_render([Column("When"), Column("Points"), Column("US$", drop=1, right=True)], rows, width), ""]
     else:
         lines += ["Liability schedule: not available", ""]
     if breakage:
@@ -140,7 +151,7 @@ def _restatements(document: dict[str, Any], width: int) -> list[str]:
              _usd_text(line["change_usd"]) if line["change_usd"] else ""]
             for month in restated["months"] for line in month["lines"]]
     columns = [Column("Month"), Column("Line"), Column("Signed", drop=2), Column("Now", drop=3),
-               Column("Change"), Column("US$", drop=1)]
+               Column("Change"), Column("US$", drop=1, right=True)]
     total = f"{restated['total_change']:+,} points" + (f" ({_usd_text(restated['total_change_usd'])})"
                                                         if restated.get("total_change_usd") else "")
     return [*_wrap(f"Restatements of signed months since their sign-off: {total} of movements", width),
