@@ -81,6 +81,11 @@ def test_a_month_holds_its_last_microsecond_and_not_the_next_months_first_instan
     assert (march["status"], march["signed_by"], march["outstanding_points"]) == ("DRAFT", None, 751)
     assert march["outstanding_money"] == {"usd": "7.51", "points_per_usd": "100"}
 
+    schedule = march["liability_schedule"]
+    assert schedule["outstanding_points"] == 751 and schedule["as_of"] == "2026-04-01T00:00:00+00:00"
+    assert schedule["due_now_points"] + sum(month["points"] for month in schedule["months"]) \
+        + schedule["later_points"] == 751
+    assert march["breakage"]["expired_points"] == 50 and march["breakage"]["to"] == march["to"]
     assert april["roll_forward"]["opening"] == 751 and april["roll_forward"]["issued"] == {"ADMIN_GRANT": 10}
     assert april["roll_forward"]["closing"] == 761
     assert april["previous"] == {"period": "2026-03", "roll_forward": roll}
