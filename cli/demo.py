@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 DEMO_DATABASE = "postgres"  # the embedded server's default database: what the other commands use
 MAINTENANCE_DATABASE = "template1"
-DEFAULT_USERS = 3000
+DEFAULT_USERS = 2000  # by the last day; the parser says the same (cli/parser.py)
 DEFAULT_SEED = 42
 SAMPLE_YEARS = 2  # the history the world has when the year begins
 WEEKS = 52  # the year the demo lives through, a run-all a week
@@ -272,7 +272,8 @@ def _late_payments(outcome: DemoOutcome, year: SampleYear, settings: RuleSetting
     from jobs import JOBS
 
     outcome.late_payments = sample_data.late_payments(
-        engine, seed=seed, period_from=year.closed_from, period_to=year.closed_until, recorded_at=year.end, count=LATE_PAYMENTS, months=settings.recurring_months)
+        engine, seed=seed, period_from=year.closed_from, period_to=year.closed_until, recorded_at=year.end,
+        count=LATE_PAYMENTS, months=settings.recurring_months)
     say(f"{len(outcome.late_payments)} payments dated in {outcome.closed_period} arrive late; "
         f"recurring-rewards runs --as-of {when(year.late_as_of)} …")
     outcome.late_run = run_job(JOBS["recurring-rewards"], settings=settings, engine=engine,
@@ -397,8 +398,9 @@ def restatement_line(restatements: dict[str, Any] | None, width: int = 80) -> li
     if not months:
         return _wrapped(f"The last report restates nothing: {restatements.get('months_checked', 0)} signed "
                         "month(s) unchanged.", width)
-    changes = "; ".join(f"{month['period']} (signed by {month['signed_by']}), closing {month['closing_change']:+,} "
-                        f"points{_dollars(month.get('closing_change_usd'))}" for month in months)
+    changes = "; ".join(f"{month['period']} (signed by {month['signed_by']}), closing "
+                        f"{month['closing_change']:+,} points{_dollars(month.get('closing_change_usd'))}"
+                        for month in months)
     return _wrapped(f"The last report restates {changes}: see Restatements below.", width)
 
 

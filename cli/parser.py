@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("health", "cli.command_database:cmd_health", "exit 0 when the database answers and no migration is pending")
     demo = command("demo", "cli.command_demo:cmd_demo",
                    "sample data on an embedded database, the whole pipeline, a summary")
-    demo.add_argument("--users", type=int, default=3000, metavar="N", help="users in the sample (default 3000)")
+    demo.add_argument("--users", type=int, default=2000, metavar="N", help="users in the sample (default 2000)")
     demo.add_argument("--seed", type=int, default=42, help="the sample's random seed (default 42)")
     return parser
 
