@@ -1,6 +1,7 @@
 """The measurements: for each job of the pipeline, on a clone of one dataset, in one process:
 
-1. the BOUND: the job's whole work as one set-based statement (bench/bounds.sql), timed in one
+1. the BOUND: the job's whole work as one set-based statement (bench/bounds.sql; for reconcile, the
+   comparison statement and then the rules audit's own statements, jobs/rules_audit.sql), timed in one
    transaction and rolled back (then VACUUM, untimed, so the job finds the tables as they were);
 2. the JOB through its real entry point, `python scheduler.py run JOB --as-of … --json` in a
    subprocess (the CLI's code path, batches, runs table and all): its run time (job_runs, start to
@@ -191,6 +192,12 @@ def run_bound(engine: Engine, job: str, settings: RuleSettings, as_of: datetime)
             conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
         started = time.monotonic()
         row = conn.execute(statement, bound_params(settings, as_of, job)).one()
+        if job == "reconcile":
+            # Since issue 24 reconcile audits the rules too: its bound is the comparison plus the audit's
+            # own statements, in the same snapshot (as `bench audit` measures them).
+            from jobs import rules_audit
+
+            rules_audit.audit(conn, settings)
         seconds = time.monotonic() - started
         conn.rollback()
     return BoundRun(round(seconds, 3), int(row.rows), int(row.points))
