@@ -57,15 +57,15 @@ def report_table(stored: StoredReport, rows: Iterable[DiscrepancyRow], *, docume
     previous period when `document` has one), restatements, schedule, clawbacks, the first discrepancies."""
     summary = stored.summary
     document = document or Document(summary=summary, run_status=stored.status, largest=[])
-    out = _Text(width)
+    out = Text(width)
     out.para(f"Points reconciliation: run {stored.run_id} ({stored.status}), as of {when(summary['as_of'])}")
     out.para(f"Status: {summary.get('verdict', '')}")
     out.blank()
     _headline(out, summary)
     out.blank()
-    _roll_forward(out, document)
-    _restatements(out, summary)
-    _schedule(out, document)
+    roll_forward_section(out, document)
+    restatements_section(out, summary)
+    schedule_section(out, document)
     _unrecovered(out, summary)
     _discrepancies(out, summary, rows)
     files = _files(stored)
@@ -83,7 +83,7 @@ def report_table(stored: StoredReport, rows: Iterable[DiscrepancyRow], *, docume
     return out.text()
 
 
-class _Text:
+class Text:
     """Lines of text at most `width` wide: sentences wrapped, tables fitted by `build_table`."""
 
     def __init__(self, width: int) -> None:
@@ -109,7 +109,7 @@ class _Text:
         return "\n".join(self.lines) + "\n"
 
 
-def _headline(out: _Text, summary: ReportData) -> None:
+def _headline(out: Text, summary: ReportData) -> None:
     money = summary.get("outstanding_money")
     out.para(f"Outstanding liability: {summary['outstanding_points']:,} points"
              + (f" = {usd(money['usd'])} at {money['points_per_usd']} points per US$" if money else ""))
@@ -132,7 +132,7 @@ def _headline(out: _Text, summary: ReportData) -> None:
                  "as-of instant)")
 
 
-def _roll_forward(out: _Text, document: Document) -> None:
+def roll_forward_section(out: Text, document: Document) -> None:
     roll = document.summary["roll_forward"]
     out.para("Roll-forward of the liability (points; each line signed as it moves the liability)")
     out.para(f"Covers {document.covers}.", indent="  ")
@@ -172,9 +172,13 @@ def _money(line: Line, amount: str | None) -> str:
     return usd(amount) if line.balance else signed_usd(amount)
 
 
-def _restatements(out: _Text, summary: ReportData) -> None:
+def restatements_section(out: Text, summary: ReportData, *, none_signed: str | None = None) -> None:
+    """The signed-off months' changes since their sign-off; with no month signed, `none_signed` (or nothing)."""
     restated = summary.get("restatements")
     if restated is None:
+        if none_signed:
+            out.para(none_signed)
+            out.blank()
         return
     if not restated["months"]:
         out.para(f"Restatements: none; no signed-off month changed since its sign-off "
@@ -200,7 +204,7 @@ def _restatements(out: _Text, summary: ReportData) -> None:
     out.blank()
 
 
-def _schedule(out: _Text, document: Document) -> None:
+def schedule_section(out: Text, document: Document, *, with_journal: bool = True) -> None:
     summary = document.summary
     schedule, breakage = summary.get("liability_schedule"), summary.get("breakage")
     if schedule:
@@ -219,7 +223,7 @@ def _schedule(out: _Text, document: Document) -> None:
                  f"points expired of {breakage['issued_points']:,} issued ({rate})")
     if schedule or breakage:
         out.blank()
-    journal = journal_file(summary)
+    journal = journal_file(summary) if with_journal else None
     if journal:
         out.para(f"Journal: {journal}")
         out.blank()
@@ -230,7 +234,7 @@ def _usd_of(document: Document, value: int) -> str:
     return usd(amount) if amount is not None else ""
 
 
-def _unrecovered(out: _Text, summary: ReportData) -> None:
+def _unrecovered(out: Text, summary: ReportData) -> None:
     unrecovered = summary.get("unrecovered_clawbacks")
     if unrecovered:
         out.para(f"Clawbacks of the period: {unrecovered['clawbacks']:,} ({unrecovered['clawed_back_points']:,} "
@@ -250,7 +254,7 @@ def _unrecovered(out: _Text, summary: ReportData) -> None:
         out.blank()
 
 
-def _discrepancies(out: _Text, summary: ReportData, rows: Iterable[DiscrepancyRow]) -> None:
+def _discrepancies(out: Text, summary: ReportData, rows: Iterable[DiscrepancyRow]) -> None:
     found = summary["discrepancies"]
     kinds = ", ".join(f"{kind} {found['by_kind'][kind]}" for kind in KINDS if found["by_kind"].get(kind))
     repaired = f"; repaired {summary['repaired']}" if summary["repair_requested"] else ""
