@@ -21,6 +21,7 @@ from typing import Mapping, Protocol, Sequence, TypedDict, Union, cast
 from uuid import UUID
 
 from core import clock
+from jobs.journal import JournalLine
 from jobs.reconcile_summary import MONTHS_CHARTED, usd as money_of
 
 RECENT_RECONCILES = 30
@@ -113,15 +114,6 @@ class LiabilitySchedule(TypedDict, total=False):
 
 Breakage = TypedDict("Breakage", {"from": str, "to": str, "expired_points": int, "issued_points": int,
                                   "rate": str | None})
-
-
-class JournalLine(TypedDict):
-    date: str
-    account: str
-    debit: str
-    credit: str
-    points: int
-    memo: str
 
 
 class PreviousPeriod(TypedDict):
