@@ -21,7 +21,10 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Mapping, TypedDict
+from typing import TYPE_CHECKING, Mapping, TypedDict
+
+if TYPE_CHECKING:  # it imports this module's journal_lines
+    from jobs.reconcile_summary import RollForwardData
 
 LIABILITY = "Points liability"
 HEADER = ("date", "account", "debit", "credit", "points", "memo")
@@ -88,7 +91,7 @@ def parse_accounts(text: str) -> dict[str, str]:
     return accounts
 
 
-def movements(roll_forward: Mapping[str, Any]) -> list[Movement]:
+def movements(roll_forward: RollForwardData) -> list[Movement]:
     """The movement lines of a roll-forward (the stored dict's keys, debits kept positive there), signed
     as they move the liability, in the document's order; lines of 0 points left out."""
     lines = [Movement(f"issued.{kind}", kind, int(points)) for kind, points in roll_forward["issued"].items()]
@@ -97,11 +100,12 @@ def movements(roll_forward: Mapping[str, Any]) -> list[Movement]:
               Movement("clawed_back", CLAWBACK, -int(roll_forward["clawed_back"])),
               Movement("recovered", RECOVERY, -int(roll_forward["recovered"]))]
     late_by_type = roll_forward.get("late_by_type")
-    late = roll_forward.get("late_committed") or {}
+    late = roll_forward.get("late_committed")
+    late_points = late.get("points") if late else None
     if late_by_type:
         lines += [Movement(f"late.{kind}", kind, int(points)) for kind, points in late_by_type.items()]
-    elif late.get("points"):  # a previous run that stored no totals by type: one late line
-        lines.append(Movement("late", "LATE", int(late["points"])))
+    elif late_points:  # a previous run that stored no totals by type: one late line
+        lines.append(Movement("late", "LATE", int(late_points)))
     return [line for line in lines if line.points]
 
 
@@ -112,7 +116,7 @@ def money(points: int, points_per_usd: Decimal) -> Decimal:
     return (Decimal(points) / Decimal(points_per_usd)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
-def journal_lines(roll_forward: Mapping[str, Any], *, on: date, period: str, accounts: Mapping[str, str],
+def journal_lines(roll_forward: RollForwardData, *, on: date, period: str, accounts: Mapping[str, str],
                   points_per_usd: Decimal) -> list[JournalLine]:
     """Two lines per movement (the liability's and its counter-account's), debits equal to credits."""
     lines: list[JournalLine] = []

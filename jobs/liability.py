@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TypedDict
 from uuid import UUID
 
 from sqlalchemy import Connection
 
 from core.sql import Queries
-from jobs.reconcile_summary import money, usd
+from jobs.reconcile_summary import Money, money, usd
 from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
@@ -32,8 +32,55 @@ SCHEDULE_MONTHS = 12
 BREAKAGE_MONTHS = 12
 
 
+# ── the JSON shapes (as stored in a reconcile's summary and a period document) ─
+
+class ScheduleMonth(TypedDict):
+    month: str
+    points: int
+    usd: str | None
+
+
+class LiabilitySchedule(TypedDict, total=False):
+    as_of: str
+    outstanding_points: int
+    due_now_points: int
+    months: list[ScheduleMonth]
+    later_points: int
+    total_points: int
+    usd: Money | None
+
+
+Breakage = TypedDict("Breakage", {"from": str, "to": str, "expired_points": int, "issued_points": int,
+                                  "rate": str | None})
+
+
+class LotData(TypedDict):
+    earned_at: str
+    type: str
+    points: int
+    remaining: int
+    expires_at: str | None
+
+
+class ExpiringPoints(TypedDict):
+    expires_at: str
+    points: int
+
+
+class UserBalance(TypedDict):
+    user_id: str
+    as_of: str
+    balance: int
+    earned: int
+    spent: int
+    expired: int
+    clawed_back: int
+    lots: list[LotData]
+    expiring_next: ExpiringPoints | None
+
+
 def liability_schedule(conn: Connection, as_of: datetime, settings: RuleSettings, *,
-                       before_as_of: bool = False) -> dict[str, Any]:
+                       before_as_of: bool = False) -> LiabilitySchedule:
     """The points outstanding at `as_of` and when they expire if not spent (FINANCE_CONTRACT 4): the
     ledger dated at or before `as_of`, as reconcile's outstanding; with `before_as_of`, dated before it,
     as a month's closing (the as-of then being the next month's first instant)."""
@@ -73,7 +120,7 @@ def month_labels(as_of: datetime, count: int) -> list[str]:
             for k in range(count)]
 
 
-def breakage(conn: Connection, as_of: datetime, settings: RuleSettings) -> dict[str, Any]:
+def breakage(conn: Connection, as_of: datetime, settings: RuleSettings) -> Breakage:
     """Points expired / points issued, rows dated in [as_of - 12 months, as_of) (FINANCE_CONTRACT 5)."""
     row = conn.execute(_queries["breakage"], {"as_of": as_of, "months": BREAKAGE_MONTHS}).one()
     expired, issued = int(row.expired), int(row.issued)
@@ -83,7 +130,7 @@ def breakage(conn: Connection, as_of: datetime, settings: RuleSettings) -> dict[
 
 
 def user_balance(conn: Connection, user_id: UUID | str, as_of: datetime,
-                 settings: RuleSettings) -> dict[str, Any] | None:
+                 settings: RuleSettings) -> UserBalance | None:
     """One user's ledger balance at `as_of`, their lots and when each expires (FINANCE_CONTRACT 7);
     None when the user has no ledger row at all."""
     totals = conn.execute(_queries["user_totals"], {"user_id": user_id, "as_of": as_of}).one()

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypedDict, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,10 @@ from core.clock import utc_iso
 from core.reports import FileSet, settle_leftovers
 from core.sql import Queries
 from jobs import journal, liability
-from jobs.reconcile_summary import CLAWBACK, EXPIRY, NOT_SPENDING, RECOVERY, RollForward, money, usd
+from jobs.journal import JournalLine
+from jobs.liability import Breakage, LiabilitySchedule
+from jobs.reconcile_summary import (CLAWBACK, EXPIRY, NOT_SPENDING, RECOVERY, Money, RollForward, RollForwardData,
+                                    money, usd)
 from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
@@ -43,6 +46,52 @@ _queries = Queries(__file__)
 REPORT = "period close"
 PERIOD_FORMAT = re.compile(r"([0-9]{4})-([0-9]{2})")
 FIRST_YEAR, LAST_YEAR = 1900, 2200
+
+
+# ── the JSON shapes (the period document; restatements, also in a reconcile's summary) ──
+
+class RestatedLine(TypedDict):
+    key: str
+    signed: int
+    now: int
+    change: int
+    change_usd: str | None
+
+
+class RestatedMonth(TypedDict):
+    period: str
+    signed_by: str
+    signed_at: str
+    lines: list[RestatedLine]
+    closing_change: int
+    closing_change_usd: str | None
+
+
+class Restatements(TypedDict):
+    months: list[RestatedMonth]
+    total_change: int
+    total_change_usd: str | None
+    months_checked: int
+
+
+class PreviousPeriod(TypedDict):
+    period: str
+    roll_forward: RollForwardData
+
+
+class Digest(TypedDict):
+    rows: int
+    points: int
+    hash: str
+
+
+PeriodDocument = TypedDict("PeriodDocument", {
+    "report": str, "period": str, "from": str, "to": str, "as_of": str, "status": str, "signed_by": str | None,
+    "signed_at": str | None, "outstanding_points": int, "outstanding_money": Money | None,
+    "roll_forward": RollForwardData, "previous": PreviousPeriod, "liability_schedule": LiabilitySchedule | None,
+    "breakage": Breakage | None, "journal": list[JournalLine], "journal_file": str | None, "digest": Digest,
+    "restatements": Restatements | None,
+})
 
 
 class AlreadySigned(Exception):
@@ -106,7 +155,7 @@ def read_buckets(conn: Connection, bounds: Sequence[datetime]) -> list[Bucket]:
                    int(row.debited)) for row in rows]
 
 
-def month_roll_forward(buckets: Iterable[Bucket], index: int, start: datetime) -> dict[str, Any]:
+def month_roll_forward(buckets: Iterable[Bucket], index: int, start: datetime) -> RollForwardData:
     """The roll-forward of the month that is bucket `index`: opening (every bucket before it) + its
     movements = closing, with exactly the keys of reconcile's RollForward (contract 1)."""
     before = [bucket for bucket in buckets if bucket.bucket < index]
@@ -130,17 +179,17 @@ def month_roll_forward(buckets: Iterable[Bucket], index: int, start: datetime) -
         identity_holds=expected == closing, gap=closing - expected,
         gap_explanation=None if expected == closing else
         f"{closing - expected:+,} points: the month's lines and its closing disagree")
-    return asdict(roll)
+    return cast(RollForwardData, asdict(roll))
 
 
-def lines_of(roll_forward: dict[str, Any]) -> dict[str, int]:
+def lines_of(roll_forward: RollForwardData) -> dict[str, int]:
     """The roll-forward by line key, each signed as it moves the liability (contract: line keys);
     movement lines of 0 points left out."""
     movements = {line.key: line.points for line in journal.movements(roll_forward)}
     return {"opening": int(roll_forward["opening"]), **movements, "closing": int(roll_forward["closing"])}
 
 
-def digest(conn: Connection, period: date) -> dict[str, Any]:
+def digest(conn: Connection, period: date) -> Digest:
     row = conn.execute(_queries["digest"], {"from": first_instant(period),
                                             "to": first_instant(next_month(period))}).one()
     return {"rows": int(row.rows), "points": int(row.points), "hash": str(row.hash)}
@@ -154,7 +203,7 @@ def line_order(key: str) -> tuple[int, str]:
     return next((number for number, prefix in enumerate(order) if key.startswith(prefix)), len(order)), key
 
 
-def restatements(conn: Connection, points_per_usd: Decimal) -> dict[str, Any] | None:
+def restatements(conn: Connection, points_per_usd: Decimal) -> Restatements | None:
     """Every signed month's lines now (the ledger in this transaction's snapshot, one statement for all of
     them) against its lines as signed: the months with a change, by line, in points and money. None when
     no month is signed. `total_change`: the movements restated, summed over the months (a row dated in a
@@ -165,7 +214,8 @@ def restatements(conn: Connection, points_per_usd: Decimal) -> dict[str, Any] | 
     starts = sorted({first_instant(row.period) for row in signed}
                     | {first_instant(next_month(row.period)) for row in signed})
     buckets = read_buckets(conn, starts)
-    months, total = [], 0
+    months: list[RestatedMonth] = []
+    total = 0
     for row in signed:
         start = first_instant(row.period)
         now = lines_of(month_roll_forward(buckets, starts.index(start) + 1, start))
@@ -184,7 +234,7 @@ def restatements(conn: Connection, points_per_usd: Decimal) -> dict[str, Any] | 
             "months_checked": len(signed)}
 
 
-def _change(key: str, signed: int, now: int, points_per_usd: Decimal) -> dict[str, Any]:
+def _change(key: str, signed: int, now: int, points_per_usd: Decimal) -> RestatedLine:
     return {"key": key, "signed": signed, "now": now, "change": now - signed,
             "change_usd": _usd(now - signed, points_per_usd)}
 
@@ -196,7 +246,7 @@ def _usd(points: int, points_per_usd: Decimal) -> str | None:
 # ── the liability schedule and breakage (jobs/liability.py, the SCHEDULE helper's) ──
 
 def schedule_and_breakage(conn: Connection, at: datetime, settings: RuleSettings, *,
-                          before: bool = False) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+                          before: bool = False) -> tuple[LiabilitySchedule | None, Breakage | None]:
     """The liability schedule at `at` (of the ledger dated at or before it, as reconcile's outstanding;
     `before`: dated before it, as a month's closing) and the breakage of the 12 months before it
     (contract 4 and 5); None, None while jobs/liability.py does not compute them."""
@@ -216,7 +266,7 @@ class Signature:
 
 
 def month_document(conn: Connection, settings: RuleSettings, period: date, *, signature: Signature | None,
-                   journal_file: str | None) -> dict[str, Any]:
+                   journal_file: str | None) -> PeriodDocument:
     """The month's document as the ledger reads in `conn`'s snapshot now."""
     before, end = previous_month(period), next_month(period)
     start = first_instant(period)
@@ -243,7 +293,7 @@ def month_document(conn: Connection, settings: RuleSettings, period: date, *, si
     }
 
 
-def document_json(document: dict[str, Any]) -> str:
+def document_json(document: PeriodDocument) -> str:
     """The document's text: the `.json` file, the stored `json` column and `report --period --format json`."""
     return json.dumps(document, indent=2) + "\n"
 
@@ -288,7 +338,7 @@ class Closed:
     """What a close made: the document, its text, the files written, and (a draft of a signed month)
     who signed the month and when."""
 
-    document: dict[str, Any]
+    document: PeriodDocument
     text: str
     files: CloseFiles
     signed_before: Signature | None
@@ -374,7 +424,7 @@ def _may_sign(period: date, signed: Signature | None, now: datetime) -> None:
                        "only a month that has ended can be signed off")
 
 
-def _sign(conn: Connection, period: date, document: dict[str, Any], text: str) -> None:
+def _sign(conn: Connection, period: date, document: PeriodDocument, text: str) -> None:
     roll = document["roll_forward"]
     conn.execute(_queries["sign"], {
         "period": period, "opening": roll["opening"], "closing": roll["closing"],

@@ -29,10 +29,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Sequence, TypedDict, Union, cast
 
 from core.clock import utc_iso
 from jobs.journal import JournalLine, journal_lines
+
+if TYPE_CHECKING:  # they import this module's money and usd
+    from jobs.liability import Breakage, LiabilitySchedule
+    from jobs.period_close import Restatements
 
 KINDS = ("MISSING_BALANCE", "ORPHAN_BALANCE", "BALANCE_MISMATCH", "EARNED_MISMATCH", "SPENT_MISMATCH",
          "CACHE_INCONSISTENT", "NEGATIVE_BALANCE")
@@ -42,6 +46,7 @@ RECOVERY = "RECOVERY"  # the line of REFERRAL_CLAWBACK rows keyed recover:… (d
 NOT_SPENDING = (EXPIRY, CLAWBACK, RECOVERY)  # debits finance reads on lines of their own, never as spending
 MONTHS_CHARTED = 12
 MONTHLY_KEYS = ("issued", "spent", "expired", "clawed_back")
+DebitKey = Literal["spent", "expired", "clawed_back"]  # the monthly line a debit counts on
 IDENTITY = "opening + issued - spent - expired - clawed_back - recovered + late_committed = closing"
 UNRECOVERED_IDENTITY = "outstanding_opening + unrecovered_points - recovered_points = outstanding_points"
 
@@ -84,6 +89,94 @@ class Movement:
 TypeTotals = dict[str, list[int]]  # line type -> [rows, issued, debited] (debited as a positive number)
 
 
+# ── the JSON shapes (as stored; jobs/reports/document.py reads them) ─────────
+
+JsonValue = Union[None, bool, int, float, str, Sequence["JsonValue"], Mapping[str, "JsonValue"]]
+
+
+class Money(TypedDict):
+    usd: str
+    points_per_usd: str
+
+
+class LateCommitted(TypedDict):
+    rows: int
+    points: int
+
+
+class RollForwardData(TypedDict, total=False):
+    """A RollForward as plain data (older stored summaries may lack keys)."""
+
+    previous_run_id: int | None
+    period_after: str | None
+    opening: int
+    issued: dict[str, int]
+    issued_total: int
+    spent: dict[str, int]
+    spent_total: int
+    expired: int
+    clawed_back: int
+    recovered: int
+    late_committed: LateCommitted
+    late_by_type: dict[str, int] | None
+    expected_closing: int
+    closing: int
+    closing_rows: int
+    identity: str
+    identity_holds: bool
+    gap: int
+    gap_explanation: str | None
+
+
+class MonthlyLine(TypedDict):
+    month: str
+    issued: int
+    spent: int
+    expired: int
+    clawed_back: int
+
+
+class Counts(TypedDict):
+    """Discrepant users or rules-audit findings: how many, by kind."""
+
+    total: int
+    by_kind: dict[str, int]
+
+
+class UnrecoveredLate(TypedDict):
+    clawbacks: int
+    unrecovered_points: int
+
+
+class UnrecoveredMoney(TypedDict):
+    unrecovered_usd: str
+    recovered_usd: str
+    outstanding_usd: str
+    points_per_usd: str
+
+
+class UnrecoveredClawbacks(TypedDict, total=False):
+    clawbacks: int
+    clawed_back_points: int
+    expired_points: int
+    rewards_unrecovered: int
+    unrecovered_points: int
+    late: UnrecoveredLate
+    recovered_points: int
+    outstanding_opening: int
+    outstanding_points: int
+    identity: str
+    identity_holds: bool
+    money: UnrecoveredMoney | None
+
+
+class Seen(TypedDict):
+    """What a snapshot saw dated at or before its as-of (ClawbackTotals as plain data)."""
+
+    ledger_by_type: TypeTotals
+    clawbacks: dict[str, int] | None
+
+
 def add_totals(*parts: TypeTotals, sign: int = 1) -> TypeTotals:
     """The first totals plus (sign 1) or less (sign -1) the others, line type by line type."""
     total: dict[str, list[int]] = {}
@@ -111,7 +204,7 @@ class ClawbackTotals:
         return ClawbackTotals(*(getattr(self, name) - getattr(other, name) for name in _CLAWBACK_FIELDS))
 
     @classmethod
-    def stored(cls, values: dict[str, Any] | None) -> ClawbackTotals | None:
+    def stored(cls, values: Mapping[str, int] | None) -> ClawbackTotals | None:
         return None if values is None else cls(**{name: int(values.get(name, 0)) for name in _CLAWBACK_FIELDS})
 
 
@@ -127,7 +220,7 @@ class PreviousReconcile:
     as_of: datetime
     closing_balance: int
     closing_rows: int
-    monthly: list[dict[str, Any]] | None = None  # its chart's lines; None in summaries older than the chart
+    monthly: list[MonthlyLine] | None = None  # its chart's lines; None in summaries older than the chart
     # what its snapshot saw dated at or before its as-of (None in summaries older than exactly-once)
     ledger_by_type: TypeTotals | None = None
     clawbacks: ClawbackTotals | None = None
@@ -159,15 +252,15 @@ class Snapshot:
     months_from: datetime
     unrecovered: Unrecovered | None  # None until migration 016's referral_rewards exists
     # the previous reconcile's chart lines, when the movements hold only the rows dated after its as-of
-    monthly_carried: list[dict[str, Any]] | None = None
+    monthly_carried: list[MonthlyLine] | None = None
     # the ledger by line type dated at or before the previous as-of, in this snapshot (None: none read)
     ledger_by_type_up_to_previous: TypeTotals | None = None
     findings: dict[str, int] | None = None  # the rules audit's findings by kind (None: not audited)
     # the signed months' changes since their sign-off (jobs/period_close.py; None: no month signed)
-    restatements: dict[str, Any] | None = None
+    restatements: Restatements | None = None
     # the liability schedule at the as-of and the breakage of the 12 months before (jobs/liability.py)
-    liability_schedule: dict[str, Any] | None = None
-    breakage: dict[str, Any] | None = None
+    liability_schedule: LiabilitySchedule | None = None
+    breakage: Breakage | None = None
 
 
 @dataclass
@@ -207,7 +300,7 @@ class RollForward:
     expired: int
     clawed_back: int
     recovered: int
-    late_committed: dict[str, int]  # {"rows": …, "points": …}
+    late_committed: LateCommitted
     late_by_type: dict[str, int] | None  # the late points by line type (None: the previous run stored none)
     expected_closing: int
     closing: int
@@ -227,10 +320,10 @@ class Summary:
     as_of: str
     verdict: str
     outstanding_points: int
-    outstanding_money: dict[str, str] | None
+    outstanding_money: Money | None
     users_checked: int
     ledger_rows: int
-    discrepancies: dict[str, Any]
+    discrepancies: Counts
     # the cache's columns total_earned / total_spent are all credits / all debits (expiries and
     # clawbacks included), so the summary names them for what they hold
     ledger: dict[str, int]
@@ -240,20 +333,20 @@ class Summary:
     repaired: int
     roll_forward: RollForward
     # changes to the totals of signed-off months since their sign-off, by month and line (None: none signed)
-    restatements: dict[str, Any] | None = None
-    unrecovered_clawbacks: dict[str, Any] | None
-    findings: dict[str, Any] | None
-    monthly: list[dict[str, Any]]
+    restatements: Restatements | None = None
+    unrecovered_clawbacks: UnrecoveredClawbacks | None
+    findings: Counts | None
+    monthly: list[MonthlyLine]
     after_as_of: dict[str, int]
     # what this snapshot saw dated at or before the as-of: the next reconcile's movements start from it
-    seen: dict[str, Any]
-    liability_schedule: dict[str, Any] | None = None
-    breakage: dict[str, Any] | None = None
+    seen: Seen
+    liability_schedule: LiabilitySchedule | None = None
+    breakage: Breakage | None = None
     # the roll-forward's movements as double-entry lines in money (jobs/journal.py), the `.journal.csv`'s
     journal: list[JournalLine] = field(default_factory=list)
     files: dict[str, str] | None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, JsonValue]:
         """Plain data in field order, as the JSON file and the `json` column keep it."""
         return asdict(self)
 
@@ -266,7 +359,7 @@ def build_summary(run_id: int, as_of: datetime, snapshot: Snapshot, found: Found
                   points_per_usd: Decimal = Decimal(100), journal_accounts: Mapping[str, str] | None = None) -> Summary:
     ledger, cache = snapshot.ledger, snapshot.cache
     roll = roll_forward(snapshot)
-    journal = journal_lines(asdict(roll), on=as_of.astimezone(timezone.utc).date(), period=journal_period(run_id, as_of),
+    journal = journal_lines(cast(RollForwardData, asdict(roll)), on=as_of.astimezone(timezone.utc).date(), period=journal_period(run_id, as_of),
                             accounts=journal_accounts or {}, points_per_usd=points_per_usd)
     return Summary(
         run_id=run_id,
@@ -306,13 +399,13 @@ def journal_period(run_id: int, as_of: datetime) -> str:
 FINDING_KINDS = ("REWARD_INVARIANT", "REWARD_KEY_MISMATCH", "RECOVERY_INVARIANT", "EXPIRY_INVARIANT")
 
 
-def _findings(by_kind: dict[str, int] | None) -> dict[str, Any] | None:
+def _findings(by_kind: dict[str, int] | None) -> Counts | None:
     if by_kind is None:
         return None
     return {"total": sum(by_kind.values()), "by_kind": {kind: int(by_kind.get(kind, 0)) for kind in FINDING_KINDS}}
 
 
-def unrecovered_clawbacks(snapshot: Snapshot, points_per_usd: Decimal) -> dict[str, Any] | None:
+def unrecovered_clawbacks(snapshot: Snapshot, points_per_usd: Decimal) -> UnrecoveredClawbacks | None:
     """The clawbacks' unrecovered amounts newly recorded, recovered and outstanding at the as-of, in points
     and money: this snapshot's totals less those the previous reconcile stored (exactly once)."""
     unrecovered = snapshot.unrecovered
@@ -370,7 +463,7 @@ def _by_type(movements: Iterable[Movement]) -> TypeTotals:
     return add_totals(total)
 
 
-def money(points: int, points_per_usd: Decimal) -> dict[str, str] | None:
+def money(points: int, points_per_usd: Decimal) -> Money | None:
     """Points in US dollars (`points / REWARDS_POINTS_PER_USD`, to the cent); None when points have no price."""
     if not points_per_usd:
         return None
@@ -489,19 +582,23 @@ def _months_after(first: datetime, months: int) -> datetime:
     return first.replace(year=first.year + year, month=month + 1)
 
 
-def monthly_movements(snapshot: Snapshot) -> list[dict[str, Any]]:
+def monthly_movements(snapshot: Snapshot) -> list[MonthlyLine]:
     """Issued / spent / expired / clawed back per calendar month, the last 12 months up to the as-of."""
     carried = {line["month"]: line for line in snapshot.monthly_carried or []}
-    months: dict[str, dict[str, Any]] = {}
+    months: dict[str, MonthlyLine] = {}
     for number in range(MONTHS_CHARTED):
         label = f"{_months_after(snapshot.months_from, number):%Y-%m}"
-        months[label] = {"month": label, **{key: int(carried.get(label, {}).get(key, 0)) for key in MONTHLY_KEYS}}
-    debit_lines: dict[str, str] = {EXPIRY: "expired", CLAWBACK: "clawed_back", RECOVERY: "clawed_back"}
+        before = cast(Mapping[str, int], carried.get(label) or {})  # a stored line may lack a key: 0
+        months[label] = MonthlyLine(month=label, issued=int(before.get("issued", 0)), spent=int(before.get("spent", 0)),
+                                    expired=int(before.get("expired", 0)),
+                                    clawed_back=int(before.get("clawed_back", 0)))
+    debit_lines: dict[str, DebitKey] = {EXPIRY: "expired", CLAWBACK: "clawed_back", RECOVERY: "clawed_back"}
     for movement in snapshot.movements:
         line = months.get(f"{movement.month:%Y-%m}") if movement.month is not None else None
         if line is None:
             continue  # a row of the period dated before the charted months
         line["issued"] += movement.issued
-        line[debit_lines.get(movement.type, "spent")] += movement.debited
+        debit_key: DebitKey = debit_lines.get(movement.type, "spent")
+        line[debit_key] += movement.debited
     return list(months.values())
 

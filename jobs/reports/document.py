@@ -17,143 +17,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Mapping, Protocol, Sequence, TypedDict, Union, cast
+from typing import Mapping, Protocol, Sequence, TypedDict, cast
 from uuid import UUID
 
 from core import clock
 from jobs.journal import JournalLine
-from jobs.reconcile_summary import MONTHS_CHARTED, usd as money_of
+# the JSON shapes, re-exported under their names here (the renderers' imports)
+from jobs.liability import Breakage as Breakage, LiabilitySchedule as LiabilitySchedule, ScheduleMonth as ScheduleMonth
+from jobs.period_close import (PreviousPeriod as PreviousPeriod, RestatedLine as RestatedLine,
+                               RestatedMonth as RestatedMonth, Restatements as Restatements)
+from jobs.reconcile_summary import (MONTHS_CHARTED, Counts as Counts, JsonValue as JsonValue,
+                                    LateCommitted as LateCommitted, Money as Money, MonthlyLine as MonthlyLine,
+                                    RollForwardData as RollForwardData, UnrecoveredClawbacks as UnrecoveredClawbacks,
+                                    UnrecoveredLate as UnrecoveredLate, UnrecoveredMoney as UnrecoveredMoney,
+                                    usd as money_of)
 
 RECENT_RECONCILES = 30
 PERIOD_CLOSE = "period close"  # the `report` of a closed month's document (contract section 2)
 
-# ── the shapes the renderers read (JSON as stored) ────────────────────────────
-
-JsonValue = Union[None, bool, int, float, str, Sequence["JsonValue"], Mapping[str, "JsonValue"]]
-
-
-class Money(TypedDict):
-    usd: str
-    points_per_usd: str
-
-
-class LateCommitted(TypedDict):
-    rows: int
-    points: int
-
-
-class RollForwardData(TypedDict, total=False):
-    previous_run_id: int | None
-    period_after: str | None
-    opening: int
-    issued: dict[str, int]
-    issued_total: int
-    spent: dict[str, int]
-    spent_total: int
-    expired: int
-    clawed_back: int
-    recovered: int
-    late_committed: LateCommitted
-    late_by_type: dict[str, int] | None
-    expected_closing: int
-    closing: int
-    closing_rows: int
-    identity: str
-    identity_holds: bool
-    gap: int
-    gap_explanation: str | None
-
-
-class MonthlyLine(TypedDict):
-    month: str
-    issued: int
-    spent: int
-    expired: int
-    clawed_back: int
-
-
-class RestatedLine(TypedDict):
-    key: str
-    signed: int
-    now: int
-    change: int
-    change_usd: str | None
-
-
-class RestatedMonth(TypedDict):
-    period: str
-    signed_by: str
-    signed_at: str
-    lines: list[RestatedLine]
-    closing_change: int
-    closing_change_usd: str | None
-
-
-class Restatements(TypedDict):
-    months: list[RestatedMonth]
-    total_change: int
-    total_change_usd: str | None
-    months_checked: int
-
-
-class ScheduleMonth(TypedDict):
-    month: str
-    points: int
-    usd: str | None
-
-
-class LiabilitySchedule(TypedDict, total=False):
-    as_of: str
-    outstanding_points: int
-    due_now_points: int
-    months: list[ScheduleMonth]
-    later_points: int
-    total_points: int
-    usd: Mapping[str, JsonValue] | None
-
-
-Breakage = TypedDict("Breakage", {"from": str, "to": str, "expired_points": int, "issued_points": int,
-                                  "rate": str | None})
-
-
-class PreviousPeriod(TypedDict):
-    period: str
-    roll_forward: RollForwardData
-
-
-class Counts(TypedDict):
-    """Discrepant users or rules-audit findings: how many, by kind."""
-
-    total: int
-    by_kind: dict[str, int]
-
-
-class UnrecoveredLate(TypedDict):
-    clawbacks: int
-    unrecovered_points: int
-
-
-class UnrecoveredMoney(TypedDict):
-    unrecovered_usd: str
-    recovered_usd: str
-    outstanding_usd: str
-    points_per_usd: str
-
-
-class UnrecoveredClawbacks(TypedDict, total=False):
-    clawbacks: int
-    clawed_back_points: int
-    expired_points: int
-    rewards_unrecovered: int
-    unrecovered_points: int
-    late: UnrecoveredLate
-    recovered_points: int
-    outstanding_opening: int
-    outstanding_points: int
-    identity: str
-    identity_holds: bool
-    money: UnrecoveredMoney | None
-
+# ── the shapes the renderers read (JSON as stored; declared by the modules that make them) ──
 
 # A reconcile's summary (jobs/reconcile_summary.Summary) or a closed month's period document: every key
 # a renderer may read; which are present depends on `report`.
