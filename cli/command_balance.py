@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from cli.database import engine
@@ -13,7 +12,7 @@ from cli.tables import Column, print_table
 from cli.terminal import print_json, stdout_console
 from cli.usage import UsageError, as_of
 from core.clock import when
-from jobs.liability import user_balance
+from jobs.liability import UserBalance, user_balance
 from jobs.settings import RuleSettings
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 1
@@ -37,7 +36,7 @@ def cmd_balance(args: argparse.Namespace, settings: RuleSettings) -> int:
     return EXIT_OK
 
 
-def _print(found: dict[str, Any], expiry_months: int) -> None:
+def _print(found: UserBalance, expiry_months: int) -> None:
     console = stdout_console()
     console.print(f"[bold]user {found['user_id']}[/bold] as of {when(found['as_of'])}")
     console.print(f"balance {found['balance']:,} points in the ledger at the as-of", markup=False)
@@ -57,7 +56,7 @@ def _print(found: dict[str, Any], expiry_months: int) -> None:
                       f" (--json lists every lot)", markup=False)
 
 
-def _next_expiry(found: dict[str, Any], expiry_months: int) -> list[str]:
+def _next_expiry(found: UserBalance, expiry_months: int) -> list[str]:
     if not expiry_months:
         return ["Points never expire (REWARDS_POINTS_EXPIRY_MONTHS=0)."]
     upcoming = found["expiring_next"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Unpack
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, Row
@@ -33,6 +33,7 @@ from jobs.rewards import feed_sql, month_facts
 from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
+SqlRow = Row[Unpack[tuple[object, ...]]]  # a row of a query in the .sql file: its columns named by the SQL
 LEDGER_ROWS_SHOWN = 30
 EXPIRIES_SHOWN = 5
 RULES = {1: recurring_rewards.rule_for, 2: level2_rewards.rule_for}
@@ -60,11 +61,11 @@ class MonthState:
 class Explanation:
     user_id: UUID
     as_of: datetime
-    balance: Row[Any]
-    referrer: Row[Any] | None
-    referrals: list[Row[Any]]
+    balance: SqlRow
+    referrer: SqlRow | None
+    referrals: list[SqlRow]
     months: list[MonthState] = field(default_factory=list)
-    to_write: list[Row[Any]] = field(default_factory=list)  # the rows the next runs write for this user
+    to_write: list[SqlRow] = field(default_factory=list)  # the rows the next runs write for this user
     ledger: list[_Row] = field(default_factory=list)
     outstanding: dict[int, int] = field(default_factory=dict)  # unrecovered points owed back, by level
     expiring: list[Expiring] = field(default_factory=list)
@@ -142,7 +143,7 @@ class _Row(dict[str, Any]):
 
 
 def _facts(conn: Connection, settings: RuleSettings, level: int, as_of: datetime,
-           referred: list[UUID]) -> list[Row[Any]]:
+           referred: list[UUID]) -> list[SqlRow]:
     """The jobs' derivation at `as_of` for these referred users, with every month state (:explain)."""
     rule = RULES[level](settings)
     if not referred or rule.last_month < rule.first_month:
@@ -157,10 +158,10 @@ def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation)
                       | {row.referred_user_id for row in conn.execute(_queries["rewarded_referred_users"],
                                                                        {"user_id": found.user_id})
                          if row.referred_user_id is not None}, key=str)
-    records: dict[MonthKey, list[Row[Any]]] = {}
+    records: dict[MonthKey, list[SqlRow]] = {}
     for record in conn.execute(_queries["recorded_rewards"], {"user_id": found.user_id, "as_of": found.as_of}):
         records.setdefault((record.referred_user_id, record.level, record.month), []).append(record)
-    facts: dict[MonthKey, list[Row[Any]]] = {}
+    facts: dict[MonthKey, list[SqlRow]] = {}
     for level in (1, 2):
         for fact in _facts(conn, settings, level, found.as_of, referred):
             facts.setdefault((fact.referred_user_id, level, fact.month), []).append(fact)
@@ -169,7 +170,7 @@ def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation)
     shown: set[MonthKey] = set()
     for relationship in found.referrals:
         rule = RULES[relationship.reward_level](settings)
-        windows: Iterable[Row[Any]] = [] if relationship.rewarded_at is None else conn.execute(
+        windows: Iterable[SqlRow] = [] if relationship.rewarded_at is None else conn.execute(
             _queries["reward_months"], {"rewarded_at": relationship.rewarded_at, "first_month": rule.first_month,
                                         "last_month": rule.last_month})
         for window in windows:
@@ -183,8 +184,8 @@ def _reward_months(conn: Connection, settings: RuleSettings, found: Explanation)
         found.months.append(_month_state(found, relationship_id, month, None, facts.get(month, []), records[month]))
 
 
-def _month_state(found: Explanation, relationship_id: UUID, month: MonthKey, window: Row[Any] | None,
-                 facts: list[Row[Any]], records: list[Row[Any]]) -> MonthState:
+def _month_state(found: Explanation, relationship_id: UUID, month: MonthKey, window: SqlRow | None,
+                 facts: list[SqlRow], records: list[SqlRow]) -> MonthState:
     referred_user_id, level, k = month
 
     def state(name: str, why: str, points: int | None = None, key: str | None = None) -> MonthState:
@@ -207,13 +208,13 @@ def _month_state(found: Explanation, relationship_id: UUID, month: MonthKey, win
     return state("unpaid", "no PAID payment in the month at the as-of")
 
 
-def _points(fact: Row[Any]) -> int | None:
+def _points(fact: SqlRow) -> int | None:
     if fact.state == "to be clawed back":
         return -int(fact.points)
     return None if fact.points is None else int(fact.points)
 
 
-def _why(found: Explanation, fact: Row[Any]) -> str:
+def _why(found: Explanation, fact: SqlRow) -> str:
     basis = (f"basis {money(fact.basis_amount_cents)} payment {fact.payment_id}"
              if fact.basis_amount_cents is not None else f"basis payment {fact.payment_id}")
     if fact.state == "to be written":

@@ -14,7 +14,7 @@ import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence, Unpack
 
 from sqlalchemy import Connection, Engine, Row
 
@@ -28,6 +28,7 @@ from jobs.reconcile_summary import (MONTHS_CHARTED, RECOVERY, CacheTotals, Clawb
 from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
+SqlRow = Row[Unpack[tuple[object, ...]]]  # a row of a query in the .sql file: its columns named by the SQL
 
 # The comparison's full join hashes every user's ledger sums at once: with PostgreSQL's default 4MB it
 # splits into batches on disk. Spills to disk beyond it, so memory stays bounded.
@@ -111,12 +112,12 @@ def _read_only_snapshot(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _line_type(line: Row[Any]) -> str:
+def _line_type(line: SqlRow) -> str:
     """The roll-forward's line of a movement: its ledger type, recoveries (recover: keys) apart."""
     return RECOVERY if line.recovery else line.type
 
 
-def _by_type(lines: Sequence[Row[Any]]) -> TypeTotals:
+def _by_type(lines: Sequence[SqlRow]) -> TypeTotals:
     return add_totals({}, *({_line_type(line): [int(line.rows), int(line.earned), -int(line.spent)]}
                            for line in lines))
 
@@ -131,7 +132,7 @@ def _previous_reconcile(conn: Connection, ctx: RunContext[RuleSettings]) -> Prev
 
 def _movements(conn: Connection, window: dict[str, datetime | None], starts: list[datetime], *,
                from_: datetime | None = None, after: datetime | None = None,
-               up_to: datetime | None = None) -> list[Row[Any]]:
+               up_to: datetime | None = None) -> list[SqlRow]:
     return list(conn.execute(_queries["movements"], {**window, "month_starts": starts, "from": from_, "after": after,
                                                      "up_to": up_to}))
 
@@ -159,10 +160,10 @@ def _cache_totals(conn: Connection) -> CacheTotals:
 
 
 def _ledger_totals(cache: CacheTotals, found: Found, rows_up_to_previous: int,
-                   lines: list[Row[Any]]) -> LedgerTotals:
+                   lines: list[SqlRow]) -> LedgerTotals:
     """The ledger's totals: the cache's less the discrepant users' drift; the splits by date from the
     movement lines, which hold every row dated after the previous as-of (all rows without one)."""
-    def window(column: str, wanted: Callable[[Row[Any]], bool] = lambda line: True) -> int:
+    def window(column: str, wanted: Callable[[SqlRow], bool] = lambda line: True) -> int:
         return sum(int(getattr(line, column)) for line in lines if wanted(line))
 
     balance = cache.balance - found.drift["balance"]
@@ -174,7 +175,7 @@ def _ledger_totals(cache: CacheTotals, found: Found, rows_up_to_previous: int,
         dated_up_to_previous=balance - window("balance"), rows_up_to_previous=rows_up_to_previous)
 
 
-def _charted(lines: list[Row[Any]], month_starts: list[datetime]) -> list[Movement]:
+def _charted(lines: list[SqlRow], month_starts: list[datetime]) -> list[Movement]:
     """The movements the summary reads: dated at or before the as-of, in the period or the charted
     months (month None: before them)."""
     def month(bucket: int) -> date | None:
