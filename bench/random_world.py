@@ -3,7 +3,8 @@
 `generate` and `advance` mirror sample_data's (the same tables, steps and guarantees: deterministic
 rows, the cache moved by exactly the app's rows, a little drift for reconcile, later loads keeping only
 the redemptions the balance can pay), with bench/random_world.sql's planning, payment and ledger
-statements in place of sample_data.sql's; every other statement is sample_data.sql's own.
+statements in place of sample_data.sql's; every other statement is sample_data.sql's own, and the app's
+points go through the one ledger writer (`core.ledger.write_points`), as the demo's do.
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from sqlalchemy import Connection, Engine
 
 from bench.random_shape import RandomShape, draw
 from cli import sample_data
+from core.ledger import write_points
 from core.sql import Queries
 
 _SECONDS_PER_YEAR = 365.25 * 86400
 _BEGINNING = datetime(1900, 1, 1, tzinfo=timezone.utc)
 _own = Queries(str(Path(__file__).with_name("random_world.sql")))
-_OWN = ("plan_users", "plan_relationships", "insert_payments", "insert_ledger")
+_OWN = ("plan_users", "plan_relationships", "insert_payments")
 
 Progress = Callable[[str], None]
 
@@ -98,9 +100,9 @@ def _load(engine: Engine, values: dict[str, Any], *, first_load: bool, progress:
               rebuild="public.user_referral_relationships" if bulk else None)
         _step(conn, progress, "subscription payments", values, "insert_payments",
               rebuild="public.user_subscription_payments" if bulk else None)
-        _step(conn, progress, "points ledger and balance cache", values, "insert_ledger",
+        _step(conn, progress, "points ledger and balance cache", values,
               rebuild="public.user_point_transactions" if bulk else None,
-              kept="all_rows" if bulk else "affordable_rows")
+              app_points="all_rows" if bulk else "affordable_rows")
         if first_load:
             _step(conn, progress, "balance cache drift",
                   {**values, "drifted_users": 5 + int(values["users"]) // 100_000}, "drift_cache")
@@ -108,19 +110,15 @@ def _load(engine: Engine, values: dict[str, Any], *, first_load: bool, progress:
 
 
 def _step(conn: Connection, progress: Progress, label: str, values: dict[str, Any], *names: str,
-          rebuild: str | None = None, kept: str = "all_rows") -> None:
-    """sample_data._step over both statement files: one transaction, indexes rebuilt after a bulk load."""
-    progress(label)
-    ddl = list(conn.execute(sample_data._queries["index_ddl"], {"table": rebuild})) if rebuild else []
-    if ddl:
-        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
-    for index in ddl:
-        conn.exec_driver_sql(index.drop_ddl)
-    for name in names:
-        statement = (_own.render(name, kept=sample_data._queries.raw(kept)) if name == "insert_ledger"
-                     else _statement(name))
-        conn.execute(statement, values)
-    for index in ddl:
-        conn.exec_driver_sql(index.create_ddl)
-    conn.commit()
+          rebuild: str | None = None, app_points: str | None = None) -> None:
+    """sample_data._step (one transaction, indexes rebuilt after a bulk load) over both statement files;
+    `app_points`: the fragment that keeps the app's points, written through the one ledger writer."""
+    def statements() -> None:
+        for name in names:
+            conn.execute(_statement(name), values)
+        if app_points is not None:
+            candidates = _own.raw("app_points").format(kept=sample_data._queries.raw(app_points))
+            write_points(conn, candidates, values, as_of=values["until"], own_dates=True)
+
+    sample_data._step(conn, progress, label, values, rebuild=rebuild, then=statements)
 

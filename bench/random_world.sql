@@ -121,8 +121,9 @@ CROSS JOIN LATERAL (
 WHERE r.rewarded_plan IS NOT NULL
   AND a.paid_at > :since AND a.paid_at <= :until;
 
--- name: insert_ledger --
--- The app's ledger rows and the cache they moved, in one statement, as sample_data.sql's insert_ledger:
+-- name: app_points --
+-- The app's ledger rows as candidates for core.ledger's writer (`write_points` with `own_dates`), as
+-- sample_data.sql's app_points:
 -- REFERRAL_FIRST_PAYMENT (1000, the referrer), REFERRAL_WELCOME (200, the referred user), and about
 -- :grants_mean ADMIN_GRANTs per user (100..5000, within a year of sign-up). Each earning is partly
 -- spent, never more than it brought: up to :s_redemption_share of it in about :redemptions_per_earning
@@ -183,24 +184,7 @@ windowed AS (
 ),
 kept AS (
     {kept}
-),
-inserted AS (
-    INSERT INTO public.user_point_transactions (id, user_id, delta, type, ref_id, note, created_at)
-    SELECT pg_temp.uid(:seed, 'ledger', key), user_id, delta, type, ref_id, note, at
-    FROM kept
-    RETURNING user_id, delta
-),
-per_user AS (
-    SELECT user_id, sum(delta) AS balance, sum(greatest(delta, 0)) AS earned, sum(least(delta, 0)) AS spent
-    FROM inserted
-    GROUP BY user_id
 )
-INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, total_spent, updated_at)
-SELECT user_id, balance, earned, spent, :until
-FROM per_user
-ORDER BY user_id
-ON CONFLICT (user_id) DO UPDATE
-   SET balance      = b.balance + excluded.balance,
-       total_earned = b.total_earned + excluded.total_earned,
-       total_spent  = b.total_spent + excluded.total_spent,
-       updated_at   = excluded.updated_at;
+SELECT user_id, delta, type, ref_id, CAST(NULL AS text) AS idempotency_key, note, at AS created_at
+FROM kept
+
