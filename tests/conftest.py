@@ -101,3 +101,14 @@ def _children() -> list[int]:
         if int(fields[1]) == me:
             found.append(int(stat.parent.name))
     return found
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Any:
+    """Every test starts with structlog's defaults (lines printed to the current stdout, where capsys
+    reads them): a test that ran the command line in-process configured it for its own run (stderr,
+    a level), and the tests that read a job's log lines must not depend on which test ran before."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
