@@ -35,3 +35,13 @@ def test_the_idle_run_is_judged_by_its_wall_time():
         [fast_cpu_slow_wall], load_before=0, load_after=0, runs=3)
     fast = startup.Timing(idle, cpu=[0.2, 0.2, 0.2], wall=[0.25, 0.3, 0.29])
     assert "≤ 0.3 s wall: yes |" in startup.render([fast], load_before=0, load_after=0, runs=3)
+
+
+def test_the_idle_run_is_read_against_the_floor_of_the_stacks_imports(tmp_path):
+    [floor] = startup.measure(dict(os.environ), tmp_path, runs=1, commands=(startup.FLOOR,))
+    assert floor.median_cpu > 0
+    idle = startup.Timing(" ".join(startup.IDLE_RUN), cpu=[0.5], wall=[0.65])
+    stack = startup.Timing(" ".join(startup.FLOOR), cpu=[0.4], wall=[0.45])
+    text = startup.render([idle, stack], load_before=0.5, load_after=0.5, runs=1)
+    assert "the floor under any run" in text
+    assert "The idle run costs +0.200 s of wall time (+0.100 s of CPU) over" in text
