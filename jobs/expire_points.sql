@@ -13,20 +13,15 @@ SELECT CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int
 
 -- name: plan_run --
 -- One pass over the whole ledger into the session's expiry_plan: every user with points earned before
--- the cutoff is checked; those with something due (due > 0 implies such points) are numbered in batches
--- in user_id order (a running count of the due users: the per-user pass already comes in that order).
--- The due is read again per batch under the balance lock (a debit committed meanwhile can only lower
--- it, never raise it). A CREATE TABLE AS, not an INSERT, so that the pass runs with parallel workers.
+-- the cutoff is checked; those with something due (due > 0 implies such points) are kept, numbered in
+-- batches in user_id order, and one row without a user counts the users checked (so a run with nothing
+-- due still says how many it checked; every other statement reads the plan by batch, which that row has
+-- not). The due is read again per batch under the balance lock (a debit committed meanwhile can only
+-- lower it, never raise it). A CREATE TABLE AS, not an INSERT, so that the pass runs with parallel workers.
 -- debited_at_as_of: the user has a debit dated exactly as_of, as every EXPIRY row of this as-of is
 -- (only runs of the same as-of write those, one at a time), so only such users can need a key with :{n}.
 CREATE TEMP TABLE expiry_plan AS
-SELECT user_id,
-       CASE WHEN due > 0
-            THEN (count(*) FILTER (WHERE due > 0) OVER (ORDER BY user_id ROWS UNBOUNDED PRECEDING) - 1)
-                 / :batch_size
-       END AS batch,
-       debited_at_as_of
-FROM (
+WITH checked AS (
     SELECT ledger.user_id, ledger.debited_at_as_of,
            ledger.due + coalesce(young_clawbacks.points, 0) AS due
     FROM (
@@ -44,13 +39,19 @@ FROM (
         WHERE clawback_key IS NOT NULL AND clawed_back_points > 0 AND rewarded_at >= :cutoff
         GROUP BY beneficiary_user_id
     ) AS young_clawbacks ON young_clawbacks.user_id = ledger.user_id
-) AS per_user;
+)
+SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / :batch_size AS batch, debited_at_as_of,
+       CAST(NULL AS bigint) AS users_checked
+FROM checked
+WHERE due > 0
+UNION ALL
+SELECT NULL, NULL, NULL, count(*) FROM checked;
 
 -- name: index_plan --
 CREATE INDEX ON pg_temp.expiry_plan (batch);
 
 -- name: plan_size --
-SELECT count(*) AS users_checked, count(batch) AS users_due, coalesce(max(batch) + 1, 0) AS batches
+SELECT max(users_checked) AS users_checked, count(user_id) AS users_due, coalesce(max(batch) + 1, 0) AS batches
 FROM pg_temp.expiry_plan;
 
 -- name: batch_users --
