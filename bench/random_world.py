@@ -2,9 +2,9 @@
 
 `generate` and `advance` mirror sample_data's (the same tables, steps and guarantees: deterministic
 rows, the cache moved by exactly the app's rows, a little drift for reconcile, later loads keeping only
-the redemptions the balance can pay), with bench/random_world.sql's planning, payment and ledger
-statements in place of sample_data.sql's; every other statement is sample_data.sql's own, and the app's
-points go through the one ledger writer (`core.ledger.write_points`), as the demo's do.
+the redemptions the balance can pay) and run sample_data.sql's statements, the planning and payment ones
+given the drawn shape (`sample_shape`); only the app's ledger rows are bench/random_world.sql's own, and
+they go through the one ledger writer (`core.ledger.write_points`), as the demo's do.
 """
 from __future__ import annotations
 
@@ -23,13 +23,18 @@ from core.sql import Queries
 _SECONDS_PER_YEAR = 365.25 * 86400
 _BEGINNING = datetime(1900, 1, 1, tzinfo=timezone.utc)
 _own = Queries(str(Path(__file__).with_name("random_world.sql")))
-_OWN = ("plan_users", "plan_relationships", "insert_payments")
 
 Progress = Callable[[str], None]
 
 
-def _statement(name: str) -> Any:
-    return _own[name] if name in _OWN else sample_data._queries[name]
+def sample_shape(shape: RandomShape) -> dict[str, float | None]:
+    """The drawn shape as sample_data.sql's planning and payment statements take it (the parameters of
+    sample_data.DEFAULT_SHAPE): the fields of the same name; one share for self-referrals and two-user
+    cycles, with no floor; activated, the draws below the activated share."""
+    drawn = shape.as_json()
+    return {**{name: drawn[name] for name in sample_data.DEFAULT_SHAPE if name in drawn},
+            "cycle_share": shape.self_referral_share, "least_self_referrals": 0,
+            "activated_from": 0.0, "activated_to": shape.activated_share}
 
 
 def users_until(shape: RandomShape, users: int, as_of: datetime, span_seconds: float, until: datetime) -> int:
@@ -56,7 +61,7 @@ def params(shape: RandomShape, *, users: int, seed: int, as_of: datetime, years:
     span = years * _SECONDS_PER_YEAR
     return {"seed": seed, "users": users, "anchor_epoch": as_of.timestamp(), "span_seconds": span,
             "n_max": users_until(shape, users, as_of, span, until), "since": since, "until": until,
-            **shape.params(), **ledger_plan(shape)}
+            **sample_shape(shape), **shape.params(), **ledger_plan(shape)}
 
 
 def generate(engine: Engine, *, users: int, seed: int, as_of: datetime, years: float,
@@ -115,7 +120,7 @@ def _step(conn: Connection, progress: Progress, label: str, values: dict[str, An
     `app_points`: the fragment that keeps the app's points, written through the one ledger writer."""
     def statements() -> None:
         for name in names:
-            conn.execute(_statement(name), values)
+            conn.execute(sample_data._queries[name], values)
         if app_points is not None:
             candidates = _own.raw("app_points").format(kept=sample_data._queries.raw(app_points))
             write_points(conn, candidates, values, as_of=values["until"], own_dates=True)

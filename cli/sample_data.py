@@ -26,10 +26,11 @@ Every random choice hashes (seed, stream, entity number), so the same arguments 
 `advance` then adds what happens in that same world during (as_of, until]: new users, relationships,
 activations and first payments, payments, ledger rows and their cache updates.
 
-A `shape` picks the distributions (SHAPES): `default` as above; `skewed`, a world the jobs were not
-tuned on: a quarter of users came on their own (many referrers never referred), 20 % of referrals go
-to 40 influencers (thousands each), 30 % to a user just before (long chains), and usage top-ups put
-up to 3 more PAID payments on any day of a month.
+A `shape` picks the distributions (SHAPES, the parameters of sample_data.sql's planning and payment
+statements): `default` as above; `skewed`, a world the jobs were not tuned on: a quarter of users came
+on their own (many referrers never referred), 20 % of referrals go to 40 influencers (thousands each),
+30 % to a user just before (long chains), the rest uniformly, and usage top-ups put up to 3 more PAID
+payments on any day of a month. bench/random_world.py runs the same statements with a shape drawn per seed.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from sqlalchemy import Connection, Engine
 
@@ -51,7 +52,27 @@ _TABLES = ("user_referral_codes", "user_referral_relationships", "user_subscript
            "user_point_transactions", "user_point_balances")
 
 Progress = Callable[[str], None]
-SHAPES = ("default", "skewed")
+
+
+# A world's shape: its distributions, the parameters of sample_data.sql's plan_users, plan_relationships and
+# insert_payments by name (each described there). The demo's world: sign-ups grow as the square of time;
+# about 95 % are referred, by an earlier user n * u^2 (a few by themselves or in two-user cycles, at least
+# about 6 of each); 70 % of relationships are activated within 14 days, 70 % of those pay within 45 days;
+# subscriptions last about 14 months, uncapped; 5 % of payments fail (70 % of those retried), 3 % are
+# refunded, none late, no top-ups. bench/random_world.py passes a shape drawn per seed.
+DEFAULT_SHAPE: Mapping[str, float | None] = {
+    "signup_growth": 2.0, "unreferred_share": 0.03, "self_referral_share": 0.0005, "cycle_share": 0.001,
+    "least_self_referrals": 6.0, "influencers": 40, "influencer_share": 0.0, "chain_share": 0.0,
+    "referrer_bias": 2.0, "level2_share": 0.003, "activated_from": 0.30, "activated_to": 1.0,
+    "activation_days": 14.0, "rewarded_share": 0.70, "reward_days": 45.0, "expired_share": 0.70,
+    "mean_months": 14.0, "max_months": None, "no_payment_share": 0.0, "failure_rate": 0.05, "retry_rate": 0.70,
+    "refund_rate": 0.03, "late_share": 0.0, "late_max_days": 0.0, "topups_max": 0,
+}
+SHAPES: Mapping[str, Mapping[str, float | None]] = {
+    "default": DEFAULT_SHAPE,
+    "skewed": {**DEFAULT_SHAPE, "unreferred_share": 0.25, "influencer_share": 0.20, "chain_share": 0.30,
+               "referrer_bias": 1.0, "topups_max": 3},
+}
 
 
 class SampleDataError(Exception):
@@ -77,13 +98,16 @@ class SampleWorld:
         return self.years * _SECONDS_PER_YEAR
 
     def users_until(self, until: datetime) -> int:
-        """How many users exist at `until` (user n signs up at as_of - span * (1 - sqrt(n/N)))."""
+        """How many users exist at `until` (the inverse of plan_users' sign-up time)."""
         growth = 1 + (until - self.as_of).total_seconds() / self.span_seconds
-        return math.floor(self.users * growth * growth) + 2
+        power = SHAPES[self.shape]["signup_growth"]
+        assert power is not None  # (None is only max_months': no cap)
+        return math.floor(self.users * growth ** power) + 2
 
     def params(self, until: datetime) -> dict[str, object]:
         return {"seed": self.seed, "users": self.users, "anchor_epoch": self.as_of.timestamp(),
-                "span_seconds": self.span_seconds, "n_max": self.users_until(until), "shape": self.shape}
+                "span_seconds": self.span_seconds, "n_max": self.users_until(until),
+                **SHAPES[self.shape]}
 
 
 def generate(engine: Engine, *, users: int, seed: int = 42, as_of: datetime, years: float = 3,

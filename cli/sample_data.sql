@@ -1,9 +1,11 @@
 -- Sample data: a deterministic world of users, referrals, payments and points (see sample_data.py).
 -- Every random choice is pg_temp.rnd(seed, stream, n): a hash of the entity's number, so the same seed
 -- gives the same rows, whatever the server's parallelism or the order rows are produced in.
--- Parameters: :seed, :users (N), :anchor_epoch (the generation's as-of, epoch seconds),
--- :span_seconds (the years before it), :since / :until (the window of event times loaded), :shape
--- ('default', or 'skewed': see sample_data.py's SHAPES).
+-- Parameters: :seed, :users (N), :n_max (users up to the last window's end), :anchor_epoch (the
+-- generation's as-of, epoch seconds), :span_seconds (the years before it), :since / :until (the window
+-- of event times loaded), and the world's shape: its distributions, the parameters of plan_users,
+-- plan_relationships and insert_payments (sample_data.py's SHAPES, the demo's; bench/random_world.py
+-- passes a shape drawn per seed).
 
 -- name: create_rnd --
 -- A uniform number in [0, 1) from (seed, stream, n); SQL and IMMUTABLE so the planner inlines it.
@@ -18,44 +20,51 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT md5(seed::text || ':' || kind || ':' || n::text)::uuid $$;
 
 -- name: plan_users --
--- Users 1..:n_max. User n signs up at anchor - span * (1 - sqrt(n/N)): sign-ups grow over time, user N
--- signs up at the anchor, later numbers after it. The first 2 % and 3 % of the rest came on their own
--- (skewed: 25 % of the rest, so many referrers were never referred themselves).
+-- Users 1..:n_max. User n signs up at anchor - span * (1 - (n/N)^(1/:signup_growth)): sign-ups grow over
+-- time (2: as the square of it), user N signs up at the anchor, later numbers after it. The first 2 % and
+-- :unreferred_share of the rest came on their own (so some referrers were never referred themselves).
 CREATE TEMP TABLE sample_user AS
 SELECT n,
        pg_temp.uid(:seed, 'user', n)                                                     AS user_id,
        upper(substr(md5(CAST(:seed AS text) || ':code:' || n::text), 1, 4)) || lpad(upper(to_hex(n)), 7, '0') AS code,
-       to_timestamp(floor(:anchor_epoch - :span_seconds * (1 - sqrt(n::float8 / :users)))) AS signup_at,
-       (n > ceil(:users * 0.02)
-        AND pg_temp.rnd(:seed, 1, n) >= CASE WHEN :shape = 'skewed' THEN 0.25 ELSE 0.03 END) AS referred
+       to_timestamp(floor(:anchor_epoch - :span_seconds
+                          * (1 - (n::float8 / :users) ^ (1.0 / CAST(:signup_growth AS float8))))) AS signup_at,
+       (n > ceil(:users * 0.02) AND pg_temp.rnd(:seed, 1, n) >= CAST(:unreferred_share AS float8)) AS referred
 FROM generate_series(1::bigint, :n_max) AS n;
 
 -- name: plan_relationships --
--- One relationship per referred user n. The referrer is an earlier user, biased to early ones (so trees
--- have deep chains); rarely (0.05 % and 0.1 %, at least about six) the user itself (self-referral) or its
--- pair partner n # 1 (a two-user cycle). Skewed: 20 % go to 40 "influencers" (the first of them with
--- thousands of referrals), 30 % to one of the 3 users just before (long chains), the rest uniformly;
--- 0.3 % are stored as level 2 with the grandparent as referrer. Plans (activation, first payment,
--- subscription length, plan price) are fixed per relationship; whether they happened depends on time.
+-- One relationship per referred user n. Rarely the referrer is the user itself (:self_referral_share,
+-- and at least :least_self_referrals / N) or its pair partner n # 1 (:cycle_share, the same least: a
+-- two-user cycle); else :influencer_share go to the first :influencers users (the first of them the
+-- most), :chain_share to one of the 3 users just before (long chains), the rest to an earlier user
+-- n * u^:referrer_bias (1: uniform; 2: biased to early users, so trees have deep chains).
+-- :level2_share are stored at level 2 with the grandparent as referrer. Plans (activation, first
+-- payment, subscription length, plan price) are fixed per relationship; whether they happened depends on
+-- time. A relationship is activated when its draw of stream 6 lies in [:activated_from, :activated_to)
+-- (the band's width is the activated share), within :activation_days of sign-up; :rewarded_share of
+-- those get their first payment within :reward_days of activation. A subscription lasts about
+-- :mean_months months (exponential; at most :max_months, NULL: no cap), none at all for :no_payment_share.
 CREATE TEMP TABLE sample_relationship AS
 WITH pick AS (
     SELECT u.n, u.user_id, u.signup_at,
-           CASE WHEN pg_temp.rnd(:seed, 2, u.n) < greatest(0.0005, 6.0 / :users) THEN u.n
-                WHEN pg_temp.rnd(:seed, 3, u.n / 2) < greatest(0.001, 6.0 / :users) THEN u.n # 1
-                WHEN :shape <> 'skewed' THEN 1 + floor((u.n - 1) * pg_temp.rnd(:seed, 4, u.n) ^ 2)::bigint
-                WHEN pg_temp.rnd(:seed, 16, u.n) < 0.20
-                     THEN 1 + floor(least(40, u.n - 1) * pg_temp.rnd(:seed, 4, u.n) ^ 3)::bigint
-                WHEN pg_temp.rnd(:seed, 16, u.n) < 0.50
+           CASE WHEN pg_temp.rnd(:seed, 2, u.n)
+                     < greatest(:self_referral_share, CAST(:least_self_referrals AS numeric) / :users) THEN u.n
+                WHEN pg_temp.rnd(:seed, 3, u.n / 2)
+                     < greatest(:cycle_share, CAST(:least_self_referrals AS numeric) / :users) THEN u.n # 1
+                WHEN pg_temp.rnd(:seed, 16, u.n) < CAST(:influencer_share AS float8)
+                     THEN 1 + floor(least(CAST(:influencers AS bigint), u.n - 1)
+                                    * pg_temp.rnd(:seed, 4, u.n) ^ 3)::bigint
+                WHEN pg_temp.rnd(:seed, 16, u.n) < CAST(:influencer_share AS float8) + CAST(:chain_share AS float8)
                      THEN greatest(1, u.n - 1 - floor(3 * pg_temp.rnd(:seed, 4, u.n))::bigint)
-                ELSE 1 + floor((u.n - 1) * pg_temp.rnd(:seed, 4, u.n))::bigint
+                ELSE 1 + floor((u.n - 1) * pg_temp.rnd(:seed, 4, u.n) ^ CAST(:referrer_bias AS float8))::bigint
            END AS referrer_n
     FROM sample_user u
     WHERE u.referred
 ),
 leveled AS (
     SELECT p.*,
-           (p.referrer_n <> p.n AND pg_temp.rnd(:seed, 5, p.n) < 0.003 AND gp.referrer_n IS NOT NULL
-            AND gp.referrer_n NOT IN (p.n, p.referrer_n)) AS is_level2,
+           (p.referrer_n <> p.n AND pg_temp.rnd(:seed, 5, p.n) < CAST(:level2_share AS float8)
+            AND gp.referrer_n IS NOT NULL AND gp.referrer_n NOT IN (p.n, p.referrer_n)) AS is_level2,
            gp.referrer_n AS grand_n
     FROM pick p
     LEFT JOIN pick gp ON gp.n = p.referrer_n
@@ -63,9 +72,11 @@ leveled AS (
 planned AS (
     SELECT l.n, l.user_id, l.signup_at, l.is_level2,
            CASE WHEN l.is_level2 THEN l.grand_n ELSE l.referrer_n END AS referrer_n,
-           CASE WHEN pg_temp.rnd(:seed, 6, l.n) < 0.30 THEN NULL
+           CASE WHEN pg_temp.rnd(:seed, 6, l.n) < CAST(:activated_from AS float8)
+                  OR pg_temp.rnd(:seed, 6, l.n) >= CAST(:activated_to AS float8) THEN NULL
                 ELSE date_trunc('second', l.signup_at + interval '5 minutes'
-                                          + pg_temp.rnd(:seed, 7, l.n) * interval '14 days') END AS activated_plan
+                                          + pg_temp.rnd(:seed, 7, l.n) * CAST(:activation_days AS float8)
+                                            * interval '1 day') END AS activated_plan
     FROM leveled l
 )
 SELECT p.n,
@@ -76,15 +87,19 @@ SELECT p.n,
        CASE WHEN p.is_level2 THEN 2 ELSE 1 END AS level,
        p.signup_at                             AS created_at,
        p.activated_plan,
-       CASE WHEN p.activated_plan IS NULL OR pg_temp.rnd(:seed, 8, p.n) >= 0.70 THEN NULL
+       CASE WHEN p.activated_plan IS NULL OR pg_temp.rnd(:seed, 8, p.n) >= CAST(:rewarded_share AS float8) THEN NULL
             ELSE date_trunc('second', p.activated_plan + interval '1 hour'
-                                      + pg_temp.rnd(:seed, 9, p.n) * interval '45 days') END AS rewarded_plan,
-       -- Never activated and old: expire-pending expired 70 % of them long ago; the rest wait for it.
+                                      + pg_temp.rnd(:seed, 9, p.n) * CAST(:reward_days AS float8) * interval '1 day')
+       END AS rewarded_plan,
+       -- Never activated and old: expire-pending expired :expired_share of them long ago; the rest wait for it.
        CASE WHEN p.activated_plan IS NULL AND p.signup_at < to_timestamp(:anchor_epoch) - interval '120 days'
-                 AND pg_temp.rnd(:seed, 10, p.n) < 0.70
+                 AND pg_temp.rnd(:seed, 10, p.n) < CAST(:expired_share AS float8)
             THEN p.signup_at + interval '91 days' END                                   AS expired_plan,
        (ARRAY[999, 1999, 2999, 4999])[1 + floor(pg_temp.rnd(:seed, 11, p.n) * 4)::int]  AS plan_cents,
-       1 + floor(-ln(1 - pg_temp.rnd(:seed, 12, p.n)) * 14)::int                        AS subscription_months
+       CASE WHEN pg_temp.rnd(:seed, 19, p.n) < CAST(:no_payment_share AS float8) THEN 0
+            ELSE least(CAST(:max_months AS int),
+                       1 + floor(-ln(1 - pg_temp.rnd(:seed, 12, p.n)) * CAST(:mean_months AS float8))::int)
+       END AS subscription_months
 FROM planned p
 JOIN sample_user r ON r.n = p.referrer_n;
 
@@ -132,9 +147,10 @@ UPDATE public.user_referral_relationships AS r
 
 -- name: insert_payments --
 -- Monthly subscription payments of rewarded referred users, from the first payment (rewarded_at, month 0)
--- for `subscription_months` months, a few days into each month. After month 0: 5 % FAILED (70 % of those
--- retried and PAID two days later), 3 % REFUNDED, the rest PAID. Skewed: usage top-ups besides, 0-3 more
--- PAID payments (a quarter of the plan each) on any day of the month.
+-- for `subscription_months` months, a few days into each month; :late_share of the later ones paid up to
+-- :late_max_days late (into a later month: a month paid twice, another not at all). After month 0:
+-- :failure_rate FAILED (:retry_rate of those retried and PAID two days later), :refund_rate REFUNDED, the
+-- rest PAID; besides, 0..:topups_max usage top-ups a month, PAID, a quarter of the plan each, on any day.
 INSERT INTO public.user_subscription_payments (id, user_id, amount_cents, status, paid_at, created_at, updated_at)
 SELECT CASE WHEN a.attempt < 2 THEN pg_temp.uid(:seed, 'payment', r.n * 1000 + m.k * 2 + a.attempt)
             ELSE pg_temp.uid(:seed, 'topup', (r.n * 1000 + m.k) * 4 + a.attempt - 2) END,
@@ -146,25 +162,31 @@ FROM sample_relationship r
 CROSS JOIN LATERAL generate_series(0, r.subscription_months - 1) AS m(k)
 CROSS JOIN LATERAL (
     SELECT date_trunc('second', r.rewarded_plan + m.k * interval '1 month'
-                      + CASE WHEN m.k = 0 THEN interval '0' ELSE pg_temp.rnd(:seed, 13, r.n * 1000 + m.k) * interval '4 days' END
+                      + CASE WHEN m.k = 0 THEN interval '0'
+                             ELSE pg_temp.rnd(:seed, 13, r.n * 1000 + m.k) * interval '4 days'
+                                  + CASE WHEN pg_temp.rnd(:seed, 28, r.n * 1000 + m.k) < CAST(:late_share AS float8)
+                                         THEN pg_temp.rnd(:seed, 29, r.n * 1000 + m.k)
+                                              * CAST(:late_max_days AS float8) * interval '1 day'
+                                         ELSE interval '0' END END
            ) AS due_at,
            pg_temp.rnd(:seed, 14, r.n * 1000 + m.k) AS outcome,
            pg_temp.rnd(:seed, 15, r.n * 1000 + m.k) AS retry
 ) AS month
 CROSS JOIN LATERAL (
     SELECT 0 AS attempt,
-           CASE WHEN m.k = 0 OR month.outcome >= 0.08 THEN 'PAID'
-                WHEN month.outcome < 0.05 THEN 'FAILED'
+           CASE WHEN m.k = 0 OR month.outcome >= CAST(:failure_rate AS float8) + CAST(:refund_rate AS float8)
+                THEN 'PAID'
+                WHEN month.outcome < CAST(:failure_rate AS float8) THEN 'FAILED'
                 ELSE 'REFUNDED' END AS status,
            month.due_at AS paid_at
     UNION ALL
     SELECT 1, 'PAID', month.due_at + interval '2 days'
-    WHERE m.k > 0 AND month.outcome < 0.05 AND month.retry < 0.70
+    WHERE m.k > 0 AND month.outcome < CAST(:failure_rate AS float8) AND month.retry < CAST(:retry_rate AS float8)
     UNION ALL
     SELECT 2 + j, 'TOPUP', date_trunc('second', r.rewarded_plan + m.k * interval '1 month'
                                       + pg_temp.rnd(:seed, 17, (r.n * 1000 + m.k) * 4 + j) * interval '27 days')
-    FROM generate_series(0, CASE WHEN :shape = 'skewed' THEN floor(pg_temp.rnd(:seed, 18, r.n * 1000 + m.k) * 4)::int
-                                 ELSE 0 END - 1) AS j
+    FROM generate_series(0, floor(pg_temp.rnd(:seed, 18, r.n * 1000 + m.k)
+                                  * (CAST(:topups_max AS int) + 1))::int - 1) AS j
 ) AS a
 WHERE r.rewarded_plan IS NOT NULL
   AND r.rewarded_plan + m.k * interval '1 month' <= :until

@@ -6,7 +6,8 @@ import pytest
 
 from bench import report
 from bench.random_shape import RANGES, RandomShape, draw, field_names
-from bench.random_world import ledger_plan
+from bench.random_world import ledger_plan, sample_shape
+from cli import sample_data
 
 
 def test_the_same_seed_draws_the_same_shape_and_other_seeds_other_shapes():
@@ -40,6 +41,14 @@ def test_the_shape_has_a_range_for_every_field_and_its_sql_parameters_are_prefix
     assert field_names() == list(RANGES)
     params = draw(3).params()
     assert set(params) == {f"s_{name}" for name in RANGES}
+
+
+def test_the_drawn_shape_gives_sample_datas_planning_and_payments_every_parameter_they_take():
+    shape = draw(3)
+    planned = sample_shape(shape)
+    assert set(planned) == set(sample_data.DEFAULT_SHAPE)
+    assert planned["failure_rate"] == shape.failure_rate and planned["cycle_share"] == shape.self_referral_share
+    assert (planned["activated_from"], planned["activated_to"]) == (0.0, shape.activated_share)
 
 
 @pytest.mark.parametrize("rows", [1.0, 7.5, 50.0])
