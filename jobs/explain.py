@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Unpack
+from typing import Iterable, Unpack
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, Row
@@ -58,6 +58,21 @@ class MonthState:
 
 
 @dataclass
+class LedgerRow:
+    """One of the user's ledger rows (`ledger_rows`), with the run that wrote it: `run_id` and `job` are
+    None for the app's rows, and for a job's row whose run is not found."""
+
+    created_at: datetime
+    type: str
+    delta: int
+    idempotency_key: str | None
+    ref_id: UUID | None
+    note: str | None
+    run_id: int | None
+    job: str | None
+
+
+@dataclass
 class Explanation:
     user_id: UUID
     as_of: datetime
@@ -66,7 +81,7 @@ class Explanation:
     referrals: list[SqlRow]
     months: list[MonthState] = field(default_factory=list)
     to_write: list[SqlRow] = field(default_factory=list)  # the rows the next runs write for this user
-    ledger: list[_Row] = field(default_factory=list)
+    ledger: list[LedgerRow] = field(default_factory=list)
     outstanding: dict[int, int] = field(default_factory=dict)  # unrecovered points owed back, by level
     expiring: list[Expiring] = field(default_factory=list)
     expiry_months: int = 0
@@ -116,30 +131,19 @@ def _job_of(key: str | None) -> str | None:
     return None
 
 
-def _ledger_rows(conn: Connection, params: dict[str, object]) -> list[_Row]:
+def _ledger_rows(conn: Connection, params: dict[str, object]) -> list[LedgerRow]:
     """The newest ledger rows at the as-of, each with `run_id` and `job`: the run that wrote it."""
-    rows = [row._asdict() for row in conn.execute(_queries["ledger_rows"], {**params, "limit": LEDGER_ROWS_SHOWN})]
-    wanted = [row for row in rows if row["run_id"] is None and _job_of(row["idempotency_key"])]
+    rows = [LedgerRow(**row._asdict())
+            for row in conn.execute(_queries["ledger_rows"], {**params, "limit": LEDGER_ROWS_SHOWN})]
+    wanted = [row for row in rows if row.run_id is None and _job_of(row.idempotency_key)]
     if wanted:
         first = {(run.job, run.as_of): run.id for run in conn.execute(
-            _queries["first_runs"], {"instants": sorted({row["created_at"] for row in wanted})})}
+            _queries["first_runs"], {"instants": sorted({row.created_at for row in wanted})})}
         for row in wanted:
-            row["job"] = _job_of(row["idempotency_key"])
-            row["run_id"] = first.get((row["job"], row["created_at"]))
-            if row["run_id"] is None:
-                row["job"] = None
-    return [_Row(**row) for row in rows]
-
-
-class _Row(dict[str, Any]):
-    """A result row read by attribute, as SQLAlchemy's are, that can be filled in afterwards (Any: its
-    columns are named by the SQL)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+            job = _job_of(row.idempotency_key)
+            row.run_id = first.get((job, row.created_at))
+            row.job = job if row.run_id is not None else None
+    return rows
 
 
 def _facts(conn: Connection, settings: RuleSettings, level: int, as_of: datetime,
