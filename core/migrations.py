@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from core.connect import fetch_on, reading
 from core.sql import Fetch
@@ -38,6 +38,15 @@ class Migration:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class AppliedMigration:
+    """A migration recorded as applied in the database (`rewards_schema_migrations`)."""
+
+    version: str
+    name: str
+    checksum: str
+
+
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found = []
     for path in sorted(directory.glob("*.sql")):
@@ -47,15 +56,16 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def read_applied(fetch: Fetch) -> Sequence[Any]:
-    """The applied migrations recorded in the database (version, name, checksum), by version."""
+def read_applied(fetch: Fetch) -> list[AppliedMigration]:
+    """The applied migrations recorded in the database, by version."""
     if not fetch("SELECT to_regclass('public.rewards_schema_migrations') IS NOT NULL")[0][0]:
         return []
-    return fetch("SELECT version, name, checksum FROM public.rewards_schema_migrations ORDER BY version")
+    return [AppliedMigration(row.version, row.name, row.checksum)
+            for row in fetch("SELECT version, name, checksum FROM public.rewards_schema_migrations ORDER BY version")]
 
 
 def _applied_checksums(conn: Connection) -> dict[str, str]:
-    return {row.version: row.checksum for row in read_applied(fetch_on(conn))}
+    return {recorded.version: recorded.checksum for recorded in read_applied(fetch_on(conn))}
 
 
 def _check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> None:
@@ -68,19 +78,19 @@ def _check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> No
             )
 
 
-def pending_among(applied: Sequence[Any], directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Of the migrations on disk, those not in `applied` (`read_applied`'s rows); raises
+def pending_among(applied: Sequence[AppliedMigration], directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Of the migrations on disk, those not in `applied` (`read_applied`'s); raises
     `MigrationError` if an applied file was edited."""
     migrations = discover(directory)
-    checksums = {row.version: row.checksum for row in applied}
+    checksums = {recorded.version: recorded.checksum for recorded in applied}
     _check_unchanged(migrations, checksums)
     return [m for m in migrations if m.version not in checksums]
 
 
-def unknown_among(applied: Sequence[Any], directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Of `applied` (`read_applied`'s rows), those this version has no file for (a newer release ran)."""
+def unknown_among(applied: Sequence[AppliedMigration], directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Of `applied` (`read_applied`'s), those this version has no file for (a newer release ran)."""
     known = {m.version for m in discover(directory)}
-    return [f"{row.version}_{row.name}" for row in applied if row.version not in known]
+    return [f"{recorded.version}_{recorded.name}" for recorded in applied if recorded.version not in known]
 
 
 def require_migrated(engine: Engine, *, hint: str = "") -> None:
