@@ -15,6 +15,8 @@ from core.sql import Fetch, Queries
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from core.runs import LastRun
+
 _queries = Queries(__file__)
 
 
@@ -44,7 +46,7 @@ class JobLine:
     schedule: str | None
     next_fire: datetime | None
     last_success: Any | None
-    last_run: Any | None
+    last_run: LastRun | None
 
 
 def print_jobs(lines: list[JobLine], *, as_json: bool = False) -> None:
@@ -63,7 +65,7 @@ def _success(run: Any | None) -> str:
     return f"{when(run.finished_at, seconds=False)} run {run.id}" if run else "never"
 
 
-def _last_run(run: Any | None) -> list[Any]:
+def _last_run(run: LastRun | None) -> list[Any]:
     if run is None:
         return ["never run", "", "", ""]
     return [f"run {run.id}", status_label(run.status, run.dry_run), run.trigger, when(run.as_of, seconds=False)]

@@ -214,10 +214,24 @@ def succeeded_runs(engine: Engine, job: str, run_ids: set[int]) -> set[int]:
                                                     {"job": job, "run_ids": sorted(run_ids)})}
 
 
-def last_runs(fetch: Fetch) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LastRun:
+    """A job's latest run that really ran (`last_runs`): what `jobs` shows of it and the daemon reads."""
+
+    job: str
+    id: int
+    trigger: str
+    as_of: datetime
+    status: str
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None
+
+
+def last_runs(fetch: Fetch) -> dict[str, LastRun]:
     """The latest run of each job, by job: on the light connection of `jobs`, or an engine's
     (`core.connect.reading`)."""
-    return {row.job: row for row in fetch(_queries.raw("last_run_per_job"))}
+    return {row.job: LastRun(**row._asdict()) for row in fetch(_queries.raw("last_run_per_job"))}
 
 
 def last_successes(engine: Engine) -> dict[str, Row[Any]]:
