@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from contextlib import closing, contextmanager
+from typing import TYPE_CHECKING, cast
 
 from core import migrations
 from core.connect import fetcher, reading_connection
@@ -18,6 +18,7 @@ from core.settings import ConfigError, CoreSettings
 from core.sql import Fetch
 
 if TYPE_CHECKING:
+    import psycopg2.extensions
     from sqlalchemy import Engine
 
 
@@ -47,14 +48,17 @@ def reading(settings: CoreSettings) -> Iterator[Fetch]:
     """A `Fetch` for a command that only reads (`health`, `jobs`): psycopg2 straight to DATABASE_URL,
     without SQLAlchemy or the job modules; else (the embedded database, a URL of several hosts) the
     engine's connection, as for every other command."""
-    connection = reading_connection(settings)
-    if connection is None:
-        configure_logging(settings)
-        connection = engine(settings, require_migrated=False).raw_connection()
+    light = reading_connection(settings)
+    if light is not None:
+        with closing(light):
+            yield fetcher(light)
+        return
+    configure_logging(settings)
+    pooled = engine(settings, require_migrated=False).raw_connection()
     try:
-        yield fetcher(connection)
+        yield fetcher(cast("psycopg2.extensions.connection", pooled.dbapi_connection))  # the engine's driver
     finally:
-        connection.close()
+        pooled.close()
 
 
 def configure_logging(settings: CoreSettings) -> None:

@@ -17,12 +17,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Required, TypedDict, cast
 from urllib.parse import parse_qsl, unquote
 
 from core.sql import Fetch
 
 if TYPE_CHECKING:
+    import psycopg2.extensions
     from sqlalchemy import Connection, Engine
 
     from core.settings import CoreSettings
@@ -217,15 +218,25 @@ def session_options(timeouts: Timeouts | None, url_options: str | None, env_opti
     return " ".join(parts)
 
 
-def session_arguments(query: Mapping[str, Any], timeouts: Timeouts | None) -> dict[str, Any]:
-    """The psycopg2 arguments this product adds to a URL's: the merged `options`, the application
-    name (the URL's, else ours) and the connect timeout (unless the URL sets one)."""
+class SessionArguments(TypedDict, total=False):
+    """The psycopg2 connect arguments this product adds to a URL's (`session_arguments`)."""
+
+    options: Required[str]
+    application_name: Required[str]
+    connect_timeout: int
+
+
+def session_arguments(query: Mapping[str, str | tuple[str, ...]], timeouts: Timeouts | None) -> SessionArguments:
+    """The psycopg2 arguments this product adds to a URL's (`query`: SQLAlchemy's reading of it, a repeated
+    name's values in a tuple, or libpq's keywords): the merged `options`, the application name (the URL's,
+    the last of several as libpq reads them, else ours) and the connect timeout (unless the URL sets one)."""
     url_options = query.get("options")
     if isinstance(url_options, tuple):
         url_options = " ".join(url_options)
-    arguments: dict[str, Any] = {
+    application_name = query.get("application_name", "rewards-jobs")
+    arguments: SessionArguments = {
         "options": session_options(timeouts, url_options, os.environ.get("PGOPTIONS")),
-        "application_name": query.get("application_name", "rewards-jobs"),
+        "application_name": application_name if isinstance(application_name, str) else application_name[-1],
     }
     if timeouts and timeouts.connect and "connect_timeout" not in query:
         arguments["connect_timeout"] = timeouts.connect
@@ -256,7 +267,7 @@ class ReadFailed(Exception):
         self.orig = orig
 
 
-def reading_connection(settings: CoreSettings) -> Any | None:
+def reading_connection(settings: CoreSettings) -> psycopg2.extensions.connection | None:
     """A psycopg2 connection to `DATABASE_URL` with the engine's session options, for reads; or None
     when the URL needs the engine (no URL: the embedded database; several hosts)."""
     if not settings.database_url:
@@ -283,7 +294,7 @@ def reading(engine: Engine) -> Iterator[Fetch]:
 def fetch_on(conn: Connection) -> Fetch:
     """`fetcher` on the DB-API connection under a SQLAlchemy one; its errors are SQLAlchemy's
     (`DBAPIError`'s subclasses), as every other statement on an engine raises them."""
-    fetch = fetcher(conn.connection.dbapi_connection)
+    fetch = fetcher(cast("psycopg2.extensions.connection", conn.connection.dbapi_connection))  # the driver
 
     def fetch_as_the_engine_does(statement: str) -> Sequence[Any]:
         try:
@@ -297,16 +308,16 @@ def fetch_on(conn: Connection) -> Fetch:
     return fetch_as_the_engine_does
 
 
-def fetcher(dbapi_connection: Any) -> Fetch:
-    """The one adapter of the read-only statements: a `Fetch` over one DB-API connection (psycopg2's,
+def fetcher(dbapi_connection: psycopg2.extensions.connection) -> Fetch:
+    """The one adapter of the read-only statements: a `Fetch` over one psycopg2 connection (a bare one,
     or one of an engine's) whose rows read by attribute; the driver's errors become `ReadFailed`."""
-    def fetch(statement: str) -> list[Any]:
+    def fetch(statement: str) -> list[NamedTuple]:
         import psycopg2
 
         try:
             with dbapi_connection.cursor() as cursor:
-                cursor.execute(statement)
-                row = _row_type(tuple(column.name for column in cursor.description))
+                cursor.execute(statement)  # (a statement without rows has no description: fetchall raises)
+                row = _row_type(tuple(column.name for column in cursor.description or ()))
                 return [row._make(values) for values in cursor.fetchall()]
         except psycopg2.Error as error:
             raise ReadFailed(error) from error
@@ -315,5 +326,6 @@ def fetcher(dbapi_connection: Any) -> Fetch:
 
 
 @lru_cache(maxsize=64)
-def _row_type(columns: tuple[str, ...]) -> Any:
-    return namedtuple("Row", columns, rename=True)  # rename: `?column?` becomes `_0`
+def _row_type(columns: tuple[str, ...]) -> type[NamedTuple]:
+    """A named tuple of these columns (typeshed calls `namedtuple`'s result a plain tuple class)."""
+    return cast("type[NamedTuple]", namedtuple("Row", columns, rename=True))  # rename: `?column?` becomes `_0`

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -26,11 +26,13 @@ from core.settings import ConfigError, CoreSettings
 if TYPE_CHECKING:
     import psycopg2.extensions
 
+    from core.connect import SessionArguments
+
 _busy: dict[psycopg2.extensions.connection, tuple[Engine, int]] = {}  # a checked-out DB-API connection: its engine, its server process
 _busy_lock = threading.Lock()
 
 
-def connect_arguments(url: URL, timeouts: Timeouts | None) -> tuple[URL, dict[str, Any]]:
+def connect_arguments(url: URL, timeouts: Timeouts | None) -> tuple[URL, SessionArguments]:
     """The URL without its `options`, and the psycopg2 arguments that merge them with ours."""
     return url.difference_update_query(["options", "application_name"]), session_arguments(url.query, timeouts)
 

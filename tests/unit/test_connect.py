@@ -73,6 +73,15 @@ def test_a_url_of_several_hosts_a_repeated_option_or_a_plus_is_left_to_the_engin
     assert light_dsn(read_url(url), None) is None
 
 
+def test_a_repeated_application_name_reaches_the_engine_as_libpq_reads_it_the_last_one():
+    url = "postgresql://u@db/rewards?application_name=first&application_name=last"
+    assert psycopg2.extensions.parse_dsn(url)["application_name"] == "last"
+
+    _engine_url, added = db.connect_arguments(db.sqlalchemy_url(url), None)
+
+    assert added["application_name"] == "last"
+
+
 def test_the_registry_names_jobs_and_schedules_without_loading_a_job_module():
     probe = ("import sys, jobs; names, schedules = jobs.NAMES, jobs.DEFAULT_SCHEDULES; "
              "print(sorted(m for m in sys.modules if m.startswith(('jobs.', 'core.job', 'sqlalchemy'))))")
