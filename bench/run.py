@@ -1,7 +1,8 @@
 """The measurements: for each job of the pipeline, on a clone of one dataset, in one process:
 
 1. the BOUND: the job's whole work as one set-based statement (bench/bounds.sql; for reconcile, the
-   comparison statement and then the rules audit's own statements, jobs/rules_audit.sql), timed in one
+   comparison statement, then the rules audit's own statements, jobs/rules_audit.sql, and finance's
+   liability schedule, breakage and restatements, jobs/liability.sql and jobs/period_close.sql), timed in one
    transaction and rolled back (then VACUUM, untimed, so the job finds the tables as they were);
 2. the JOB through its real entry point, `python scheduler.py run JOB --as-of … --json` in a
    subprocess (the CLI's code path, batches, runs table and all): its run time (job_runs, start to
@@ -195,9 +196,13 @@ def run_bound(engine: Engine, job: str, settings: RuleSettings, as_of: datetime)
         if job == "reconcile":
             # Since issue 24 reconcile audits the rules too: its bound is the comparison plus the audit's
             # own statements, in the same snapshot (as `bench audit` measures them).
-            from jobs import rules_audit
+            # Since issue 25 every reconcile also reads finance's schedule, breakage and restatements
+            # (SPEC v3), one statement each, so the bound reads them too.
+            from jobs import period_close, rules_audit
 
             rules_audit.audit(conn, settings)
+            period_close.schedule_and_breakage(conn, as_of, settings)
+            period_close.restatements(conn, settings.points_per_usd)
         seconds = time.monotonic() - started
         conn.rollback()
     return BoundRun(round(seconds, 3), int(row.rows), int(row.points))
