@@ -198,10 +198,10 @@ def run_bound(engine: Engine, job: str, settings: RuleSettings, as_of: datetime)
             # own statements, in the same snapshot (as `bench audit` measures them).
             # Since issue 25 every reconcile also reads finance's schedule, breakage and restatements
             # (SPEC v3), one statement each, so the bound reads them too.
-            from jobs import period_close, rules_audit
+            from jobs import liability, period_close, rules_audit
 
             rules_audit.audit(conn, settings)
-            period_close.schedule_and_breakage(conn, as_of, settings)
+            liability.schedule_and_breakage(conn, as_of, settings)
             period_close.restatements(conn, settings.points_per_usd)
         seconds = time.monotonic() - started
         conn.rollback()

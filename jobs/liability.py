@@ -79,38 +79,57 @@ class UserBalance(TypedDict):
     expiring_next: ExpiringPoints | None
 
 
-def liability_schedule(conn: Connection, as_of: datetime, settings: RuleSettings, *,
-                       before_as_of: bool = False) -> LiabilitySchedule:
-    """The points outstanding at `as_of` and when they expire if not spent (FINANCE_CONTRACT 4): the
-    ledger dated at or before `as_of`, as reconcile's outstanding; with `before_as_of`, dated before it,
-    as a month's closing (the as-of then being the next month's first instant)."""
+def schedule_and_breakage(conn: Connection, as_of: datetime, settings: RuleSettings, *,
+                          before_as_of: bool = False) -> tuple[LiabilitySchedule, Breakage]:
+    """The points outstanding at `as_of` and when they expire if not spent (FINANCE_CONTRACT 4), and the
+    breakage of the 12 months before it (FINANCE_CONTRACT 5), from one pass over the ledger: dated at or
+    before `as_of`, as reconcile's outstanding; with `before_as_of`, dated before it, as a month's closing
+    (the as-of then being the next month's first instant)."""
     months = settings.points_expiry_months
     dated_through = as_of - timedelta(microseconds=1) if before_as_of else as_of
+    bounds = conn.execute(_queries["schedule_bounds"], {"as_of": as_of, "months": months, "horizon": SCHEDULE_MONTHS,
+                                                        "breakage_months": BREAKAGE_MONTHS}).one()
+    window = {"dated_through": dated_through, "as_of": as_of, "breakage_from": bounds.breakage_from}
     per_month = [0] * SCHEDULE_MONTHS
     due_now = 0
     if months == 0:
-        outstanding = int(conn.execute(_queries["outstanding"], {"dated_through": dated_through}).scalar_one())
+        found = conn.execute(_queries["outstanding"], window).one()
     else:
-        bounds = conn.execute(_queries["schedule_bounds"],
-                              {"as_of": as_of, "months": months, "horizon": SCHEDULE_MONTHS}).scalar_one()
         found = conn.execute(_queries["schedule"],
-                             {"dated_through": dated_through,
-                              **{f"c{k}": cutoff for k, cutoff in enumerate(bounds)}}).one()
-        outstanding = int(found.outstanding)
+                             {**window, **{f"c{k}": cutoff for k, cutoff in enumerate(bounds.bounds)}}).one()
         due = [int(found._mapping[f"due_{k}"] or 0) for k in range(SCHEDULE_MONTHS + 1)]
         due_now = due[0]
         per_month = [later - earlier for earlier, later in zip(due, due[1:])]
+    outstanding = int(found.outstanding)
     # What is neither due nor expiring within the months: also, on a ledger with a negative balance
     # (which reconcile reports), what keeps the identity whole.
     later = outstanding - due_now - sum(per_month)
     price = settings.points_per_usd
-    return {
+    schedule: LiabilitySchedule = {
         "as_of": as_of.isoformat(), "outstanding_points": outstanding, "due_now_points": due_now,
         "months": [{"month": label, "points": points, "usd": usd(points, price) if price else None}
                    for label, points in zip(month_labels(as_of, SCHEDULE_MONTHS), per_month, strict=True)],
         "later_points": later, "total_points": due_now + sum(per_month) + later,
         "usd": money(outstanding, price),
     }
+    return schedule, _breakage(bounds.breakage_from, as_of, int(found.expired), int(found.issued))
+
+
+def liability_schedule(conn: Connection, as_of: datetime, settings: RuleSettings, *,
+                       before_as_of: bool = False) -> LiabilitySchedule:
+    """The schedule alone (see schedule_and_breakage)."""
+    return schedule_and_breakage(conn, as_of, settings, before_as_of=before_as_of)[0]
+
+
+def breakage(conn: Connection, as_of: datetime, settings: RuleSettings) -> Breakage:
+    """Points expired / points issued, rows dated in [as_of - 12 months, as_of) (see schedule_and_breakage)."""
+    return schedule_and_breakage(conn, as_of, settings)[1]
+
+
+def _breakage(from_at: datetime, to: datetime, expired: int, issued: int) -> Breakage:
+    rate = (Decimal(expired) / Decimal(issued)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP) if issued else None
+    return {"from": from_at.isoformat(), "to": to.isoformat(), "expired_points": expired,
+            "issued_points": issued, "rate": None if rate is None else str(rate)}
 
 
 def month_labels(as_of: datetime, count: int) -> list[str]:
@@ -118,15 +137,6 @@ def month_labels(as_of: datetime, count: int) -> list[str]:
     start = as_of.astimezone(timezone.utc)
     return [f"{start.year + (start.month - 1 + k) // 12:04d}-{(start.month - 1 + k) % 12 + 1:02d}"
             for k in range(count)]
-
-
-def breakage(conn: Connection, as_of: datetime, settings: RuleSettings) -> Breakage:
-    """Points expired / points issued, rows dated in [as_of - 12 months, as_of) (FINANCE_CONTRACT 5)."""
-    row = conn.execute(_queries["breakage"], {"as_of": as_of, "months": BREAKAGE_MONTHS}).one()
-    expired, issued = int(row.expired), int(row.issued)
-    rate = (Decimal(expired) / Decimal(issued)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP) if issued else None
-    return {"from": row.from_at.isoformat(), "to": as_of.isoformat(), "expired_points": expired,
-            "issued_points": issued, "rate": None if rate is None else str(rate)}
 
 
 def user_balance(conn: Connection, user_id: UUID | str, as_of: datetime,

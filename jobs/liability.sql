@@ -7,9 +7,10 @@
 -- name: schedule_bounds --
 -- The cutoffs of the runs that expire each part: the as-of's own (due now), then the first instant of
 -- each of the next `horizon` months (12: the schedule statement reads c0 .. c12), each less N months
--- (a first instant less N months is a first instant, so no month-end clamping moves a bound).
--- PostgreSQL month arithmetic in UTC, the session time zone.
-SELECT array_agg(cutoff ORDER BY k) AS bounds
+-- (a first instant less N months is a first instant, so no month-end clamping moves a bound); and where
+-- the breakage's months begin. PostgreSQL month arithmetic in UTC, the session time zone.
+SELECT array_agg(cutoff ORDER BY k) AS bounds,
+       CAST(:as_of AS timestamptz) - make_interval(months => CAST(:breakage_months AS int)) AS breakage_from
 FROM (
     SELECT 0 AS k, CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int)) AS cutoff
     UNION ALL
@@ -27,6 +28,8 @@ FROM (
 -- so the clawbacks of the lots not yet counted are given back), floored at 0 per user.
 -- due_0 is due now; what the run at the first instant after month i expires is due_(i+1) - due_i
 -- (a user's due never falls as the cutoff moves on, so the floors keep it exact per user).
+-- The same pass sums the breakage: rows dated in [breakage_from, as_of), points expired (EXPIRY rows)
+-- and points issued (positive rows).
 WITH ledger AS (
     SELECT t.user_id,
            sum(t.delta) AS balance,
@@ -43,7 +46,11 @@ WITH ledger AS (
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c9), 0) AS earned_9,
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c10), 0) AS earned_10,
            coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c11), 0) AS earned_11,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c12), 0) AS earned_12
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < :c12), 0) AS earned_12,
+           coalesce(sum(-t.delta) FILTER (WHERE t.type = 'EXPIRY' AND t.created_at >= :breakage_from
+                                                                AND t.created_at < :as_of), 0) AS expired,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= :breakage_from
+                                                           AND t.created_at < :as_of), 0) AS issued
     FROM public.user_point_transactions AS t
     WHERE t.created_at <= :dated_through
     GROUP BY t.user_id
@@ -67,6 +74,7 @@ WITH ledger AS (
     GROUP BY rr.beneficiary_user_id
 )
 SELECT coalesce(sum(l.balance), 0) AS outstanding,
+       coalesce(sum(l.expired), 0) AS expired, coalesce(sum(l.issued), 0) AS issued,
        sum(greatest(l.earned_0 + l.debits + coalesce(c.young_0, 0), 0)) AS due_0,
        sum(greatest(l.earned_1 + l.debits + coalesce(c.young_1, 0), 0)) AS due_1,
        sum(greatest(l.earned_2 + l.debits + coalesce(c.young_2, 0), 0)) AS due_2,
@@ -85,18 +93,14 @@ LEFT JOIN young_clawbacks AS c ON c.user_id = l.user_id;
 
 -- name: outstanding --
 -- The points outstanding when nothing expires (REWARDS_POINTS_EXPIRY_MONTHS=0): the ledger at the as-of
--- (dated_through as for the schedule).
-SELECT coalesce(sum(delta), 0) AS points FROM public.user_point_transactions WHERE created_at <= :dated_through;
-
--- name: breakage --
--- Rows dated in [as_of - months, as_of): points expired (EXPIRY rows) and points issued (positive rows).
-SELECT w.from_at,
-       coalesce(sum(-t.delta) FILTER (WHERE t.type = 'EXPIRY'), 0) AS expired,
-       coalesce(sum(t.delta) FILTER (WHERE t.delta > 0), 0)         AS issued
-FROM (SELECT CAST(:as_of AS timestamptz) - make_interval(months => CAST(:months AS int)) AS from_at) AS w
-LEFT JOIN public.user_point_transactions AS t
-       ON t.created_at >= w.from_at AND t.created_at < :as_of
-GROUP BY w.from_at;
+-- (dated_through as for the schedule), and in the same pass the breakage, as the schedule sums it.
+SELECT coalesce(sum(delta), 0) AS outstanding,
+       coalesce(sum(-delta) FILTER (WHERE type = 'EXPIRY' AND created_at >= :breakage_from AND created_at < :as_of), 0)
+           AS expired,
+       coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at >= :breakage_from AND created_at < :as_of), 0)
+           AS issued
+FROM public.user_point_transactions
+WHERE created_at <= :dated_through;
 
 -- name: user_totals --
 SELECT count(*) AS rows,

@@ -245,18 +245,6 @@ def _usd(points: int, points_per_usd: Decimal) -> str | None:
 
 # ── the liability schedule and breakage (jobs/liability.py, the SCHEDULE helper's) ──
 
-def schedule_and_breakage(conn: Connection, at: datetime, settings: RuleSettings, *,
-                          before: bool = False) -> tuple[LiabilitySchedule | None, Breakage | None]:
-    """The liability schedule at `at` (of the ledger dated at or before it, as reconcile's outstanding;
-    `before`: dated before it, as a month's closing) and the breakage of the 12 months before it
-    (contract 4 and 5); None, None while jobs/liability.py does not compute them."""
-    try:
-        return (liability.liability_schedule(conn, at, settings, before_as_of=before),
-                liability.breakage(conn, at, settings))
-    except NotImplementedError:
-        return None, None
-
-
 # ── the period document (contract 2) ─────────────────────────────────────────
 
 @dataclass(frozen=True)
@@ -274,7 +262,7 @@ def month_document(conn: Connection, settings: RuleSettings, period: date, *, si
     roll = month_roll_forward(buckets, 2, start)
     previous = month_roll_forward(buckets, 1, first_instant(before))
     points_per_usd = settings.points_per_usd
-    schedule, breakage = schedule_and_breakage(conn, first_instant(end), settings, before=True)
+    schedule, breakage = liability.schedule_and_breakage(conn, first_instant(end), settings, before_as_of=True)
     return {
         "report": REPORT, "period": label(period),
         "from": utc_iso(start), "to": utc_iso(first_instant(end)), "as_of": utc_iso(first_instant(end)),

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Row
 from core.job import RunContext
 from core.sql import Queries
 from core.stream import copy_rows
-from jobs import period_close, rules_audit
+from jobs import liability, period_close, rules_audit
 from jobs.reconcile_summary import (MONTHS_CHARTED, RECOVERY, CacheTotals, ClawbackTotals, Found, LedgerTotals,
                                     Movement, PreviousReconcile, Snapshot, Summary, TypeTotals, Unrecovered,
                                     add_totals, build_summary, month_starts)
@@ -97,7 +97,7 @@ def audit(ctx: RunContext[RuleSettings], store: Store) -> Audit:
 def _with_finance(ctx: RunContext[RuleSettings], conn: Connection, snapshot: Snapshot) -> Snapshot:
     """What finance reads beside the roll-forward, in the same snapshot: the signed months' restatements
     (one statement over every month signed), the liability schedule at the as-of and the breakage."""
-    schedule, breakage = period_close.schedule_and_breakage(conn, ctx.as_of, ctx.settings)
+    schedule, breakage = liability.schedule_and_breakage(conn, ctx.as_of, ctx.settings)
     return replace(snapshot, restatements=period_close.restatements(conn, ctx.settings.points_per_usd),
                    liability_schedule=schedule, breakage=breakage)
 
