@@ -283,8 +283,16 @@ cache AS (
 SELECT count(*) AS rows, coalesce(sum(delta), 0) AS points, (SELECT count(*) FROM cache) AS users FROM inserted;
 
 -- name: reconcile --
--- The one aggregate query: every user's ledger sums against the cache row, the discrepant users counted.
-WITH ledger AS (
+-- The one aggregate query: every user's ledger sums against the cache row, the discrepant users counted;
+-- and the roll-forward's movements, the ledger by type and calendar month (SPEC: the opening, each
+-- type's movements and the closing, month by month).
+WITH movements AS (
+    SELECT type, date_trunc('month', created_at) AS month, sum(delta) AS points, count(*) AS rows
+    FROM public.user_point_transactions
+    WHERE created_at <= :as_of
+    GROUP BY type, date_trunc('month', created_at)
+),
+ledger AS (
     SELECT user_id, sum(delta) AS balance,
            coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS earned,
            coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS spent
@@ -306,7 +314,8 @@ SELECT count(*) FILTER (WHERE (in_ledger AND NOT in_cache)
                            OR (in_cache AND balance <> total_earned + total_spent)
                            OR ledger_balance < 0) AS rows,
        coalesce(sum(ledger_balance), 0) AS points,
-       count(*) AS users
+       count(*) AS users,
+       (SELECT count(*) FROM movements) AS movement_lines
 FROM compared;
 
 -- name: expiring_soon --
