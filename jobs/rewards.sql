@@ -381,7 +381,11 @@ WITH recorded AS (
     FROM planned_rows AS p
     JOIN public.user_point_transactions AS t ON t.idempotency_key = p.idempotency_key
     WHERE p.action = 'reward'
-      AND t.user_id = p.user_id AND t.type = p.type AND t.delta = p.delta
+      -- Not `t.user_id = p.user_id AND …`: the planner, which cannot tell the key's unique index from
+      -- idx_upt_user_id by their estimates, took the user's index and filtered the key, reading the whole
+      -- ledger of an influencer once per reward of theirs (1.2 s of a 3.2 s run, 200k users, seed 4 of
+      -- --shape random). This comparison no index serves, so the key's index finds each row.
+      AND (t.user_id, t.type, t.delta) IS NOT DISTINCT FROM (p.user_id, p.type, p.delta)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING 1
 )
@@ -486,7 +490,8 @@ SELECT p.user_id,
        coalesce(sum(t.delta), 0) AS delta,
        coalesce(sum(p.points + p.delta - p.expired_points) FILTER (WHERE p.action = 'clawback'), 0) AS unrecovered
 FROM planned_rows AS p
-LEFT JOIN public.user_point_transactions AS t ON t.idempotency_key = p.idempotency_key AND t.user_id = p.user_id
+LEFT JOIN public.user_point_transactions AS t
+       ON t.idempotency_key = p.idempotency_key AND t.user_id IS NOT DISTINCT FROM p.user_id  -- as record_rewards
 GROUP BY p.user_id;
 
 -- name: keep_batch_effects --
