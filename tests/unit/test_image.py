@@ -277,6 +277,17 @@ def test_a_version_that_is_not_pyprojects_stops_the_build(image, wrong):
     assert image.dist_infos() == []
 
 
+@pytest.mark.parametrize("local", ["+", "+a/b", "+g1..2", "+.g1", "+g_1"])
+def test_a_local_part_that_is_no_version_stops_the_build(image, local):
+    version = pyproject()["version"] + local
+
+    baked = image.sh(the_version_bake(), VERSION=version)
+
+    assert baked.returncode != 0
+    assert f"VERSION={version}: the local part after + must be letters and digits" in baked.stderr
+    assert image.dist_infos() == []
+
+
 # ── 5. compose runs the daemon as the least-privileged role ─────────────────────
 
 def compose_services(text: str) -> dict[str, str]:
