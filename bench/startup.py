@@ -89,9 +89,9 @@ def render(timings: list[Timing], load_before: float, load_after: float, runs: i
     by_command = {timing.command: timing for timing in timings}
     idle, floor = by_command.get(" ".join(IDLE_RUN)), by_command.get(" ".join(FLOOR))
     if idle and floor:
-        lines += ["", f"The idle run costs {idle.median_wall - floor.median_wall:+.3f} s of wall time "
-                      f"({idle.median_cpu - floor.median_cpu:+.3f} s of CPU) over `python -c \"{STACK_IMPORTS}\"`, "
-                      "which no run on this stack can go below."]
+        lines += ["", f"The idle run's wall time is {idle.median_wall / floor.median_wall:.2f}× the floor's "
+                      f"({idle.median_wall:.3f} s against {floor.median_wall:.3f} s): the floor is "
+                      f"`python -c \"{STACK_IMPORTS}\"`, which no run on this stack can go below."]
     return "\n".join(lines)
 
 

@@ -44,4 +44,4 @@ def test_the_idle_run_is_read_against_the_floor_of_the_stacks_imports(tmp_path):
     stack = startup.Timing(" ".join(startup.FLOOR), cpu=[0.4], wall=[0.45])
     text = startup.render([idle, stack], load_before=0.5, load_after=0.5, runs=1)
     assert "the floor under any run" in text
-    assert "The idle run costs +0.200 s of wall time (+0.100 s of CPU) over" in text
+    assert "The idle run's wall time is 1.44× the floor's (0.650 s against 0.450 s)" in text
