@@ -52,9 +52,9 @@ RUN declared="$(python -c 'import tomllib; print(tomllib.load(open("pyproject.to
       echo "VERSION=${VERSION} is not pyproject.toml's version ${declared} (a local part +… may follow it)" >&2; exit 1; \
     fi \
  && case "$VERSION" in *+*) \
-      if ! printf '%s\n' "${VERSION#*+}" | grep -Eqx '[A-Za-z0-9]+([.][A-Za-z0-9]+)*'; then \
-        echo "VERSION=${VERSION}: the local part after + must be letters and digits, dot-separated (PEP 440)" >&2; exit 1; \
-      fi ;; \
+      case "${VERSION#*+}" in ""|.*|*.|*..*|*[!A-Za-z0-9.]*) \
+        echo "VERSION=${VERSION}: the local part after + must be letters and digits, dot-separated (PEP 440)" >&2; exit 1 ;; \
+      esac ;; \
     esac \
  && info="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rewards_jobs-${VERSION}.dist-info" \
  && mkdir "$info" \
