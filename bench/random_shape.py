@@ -88,7 +88,8 @@ class RandomShape:
         return asdict(self)
 
     def params(self) -> dict[str, Any]:
-        """The SQL parameters of bench/random_world.sql (every field but the seed, prefixed `s_`)."""
+        """Every field but the seed, prefixed `s_`: what bench/random_world.sql's own statements read (the app's
+        ledger rows; the planning and payment statements are sample_data.sql's, see random_world.sample_shape)."""
         return {f"s_{name}": value for name, value in asdict(self).items() if name != "seed"}
 
     def describe(self) -> str:
