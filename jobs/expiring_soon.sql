@@ -2,15 +2,17 @@
 
 -- name: expiring --
 -- Only a user with an earning row dated in the crossing window [as_of - N months, last cutoff) can have
--- points expiring in the window; those users are found through an index of the ledger by date
--- (migration 013's idx_upt_earned_created, or idx_upt_created), and only their ledgers are summed,
--- not every user's (where many users cross, the planner may read the user index whole, in order).
--- Their whole ledgers are summed (E(as_of), D, the balance, the points crossing a cutoff) and
--- their earning rows in the crossing window put on the first bound whose cutoff passes them. Bounds are
--- as_of, each UTC midnight inside the window and the window's end; a bound's cutoff is `t - N months`.
--- Because cutoffs are taken as "the first bound that passes the row", a cutoff that steps back at a
--- month end (Mar 29 - 1 month = Feb 28 00:00, before Mar 28 12:00 - 1 month) never counts a point twice:
--- what expire-points would have expired at an earlier bound stays expired.
+-- points expiring in the window. Their whole ledgers are summed in one pass in user order (E(as_of), D,
+-- the balance, the points crossing a cutoff), the users found by date (migration 013's
+-- idx_upt_earned_created) and met as a semi-join, which PostgreSQL runs with parallel workers over the
+-- covering idx_upt_user_created_delta. The window's earning rows are then summed per user and bound
+-- ("the first bound whose cutoff passes the row"). Bounds are as_of, each UTC midnight inside the window
+-- and the window's end; a bound's cutoff is `t - N months`. A cutoff can step back at a month end
+-- (Mar 29 00:00 - 1 month = Feb 28 00:00, before Mar 28 12:00 - 1 month), so a row's bound is found
+-- among the cutoffs reached so far (a running maximum, sorted, which width_bucket searches): what
+-- expire-points would have expired at an earlier bound stays expired, and no point is counted twice.
+-- Cutoffs never decrease from one midnight to the next, and the window's end has as_of's time of day,
+-- so the last cutoff is the greatest.
 WITH bounds AS (
     SELECT CAST(row_number() OVER (ORDER BY t) - 1 AS int) AS k, t,
            t - make_interval(months => :months) AS cutoff
@@ -23,80 +25,80 @@ WITH bounds AS (
         SELECT CAST(:window_end AS timestamptz)
     ) AS instants
 ),
--- The crossing window [first_cutoff, last_cutoff). Cutoffs never decrease as t grows (UTC month arithmetic
--- clamps the day), so the last is the window end's. crossing_users spells the window out again: joined
--- from here, PostgreSQL 15 read it with a full scan of the user index instead of the index by date.
-window_cutoffs AS NOT MATERIALIZED (
-    SELECT CAST(:as_of AS timestamptz) - make_interval(months => :months)      AS first_cutoff,
-           CAST(:window_end AS timestamptz) - make_interval(months => :months) AS last_cutoff
+-- cutoffs[k + 1]: the greatest cutoff of bounds 0..k; instants[k + 1]: bound k's instant. A row dated x
+-- in the crossing window is on bound width_bucket(x, cutoffs): the number of cutoffs reached at or
+-- before x, which is the first k whose cutoff passes x.
+thresholds AS (
+    SELECT array_agg(reached ORDER BY k) AS cutoffs, array_agg(t ORDER BY k) AS instants
+    FROM (SELECT k, t, max(cutoff) OVER (ORDER BY k) AS reached FROM bounds) AS running
 ),
-crossing_users AS (
-    SELECT DISTINCT t.user_id
-    FROM public.user_point_transactions t
-    WHERE t.delta > 0
-      AND t.created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :months)
-      AND t.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months)
-),
-ledger_per_user AS (  -- each crossing user's whole ledger (idx_upt_user_created_delta, index-only)
+ledger_per_user AS (
     SELECT t.user_id,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < w.first_cutoff), 0) AS earned_before,
-           coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0)                                  AS debited,
-           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at >= w.first_cutoff
-                                               AND t.created_at < w.last_cutoff), 0)              AS crossing,
-           sum(t.delta)                                                                           AS balance
-    FROM public.user_point_transactions t
-    CROSS JOIN window_cutoffs w
-    WHERE t.user_id IN (SELECT user_id FROM crossing_users)
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0 AND t.created_at < CAST(:as_of AS timestamptz) - make_interval(months => :months)), 0)
+             AS earned_before,
+           coalesce(-sum(t.delta) FILTER (WHERE t.delta < 0), 0) AS debited,
+           coalesce(sum(t.delta) FILTER (WHERE t.delta > 0
+                                           AND t.created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :months)
+                                           AND t.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months)), 0)
+             AS crossing,
+           sum(t.delta) AS balance
+    FROM public.user_point_transactions AS t
+    WHERE t.user_id IN (SELECT c.user_id
+                        FROM public.user_point_transactions AS c
+                        WHERE c.delta > 0
+                          AND c.created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :months)
+                          AND c.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months))
     GROUP BY t.user_id
 ),
 -- Lots as expire-points counts them (docs/rules.md): a reward's lot less its own clawback, which is no
 -- debit. The ledger sums above hold both, so they are corrected by the clawed-back points recorded
--- beside each reward in referral_rewards (its rewarded_at is the reward row's created_at).
-own_clawbacks AS (
+-- beside each reward in referral_rewards, by its rewarded_at (the reward row's created_at), as
+-- expire-points reads them: before the window (-1), on bound k, or after the window (-3).
+clawback_buckets AS (
     SELECT rr.beneficiary_user_id AS user_id,
-           sum(rr.clawed_back_points)                                                        AS all_points,
-           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at < w.first_cutoff), 0) AS before_points,
-           coalesce(sum(rr.clawed_back_points) FILTER (WHERE rr.rewarded_at >= w.first_cutoff
-                                                          AND rr.rewarded_at < w.last_cutoff), 0) AS crossing_points
+           CASE WHEN rr.rewarded_at < CAST(:as_of AS timestamptz) - make_interval(months => :months) THEN -1
+                WHEN rr.rewarded_at >= CAST(:window_end AS timestamptz) - make_interval(months => :months) THEN -3
+                ELSE width_bucket(rr.rewarded_at, (SELECT cutoffs FROM thresholds)) END AS k,
+           CAST(sum(rr.clawed_back_points) AS bigint) AS points
     FROM public.referral_rewards AS rr
-    CROSS JOIN window_cutoffs w
     WHERE rr.clawed_back_points > 0
-      AND rr.beneficiary_user_id IN (SELECT user_id FROM crossing_users)
-    GROUP BY rr.beneficiary_user_id
+    GROUP BY 1, 2
 ),
-per_user AS (
+own_clawbacks AS (
+    SELECT user_id,
+           CAST(sum(points) AS bigint)                                     AS all_points,
+           CAST(coalesce(sum(points) FILTER (WHERE k = -1), 0) AS bigint) AS before_points,
+           CAST(coalesce(sum(points) FILTER (WHERE k >= 0), 0) AS bigint) AS crossing_points
+    FROM clawback_buckets
+    GROUP BY user_id
+),
+candidates AS (  -- users with points crossing a cutoff, some of which expire (E + crossing > D)
     SELECT l.user_id,
            l.earned_before - coalesce(c.before_points, 0) AS earned_before,
            l.debited - coalesce(c.all_points, 0)          AS debited,
-           l.crossing - coalesce(c.crossing_points, 0)    AS crossing,
            l.balance
     FROM ledger_per_user AS l
     LEFT JOIN own_clawbacks AS c ON c.user_id = l.user_id
+    WHERE l.crossing - coalesce(c.crossing_points, 0) > 0
+      AND l.earned_before - coalesce(c.before_points, 0) + l.crossing - coalesce(c.crossing_points, 0)
+          > l.debited - coalesce(c.all_points, 0)
 ),
-candidates AS (
-    SELECT * FROM per_user WHERE crossing > 0 AND earned_before + crossing > debited
+crossing_by_bound AS (  -- the window's earning rows, per user and bound
+    SELECT t.user_id, width_bucket(t.created_at, (SELECT cutoffs FROM thresholds)) AS k, sum(t.delta) AS points
+    FROM public.user_point_transactions AS t
+    WHERE t.delta > 0
+      AND t.created_at >= CAST(:as_of AS timestamptz) - make_interval(months => :months)
+      AND t.created_at < CAST(:window_end AS timestamptz) - make_interval(months => :months)
+    GROUP BY 1, 2
 ),
-crossing_lots AS (  -- the candidates' earning rows in the crossing window
-    SELECT t.user_id, t.delta, t.idempotency_key, t.created_at
-    FROM public.user_point_transactions t
-    JOIN candidates c ON c.user_id = t.user_id
-    CROSS JOIN window_cutoffs w
-    WHERE t.delta > 0 AND t.created_at >= w.first_cutoff AND t.created_at < w.last_cutoff
-),
-crossing_rows AS (  -- each lot less its own clawback, on the first bound whose cutoff passes it
-    SELECT l.user_id, l.delta - coalesce(rr.clawed_back_points, 0) AS delta,
-           (SELECT min(b.k) FROM bounds b WHERE l.created_at < b.cutoff) AS k
-    FROM crossing_lots AS l
-    LEFT JOIN public.referral_rewards AS rr
-           ON rr.idempotency_key = l.idempotency_key AND rr.clawed_back_points > 0
-),
-expiring_by AS (  -- X(t_k) at each bound where a row crosses
-    SELECT r.user_id, r.k, c.balance,
-           greatest(0, c.earned_before + sum(sum(r.delta)) OVER (PARTITION BY r.user_id ORDER BY r.k) - c.debited)
+expiring_by AS (  -- X(t_k) at each bound where a lot crosses
+    SELECT l.user_id, l.k, c.balance,
+           greatest(0, c.earned_before - c.debited
+                       + sum(l.points - coalesce(cb.points, 0)) OVER (PARTITION BY l.user_id ORDER BY l.k))
              - greatest(0, c.earned_before - c.debited) AS expired_by
-    FROM crossing_rows r
-    JOIN candidates c ON c.user_id = r.user_id
-    GROUP BY r.user_id, r.k, c.balance, c.earned_before, c.debited
+    FROM crossing_by_bound AS l
+    JOIN candidates AS c ON c.user_id = l.user_id
+    LEFT JOIN clawback_buckets AS cb ON cb.user_id = l.user_id AND cb.k = l.k
 ),
 per_day AS (  -- X(t_k) - X(t_(k-1)): the points expiring in (t_(k-1), t_k], the UTC day of t_(k-1)
     SELECT user_id, k, balance,
@@ -104,13 +106,11 @@ per_day AS (  -- X(t_k) - X(t_(k-1)): the points expiring in (t_(k-1), t_k], the
     FROM expiring_by
 ),
 shown AS (
-    SELECT d.user_id, d.points, CAST(b.t AS date) AS expires_on, d.balance,
-           count(*) OVER (PARTITION BY d.user_id ORDER BY d.k) = 1 AS first_of_user
-    FROM per_day d
-    JOIN bounds b ON b.k = d.k - 1
-    WHERE d.points > 0
+    SELECT user_id, points, CAST((SELECT instants FROM thresholds)[k] AS date) AS expires_on, balance,
+           row_number() OVER (PARTITION BY user_id ORDER BY k) = 1 AS first_of_user
+    FROM per_day
+    WHERE points > 0
 )
-SELECT user_id, CAST(points AS bigint) AS points, to_char(expires_on, 'YYYY-MM-DD') AS expires_on,
-       CAST(balance AS bigint) AS balance, first_of_user
+SELECT user_id, points, to_char(expires_on, 'YYYY-MM-DD') AS expires_on, balance, first_of_user
 FROM shown
 ORDER BY shown.expires_on, user_id;
