@@ -19,8 +19,12 @@ UPDATE public.user_subscription_payments p
 -- Billing corrects earlier payments that are the basis of a standing reward: half of them move a month
 -- later (the basis rule claws their rewards back and pays the month they now lie in), half are
 -- corrected by $1.00 (clawed back and paid again at the new amount). Others than the refunds above.
+-- The month is added to the UTC wall time (what `+ interval '1 month'` does in the sessions' UTC), spelled
+-- with immutable functions only: Citus refuses a CASE in a distributed UPDATE that calls a stable one.
 UPDATE public.user_subscription_payments p
-   SET paid_at = CASE WHEN left(md5(CAST(p.id AS text)), 1) < '8' THEN p.paid_at + interval '1 month' ELSE p.paid_at END,
+   SET paid_at = CASE WHEN left(md5(CAST(p.id AS text)), 1) < '8'
+                      THEN ((p.paid_at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
+                      ELSE p.paid_at END,
        amount_cents = CASE WHEN left(md5(CAST(p.id AS text)), 1) < '8' THEN p.amount_cents ELSE p.amount_cents + 100 END
  WHERE p.id IN (SELECT standing.payment_id
                 FROM (SELECT DISTINCT rr.payment_id
