@@ -12,7 +12,9 @@
 -- among the cutoffs reached so far (a running maximum, sorted, which width_bucket searches): what
 -- expire-points would have expired at an earlier bound stays expired, and no point is counted twice.
 -- Cutoffs never decrease from one midnight to the next, and the window's end has as_of's time of day,
--- so the last cutoff is the greatest.
+-- so the last cutoff is the greatest. The window's two cutoffs are spelled out where they are used, not
+-- read from a CTE: the planner then sees constants, and estimates the index by date (joined from a CTE,
+-- PostgreSQL 15 read the whole user index instead).
 WITH bounds AS (
     SELECT CAST(row_number() OVER (ORDER BY t) - 1 AS int) AS k, t,
            t - make_interval(months => :months) AS cutoff
