@@ -20,7 +20,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
-from core.sql import Queries
+from core.sql import Queries, uuid_array
 
 _queries = Queries(__file__)
 
@@ -62,7 +62,7 @@ def write_points(conn: Connection, candidates_sql: str, params: Mapping[str, obj
 
 def lock_balances(conn: Connection, user_ids: Sequence[UUID | str]) -> None:
     """Lock these users' balance rows (user_id order) before reading their ledger sums."""
-    conn.execute(_queries["lock_balances"], {"user_ids": [str(user_id) for user_id in user_ids]})
+    conn.execute(_queries["lock_balances"], {"user_ids": uuid_array(user_ids)})
 
 
 @contextmanager
