@@ -71,3 +71,12 @@ def test_two_jobs_locking_the_same_users_in_opposite_orders_never_deadlock(engin
             thread.join(timeout=60)
         assert not any(thread.is_alive() for thread in threads)
     assert failures == []
+
+
+def test_lock_balances_sends_its_users_as_one_array_literal_that_locks_exactly_them(engine):
+    users = _users_with_balances(engine, 12)
+    wanted, others = users[:8], users[8:]
+
+    with engine.begin() as conn:
+        lock_balances(conn, [*wanted[:4], *(str(user).upper() for user in wanted[4:])])  # UUID objects and text
+        assert _free(engine, users) == set(others)
