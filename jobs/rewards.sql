@@ -1,8 +1,9 @@
 -- The two reward jobs' rule (docs/rules.md), one statement per step, parameterised by :level
 -- (1 recurring-rewards, 2 level2-rewards). A run plans first: plan_run derives, in one set-based
 -- statement over the whole history, every ledger row owed now that this level does not hold yet
--- (rewards and clawbacks), into the session's temporary table run_plan, numbered in batches of
--- referred users (a month is identified by referred user, level and month). Then each batch is one
+-- (rewards and clawbacks), into the session's temporary table run_plan, numbered in batches of about
+-- REWARDS_BATCH_SIZE rows, a referred user's rows together (a month is identified by referred user,
+-- level and month). Then each batch is one
 -- transaction: batch_rows, lock the beneficiaries' balance rows, price_clawbacks, the ledger writer
 -- over planned_rows, record_clawbacks, record_rewards. Last, with REWARDS_RECOVERY=on, the recovery:
 -- plan_recoveries, then per batch recovery_rows, the ledger writer, attribute_recoveries.
@@ -252,14 +253,20 @@ facts AS (
 SELECT * FROM facts
 
 -- name: plan_run --
--- What the run writes (month_facts' rewards and clawbacks), into the session's run_plan. A referred
--- user's rows share a batch: batch n holds referred users n×batch_size+1 .. (n+1)×batch_size of those
--- with something to write, in id order.
+-- What the run writes (month_facts' rewards and clawbacks), into the session's run_plan, in batches of
+-- about batch_size rows: counted in referred user order, a referred user's rows share a batch, and a
+-- batch starts at each user whose first row passes a multiple of batch_size. Sized by rows, not by
+-- users: on a shape with many payments per relationship, 5,000 referred users were 23,000 rows to
+-- write and a 4 s hold of their beneficiaries' locks.
 CREATE TEMP TABLE run_plan AS
-SELECT facts.*, CAST(NULL AS numeric) AS expired_points,
-       (dense_rank() OVER (ORDER BY facts.referred_user_id) - 1) / :batch_size AS batch
-FROM ({month_facts}) AS facts
-WHERE facts.action IS NOT NULL;
+SELECT planned.*, dense_rank() OVER (ORDER BY planned.rows_before / :batch_size) - 1 AS batch
+FROM (
+    SELECT facts.*, CAST(NULL AS numeric) AS expired_points,
+           count(*) OVER (ORDER BY facts.referred_user_id)
+         - count(*) OVER (PARTITION BY facts.referred_user_id) AS rows_before
+    FROM ({month_facts}) AS facts
+    WHERE facts.action IS NOT NULL
+) AS planned;
 
 -- name: index_plan --
 CREATE INDEX ON pg_temp.run_plan (batch);

@@ -375,6 +375,23 @@ def test_small_batches_reward_every_relationship_once(engine, make_settings):
     assert sorted(row.ref_id for row in ledger_rows_of(engine)) == sorted(relationships)  # each once
 
 
+
+@pytest.mark.parametrize(("batch_size", "batches"), [(3, 3), (4, 2), (9, 1)])
+def test_a_batch_is_about_batch_size_rows_each_referred_users_rows_together(engine, make_settings, batch_size,
+                                                                            batches):
+    """Three referred users owe three months each: batches are counted in rows (a batch starts at the
+    user whose first row passes a multiple of the size), never splitting a user's months."""
+    for _ in range(3):
+        _, _, referred = rewarded(engine, rewarded_at=utc(2026, 1, 1))
+        for month in (1, 2, 3):
+            pay(engine, referred, utc(2026, 1 + month, 10))
+
+    result = run(engine, make_settings(batch_size=batch_size), utc(2026, 6, 1))
+
+    assert (result.stats["batches"], result.stats["items"]) == (batches, 3)
+    assert result.stats["rows_written"] == {"REFERRAL_RECURRING": 9}
+
+
 def add_ten_years_of_rewarded_chains(engine, count: int = 30_000) -> None:
     """Relationships rewarded every 175 minutes from 2016-06 to 2026-05, each referrer referred by
     the one before (level-1 chains), each referred user paying once; then ANALYZE."""
