@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Row
 
 from core.job import Batch, Job, RunContext, session_tables
 from core.ledger import lock_balances, undone_when, write_points
-from core.sql import Queries
+from core.sql import Queries, uuid_array
 from jobs.settings import RuleSettings
 
 _queries = Queries(__file__)
@@ -60,7 +60,6 @@ def _plan(ctx: RunContext[RuleSettings], conn: Connection, cutoff: datetime) -> 
     conn.execute(_queries["plan_run"], {"cutoff": cutoff, "as_of": ctx.as_of,
                                         "batch_size": ctx.settings.batch_size})
     conn.execute(_queries["index_plan"])
-    conn.execute(_queries["analyze_plan"])
     plan = conn.execute(_queries["plan_size"]).one()
     conn.commit()
     ctx.stats.update(users_checked=plan.users_checked, users_to_expire=plan.users_due)
@@ -71,12 +70,14 @@ def _expire_batch(ctx: RunContext[RuleSettings], conn: Connection, number: int, 
                   keys: dict[str, object]) -> Batch[int]:
     """One batch of the users with something due: lock their balance rows, then write what is due,
     read again from the ledger under the lock."""
-    user_ids = conn.execute(_queries["batch_users"], {"batch": number}).scalars().all()
+    users = conn.execute(_queries["batch_users"], {"batch": number}).all()
+    user_ids = [str(user.user_id) for user in users]
     if user_ids:
+        debited_at_as_of = [str(user.user_id) for user in users if user.debited_at_as_of]
         with undone_when(conn, dry_run=ctx.dry_run):
             lock_balances(conn, user_ids)
             written = write_points(conn, _queries.raw("expiry_candidates"),
-                                   {**keys, "batch": number, "first_user_id": user_ids[0], "last_user_id": user_ids[-1]},
+                                   {**keys, **_users(user_ids), "debited_at_as_of": uuid_array(debited_at_as_of)},
                                    as_of=ctx.as_of)
         ctx.record_points(written)
         ctx.count("users_expired", written.users)
@@ -86,6 +87,11 @@ def _expire_batch(ctx: RunContext[RuleSettings], conn: Connection, number: int, 
                             idempotency_key=key)
     return Batch.numbered(number, of=batches, items=len(user_ids))
 
+
+def _users(user_ids: list[str]) -> dict[str, object]:
+    """A batch's users as the statements take them: one array literal (not a list parameter, which
+    psycopg2 sends as 5,000 constants for the server to parse), and the same users as a range."""
+    return {"user_ids": uuid_array(user_ids), "first_user_id": user_ids[0], "last_user_id": user_ids[-1]}
 
 
 JOB = Job(

@@ -50,17 +50,12 @@ SELECT NULL, NULL, NULL, count(*) FROM checked;
 -- name: index_plan --
 CREATE INDEX ON pg_temp.expiry_plan (batch);
 
--- name: analyze_plan --
--- Each batch's statements read their users from the plan: with its statistics (autovacuum never
--- visits a temporary table) the planner knows a batch is batch_size users.
-ANALYZE pg_temp.expiry_plan;
-
 -- name: plan_size --
 SELECT max(users_checked) AS users_checked, count(user_id) AS users_due, coalesce(max(batch) + 1, 0) AS batches
 FROM pg_temp.expiry_plan;
 
 -- name: batch_users --
-SELECT user_id FROM pg_temp.expiry_plan WHERE batch = :batch ORDER BY user_id;
+SELECT user_id, debited_at_as_of FROM pg_temp.expiry_plan WHERE batch = :batch ORDER BY user_id;
 
 -- name: expiry_candidates --
 -- The EXPIRY rows of a batch, for the ledger writer. Every debit of the ledger is counted, also one
@@ -83,15 +78,15 @@ FROM (
                coalesce(sum(delta) FILTER (WHERE delta > 0 AND created_at < :cutoff), 0)
              + coalesce(sum(delta) FILTER (WHERE delta < 0), 0) AS due
         FROM public.user_point_transactions
-        WHERE user_id IN (SELECT user_id FROM pg_temp.expiry_plan WHERE batch = :batch)
-          -- The same users as a range, which the planner estimates well.
+        WHERE user_id = ANY(CAST(:user_ids AS uuid[]))
+          -- The same users as a range, which the planner estimates well (idx_upt_user_created_delta).
           AND user_id BETWEEN :first_user_id AND :last_user_id
         GROUP BY user_id
     ) AS ledger
     LEFT JOIN (
         SELECT beneficiary_user_id AS user_id, sum(clawed_back_points) AS points
         FROM public.referral_rewards
-        WHERE beneficiary_user_id IN (SELECT user_id FROM pg_temp.expiry_plan WHERE batch = :batch)
+        WHERE beneficiary_user_id = ANY(CAST(:user_ids AS uuid[]))
           AND beneficiary_user_id BETWEEN :first_user_id AND :last_user_id
           AND clawback_key IS NOT NULL AND clawed_back_points > 0 AND rewarded_at >= :cutoff
         GROUP BY beneficiary_user_id
@@ -104,10 +99,9 @@ LEFT JOIN (
     -- idx_upt_created, which the planner, its statistics older than they, took for one row: at 600k
     -- users batch 21 filtered 105,000 rows there, and each batch more than the one before.
     SELECT t.user_id, count(*) AS rows
-    FROM pg_temp.expiry_plan AS debited
+    FROM unnest(CAST(:debited_at_as_of AS uuid[])) AS debited(user_id)
     JOIN public.user_point_transactions AS t ON t.user_id = debited.user_id
-    WHERE debited.batch = :batch AND debited.debited_at_as_of
-      AND t.type = 'EXPIRY'
+    WHERE t.type = 'EXPIRY'
       AND (t.idempotency_key = 'expiry:' || CAST(t.user_id AS text) || ':' || CAST(:as_of_key AS text)
            OR starts_with(t.idempotency_key, 'expiry:' || CAST(t.user_id AS text) || ':' || CAST(:as_of_key AS text) || ':'))
     GROUP BY t.user_id
