@@ -184,6 +184,22 @@ def test_rows_that_would_carry_the_cache_past_int_are_unstorable_and_earlier_one
     assert _balance(engine, user) == (2**31 - 40, 2**31 - 40, 0)
 
 
+def test_each_users_int_guard_reads_that_users_own_cache_row(engine):
+    near_limit, far_from_it, without_cache = new_id(), new_id(), new_id()
+    with engine.begin() as conn:
+        add_app_points(conn, user=near_limit, delta=2**31 - 100, type="ADMIN_GRANT", created_at=utc(2026, 1, 1))
+        add_app_points(conn, user=far_from_it, delta=5, type="ADMIN_GRANT", created_at=utc(2026, 1, 1))
+
+    written = _write(engine, *[(user, 60, "REFERRAL_RECURRING", f"{name}:{n}")
+                               for user, name in ((near_limit, "a"), (far_from_it, "b"), (without_cache, "c"))
+                               for n in (1, 2)])
+
+    assert written.unstorable == ["a:2"]
+    assert _balance(engine, near_limit) == (2**31 - 40, 2**31 - 40, 0)
+    assert _balance(engine, far_from_it) == (125, 125, 0)
+    assert _balance(engine, without_cache) == (120, 120, 0)
+
+
 def test_dry_run_previews_exactly_what_the_real_call_then_writes_and_changes_nothing(engine):
     first, second = new_id(), new_id()
     _write(engine, (first, 50, "REFERRAL_RECURRING", "h:1"))
