@@ -32,8 +32,9 @@ from bench.datasets import (DEFAULT_AS_OF, DEFAULT_SEED, DEFAULT_USERS, DEFAULT_
 from bench.run import measure_size
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# Citus advises 2–4 times the workers' cores in shards for analytical queries; the local cluster's three nodes share
-# this machine's cores, and each shard more is one task more for every multi-shard statement (docs/citus.md).
+# Citus advises 2–4 times the workers' cores in shards for analytical queries; the local cluster's three
+# nodes share this machine's cores, and each shard more is one task more for every multi-shard statement
+# (docs/citus.md).
 LOCAL_SHARD_COUNT = 2 * (os.cpu_count() or 1)
 
 
