@@ -32,10 +32,11 @@ cache_after AS (
            coalesce(b.total_earned, 0) + sum(greatest(f.delta, 0)) OVER per_user AS earned_after,
            coalesce(b.total_spent, 0)  + sum(least(f.delta, 0))    OVER per_user AS spent_after
     FROM fits_int AS f
-    -- Only the candidates' users: Citus would otherwise ship every balance row to the coordinator.
+    -- Only the candidates' users (Citus would otherwise ship every balance row to the coordinator), as
+    -- one array: PostgreSQL, underestimating the CTE, probed an `IN (SELECT …)` once per balance row.
     LEFT JOIN (SELECT user_id, balance, total_earned, total_spent
                FROM public.user_point_balances
-               WHERE user_id IN (SELECT user_id FROM fits_int)) AS b ON b.user_id = f.user_id
+               WHERE user_id = ANY(ARRAY(SELECT user_id FROM fits_int))) AS b ON b.user_id = f.user_id
     WHERE f.fits
     WINDOW per_user AS (PARTITION BY f.user_id ORDER BY f.idempotency_key)
 ),
