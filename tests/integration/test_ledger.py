@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+import core.ledger as core_ledger
 from core.ledger import WrittenPoints, undone_when, write_points
+from core.sql import Queries
 from tests.builders import add_app_points, balance_of, ledger_rows, new_id, utc
 
 AS_OF = utc(2026, 6, 1, 0, 15)
@@ -270,3 +272,35 @@ def test_cache_always_equals_the_sums_of_the_distinct_keys_written(engine, calls
         assert _balance(engine, user) == (expected if deltas else None)
         with engine.connect() as conn:
             assert sorted(row.delta for row in ledger_rows(conn, user_id=user)) == sorted(deltas)
+
+
+def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(child for sub in node.get("Plans", []) for child in _plan_nodes(sub))]
+
+
+def test_the_cache_is_read_once_for_the_candidates_users_never_probed_per_row(engine):
+    """The INT guard reads the candidates' users' cache rows in one index scan. Read with `IN (SELECT …
+    FROM fits_int)`, PostgreSQL took the CTE for a few rows and scanned it once per cache row: 1 s a batch
+    of 5,000 (expire-points, 200k users, seed 1 of `bench --shape random`)."""
+    candidates, others = 2000, 3000
+    with engine.connect() as conn:  # rolled back: the writes of EXPLAIN ANALYZE are undone
+        conn.execute(text(
+            "CREATE TEMP TABLE candidates AS SELECT gen_random_uuid() AS user_id, 5 AS delta,"
+            " 'REFERRAL_RECURRING' AS type, CAST(NULL AS uuid) AS ref_id, 'plan:' || n AS idempotency_key,"
+            " '' AS note FROM generate_series(1, :n) AS n"), {"n": candidates})
+        conn.execute(text(
+            "INSERT INTO public.user_point_balances (user_id, balance, total_earned, total_spent, updated_at)"
+            " SELECT user_id, 10, 10, 0, :as_of FROM candidates"
+            " UNION ALL SELECT gen_random_uuid(), 10, 10, 0, :as_of FROM generate_series(1, :others)"),
+            {"as_of": AS_OF, "others": others})
+        statement = Queries(core_ledger.__file__).render(
+            "write_points", candidates="SELECT * FROM pg_temp.candidates", created_at=":as_of")
+        plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + statement.text), {"as_of": AS_OF}).scalar_one()
+
+    nodes = _plan_nodes(plan[0]["Plan"])
+    cache_reads = [node for node in nodes
+                   if node.get("Relation Name") == "user_point_balances" and node["Node Type"] != "ModifyTable"]
+    assert cache_reads, "the plan reads the cache"
+    for node in cache_reads:
+        assert node["Actual Loops"] == 1 and node["Actual Rows"] == candidates, node["Node Type"]
+    assert all(node["Actual Loops"] <= 1 for node in nodes if node["Node Type"] == "CTE Scan")
