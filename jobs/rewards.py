@@ -29,7 +29,8 @@ A run plans first: one set-based statement derives, over the whole history, ever
 the ledger does not hold yet (a temporary table, numbered in batches of about `REWARDS_BATCH_SIZE` rows,
 each referred user's rows together), so a daily run costs about one pass over the data however little
 changed. Then each batch is one transaction: lock the beneficiaries' balance rows, price the clawbacks,
-write through the ledger writer, record the bases. A reward or clawback that cannot be stored (over INT) is counted and logged, never failing.
+write through the ledger writer, record the bases. A reward or clawback that cannot be stored (over INT)
+is counted and logged, never failing.
 """
 from __future__ import annotations
 

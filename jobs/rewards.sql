@@ -4,8 +4,9 @@
 -- (rewards and clawbacks), into the session's temporary table run_plan, numbered in batches of about
 -- REWARDS_BATCH_SIZE rows, a referred user's rows together (a month is identified by referred user,
 -- level and month). Then each batch is one transaction: batch_rows, lock the beneficiaries' balance
--- rows, price_clawbacks, the ledger writer over planned_rows, record_clawbacks, record_rewards. Last, with REWARDS_RECOVERY=on, the recovery:
--- plan_recoveries, then per batch recovery_rows, the ledger writer, attribute_recoveries.
+-- rows, price_clawbacks, the ledger writer over planned_rows, record_clawbacks, record_rewards. Last,
+-- with REWARDS_RECOVERY=on, the recovery: plan_recoveries, then per batch recovery_rows, the ledger
+-- writer, attribute_recoveries.
 -- `{payments}` is the usable rows of the validated, quoted REWARDS_PAYMENTS_TABLE (usable_feed).
 
 -- name: relationship_counts --

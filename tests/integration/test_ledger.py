@@ -12,7 +12,6 @@ from sqlalchemy.exc import DBAPIError
 
 import core.ledger as core_ledger
 from core.ledger import WrittenPoints, undone_when, write_points
-from core.sql import Queries
 from tests.builders import add_app_points, balance_of, ledger_rows, new_id, utc
 
 AS_OF = utc(2026, 6, 1, 0, 15)
@@ -293,7 +292,8 @@ def test_the_cache_is_read_once_for_the_candidates_users_never_probed_per_row(en
             " SELECT user_id, 10, 10, 0, :as_of FROM candidates"
             " UNION ALL SELECT gen_random_uuid(), 10, 10, 0, :as_of FROM generate_series(1, :others)"),
             {"as_of": AS_OF, "others": others})
-        statement = Queries(core_ledger.__file__).render(
+        # A query-plan test reads the writer's private statement: a plan belongs to the statement's text.
+        statement = core_ledger._queries.render(
             "write_points", candidates="SELECT * FROM pg_temp.candidates", created_at=":as_of")
         plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + statement.text), {"as_of": AS_OF}).scalar_one()
 
