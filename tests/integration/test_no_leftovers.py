@@ -58,7 +58,7 @@ def interrupted_run(tmp_path: Path, stop: signal.Signals, workers: int, server_u
                 os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
             else:
                 run.send_signal(stop)  # `kill`: pytest alone
-            assert run.wait(timeout=90) != 0
+            assert run.wait(timeout=90) != 0, (tmp_path / "pytest.log").read_text()
         finally:
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)
@@ -96,7 +96,7 @@ def processes_using(directory: Path) -> list[int]:
 def test_sigterm_to_a_run_on_two_workers_stops_its_embedded_server_and_removes_its_directory(tmp_path):
     pids = interrupted_run(tmp_path, signal.SIGTERM, workers=2, server_url=None)
 
-    assert wait_until_gone(pids) == set()
+    assert wait_until_gone(pids) == set(), (tmp_path / "pytest.log").read_text()
     [controller] = [pid for pid in pids if pid not in {int(p.name) for p in (tmp_path / "ready").iterdir()}]
     left = list(Path(tempfile.gettempdir()).glob(f"rewards-test-pg-{controller}-*"))
     assert left == []
@@ -107,10 +107,10 @@ def test_sigterm_to_a_run_on_two_workers_stops_its_embedded_server_and_removes_i
 def test_ctrl_c_of_a_run_drops_its_databases(tmp_path, server_url):
     pids = interrupted_run(tmp_path, signal.SIGINT, workers=0, server_url=server_url)
 
-    assert wait_until_gone(pids) == set()
+    assert wait_until_gone(pids) == set(), (tmp_path / "pytest.log").read_text()
     left = [name for name in databases_named_for_tests(server_url)
             if int(housekeeping.TEST_DATABASE.match(name)[1]) in pids]  # type: ignore[index]
-    assert left == []
+    assert left == [], (tmp_path / "pytest.log").read_text()
 
 
 def test_the_databases_and_roles_of_a_process_that_is_gone_are_swept(server_url):
