@@ -94,6 +94,73 @@ SELECT 'unstorable', type, count(*), sum(delta), array_agg(idempotency_key ORDER
 FROM unstorable
 GROUP BY type;
 
+-- name: stage_points --
+-- The same writer on Citus, where data-modifying CTEs run step by step through the coordinator: the
+-- candidates are staged in public.rewards_ledger_staging (migration 028), distributed by user_id beside
+-- the ledger and the cache, and each step below is one statement every shard runs on its own rows. The
+-- steps keep the one statement's rules: a key written before (for anyone) is not written again, a row that
+-- cannot be stored is left out and reported, the cache moves by exactly the rows inserted (core/ledger.py
+-- checks that every staged row was). The batch deletes its staged rows before it commits.
+INSERT INTO public.rewards_ledger_staging (user_id, delta, type, ref_id, idempotency_key, note, created_at)
+SELECT c.user_id, c.delta, c.type, c.ref_id, c.idempotency_key, c.note, {created_at}
+FROM ({candidates}) AS c
+WHERE c.delta <> 0;
+
+-- name: unstage_known_keys --
+-- A key is looked up across every shard: unique per (user_id, key) on Citus, it must be new for anyone.
+DELETE FROM public.rewards_ledger_staging
+WHERE idempotency_key IN (SELECT t.idempotency_key
+                          FROM public.user_point_transactions AS t
+                          WHERE t.idempotency_key IN (SELECT idempotency_key FROM public.rewards_ledger_staging));
+
+-- name: unstage_unstorable --
+-- The INT guard of write_points, per user in key order over the rows whose delta fits the ledger's INT.
+DELETE FROM public.rewards_ledger_staging AS s
+USING (
+    SELECT f.user_id, f.n, f.delta BETWEEN -2147483648 AND 2147483647 AS fits,
+           coalesce(b.balance, 0)
+             + sum(f.delta) FILTER (WHERE f.delta BETWEEN -2147483648 AND 2147483647) OVER per_user AS balance_after,
+           coalesce(b.total_earned, 0)
+             + sum(greatest(f.delta, 0)) FILTER (WHERE f.delta <= 2147483647) OVER per_user AS earned_after,
+           coalesce(b.total_spent, 0)
+             + sum(least(f.delta, 0)) FILTER (WHERE f.delta >= -2147483648) OVER per_user AS spent_after
+    FROM public.rewards_ledger_staging AS f
+    LEFT JOIN public.user_point_balances AS b ON b.user_id = f.user_id
+    WINDOW per_user AS (PARTITION BY f.user_id ORDER BY f.idempotency_key)
+) AS guarded
+WHERE guarded.user_id = s.user_id AND guarded.n = s.n
+  AND NOT (guarded.fits
+           AND guarded.balance_after BETWEEN -2147483648 AND 2147483647
+           AND guarded.earned_after <= 2147483647
+           AND guarded.spent_after >= -2147483648)
+RETURNING s.type, s.idempotency_key;
+
+-- name: insert_staged --
+INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, note, idempotency_key, created_at)
+SELECT user_id, CAST(delta AS int), type, ref_id, note, idempotency_key, created_at
+FROM public.rewards_ledger_staging
+ON CONFLICT DO NOTHING;
+
+-- name: move_cache_by_staged --
+INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, total_spent, updated_at)
+SELECT user_id, CAST(sum(delta) AS int), CAST(sum(greatest(delta, 0)) AS int), CAST(sum(least(delta, 0)) AS int), :as_of
+FROM public.rewards_ledger_staging
+GROUP BY user_id
+ON CONFLICT (user_id) DO UPDATE
+   SET balance      = b.balance + excluded.balance,
+       total_earned = b.total_earned + excluded.total_earned,
+       total_spent  = b.total_spent + excluded.total_spent,
+       updated_at   = excluded.updated_at;
+
+-- name: staged_by_type --
+SELECT type, count(*) AS row_count, sum(delta) AS points FROM public.rewards_ledger_staging GROUP BY type;
+
+-- name: clear_staged --
+DELETE FROM public.rewards_ledger_staging;
+
+-- name: stages_writes --
+SELECT to_regclass('public.rewards_ledger_staging') IS NOT NULL;
+
 -- name: lock_balances --
 -- Lock the given users' cache rows in user_id order BEFORE reading their ledger: a debit the app
 -- commits while we wait is then visible to the next statement (READ COMMITTED) and counted. Every
