@@ -80,7 +80,8 @@ def _write_staged(conn: Connection, candidates_sql: str, params: Mapping[str, ob
         return result
     conn.execute(_queries["unstage_known_keys"])
     unstorable = conn.execute(_queries["unstage_unstorable"]).all()
-    result.unstorable = sorted(row.idempotency_key for row in unstorable if row.idempotency_key is not None)
+    result.unstorable = sorted(row.idempotency_key for row in unstorable
+                               if row.idempotency_key is not None and not row.repeated)
     staged = conn.execute(_queries["staged_by_type"]).all()
     inserted = conn.execute(_queries["insert_staged"]).rowcount
     if inserted != sum(row.row_count for row in staged):

@@ -114,26 +114,37 @@ WHERE idempotency_key IN (SELECT t.idempotency_key
                           WHERE t.idempotency_key IN (SELECT idempotency_key FROM public.rewards_ledger_staging));
 
 -- name: unstage_unstorable --
--- The INT guard of write_points, per user in key order over the rows whose delta fits the ledger's INT.
+-- A key staged twice for a user is written once (its first staging), as the one statement's ON CONFLICT
+-- does; then its INT guard, per user in key order over the rows whose delta fits the ledger's INT.
+-- Returns the rows left out, a repeated key's copies marked as such (they are not unstorable).
 DELETE FROM public.rewards_ledger_staging AS s
 USING (
-    SELECT f.user_id, f.n, f.delta BETWEEN -2147483648 AND 2147483647 AS fits,
+    SELECT numbered.user_id, numbered.n, numbered.copy > 1 AS repeated,
+           numbered.delta BETWEEN -2147483648 AND 2147483647 AS fits,
            coalesce(b.balance, 0)
-             + sum(f.delta) FILTER (WHERE f.delta BETWEEN -2147483648 AND 2147483647) OVER per_user AS balance_after,
+             + sum(numbered.delta) FILTER (WHERE numbered.copy = 1 AND numbered.delta BETWEEN -2147483648 AND 2147483647)
+                   OVER per_user AS balance_after,
            coalesce(b.total_earned, 0)
-             + sum(greatest(f.delta, 0)) FILTER (WHERE f.delta <= 2147483647) OVER per_user AS earned_after,
+             + sum(greatest(numbered.delta, 0)) FILTER (WHERE numbered.copy = 1 AND numbered.delta <= 2147483647)
+                   OVER per_user AS earned_after,
            coalesce(b.total_spent, 0)
-             + sum(least(f.delta, 0)) FILTER (WHERE f.delta >= -2147483648) OVER per_user AS spent_after
-    FROM public.rewards_ledger_staging AS f
-    LEFT JOIN public.user_point_balances AS b ON b.user_id = f.user_id
-    WINDOW per_user AS (PARTITION BY f.user_id ORDER BY f.idempotency_key)
+             + sum(least(numbered.delta, 0)) FILTER (WHERE numbered.copy = 1 AND numbered.delta >= -2147483648)
+                   OVER per_user AS spent_after
+    FROM (
+        SELECT f.*, CASE WHEN f.idempotency_key IS NULL THEN 1
+                         ELSE row_number() OVER (PARTITION BY f.user_id, f.idempotency_key ORDER BY f.n) END AS copy
+        FROM public.rewards_ledger_staging AS f
+    ) AS numbered
+    LEFT JOIN public.user_point_balances AS b ON b.user_id = numbered.user_id
+    WINDOW per_user AS (PARTITION BY numbered.user_id ORDER BY numbered.idempotency_key)
 ) AS guarded
 WHERE guarded.user_id = s.user_id AND guarded.n = s.n
-  AND NOT (guarded.fits
-           AND guarded.balance_after BETWEEN -2147483648 AND 2147483647
-           AND guarded.earned_after <= 2147483647
-           AND guarded.spent_after >= -2147483648)
-RETURNING s.type, s.idempotency_key;
+  AND (guarded.repeated
+       OR NOT (guarded.fits
+               AND guarded.balance_after BETWEEN -2147483648 AND 2147483647
+               AND guarded.earned_after <= 2147483647
+               AND guarded.spent_after >= -2147483648))
+RETURNING s.type, s.idempotency_key, guarded.repeated;
 
 -- name: insert_staged --
 INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, note, idempotency_key, created_at)
