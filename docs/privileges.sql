@@ -97,6 +97,17 @@ BEGIN
 END
 $$;
 
+-- On Citus only (migration 028): the ledger writer's staging table, where a batch stages its rows and
+-- deletes them before it commits (no other transaction ever sees one).
+DO $$
+BEGIN
+    IF to_regclass('public.rewards_ledger_staging') IS NOT NULL THEN
+        GRANT SELECT, INSERT, DELETE ON public.rewards_ledger_staging TO rewards_jobs;
+        GRANT USAGE ON SEQUENCE public.rewards_ledger_staging_n_seq TO rewards_jobs;
+    END IF;
+END
+$$;
+
 -- ── Row rules for this role (see the head of the file) ─────────────────────
 CREATE OR REPLACE FUNCTION public.rewards_jobs_role_is_guarded() RETURNS boolean
 LANGUAGE sql STABLE AS $$

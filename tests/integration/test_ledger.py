@@ -304,3 +304,10 @@ def test_the_cache_is_read_once_for_the_candidates_users_never_probed_per_row(en
     for node in cache_reads:
         assert node["Actual Loops"] == 1 and node["Actual Rows"] == candidates, node["Node Type"]
     assert all(node["Actual Loops"] <= 1 for node in nodes if node["Node Type"] == "CTE Scan")
+
+
+def test_the_writer_has_a_staging_table_exactly_where_citus_is(engine):
+    with engine.connect() as conn:
+        citus = conn.execute(text("SELECT count(*) > 0 FROM pg_extension WHERE extname = 'citus'")).scalar_one()
+        staged = conn.execute(text("SELECT to_regclass('public.rewards_ledger_staging') IS NOT NULL")).scalar_one()
+    assert staged == citus
