@@ -150,6 +150,7 @@ RETURNING s.type, s.idempotency_key, guarded.repeated;
 INSERT INTO public.user_point_transactions (user_id, delta, type, ref_id, note, idempotency_key, created_at)
 SELECT user_id, CAST(delta AS int), type, ref_id, note, idempotency_key, created_at
 FROM public.rewards_ledger_staging
+-- No ORDER BY: Citus would pull the rows through the coordinator for it (the cache below may: by user_id).
 ON CONFLICT DO NOTHING;
 
 -- name: move_cache_by_staged --
@@ -157,6 +158,7 @@ INSERT INTO public.user_point_balances AS b (user_id, balance, total_earned, tot
 SELECT user_id, CAST(sum(delta) AS int), CAST(sum(greatest(delta, 0)) AS int), CAST(sum(least(delta, 0)) AS int), :as_of
 FROM public.rewards_ledger_staging
 GROUP BY user_id
+ORDER BY user_id
 ON CONFLICT (user_id) DO UPDATE
    SET balance      = b.balance + excluded.balance,
        total_earned = b.total_earned + excluded.total_earned,
