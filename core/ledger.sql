@@ -135,7 +135,12 @@ USING (
                          ELSE row_number() OVER (PARTITION BY f.user_id, f.idempotency_key ORDER BY f.n) END AS copy
         FROM public.rewards_ledger_staging AS f
     ) AS numbered
-    LEFT JOIN public.user_point_balances AS b ON b.user_id = numbered.user_id
+    -- Each user's own cache row, probed by key (OFFSET 0 keeps the probe: as a join, or with the
+    -- subquery pulled up into one, it was planned as a hash of the shard's whole cache, every batch).
+    LEFT JOIN LATERAL (SELECT c.balance, c.total_earned, c.total_spent
+                       FROM public.user_point_balances AS c
+                       WHERE c.user_id = numbered.user_id
+                       OFFSET 0) AS b ON TRUE
     WINDOW per_user AS (PARTITION BY numbered.user_id ORDER BY numbered.idempotency_key)
 ) AS guarded
 WHERE guarded.user_id = s.user_id AND guarded.n = s.n

@@ -30,7 +30,10 @@ BEGIN
         ref_id          uuid,
         idempotency_key text,
         note            text,
-        created_at      timestamptz
+        created_at      timestamptz,
+        -- Analyzed while empty, as a queue table mostly is, the table is planned as one row: its
+        -- self-join (the INT guard's delete) then runs as a nested loop, which this key keeps an index probe.
+        PRIMARY KEY (user_id, n)
     );
     PERFORM create_distributed_table('public.rewards_ledger_staging', 'user_id',
                                      colocate_with => 'public.user_point_transactions');
