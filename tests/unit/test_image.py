@@ -351,11 +351,15 @@ def service_role() -> str:
 def test_the_service_role_of_privileges_sql_cannot_change_the_schema_or_erase_rows():
     role = service_role()
     grants = re.findall(rf"GRANT\s+(.*?)\s+TO\s+{role}\b", privileges_sql(), flags=re.S | re.I)
-    granted = " ".join(grants).upper()
+    # The ledger writer's staging table on Citus (migration 028) holds nothing past a transaction: each batch
+    # deletes its own uncommitted rows there, and no committed row exists to erase.
+    staging = [grant for grant in grants if re.search(r"\bON\s+public\.rewards_ledger_staging\b", grant, re.I)]
+    granted = " ".join(grant for grant in grants if grant not in staging).upper()
 
     assert grants
     assert not re.search(r"\b(ALL|CREATE|DELETE|TRUNCATE|REFERENCES|TRIGGER)\b", granted)
     assert all(" ON " in f" {grant.upper()} " for grant in grants), "no membership in another role"
+    assert [re.sub(r"\s+", " ", grant) for grant in staging] == ["SELECT, INSERT, DELETE ON public.rewards_ledger_staging"]
 
 
 def test_compose_runs_the_daemon_as_the_least_privileged_role():
