@@ -84,10 +84,11 @@ FROM (
         GROUP BY user_id
     ) AS ledger
     LEFT JOIN (
+        -- The batch's range only: the join keeps the batch's users, and the array, planned once more
+        -- element by element (again on each shard on Citus), cost more than the few rows it left out.
         SELECT beneficiary_user_id AS user_id, sum(clawed_back_points) AS points
         FROM public.referral_rewards
-        WHERE beneficiary_user_id = ANY(CAST(:user_ids AS uuid[]))
-          AND beneficiary_user_id BETWEEN :first_user_id AND :last_user_id
+        WHERE beneficiary_user_id BETWEEN :first_user_id AND :last_user_id
           AND clawback_key IS NOT NULL AND clawed_back_points > 0 AND rewarded_at >= :cutoff
         GROUP BY beneficiary_user_id
     ) AS young_clawbacks ON young_clawbacks.user_id = ledger.user_id
