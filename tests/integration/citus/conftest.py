@@ -48,6 +48,8 @@ NOT_ON_CITUS = {
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     "test_the_cache_is_read_once_for_the_candidates_users_never_probed_per_row":
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
+    "test_no_step_of_the_writer_rescans_a_step_when_the_candidates_are_estimated_at_one_row":
+        "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     "test_the_movements_planner_knows_the_ledger_has_few_days_so_it_hashes_them_per_worker":
         "asserts the single-server EXPLAIN plan; Citus shows a distributed plan instead",
     "test_the_plan_pass_over_the_whole_ledger_may_run_with_parallel_workers":
